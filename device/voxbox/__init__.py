@@ -1,0 +1,3 @@
+"""Voxbox: a voice appliance daemon."""
+
+__version__ = "0.1.0"

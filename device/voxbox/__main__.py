@@ -1,0 +1,3 @@
+from voxbox.cli import main
+
+raise SystemExit(main())
