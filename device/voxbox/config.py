@@ -1,0 +1,233 @@
+"""Voxbox configuration: one TOML file, validated at start.
+
+The file (default ``/etc/voxbox/config.toml``) has the tables ``[realtime]``, ``[audio]``,
+``[frontend]``, ``[wake]``, ``[gpio]``, ``[conversation]`` and ``[log]``. Every key is
+optional except where noted; unknown keys are errors (a typo must not silently fall back to
+a default on a unit in the field). Validation is done by pydantic; :func:`load_config`
+turns its errors into one :class:`ConfigError` whose message names each offending key
+(``realtime.dialect``) with the value given and the values allowed.
+
+The API key is never part of this file: see :mod:`voxbox.credentials`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_CONFIG_PATH = Path("/etc/voxbox/config.toml")
+
+Dialect = Literal["openai-ga", "openai-beta", "azure-voicelive"]
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used. The message names every bad key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TurnDetection(_Section):
+    """Server-side turn detection (``session.audio.input.turn_detection`` in GA,
+    ``session.turn_detection`` in beta and Voice Live).
+
+    ``type = "none"`` is push-to-talk: the client commits the input buffer and asks for
+    the response itself.
+    """
+
+    type: Literal[
+        "server_vad", "semantic_vad", "azure_semantic_vad", "azure_semantic_vad_multilingual", "none"
+    ] = "server_vad"
+    threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    prefix_padding_ms: Annotated[int, Field(ge=0, le=5000)] = 300
+    silence_duration_ms: Annotated[int, Field(ge=0, le=10000)] = 500
+    eagerness: Literal["low", "medium", "high", "auto"] = "auto"
+    interrupt_response: bool = True
+
+
+class Realtime(_Section):
+    """Where and how to reach the Realtime service."""
+
+    url: str = "wss://api.openai.com/v1/realtime"
+    dialect: Dialect = "openai-ga"
+    model: str = "gpt-realtime"
+    deployment: str = ""
+    api_version: str = ""
+    auth: Literal["auto", "bearer", "api-key"] = "auto"
+    instructions: str = (
+        "You are a helpful voice assistant in a small device. Answer briefly, in one or two "
+        "spoken sentences."
+    )
+    voice: str = "marin"
+    turn_detection: TurnDetection = TurnDetection()
+    transcription_model: str = ""
+    connect_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    reconnect_initial_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+
+    @model_validator(mode="after")
+    def _url_scheme(self) -> "Realtime":
+        if self.url != "local" and not self.url.startswith(("ws://", "wss://")):
+            raise ValueError(
+                f"realtime.url must be 'local' or start with ws:// or wss://, got {self.url!r}"
+            )
+        return self
+
+
+class Audio(_Section):
+    """ALSA devices. Use stable names (``plughw:CARD=Device,DEV=0`` or a PCM defined in
+    asound.conf), never card indexes, which change with USB enumeration order."""
+
+    capture_device: str = "default"
+    playback_device: str = "default"
+    capture_rate: Literal[16000] = 16000
+    playback_rate: Literal[16000, 24000, 48000] = 24000
+    period_ms: Literal[10] = 10
+    periods: Annotated[int, Field(ge=2, le=16)] = 4
+    jitter_prebuffer_ms: Annotated[int, Field(ge=0, le=1000)] = 60
+
+
+class FrontEnd(_Section):
+    """Capture front end (libspeexdsp echo canceller + preprocessor)."""
+
+    echo_cancel: bool = True
+    frame_size: Literal[160, 256, 320, 512] = 256
+    filter_ms: Annotated[int, Field(ge=20, le=1000)] = 200
+    noise_suppress_db: Annotated[int, Field(ge=-60, le=0)] = -25
+    echo_suppress_db: Annotated[int, Field(ge=-90, le=0)] = -60
+    echo_suppress_active_db: Annotated[int, Field(ge=-90, le=0)] = -30
+    agc: bool = False
+
+
+class Wake(_Section):
+    """Local wake word (openWakeWord)."""
+
+    enabled: bool = True
+    model: str = "hey_jarvis"
+    threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    refractory_s: Annotated[float, Field(ge=0.0, le=30.0)] = 1.5
+
+
+class Gpio(_Section):
+    """Button and LED (BCM pin numbers)."""
+
+    enabled: bool = True
+    button: Annotated[int, Field(ge=0, le=27)] = 17
+    led: Annotated[int, Field(ge=0, le=27)] = 12
+    pin_factory: Literal["auto", "mock"] = "auto"
+    button_active_low: bool = True
+    debounce_ms: Annotated[int, Field(ge=0, le=200)] = 20
+    hold_ms: Annotated[int, Field(ge=150, le=5000)] = 600
+    long_hold_ms: Annotated[int, Field(ge=1000, le=30000)] = 5000
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "Gpio":
+        if self.enabled and self.button == self.led:
+            raise ValueError(f"gpio.button and gpio.led are the same pin (GPIO{self.led})")
+        return self
+
+
+class Conversation(_Section):
+    """Conversation timing."""
+
+    listen_timeout_s: Annotated[float, Field(gt=0, le=60)] = 8.0
+    follow_up_s: Annotated[float, Field(ge=0, le=60)] = 6.0
+    thinking_timeout_s: Annotated[float, Field(gt=0, le=120)] = 20.0
+
+
+class Log(_Section):
+    """Logging. ``format = "auto"`` logs to journald under systemd, else to stderr."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "text", "json", "journal"] = "auto"
+
+
+class Config(_Section):
+    """The whole configuration."""
+
+    realtime: Realtime = Realtime()
+    audio: Audio = Audio()
+    frontend: FrontEnd = FrontEnd()
+    wake: Wake = Wake()
+    gpio: Gpio = Gpio()
+    conversation: Conversation = Conversation()
+    log: Log = Log()
+
+
+def _describe(err: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    kind = err["type"]
+    given = err.get("input")
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key"
+    if kind == "literal_error":
+        allowed = err.get("ctx", {}).get("expected", "")
+        return f"{key}: {given!r} is not allowed; allowed values: {allowed}"
+    msg = err["msg"]
+    if kind.startswith("value_error"):
+        msg = msg.removeprefix("Value error, ")
+        return f"{key}: {msg}" if not msg.startswith(key) else msg
+    return f"{key}: {msg} (got {given!r})"
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
+    """Validate a parsed TOML document.
+
+    Raises:
+        ConfigError: naming every bad key, its value and what is allowed.
+    """
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors(include_url=False)]
+        raise ConfigError(f"{source}: invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate the TOML file at ``path``.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not TOML, or has bad keys/values.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, str(path))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (value parsed as TOML, else a string).
+
+    Raises:
+        ConfigError: an override is not of the form ``key=value``.
+    """
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            nxt = dict(nxt) if isinstance(nxt, dict) else {}
+            node[p] = nxt
+            node = nxt
+        node[parts[-1]] = value
+    return out

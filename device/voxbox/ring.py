@@ -1,0 +1,81 @@
+"""A bounded single-producer/single-consumer sample ring for the far-end reference.
+
+The playback thread :meth:`SampleRing.write` s what it handed the speaker (resampled to the
+capture rate); the capture thread :meth:`SampleRing.read_into` s exactly one capture period
+per microphone period, getting zeros for whatever is missing. Both sides copy whole numpy
+slices under a short lock; nothing is allocated per call.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+
+class SampleRing:
+    """Args:
+    capacity: samples kept; on overflow the oldest samples are dropped (counted in
+        ``overflows``), so a stalled reader can never make the writer wait.
+    """
+
+    def __init__(self, capacity: int):
+        self._buf = np.zeros(capacity, dtype=np.int16)
+        self._cap = capacity
+        self._r = 0  # absolute read index
+        self._w = 0  # absolute write index
+        self._lock = threading.Lock()
+        self.overflows = 0
+        self.shortfalls = 0
+        self.resyncs = 0
+
+    @property
+    def available(self) -> int:
+        return self._w - self._r
+
+    def write(self, x: np.ndarray) -> None:
+        """Append int16 samples, shape (n,)."""
+        n = x.shape[0]
+        if n == 0:
+            return
+        with self._lock:
+            if n > self._cap:
+                self._w += n - self._cap  # the first samples are overwritten at once
+                x = x[-self._cap:]
+                n = self._cap
+            start = self._w % self._cap
+            first = min(n, self._cap - start)
+            self._buf[start:start + first] = x[:first]
+            if first < n:
+                self._buf[:n - first] = x[first:]
+            self._w += n
+            if self._w - self._r > self._cap:
+                self.overflows += 1
+                self._r = self._w - self._cap
+
+    def read_into(self, out: np.ndarray, max_backlog: int | None = None) -> int:
+        """Fill ``out`` (int16, shape (n,)); returns how many were real samples (rest zeros).
+
+        With ``max_backlog``, samples older than ``n + max_backlog`` are skipped first, so a
+        reader that started late never runs behind the writer by more than that.
+        """
+        n = out.shape[0]
+        with self._lock:
+            if max_backlog is not None and self._w - self._r > n + max_backlog:
+                self._r = self._w - n - max_backlog
+                self.resyncs += 1
+            k = min(n, self._w - self._r)
+            start = self._r % self._cap
+            first = min(k, self._cap - start)
+            out[:first] = self._buf[start:start + first]
+            if first < k:
+                out[first:k] = self._buf[:k - first]
+            self._r += k
+        if k < n:
+            out[k:] = 0
+            self.shortfalls += 1
+        return k
+
+    def clear(self) -> None:
+        with self._lock:
+            self._r = self._w

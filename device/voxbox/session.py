@@ -1,0 +1,365 @@
+"""Sans-I/O Realtime session: server events in, client events out.
+
+:class:`RealtimeSession` knows the protocol (``shared/reference/realtime-device-notes.md``)
+and nothing about sockets, threads or clocks: the link adapter feeds it each received
+message with :meth:`RealtimeSession.receive` and sends whatever
+:meth:`RealtimeSession.data_to_send` returns, in the manner of the ``websockets``
+library's own sans-I/O protocol objects.
+
+It tracks what a device client must track itself over WebSocket: whether a response is
+active (so ``response.cancel`` is only sent when one is), the assistant audio items and how
+much audio each carried (so a truncate never goes past the received audio), and an
+``event_id`` on every client event so that ``error`` events can be tied to their cause.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from voxbox.config import Realtime
+from voxbox.dialects import PCM_RATE, canonical_event_type, session_config
+
+log = logging.getLogger(__name__)
+
+# Error codes after which retrying the same request is pointless until someone acts
+# (realtime-device-notes.md, "Sessions, limits and faults").
+FATAL_ERROR_CODES = frozenset(
+    {"invalid_api_key", "insufficient_quota", "invalid_model", "beta_api_shape_disabled",
+     "model_not_found", "unauthorized", "forbidden"}
+)
+
+
+# ---- events handed to the application ---------------------------------------------------
+@dataclass(frozen=True)
+class SessionEvent:
+    """Base class of what :meth:`RealtimeSession.receive` returns."""
+
+
+@dataclass(frozen=True)
+class SessionCreated(SessionEvent):
+    session_id: str
+
+
+@dataclass(frozen=True)
+class SessionReady(SessionEvent):
+    """``session.updated`` acknowledged the configuration sent at connect."""
+
+    session_id: str
+
+
+@dataclass(frozen=True)
+class SpeechStarted(SessionEvent):
+    """``input_audio_buffer.speech_started`` (server VAD heard the user start)."""
+
+    item_id: str
+    audio_start_ms: int
+
+
+@dataclass(frozen=True)
+class SpeechStopped(SessionEvent):
+    item_id: str
+    audio_end_ms: int
+
+
+@dataclass(frozen=True)
+class InputCommitted(SessionEvent):
+    item_id: str
+
+
+@dataclass(frozen=True)
+class ResponseStarted(SessionEvent):
+    response_id: str
+
+
+@dataclass(frozen=True)
+class AudioDelta(SessionEvent):
+    """Reply audio: PCM16 little-endian mono at 24 kHz (``response.output_audio.delta``)."""
+
+    response_id: str
+    item_id: str
+    pcm: bytes
+
+
+@dataclass(frozen=True)
+class AudioDone(SessionEvent):
+    response_id: str
+    item_id: str
+
+
+@dataclass(frozen=True)
+class TranscriptDelta(SessionEvent):
+    item_id: str
+    delta: str
+
+
+@dataclass(frozen=True)
+class TranscriptDone(SessionEvent):
+    item_id: str
+    transcript: str
+
+
+@dataclass(frozen=True)
+class UserTranscript(SessionEvent):
+    """``conversation.item.input_audio_transcription.completed``: the user's words."""
+
+    item_id: str
+    transcript: str
+
+
+@dataclass(frozen=True)
+class ResponseDone(SessionEvent):
+    response_id: str
+    status: str
+
+
+@dataclass(frozen=True)
+class ServerError(SessionEvent):
+    """An ``error`` event. ``cause`` is the type of the client event it refers to, if known."""
+
+    code: str
+    type: str
+    message: str
+    event_id: str | None = None
+    cause: str | None = None
+    fatal: bool = False
+
+
+class ProtocolError(ValueError):
+    """A server message that is not a JSON object with a string ``type``."""
+
+
+@dataclass
+class _Item:
+    response_id: str
+    received_samples: int = 0
+    done: bool = False
+    closed: bool = False  # truncated or deleted: never referenced again
+
+
+@dataclass
+class Interruption:
+    """What :meth:`RealtimeSession.interrupt` sent (for logs and tests)."""
+
+    cancelled: bool = False
+    truncated: dict[str, int] = field(default_factory=dict)  # item_id -> audio_end_ms
+    deleted: list[str] = field(default_factory=list)
+
+
+class RealtimeSession:
+    """One Realtime session (one WebSocket connection).
+
+    Args:
+        rt: the ``[realtime]`` configuration (dialect, instructions, voice, turn detection).
+        tools: function tools declared in ``session.update``.
+        prefix: prefix for client ``event_id`` values (unique per connection).
+    """
+
+    def __init__(self, rt: Realtime, tools: list[dict[str, Any]] | None = None, prefix: str = "vx"):
+        self.rt = rt
+        self.dialect = rt.dialect
+        self.tools = tools or []
+        self._prefix = prefix
+        self._seq = 0
+        self._out: list[str] = []
+        self._sent_types: OrderedDict[str, str] = OrderedDict()
+        self.session_id: str | None = None
+        self.ready = False
+        self.response_id: str | None = None
+        self.items: OrderedDict[str, _Item] = OrderedDict()
+        self.audio_samples_sent = 0
+        self.push_to_talk = rt.turn_detection.type == "none"
+
+    # ---- outgoing ----------------------------------------------------------------------
+    def _send(self, event: dict[str, Any]) -> str:
+        self._seq += 1
+        event_id = f"{self._prefix}_{self._seq}"
+        event = {"event_id": event_id, **event}
+        self._sent_types[event_id] = event["type"]
+        while len(self._sent_types) > 512:
+            self._sent_types.popitem(last=False)
+        self._out.append(json.dumps(event, separators=(",", ":")))
+        return event_id
+
+    def data_to_send(self) -> list[str]:
+        """Client events (JSON text) to send, oldest first; clears the queue."""
+        out, self._out = self._out, []
+        return out
+
+    def start(self, *, turn_detection: bool = True) -> None:
+        """Queue ``session.update`` with the configured session (sent first on connect)."""
+        self.push_to_talk = not turn_detection or self.rt.turn_detection.type == "none"
+        self._send({
+            "type": "session.update",
+            "session": session_config(self.rt, self.tools, turn_detection=turn_detection),
+        })
+
+    def append_audio(self, pcm: bytes) -> None:
+        """Queue ``input_audio_buffer.append`` with PCM16 24 kHz mono audio (bytes)."""
+        if len(pcm) % 2:
+            raise ValueError(f"input audio must be whole 16-bit samples, got {len(pcm)} bytes")
+        self.audio_samples_sent += len(pcm) // 2
+        self._send({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()})
+
+    def commit(self) -> None:
+        """Queue ``input_audio_buffer.commit`` (push-to-talk end of turn)."""
+        self._send({"type": "input_audio_buffer.commit"})
+
+    def clear_input(self) -> None:
+        self._send({"type": "input_audio_buffer.clear"})
+
+    def create_response(self) -> None:
+        """Queue ``response.create`` unless a response is already active."""
+        if self.response_id is None:
+            self._send({"type": "response.create"})
+
+    def interrupt(self, played_samples: dict[str, int], *, cancel: bool = True) -> Interruption:
+        """Barge-in: cancel the active response and truncate what was not heard.
+
+        Args:
+            played_samples: per assistant item, samples (24 kHz) actually written to the
+                speaker. Items not named here count as not played at all.
+            cancel: send ``response.cancel`` if a response is active (False when the server
+                cancels by itself, i.e. its VAD heard speech with ``interrupt_response``).
+
+        Every open assistant audio item gets ``conversation.item.truncate`` with
+        ``audio_end_ms`` = played ms (clamped to the audio received), or
+        ``conversation.item.delete`` when nothing of it was heard (some servers reject a
+        truncate at 0 ms). Items played in full are left alone.
+        """
+        result = Interruption()
+        if cancel and self.response_id is not None:
+            self._send({"type": "response.cancel"})
+            result.cancelled = True
+        for item_id, item in self.items.items():
+            if item.closed:
+                continue
+            played = min(played_samples.get(item_id, 0), item.received_samples)
+            if item.done and played >= item.received_samples:
+                continue  # heard in full
+            item.closed = True
+            if played <= 0:
+                self._send({"type": "conversation.item.delete", "item_id": item_id})
+                result.deleted.append(item_id)
+            else:
+                ms = played * 1000 // PCM_RATE
+                self._send({"type": "conversation.item.truncate", "item_id": item_id,
+                            "content_index": 0, "audio_end_ms": ms})
+                result.truncated[item_id] = ms
+        return result
+
+    def close_played_items(self) -> None:
+        """Mark every assistant item as finished (its audio was played out in full)."""
+        for item in self.items.values():
+            item.closed = True
+
+    # ---- incoming ----------------------------------------------------------------------
+    def receive(self, message: str | bytes) -> list[SessionEvent]:
+        """Handle one server message; returns the application events it produced.
+
+        Unknown event types and unknown fields are ignored (servers add them).
+
+        Raises:
+            ProtocolError: the message is not a JSON object with a string ``type``.
+        """
+        try:
+            event = json.loads(message)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ProtocolError(f"server message is not JSON: {exc}") from None
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            raise ProtocolError("server message has no string 'type'")
+        kind = canonical_event_type(self.dialect, event["type"])
+        handler = getattr(self, "_on_" + kind.replace(".", "_"), None)
+        if handler is None:
+            return []
+        return handler(event)
+
+    def _on_session_created(self, ev: dict[str, Any]) -> list[SessionEvent]:
+        self.session_id = str((ev.get("session") or {}).get("id") or "")
+        return [SessionCreated(self.session_id)]
+
+    def _on_session_updated(self, ev: dict[str, Any]) -> list[SessionEvent]:
+        sid = (ev.get("session") or {}).get("id")
+        if sid:
+            self.session_id = str(sid)
+        if self.ready:
+            return []
+        self.ready = True
+        return [SessionReady(self.session_id or "")]
+
+    def _on_input_audio_buffer_speech_started(self, ev):
+        return [SpeechStarted(str(ev.get("item_id", "")), int(ev.get("audio_start_ms") or 0))]
+
+    def _on_input_audio_buffer_speech_stopped(self, ev):
+        return [SpeechStopped(str(ev.get("item_id", "")), int(ev.get("audio_end_ms") or 0))]
+
+    def _on_input_audio_buffer_committed(self, ev):
+        return [InputCommitted(str(ev.get("item_id", "")))]
+
+    def _on_response_created(self, ev):
+        rid = str((ev.get("response") or {}).get("id") or "")
+        self.response_id = rid
+        return [ResponseStarted(rid)]
+
+    def _on_response_output_audio_delta(self, ev):
+        item_id = str(ev.get("item_id", ""))
+        try:
+            pcm = base64.b64decode(ev.get("delta") or "", validate=True)
+        except (binascii.Error, ValueError):
+            log.warning("ignoring audio delta with bad base64", extra={"VOXBOX_ITEM_ID": item_id})
+            return []
+        if len(pcm) % 2:
+            pcm = pcm[:-1]
+        rid = str(ev.get("response_id") or self.response_id or "")
+        item = self.items.get(item_id)
+        if item is None:
+            item = self.items[item_id] = _Item(rid)
+            while len(self.items) > 64:
+                self.items.popitem(last=False)
+        if item.closed:
+            return []  # audio for an item we already truncated/deleted: never play it
+        item.received_samples += len(pcm) // 2
+        return [AudioDelta(rid, item_id, pcm)]
+
+    def _on_response_output_audio_done(self, ev):
+        item_id = str(ev.get("item_id", ""))
+        item = self.items.get(item_id)
+        if item is not None:
+            item.done = True
+        return [AudioDone(str(ev.get("response_id") or ""), item_id)]
+
+    def _on_response_output_audio_transcript_delta(self, ev):
+        return [TranscriptDelta(str(ev.get("item_id", "")), str(ev.get("delta") or ""))]
+
+    def _on_response_output_audio_transcript_done(self, ev):
+        return [TranscriptDone(str(ev.get("item_id", "")), str(ev.get("transcript") or ""))]
+
+    def _on_conversation_item_input_audio_transcription_completed(self, ev):
+        return [UserTranscript(str(ev.get("item_id", "")), str(ev.get("transcript") or ""))]
+
+    def _on_response_done(self, ev):
+        resp = ev.get("response") or {}
+        rid = str(resp.get("id") or self.response_id or "")
+        status = str(resp.get("status") or "completed")
+        if self.response_id == rid or not rid:
+            self.response_id = None
+        for item in self.items.values():
+            if item.response_id == rid:
+                item.done = True
+        return [ResponseDone(rid, status)]
+
+    def _on_error(self, ev):
+        err = ev.get("error") or {}
+        code = str(err.get("code") or "")
+        etype = str(err.get("type") or "")
+        event_id = err.get("event_id")
+        cause = self._sent_types.get(event_id) if event_id else None
+        if code == "response_cancel_not_active":
+            self.response_id = None
+        fatal = code in FATAL_ERROR_CODES
+        return [ServerError(code, etype, str(err.get("message") or ""), event_id, cause, fatal)]

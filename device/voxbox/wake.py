@@ -1,0 +1,328 @@
+"""Wake-word detection with openWakeWord (adapter).
+
+``WakeWordDetector.process(frame, t)`` takes 16 kHz mono int16 frames of any length
+(the daemon feeds 160-sample, 10 ms frames), accumulates them into the 1280-sample
+(80 ms) chunks openWakeWord works on, runs one prediction per chunk and returns a
+:class:`Detection` when the score reaches the threshold outside the refractory time of
+the previous detection.
+
+Models
+------
+openWakeWord 0.6 ships no model files. The built-in names (``hey_jarvis``, ``alexa``,
+``ok_nabu``, ``hey_mycroft``, ``hey_rhasspy``) resolve to the tflite files carried by the
+installed ``wyoming-openwakeword`` package, which also provides the shared feature
+models (``melspectrogram.tflite``, ``embedding_model.tflite``).
+
+**Licence:** the pre-trained openWakeWord models (the built-in wake words and the
+feature models) are licensed CC BY-NC-SA 4.0: *non-commercial use only*, with
+attribution and share-alike. A commercial product must train and ship its own wake-word
+model.
+
+Custom models: pass a filesystem path instead of a built-in name, e.g.
+``WakeWordDetector("/etc/voxbox/computer.tflite")``. It must be an openWakeWord
+wake-word head (input: 16 embedding frames × 96 features; as produced by openWakeWord's
+training notebook) as ``.tflite``. The detection's ``model`` field and openWakeWord's
+score key are the file stem (``computer``). The feature models always come from
+wyoming-openwakeword. :func:`find_model` also resolves ``.onnx`` paths, but
+openWakeWord 0.6 runs an onnx wake-word head only together with onnx feature models,
+which no installed package carries, so :class:`WakeWordDetector` rejects ``.onnx``
+with a :class:`WakeModelError` (convert the model to tflite).
+
+Runtime
+-------
+openWakeWord imports ``tflite_runtime.interpreter`` by name; ``tflite-runtime`` fails
+with numpy 2, so :func:`_alias_litert` registers ``ai_edge_litert.interpreter`` under
+that name once, before openWakeWord is imported. openWakeWord itself (which pulls in
+onnxruntime, scipy and scikit-learn, about 200 MiB RSS) is imported lazily when the
+first detector is built, so ``import voxbox.wake`` stays cheap.
+
+Timestamps: ``t`` passed to :meth:`WakeWordDetector.process` is the time of the frame's
+first sample; ``Detection.t`` is the time of the end of the 80 ms chunk whose score
+crossed the threshold (``t`` + offset of that chunk's last sample + 1/16000).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import threading
+import types
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "CHUNK_SAMPLES",
+    "SAMPLE_RATE",
+    "Detection",
+    "WakeModelError",
+    "WakeWordDetector",
+    "find_model",
+]
+
+SAMPLE_RATE = 16_000
+CHUNK_SAMPLES = 1280  # openWakeWord's 80 ms step
+
+# Built-in name -> file stem inside wyoming_openwakeword/models.
+BUILTIN_MODELS: dict[str, str] = {
+    "hey_jarvis": "hey_jarvis_v0.1",
+    "alexa": "alexa_v0.1",
+    "ok_nabu": "ok_nabu_v0.1",
+    "hey_mycroft": "hey_mycroft_v0.1",
+    "hey_rhasspy": "hey_rhasspy_v0.1",
+}
+
+_MODELS_PACKAGE = "wyoming_openwakeword"
+
+
+class WakeModelError(ValueError):
+    """A wake-word model (or the feature models) could not be found or loaded."""
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    model: str  # openWakeWord score key: the model file stem, e.g. "hey_jarvis_v0.1"
+    score: float
+    t: float  # end of the 80 ms chunk that crossed the threshold
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _models_dir() -> Path:
+    """The ``models`` directory of the installed wyoming_openwakeword package.
+
+    Located with ``importlib.util.find_spec`` so the package (and its wyoming
+    dependencies) is not imported just to find data files.
+    """
+    spec = importlib.util.find_spec(_MODELS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise WakeModelError(
+            "the built-in wake-word models come from the Python package "
+            "'wyoming-openwakeword' (pip install wyoming-openwakeword==1.8.2), "
+            "which is not installed"
+        )
+    for location in spec.submodule_search_locations:
+        d = Path(location) / "models"
+        if d.is_dir():
+            return d
+    raise WakeModelError(
+        f"wyoming-openwakeword is installed at {list(spec.submodule_search_locations)} "
+        "but has no 'models' directory"
+    )
+
+
+def _builtin_list() -> str:
+    return ", ".join(BUILTIN_MODELS)
+
+
+def find_model(name_or_path: str) -> Path:
+    """Resolve a built-in wake-word name or a path to a custom model file.
+
+    Built-in names: ``hey_jarvis``, ``alexa``, ``ok_nabu``, ``hey_mycroft``,
+    ``hey_rhasspy`` (CC BY-NC-SA 4.0, from wyoming-openwakeword). Anything else is
+    taken as the path of a custom ``.tflite`` or ``.onnx`` model.
+    """
+    name = str(name_or_path)
+    if name in BUILTIN_MODELS:
+        path = _models_dir() / f"{BUILTIN_MODELS[name]}.tflite"
+        if not path.is_file():
+            raise WakeModelError(
+                f"built-in wake-word model {name!r} not found at {path} "
+                f"(built-in models: {_builtin_list()})"
+            )
+        return path
+    path = Path(name).expanduser()
+    if path.is_file():
+        if path.suffix.lower() not in (".tflite", ".onnx"):
+            raise WakeModelError(
+                f"wake-word model {name!r} is not a .tflite or .onnx file "
+                f"(built-in models: {_builtin_list()})"
+            )
+        return path
+    raise WakeModelError(
+        f"unknown wake-word model {name!r}: not a built-in name and no such file "
+        f"(built-in models: {_builtin_list()}; or give the path to a custom "
+        ".tflite/.onnx model)"
+    )
+
+
+def _feature_models() -> tuple[Path, Path]:
+    d = _models_dir()
+    mel, emb = d / "melspectrogram.tflite", d / "embedding_model.tflite"
+    for p in (mel, emb):
+        if not p.is_file():
+            raise WakeModelError(f"openWakeWord feature model missing: {p}")
+    return mel, emb
+
+
+# ------------------------------------------------------------------ litert alias
+
+_alias_lock = threading.Lock()
+
+
+def _alias_litert() -> None:
+    """Make ``import tflite_runtime.interpreter`` resolve to ai-edge-litert.
+
+    Idempotent. Must run before openWakeWord imports the runtime (it imports it
+    inside ``Model.__init__`` / ``AudioFeatures.__init__``). If ai-edge-litert is
+    not installed, a genuine ``tflite_runtime`` (numpy < 2 only) is left to be used.
+    """
+    with _alias_lock:
+        if "tflite_runtime.interpreter" in sys.modules:
+            return
+        try:
+            import ai_edge_litert.interpreter as litert_interpreter
+        except ImportError:
+            return
+        pkg = sys.modules.get("tflite_runtime")
+        if pkg is None:
+            pkg = types.ModuleType("tflite_runtime")
+            pkg.__path__ = []  # a package, so the dotted import is allowed
+            pkg.__doc__ = "alias of ai_edge_litert installed by voxbox.wake"
+            sys.modules["tflite_runtime"] = pkg
+        pkg.interpreter = litert_interpreter  # type: ignore[attr-defined]
+        sys.modules["tflite_runtime.interpreter"] = litert_interpreter
+
+
+def _load_openwakeword_model(model_path: Path):
+    if model_path.suffix.lower() == ".onnx":
+        # openWakeWord's onnx path wants onnx feature models; only tflite ones ship.
+        raise WakeModelError(
+            f"{model_path}: .onnx wake-word models need openWakeWord's onnx feature "
+            "models, which are not installed; convert the model to .tflite"
+        )
+    mel, emb = _feature_models()
+    _alias_litert()
+    from openwakeword.model import Model  # heavy: onnxruntime, scipy, sklearn
+
+    try:
+        return Model(
+            wakeword_models=[str(model_path)],
+            inference_framework="tflite",
+            melspec_model_path=str(mel),
+            embedding_model_path=str(emb),
+        )
+    except (ValueError, RuntimeError) as e:
+        raise WakeModelError(f"cannot load wake-word model {model_path}: {e}") from e
+
+
+# ----------------------------------------------------------------------- detector
+
+
+class WakeWordDetector:
+    """Streaming openWakeWord detector over 16 kHz mono int16 audio.
+
+    Attributes for the timeline: ``last_score`` (score of the latest 80 ms chunk),
+    ``peak_score`` (highest score since construction or :meth:`reset`),
+    ``last_detection`` (the latest :class:`Detection` or ``None``).
+    """
+
+    def __init__(
+        self,
+        model: str = "hey_jarvis",
+        threshold: float = 0.5,
+        refractory_s: float = 1.5,
+    ) -> None:
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        if refractory_s < 0.0:
+            raise ValueError(f"refractory_s must be >= 0, got {refractory_s}")
+        self.model_path = find_model(model)
+        self.model_name = self.model_path.stem  # openWakeWord's score key
+        self.threshold = float(threshold)
+        self.refractory_s = float(refractory_s)
+        self._oww = _load_openwakeword_model(self.model_path)
+        # openWakeWord's preprocessor starts from embeddings of 4 s of random noise;
+        # keep a copy so reset() can restore it instead of recomputing (~50 ms).
+        self._initial_features = np.array(self._oww.preprocessor.feature_buffer, copy=True)
+        self._buf = np.zeros(CHUNK_SAMPLES, dtype=np.int16)
+        self._fill = 0
+        self.last_score = 0.0
+        self.peak_score = 0.0
+        self.last_detection: Detection | None = None
+        self.chunks = 0  # 80 ms chunks predicted since construction
+
+    def process(self, frame: np.ndarray, t: float) -> Detection | None:
+        """Feed ``frame`` (int16, 16 kHz mono, any length) starting at time ``t``.
+
+        Returns the first detection completed inside this frame, or ``None``. A frame
+        longer than the refractory time could hold two detections; only the first is
+        returned (feed frames of at most a few hundred ms).
+        """
+        x = np.asarray(frame)
+        if x.dtype != np.int16:
+            raise TypeError(f"frame must be int16, got {x.dtype}")
+        x = x.reshape(-1)
+        n = x.shape[0]
+        pos = 0
+        found: Detection | None = None
+        buf = self._buf
+        while pos < n:
+            take = min(CHUNK_SAMPLES - self._fill, n - pos)
+            buf[self._fill : self._fill + take] = x[pos : pos + take]
+            self._fill += take
+            pos += take
+            if self._fill == CHUNK_SAMPLES:
+                self._fill = 0
+                det = self._predict_chunk(t + pos / SAMPLE_RATE)
+                if det is not None and found is None:
+                    found = det
+        return found
+
+    def _predict_chunk(self, t_end: float) -> Detection | None:
+        scores = self._oww.predict(self._buf)
+        self.chunks += 1
+        score = float(max(scores.values())) if scores else 0.0
+        self.last_score = score
+        if score > self.peak_score:
+            self.peak_score = score
+        if score < self.threshold:
+            return None
+        last = self.last_detection
+        if last is not None and t_end - last.t < self.refractory_s:
+            return None
+        det = Detection(model=self.model_name, score=score, t=t_end)
+        self.last_detection = det
+        return det
+
+    def reset(self) -> None:
+        """Forget buffered audio so stale speech cannot trigger a new detection.
+
+        Does what openWakeWord 0.6's ``Model.reset()`` does: a fresh prediction
+        buffer (so the next 5 chunks score 0) and ``AudioFeatures.reset()`` (clears
+        the raw-audio buffer, sets the mel-spectrogram buffer to ones, refills the
+        embedding buffer) -- except that the embedding buffer is restored from the
+        copy taken at construction instead of re-embedding 4 s of random noise, which
+        costs ~50 ms (five capture periods) on an x86 core. Falls back to
+        ``Model.reset()`` if the internals differ. Also drops the partial 80 ms chunk
+        and clears ``last_score``/``peak_score``. The refractory time of the last
+        detection still applies.
+        """
+        oww = self._oww
+        pre = getattr(oww, "preprocessor", None)
+        fast = (
+            pre is not None
+            and hasattr(oww, "prediction_buffer")
+            and hasattr(pre, "raw_data_buffer")
+            and hasattr(pre, "melspectrogram_buffer")
+            and hasattr(pre, "accumulated_samples")
+            and hasattr(pre, "raw_data_remainder")
+            and hasattr(pre, "feature_buffer")
+        )
+        if fast:
+            oww.prediction_buffer = defaultdict(partial(deque, maxlen=30))
+            pre.raw_data_buffer.clear()
+            pre.melspectrogram_buffer = np.ones((76, 32))
+            pre.accumulated_samples = 0
+            pre.raw_data_remainder = np.empty(0)
+            pre.feature_buffer = self._initial_features.copy()
+        else:
+            oww.reset()
+        self._fill = 0
+        self.last_score = 0.0
+        self.peak_score = 0.0

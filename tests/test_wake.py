@@ -1,0 +1,273 @@
+"""voxbox.wake: real openWakeWord (tflite via ai-edge-litert) on real espeak-ng speech."""
+
+from __future__ import annotations
+
+import resource
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from voxbox import speech, wake
+from voxbox.wake import Detection, WakeModelError, WakeWordDetector, find_model
+
+FRAME = 160  # the daemon's 10 ms capture period
+SR = 16_000
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None, reason="needs espeak-ng (Debian package espeak-ng)"
+)
+
+WAKE_VOICES = ["en-us", "en-gb", "en-us+f3"]
+
+# Ordinary assistant-ish speech without the wake word, in several voices.
+OTHER_SPEECH = [
+    ("en-us", "Good morning. The kitchen lights are on and the oven timer has ten minutes left."),
+    ("en-gb", "Please remind me to call the dentist on Thursday afternoon, before the school run."),
+    ("en-us+f3", "I think it will rain later, so bring an umbrella and close the windows upstairs."),
+    ("en-gb-x-rp", "Could you play some quiet music in the living room while I finish reading?"),
+    ("en-us", "The train to the city leaves at half past eight, and the next one is at nine."),
+    ("en-gb", "Add milk, eggs, bread, coffee and a bag of apples to the shopping list, thanks."),
+    ("en-us+m3", "Turn the heating down a little, it is getting warm in here this evening."),
+    ("en-us", "My brother Charles is visiting next week, so we need to tidy the spare room."),
+]
+
+
+def pad(x: np.ndarray, lead_s: float = 1.0, tail_s: float = 1.0) -> np.ndarray:
+    return np.concatenate(
+        [np.zeros(int(lead_s * SR), np.int16), x, np.zeros(int(tail_s * SR), np.int16)]
+    )
+
+
+def feed(det: WakeWordDetector, x: np.ndarray, frame: int = FRAME, t0: float = 0.0) -> list[Detection]:
+    out = []
+    for i in range(0, x.size, frame):
+        d = det.process(x[i : i + frame], t0 + i / SR)
+        if d is not None:
+            out.append(d)
+    return out
+
+
+@pytest.fixture(scope="module")
+def hey_jarvis() -> dict[str, np.ndarray]:
+    return {v: speech.render_speech("Hey Jarvis", voice=v) for v in WAKE_VOICES}
+
+
+@pytest.fixture(scope="module")
+def other_speech() -> np.ndarray:
+    gap = np.zeros(int(0.4 * SR), np.int16)
+    parts = []
+    for voice, text in OTHER_SPEECH:
+        parts += [speech.render_speech(text, voice=voice), gap]
+    x = np.concatenate(parts).astype(np.float64)
+    x += speech.pink_noise(x.size, -45.0, seed=1)
+    return np.clip(np.round(x), -32768, 32767).astype(np.int16)
+
+
+# ------------------------------------------------------------------ find_model
+
+
+def test_builtin_models_resolve_to_wyoming_package():
+    for name in wake.BUILTIN_MODELS:
+        p = find_model(name)
+        assert p.is_file() and p.suffix == ".tflite"
+        assert "wyoming_openwakeword" in p.parts
+        assert p.stem.startswith(name)
+
+
+def test_unknown_model_raises_listing_builtins():
+    with pytest.raises(WakeModelError) as ei:
+        find_model("hey_computer")
+    msg = str(ei.value)
+    assert "hey_computer" in msg
+    for name in ("hey_jarvis", "alexa", "ok_nabu", "hey_mycroft", "hey_rhasspy"):
+        assert name in msg
+    assert isinstance(ei.value, ValueError)
+    with pytest.raises(WakeModelError):
+        WakeWordDetector("hey_computer")
+
+
+# ------------------------------------------------------------------- detection
+
+
+@pytest.mark.parametrize("voice", WAKE_VOICES)
+def test_hey_jarvis_detected(hey_jarvis, voice):
+    det = WakeWordDetector()
+    x = pad(hey_jarvis[voice])
+    dets = feed(det, x)
+    print(f"\n{voice}: peak {det.peak_score:.4f} detections {[(d.t, round(d.score, 3)) for d in dets]}")
+    assert len(dets) == 1
+    d = dets[0]
+    assert d.model == "hey_jarvis_v0.1"
+    assert d.score >= 0.5 and det.peak_score >= d.score
+    speech_end = 1.0 + hey_jarvis[voice].size / SR
+    assert 1.0 < d.t < speech_end + 1.0
+    # Detection times fall on 80 ms chunk boundaries.
+    assert d.t * SR % wake.CHUNK_SAMPLES == pytest.approx(0.0, abs=1e-6)
+
+
+def test_ordinary_speech_does_not_trigger(other_speech):
+    assert other_speech.size / SR >= 20.0
+    det = WakeWordDetector()
+    dets = feed(det, other_speech)
+    print(f"\n{other_speech.size / SR:.1f} s of other speech: peak {det.peak_score:.4f}")
+    assert dets == []
+    assert det.peak_score < 0.5
+
+
+def test_demo_utterance_triggers_once_after_wake_word():
+    x, seg = speech.demo_utterance()
+    assert seg["wake_start"] == pytest.approx(0.5)
+    assert seg["wake_start"] < seg["wake_end"] < seg["question_start"] < seg["question_end"]
+    assert seg["question_start"] - seg["wake_end"] == pytest.approx(0.6)
+    assert x.size / SR == pytest.approx(seg["question_end"] + 1.5)
+    det = WakeWordDetector()
+    dets = feed(det, x)
+    print(f"\ndemo: segments {seg} detections {dets} peak {det.peak_score:.4f}")
+    assert len(dets) == 1
+    assert seg["wake_end"] - 0.2 <= dets[0].t <= seg["wake_end"] + 1.0
+
+
+def test_demo_utterance_is_deterministic():
+    a, sa = speech.demo_utterance(seed=3)
+    b, sb = speech.demo_utterance(seed=3)
+    c, _ = speech.demo_utterance(seed=4)
+    assert sa == sb and np.array_equal(a, b) and not np.array_equal(a, c)
+    assert a.dtype == np.int16
+
+
+def test_frame_length_does_not_matter(hey_jarvis):
+    x = pad(hey_jarvis["en-us"], lead_s=2.5)
+    results = []
+    for frame in (160, 997, 1280, 4000):
+        np.random.seed(0)  # openWakeWord seeds its feature buffer from np.random
+        det = WakeWordDetector()
+        dets = feed(det, x, frame=frame)
+        assert len(dets) == 1
+        results.append((dets[0].t, det.peak_score))
+    ts = [t for t, _ in results]
+    assert max(ts) - min(ts) < 1e-6, results
+    assert max(p for _, p in results) - min(p for _, p in results) < 1e-3
+
+
+def test_refractory(hey_jarvis):
+    hj = hey_jarvis["en-gb"]
+    # One utterance stays above threshold for several 80 ms chunks.
+    det0 = WakeWordDetector(refractory_s=0.0)
+    many = feed(det0, pad(hj))
+    assert len(many) >= 2
+    assert np.all(np.diff([d.t for d in many]) > 0)
+    # ... which the default refractory time folds into one detection.
+    assert len(feed(WakeWordDetector(), pad(hj))) == 1
+
+    # Two utterances back to back (onsets ~1.5 s apart): a 3 s refractory time
+    # keeps one detection, 0.5 s lets the second through; with the default 1.5 s,
+    # utterances 2.5 s apart are two detections.
+    def two(gap_s: float) -> np.ndarray:
+        return pad(np.concatenate([hj, np.zeros(int(gap_s * SR), np.int16), hj]))
+
+    long_ = feed(WakeWordDetector(refractory_s=3.0), two(0.3))
+    short = feed(WakeWordDetector(refractory_s=0.5), two(0.3))
+    far = feed(WakeWordDetector(), two(2.5))
+    print(f"\nrefractory 3.0: {[d.t for d in long_]} 0.5: {[d.t for d in short]} "
+          f"1.5 (2.5 s apart): {[d.t for d in far]}")
+    assert len(long_) == 1
+    assert len(short) >= 2 and np.all(np.diff([d.t for d in short]) >= 0.5 - 1e-9)
+    assert len(far) == 2 and far[1].t - far[0].t >= 1.5
+
+
+def test_reset_clears_stale_audio(hey_jarvis):
+    x = pad(hey_jarvis["en-us"])
+    silence = np.zeros(2 * SR, np.int16)
+
+    def until_detection(det):
+        for i in range(0, x.size, FRAME):
+            d = det.process(x[i : i + FRAME], i / SR)
+            if d is not None:
+                return d
+        raise AssertionError("no detection")
+
+    # Without reset the buffered wake word keeps scoring (refractory off to see it).
+    det = WakeWordDetector(refractory_s=0.0)
+    d = until_detection(det)
+    assert feed(det, silence, t0=d.t) != []
+
+    det = WakeWordDetector(refractory_s=0.0)
+    d = until_detection(det)
+    det.reset()
+    assert det.peak_score == 0.0 and det.last_score == 0.0
+    assert feed(det, silence, t0=d.t) == []
+    assert det.peak_score < 0.5
+    # And it still detects afterwards.
+    assert feed(det, x, t0=d.t + 2.0)
+
+
+def test_custom_model_path(tmp_path, hey_jarvis):
+    custom = tmp_path / "my_wake.tflite"
+    shutil.copyfile(find_model("hey_jarvis"), custom)
+    assert find_model(str(custom)) == custom
+    det = WakeWordDetector(str(custom), threshold=0.6)
+    dets = feed(det, pad(hey_jarvis["en-gb"]))
+    assert len(dets) == 1 and dets[0].model == "my_wake"
+    assert dets[0].score >= 0.6
+
+    not_a_model = tmp_path / "model.bin"
+    not_a_model.write_bytes(b"x")
+    with pytest.raises(WakeModelError):
+        find_model(str(not_a_model))
+
+
+def test_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        WakeWordDetector(threshold=0.0)
+    with pytest.raises(ValueError):
+        WakeWordDetector(refractory_s=-1.0)
+    det = WakeWordDetector()
+    with pytest.raises(TypeError):
+        det.process(np.zeros(160, np.float32), 0.0)
+
+
+# ------------------------------------------------------------------- benchmark
+
+
+@pytest.mark.benchmark
+def test_benchmark_cpu_per_audio_second(other_speech):
+    x, _ = speech.demo_utterance()
+    audio = np.concatenate([other_speech, x])
+    reps = int(np.ceil(60 * SR / audio.size))
+    audio = np.tile(audio, reps)[: 60 * SR]
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    det = WakeWordDetector()
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    c0, w0 = time.process_time(), time.perf_counter()
+    dets = feed(det, audio)
+    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    peak = det.peak_score
+    c0 = time.perf_counter()
+    det.reset()
+    reset_s = time.perf_counter() - c0
+    print(
+        f"\n60 s audio in 10 ms frames: {cpu / 60:.4f} CPU s per audio s "
+        f"(wall {wall / 60:.4f}); {det.chunks} chunks, {len(dets)} detections, "
+        f"peak {peak:.4f}; reset {reset_s * 1000:.1f} ms; "
+        f"max RSS {rss0:.0f} -> {rss1:.0f} MiB at construction"
+    )
+
+
+# ------------------------------------------------------------------- speech
+
+
+def test_render_speech_caches_and_reports_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    x = speech.render_speech("testing one two", voice="en-gb", rate_wpm=170)
+    assert x.dtype == np.int16 and 0.5 < x.size / SR < 3.0
+    assert np.abs(x).max() > 3000
+    cached = list((tmp_path / "voxbox" / "speech").glob("*.wav"))
+    assert len(cached) == 1
+    assert np.array_equal(speech.render_speech("testing one two", voice="en-gb", rate_wpm=170), x)
+    with pytest.raises(speech.SpeechError, match="nosuchvoice"):
+        speech.render_speech("hello", voice="nosuchvoice")
+    monkeypatch.setattr(speech.shutil, "which", lambda name: None)
+    with pytest.raises(speech.SpeechError, match="espeak-ng.*apt-get install espeak-ng"):
+        speech.render_speech("testing one two", voice="en-gb", rate_wpm=170)
