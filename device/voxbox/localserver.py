@@ -1,0 +1,1740 @@
+"""Local Realtime server ("parrot") for tests and the demo.
+
+Speaks the OpenAI Realtime WebSocket protocol in the dialects the device supports
+(OpenAI GA, OpenAI beta, Azure OpenAI preview, Azure OpenAI GA, Azure Voice Live), with
+server VAD, push-to-talk, barge-in, truncation, errors and session expiry, so a client
+that works against it is not surprised by a real server. Replies are "parrot" replies:
+the user's committed utterance is played back as the assistant's audio.
+
+Layout (sans-I/O where practical):
+- ``classify_request``: pure handshake decision (dialect, auth, fatal errors).
+- ``EnergyVad``: pure energy VAD on a sample timeline.
+- ``SessionCore``: pure per-connection protocol state: client JSON in, server events out;
+  response streaming is stepped by the adapter (``ResponseStream.next_delay`` /
+  ``SessionCore.step_response``).
+- ``LocalRealtimeServer`` / ``ServerThread``: websockets adapter and the thread-safe
+  ``ServerRecord`` used by tests.
+
+Facts and their sources are in ``docs``-style comments next to each decision; the digest
+is /work/shared/reference/realtime-device-notes.md ("digest" below).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import copy
+import json
+import logging
+import math
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from http import HTTPStatus
+from typing import Any, Callable, Iterable, Mapping
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+log = logging.getLogger("voxbox.localserver")
+
+OUTPUT_RATE = 24_000                      # Realtime PCM16 rate (digest "Audio")
+MAX_APPEND_BYTES = 15 * 1024 * 1024       # one append carries at most 15 MiB of audio (digest)
+# 15 MiB of audio is 20 MiB of base64 plus JSON: accept a little more than that.
+WS_MAX_SIZE = 24 * 1024 * 1024
+MIN_COMMIT_MS = 100                       # commit of < 100 ms -> input_audio_buffer_commit_empty
+
+# --------------------------------------------------------------------------------------
+# ids
+# --------------------------------------------------------------------------------------
+_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def new_id(prefix: str) -> str:
+    """``prefix_`` + 22 base62 characters (the shape of real ids, e.g. ``event_…``)."""
+    n = uuid.uuid4().int
+    chars = []
+    for _ in range(22):
+        n, r = divmod(n, 62)
+        chars.append(_B62[r])
+    return f"{prefix}_{''.join(chars)}"
+
+
+# --------------------------------------------------------------------------------------
+# dialects and handshake
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Dialect:
+    name: str                      # openai-ga | openai-beta | azure-ga | azure-preview | voice-live
+    ga_names: bool                 # GA event names and session shape
+    azure: bool                    # an Azure endpoint
+    voice_live: bool               # Voice Live session fields
+    default_max_session_s: float
+    default_silence_ms: int        # server_vad silence_duration_ms default
+    sends_conversation_created: bool
+    sends_rate_limits: bool
+
+
+# Session limits: digest "15 min at launch, 30 min later, 60 min at GA"; the Azure preview
+# document says 30 minutes. Voice Live: no figure in the documents, 30 min assumed.
+# server_vad silence default: digest says 500 ms (OpenAI); the Azure document's examples
+# show 200 ms for the preview API.
+# conversation.created: the Azure preview document says it follows session creation; the
+# azure-ai-voicelive SDK has no such server event; OpenAI's own servers do not send it any
+# more (not in the documents: kept off for OpenAI).
+# rate_limits.updated: in openai.types.realtime and .beta.realtime, absent from the Voice
+# Live SDK.
+DIALECTS: dict[str, Dialect] = {
+    "openai-ga": Dialect("openai-ga", True, False, False, 3600.0, 500, False, True),
+    "openai-beta": Dialect("openai-beta", False, False, False, 1800.0, 500, False, True),
+    "azure-ga": Dialect("azure-ga", True, True, False, 3600.0, 500, False, True),
+    "azure-preview": Dialect("azure-preview", False, True, False, 1800.0, 200, True, True),
+    "voice-live": Dialect("voice-live", False, True, True, 1800.0, 500, False, False),
+}
+
+
+@dataclass(frozen=True)
+class HandshakeDecision:
+    """What to do with an incoming WebSocket upgrade request."""
+
+    dialect: Dialect | None = None
+    model: str = "gpt-realtime"
+    auth: str = "none"                     # bearer | api-key | none
+    # Reject before the upgrade (HTTP status, body): unknown path, missing api-version.
+    http_status: int | None = None
+    http_body: str = ""
+    # Accept the upgrade, send one error event, close: (type, code, message, close_code).
+    fatal: tuple[str, str, str, int] | None = None
+
+
+def classify_request(
+    path: str,
+    headers: Mapping[str, str],
+    *,
+    expected_key: str | None = None,
+    openai_beta_allowed: bool = True,
+) -> HandshakeDecision:
+    """Decide dialect, auth and fatal handshake errors. ``headers`` keys are lower-case.
+
+    Sources: digest table "Dialects, URLs and auth"; fatal handshakes ("HTTP 101, then an
+    error and close 3000 (invalid_api_key) or 4000 (invalid_model, beta_api_shape_disabled)").
+    """
+    parts = urlsplit(path)
+    route = parts.path.rstrip("/") or "/"
+    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    beta_header = "realtime=v1" in headers.get("openai-beta", "").replace(" ", "").lower()
+
+    auth = "none"
+    presented: str | None = None
+    authz = headers.get("authorization", "")
+    if authz.lower().startswith("bearer "):
+        auth, presented = "bearer", authz[7:].strip()
+    elif "api-key" in headers:
+        auth, presented = "api-key", headers["api-key"].strip()
+
+    model = query.get("model") or query.get("deployment") or "gpt-realtime"
+    if route == "/v1/realtime":
+        dialect = DIALECTS["openai-beta" if beta_header else "openai-ga"]
+    elif route == "/openai/v1/realtime":
+        dialect = DIALECTS["azure-ga"]
+    elif route == "/openai/realtime":
+        dialect = DIALECTS["azure-preview"]
+        if not query.get("api-version"):
+            return HandshakeDecision(http_status=400, http_body="Missing required query parameter: api-version")
+        if not query.get("deployment"):
+            return HandshakeDecision(http_status=400, http_body="Missing required query parameter: deployment")
+    elif route == "/voice-live/realtime":
+        dialect = DIALECTS["voice-live"]
+        if not query.get("api-version"):
+            return HandshakeDecision(http_status=400, http_body="Missing required query parameter: api-version")
+    else:
+        return HandshakeDecision(http_status=404, http_body=f"Unknown path {route}")
+
+    base = HandshakeDecision(dialect=dialect, model=model, auth=auth)
+    if expected_key is not None and presented != expected_key:
+        # Observed on api.openai.com: HTTP 101, then error invalid_api_key, close 3000.
+        return replace(base, fatal=(
+            "invalid_request_error", "invalid_api_key",
+            "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.",
+            3000))
+    # "Sending the beta header to the GA endpoint is a fatal error (observed close code
+    # 4000)". /openai/v1/realtime is GA-only; /v1/realtime serves beta with the header unless
+    # the server is configured as a GA-only deployment (openai_beta_allowed=False).
+    if beta_header and (route == "/openai/v1/realtime" or not openai_beta_allowed):
+        return replace(base, fatal=(
+            "invalid_request_error", "beta_api_shape_disabled",
+            "The Realtime beta API shape is disabled for this endpoint; remove the 'OpenAI-Beta: realtime=v1' header.",
+            4000))
+    return base
+
+
+# --------------------------------------------------------------------------------------
+# configuration
+# --------------------------------------------------------------------------------------
+@dataclass
+class LocalServerConfig:
+    api_key: str | None = None                 # None: accept any or no key
+    max_session_s: float | None = None         # None: dialect default (GA 60 min, beta 30 min)
+    openai_beta_allowed: bool = True           # False: beta header on /v1/realtime -> close 4000
+    seed: int = 0                              # pacing / chunking RNG
+    pace_min: float = 2.0                      # reply audio sent at 2-4x real time
+    pace_max: float = 4.0
+    chunk_ms_min: int = 50                     # reply audio chunk sizes vary 50-250 ms
+    chunk_ms_max: int = 250
+    response_latency_s: float = 0.05           # response.created -> first output
+    transcription_delay_s: float = 0.05        # committed -> input transcription completed
+    vad_frame_ms: int = 20
+    vad_min_speech_ms: int = 60                # voiced run needed to declare speech_started
+    ping_interval: float | None = 20.0         # "The server pings about every 20 s" (digest)
+
+
+# --------------------------------------------------------------------------------------
+# VAD
+# --------------------------------------------------------------------------------------
+def threshold_to_dbfs(threshold: float) -> float:
+    """Map the API's 0..1 VAD threshold to a frame-RMS level: 0.5 -> -40 dBFS."""
+    return -70.0 + 60.0 * float(threshold)
+
+
+class EnergyVad:
+    """Energy VAD on a session-wide sample timeline.
+
+    ``feed`` returns ``("start", sample)`` with the sample where the committed audio starts
+    (speech onset minus ``prefix_padding_ms``, like ``audio_start_ms``) and ``("stop",
+    sample)`` at the end of the silence that ended the turn (last voiced sample plus
+    ``silence_duration_ms``, like ``audio_end_ms``).
+    """
+
+    def __init__(self, rate: int, *, threshold: float = 0.5, prefix_padding_ms: int = 300,
+                 silence_duration_ms: int = 500, frame_ms: int = 20, min_speech_ms: int = 60) -> None:
+        self.rate = rate
+        self.frame = max(1, rate * frame_ms // 1000)
+        self.level_db = threshold_to_dbfs(threshold)
+        self.prefix = rate * prefix_padding_ms // 1000
+        self.silence = rate * silence_duration_ms // 1000
+        self.min_frames = max(1, math.ceil(min_speech_ms / frame_ms))
+        self.pos = 0                           # timeline index of the next unprocessed sample
+        self._rest = np.zeros(0, np.int16)
+        self.speaking = False
+        self._run = 0                          # consecutive voiced frames while idle
+        self._onset = 0
+        self._last_voiced_end = 0
+
+    def reset(self) -> None:
+        self.speaking = False
+        self._run = 0
+
+    def skip_to(self, pos: int) -> None:
+        """Forget everything before ``pos`` (after a clear or a manual commit)."""
+        self.reset()
+        if pos > self.pos:
+            drop = min(len(self._rest), pos - self.pos)
+            self._rest = self._rest[drop:]
+            self.pos = pos
+
+    def feed(self, samples: np.ndarray) -> list[tuple[str, int]]:
+        out: list[tuple[str, int]] = []
+        buf = np.concatenate([self._rest, samples]) if len(self._rest) else samples
+        n = len(buf) // self.frame
+        for i in range(n):
+            fr = buf[i * self.frame:(i + 1) * self.frame].astype(np.float64)
+            rms = math.sqrt(float(np.mean(fr * fr))) if len(fr) else 0.0
+            db = 20 * math.log10(rms / 32768.0) if rms > 0 else -120.0
+            start = self.pos
+            end = start + self.frame
+            voiced = db > self.level_db
+            if not self.speaking:
+                if voiced:
+                    if self._run == 0:
+                        self._onset = start
+                    self._run += 1
+                    if self._run >= self.min_frames:
+                        self.speaking = True
+                        self._last_voiced_end = end
+                        out.append(("start", max(0, self._onset - self.prefix)))
+                else:
+                    self._run = 0
+            else:
+                if voiced:
+                    self._last_voiced_end = end
+                elif end - self._last_voiced_end >= self.silence:
+                    self.speaking = False
+                    self._run = 0
+                    out.append(("stop", self._last_voiced_end + self.silence))
+            self.pos = end
+        self._rest = buf[n * self.frame:].copy()
+        return out
+
+
+# --------------------------------------------------------------------------------------
+# protocol core
+# --------------------------------------------------------------------------------------
+class ProtocolError(Exception):
+    def __init__(self, code: str, message: str, param: str | None = None,
+                 type_: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.code, self.message, self.param, self.type = code, message, param, type_
+
+
+def _unknown(param: str) -> ProtocolError:
+    return ProtocolError("unknown_parameter", f"Unknown parameter: '{param}'.", param)
+
+
+def _invalid(param: str, value: Any, allowed: Iterable[Any] | None = None, detail: str = "") -> ProtocolError:
+    msg = f"Invalid value: {json.dumps(value)[:80]}."
+    if allowed is not None:
+        msg += " Supported values are: " + ", ".join(f"'{a}'" for a in allowed) + "."
+    if detail:
+        msg += " " + detail
+    return ProtocolError("invalid_value", msg, param)
+
+
+def _check_keys(obj: Any, allowed: Iterable[str], where: str) -> dict:
+    if not isinstance(obj, dict):
+        raise _invalid(where, obj, detail=f"Expected an object for '{where}'.")
+    for k in obj:
+        if k not in allowed:
+            raise _unknown(f"{where}.{k}")
+    return obj
+
+
+def _check_num(obj: dict, key: str, where: str, lo: float, hi: float, integer: bool = False) -> None:
+    if key in obj and obj[key] is not None:
+        v = obj[key]
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if integer:
+            ok = ok and float(v).is_integer()
+        if not ok or not (lo <= v <= hi):
+            raise _invalid(f"{where}.{key}", v, detail=f"Expected a number in [{lo}, {hi}].")
+
+
+def _check_bool(obj: dict, key: str, where: str) -> None:
+    if key in obj and obj[key] is not None and not isinstance(obj[key], bool):
+        raise _invalid(f"{where}.{key}", obj[key], detail="Expected a boolean.")
+
+
+def _check_enum(obj: dict, key: str, where: str, allowed: Iterable[Any]) -> None:
+    allowed = list(allowed)
+    if key in obj and obj[key] not in allowed:
+        raise _invalid(f"{where}.{key}", obj[key], allowed)
+
+
+# Session keys per dialect: from openai.types.realtime.RealtimeSessionCreateRequest (GA,
+# the type of session.update's session), openai.types.beta.realtime.session_update_event
+# .Session (beta) and azure.ai.voicelive.models.RequestSession (Voice Live).
+GA_SESSION_KEYS = {"type", "model", "audio", "instructions", "output_modalities", "max_output_tokens",
+                   "tools", "tool_choice", "tracing", "prompt", "include", "truncation",
+                   "parallel_tool_calls", "reasoning"}
+BETA_SESSION_KEYS = {"model", "modalities", "instructions", "voice", "input_audio_format",
+                     "output_audio_format", "input_audio_transcription", "turn_detection", "tools",
+                     "tool_choice", "temperature", "max_response_output_tokens",
+                     "input_audio_noise_reduction", "speed", "tracing", "client_secret"}
+VOICE_LIVE_SESSION_KEYS = (BETA_SESSION_KEYS - {"client_secret", "speed", "tracing"}) | {
+    "animation", "input_audio_sampling_rate", "input_audio_echo_cancellation", "avatar",
+    "output_audio_timestamp_types", "parallel_tool_calls", "reasoning_effort", "interim_response",
+    "include", "metadata", "agent"}
+
+SERVER_VAD_KEYS = {"type", "threshold", "prefix_padding_ms", "silence_duration_ms", "create_response",
+                   "interrupt_response"}
+GA_SERVER_VAD_KEYS = SERVER_VAD_KEYS | {"idle_timeout_ms"}
+SEMANTIC_VAD_KEYS = {"type", "eagerness", "create_response", "interrupt_response"}
+BETA_TURN_KEYS = SERVER_VAD_KEYS | {"eagerness"}      # beta TurnDetection: one flat model
+AZURE_VAD_KEYS = SERVER_VAD_KEYS | {"end_of_utterance_detection", "auto_truncate", "speech_duration_ms",
+                                    "remove_filler_words", "languages"}
+AZURE_VAD_TYPES = ("azure_semantic_vad", "azure_semantic_vad_en", "azure_semantic_vad_multilingual")
+SEMANTIC_SILENCE_MS = {"low": 1000, "medium": 600, "auto": 600, "high": 300}
+
+GA_RESPONSE_KEYS = {"audio", "conversation", "input", "instructions", "max_output_tokens", "metadata",
+                    "output_modalities", "parallel_tool_calls", "prompt", "reasoning", "tool_choice", "tools"}
+CLIENT_EVENT_TYPES = ("session.update", "input_audio_buffer.append", "input_audio_buffer.commit",
+                      "input_audio_buffer.clear", "conversation.item.create", "conversation.item.truncate",
+                      "conversation.item.delete", "conversation.item.retrieve", "response.create",
+                      "response.cancel")
+
+
+def default_turn_detection(dialect: Dialect, td: dict) -> dict:
+    """Fill the defaults the server reports for a turn detection object."""
+    t = td.get("type")
+    if t == "semantic_vad":
+        out = {"type": t, "eagerness": "auto", "create_response": True, "interrupt_response": True}
+    else:
+        out = {"type": t, "threshold": 0.5, "prefix_padding_ms": 300,
+               "silence_duration_ms": dialect.default_silence_ms, "create_response": True,
+               "interrupt_response": True}
+        if dialect.ga_names:
+            out["idle_timeout_ms"] = None
+    out.update({k: v for k, v in td.items() if v is not None or k == "idle_timeout_ms"})
+    return out
+
+
+def default_session(dialect: Dialect, session_id: str, model: str, expires_at: int) -> dict:
+    """The session object of ``session.created`` in the dialect's shape."""
+    td = default_turn_detection(dialect, {"type": "server_vad"})
+    if dialect.ga_names:
+        # openai.types.realtime.RealtimeSessionCreateResponse
+        return {
+            "type": "realtime", "object": "realtime.session", "id": session_id, "model": model,
+            "output_modalities": ["audio"], "instructions": "", "tools": [], "tool_choice": "auto",
+            "max_output_tokens": "inf", "tracing": None, "truncation": "auto", "prompt": None,
+            "expires_at": expires_at, "include": None,
+            "audio": {
+                "input": {"format": {"type": "audio/pcm", "rate": OUTPUT_RATE}, "transcription": None,
+                          "noise_reduction": None, "turn_detection": td},
+                "output": {"format": {"type": "audio/pcm", "rate": OUTPUT_RATE}, "voice": "marin",
+                           "speed": 1.0},
+            },
+        }
+    # beta shape: openai.types.beta.realtime.Session and the Azure preview document's example
+    s: dict[str, Any] = {
+        "id": session_id, "object": "realtime.session", "model": model, "expires_at": expires_at,
+        "modalities": ["text", "audio"], "instructions": "", "voice": "alloy",
+        "turn_detection": td, "input_audio_format": "pcm16", "output_audio_format": "pcm16",
+        "input_audio_transcription": None, "input_audio_noise_reduction": None,
+        "tool_choice": "auto", "temperature": 0.8, "max_response_output_tokens": "inf", "tools": [],
+    }
+    if not dialect.azure:
+        s["speed"] = 1.0
+        s["tracing"] = None
+    if dialect.voice_live:
+        # azure.ai.voicelive.models.ResponseSession; voices as {name, type} (digest)
+        s["voice"] = {"name": "en-US-Ava:DragonHDLatestNeural", "type": "azure-standard"}
+        s["input_audio_sampling_rate"] = OUTPUT_RATE
+        s["input_audio_echo_cancellation"] = None
+    return s
+
+
+def _deep_merge(base: dict, patch: dict, replace_keys: set[str]) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in patch.items():
+        if k in replace_keys or not isinstance(v, dict) or not isinstance(out.get(k), dict):
+            out[k] = copy.deepcopy(v)
+        else:
+            out[k] = _deep_merge(out[k], v, replace_keys)
+    return out
+
+
+@dataclass
+class Item:
+    id: str
+    type: str                           # message | function_call | function_call_output
+    role: str | None = None
+    content: list[dict] = field(default_factory=list)   # wire content, audio payload stripped
+    samples: np.ndarray | None = None   # user input audio (input rate) / assistant reply (24 kHz)
+    rate: int = OUTPUT_RATE
+    status: str = "completed"
+    extra: dict = field(default_factory=dict)  # call_id, name, arguments, output
+    # assistant audio accounting
+    audio_sent_samples: int = 0
+    is_assistant_audio: bool = False
+    truncated_ms: int | None = None
+    answered: bool = False
+
+    def wire(self) -> dict:
+        d: dict[str, Any] = {"id": self.id, "type": self.type, "object": "realtime.item", "status": self.status}
+        if self.type == "message":
+            d["role"] = self.role
+            d["content"] = copy.deepcopy(self.content)
+        d.update(self.extra)
+        return d
+
+
+@dataclass
+class ResponseStream:
+    id: str
+    item_id: str
+    audio: np.ndarray | None            # 24 kHz reply audio; None for text-only
+    transcript: str
+    chunks: list[int]                   # samples per step (audio) or words per step (text)
+    pace: list[float]
+    metadata: Any
+    in_conversation: bool
+    modalities: list[str]
+    voice: Any
+    input_item_ms: float
+    step: int = 0
+    item_started: bool = False
+    words_sent: int = 0
+    samples_sent: int = 0
+    first_delay: float = 0.05
+    finished: bool = False
+    status: str = "in_progress"
+
+    @property
+    def words(self) -> list[str]:
+        return self.transcript.split(" ")
+
+    def next_delay(self) -> float:
+        if self.step == 0:
+            return self.first_delay
+        i = self.step - 1
+        if i < len(self.chunks):
+            dur = (self.chunks[i] / OUTPUT_RATE) if self.audio is not None else 0.05 * self.chunks[i]
+            return dur / self.pace[i]
+        return 0.0
+
+
+class SessionCore:
+    """Per-connection Realtime protocol state, without sockets or clocks.
+
+    ``handle_text`` takes one client message and returns the server events to send, in
+    order. The adapter drives a running response with ``active.next_delay()`` and
+    ``step_response()`` and schedules ``take_deferred()`` events after their delays.
+    """
+
+    def __init__(self, dialect: Dialect, *, model: str = "gpt-realtime",
+                 config: LocalServerConfig | None = None, now: float | None = None,
+                 max_session_s: float | None = None) -> None:
+        self.dialect = dialect
+        self.cfg = config or LocalServerConfig()
+        self.max_session_s = max_session_s or self.cfg.max_session_s or dialect.default_max_session_s
+        created = time.time() if now is None else now
+        self.session_id = new_id("sess")
+        self.conversation_id = new_id("conv")
+        self.session = default_session(dialect, self.session_id, model,
+                                       int(created + self.max_session_s))
+        self.items: list[Item] = []
+        self.rng = random.Random(self.cfg.seed)
+        # input buffer on a session-wide sample timeline
+        self._chunks: list[np.ndarray] = []
+        self._buf_start = 0                   # timeline index of the first buffered sample
+        self.total_samples = 0                # samples appended this session (input rate)
+        self.uplink_samples = 0
+        self.vad: EnergyVad | None = None
+        self._speech_item: str | None = None
+        self._speech_start = 0
+        self.active: ResponseStream | None = None
+        self._pending_auto_response = False
+        self.audio_output_started = False
+        self._deferred: list[tuple[float, list[dict]]] = []
+        self.last_client_summary: dict | None = None
+        self.truncates: list[dict] = []
+        self._rebuild_vad()
+
+    # ---- session accessors (dialect-shaped session dict) --------------------------------
+    @property
+    def input_rate(self) -> int:
+        if self.dialect.voice_live:
+            return int(self.session.get("input_audio_sampling_rate") or OUTPUT_RATE)
+        return OUTPUT_RATE
+
+    @property
+    def turn_detection(self) -> dict | None:
+        if self.dialect.ga_names:
+            return self.session["audio"]["input"].get("turn_detection")
+        return self.session.get("turn_detection")
+
+    @property
+    def transcription(self) -> dict | None:
+        if self.dialect.ga_names:
+            return self.session["audio"]["input"].get("transcription")
+        return self.session.get("input_audio_transcription")
+
+    @property
+    def voice(self) -> Any:
+        if self.dialect.ga_names:
+            return self.session["audio"]["output"].get("voice")
+        return self.session.get("voice")
+
+    @property
+    def modalities(self) -> list[str]:
+        key = "output_modalities" if self.dialect.ga_names else "modalities"
+        return list(self.session.get(key) or ["audio"])
+
+    def _rebuild_vad(self) -> None:
+        td = self.turn_detection
+        if not td:
+            self.vad = None
+            self._speech_item = None
+            return
+        silence = td.get("silence_duration_ms")
+        if td.get("type") == "semantic_vad":
+            silence = SEMANTIC_SILENCE_MS.get(td.get("eagerness") or "auto", 600)
+        vad = EnergyVad(self.input_rate, threshold=td.get("threshold") or 0.5,
+                        prefix_padding_ms=td.get("prefix_padding_ms", 300) or 0,
+                        silence_duration_ms=silence if silence is not None else 500,
+                        frame_ms=self.cfg.vad_frame_ms, min_speech_ms=self.cfg.vad_min_speech_ms)
+        vad.pos = self.total_samples
+        self.vad = vad
+        self._speech_item = None
+
+    # ---- event helpers -------------------------------------------------------------------
+    def _ev(self, type_: str, **fields: Any) -> dict:
+        return {"type": type_, "event_id": new_id("event"), **fields}
+
+    def _error(self, err: ProtocolError, client_event_id: str | None) -> dict:
+        return self._ev("error", error={"type": err.type, "code": err.code, "message": err.message,
+                                        "param": err.param, "event_id": client_event_id})
+
+    def _ms(self, samples: int, rate: int | None = None) -> int:
+        return int(samples * 1000 // (rate or self.input_rate))
+
+    def _names(self, kind: str) -> str:
+        ga = self.dialect.ga_names
+        return {
+            "audio.delta": "response.output_audio.delta" if ga else "response.audio.delta",
+            "audio.done": "response.output_audio.done" if ga else "response.audio.done",
+            "transcript.delta": "response.output_audio_transcript.delta" if ga else "response.audio_transcript.delta",
+            "transcript.done": "response.output_audio_transcript.done" if ga else "response.audio_transcript.done",
+            "text.delta": "response.output_text.delta" if ga else "response.text.delta",
+            "text.done": "response.output_text.done" if ga else "response.text.done",
+        }[kind]
+
+    def _item_events(self, item: Item, previous_item_id: str | None, done: bool = True) -> list[dict]:
+        """Beta: conversation.item.created. GA: conversation.item.added (+ .done)."""
+        if self.dialect.ga_names:
+            evs = [self._ev("conversation.item.added", previous_item_id=previous_item_id, item=item.wire())]
+            if done:
+                evs.append(self._ev("conversation.item.done", previous_item_id=previous_item_id, item=item.wire()))
+            return evs
+        return [self._ev("conversation.item.created", previous_item_id=previous_item_id, item=item.wire())]
+
+    def take_deferred(self) -> list[tuple[float, list[dict]]]:
+        out, self._deferred = self._deferred, []
+        return out
+
+    def _find(self, item_id: Any) -> Item | None:
+        for it in self.items:
+            if it.id == item_id:
+                return it
+        return None
+
+    # ---- connection lifecycle ------------------------------------------------------------
+    def open_events(self) -> list[dict]:
+        evs = [self._ev("session.created", session=copy.deepcopy(self.session))]
+        if self.dialect.sends_conversation_created:
+            evs.append(self._ev("conversation.created",
+                                conversation={"id": self.conversation_id, "object": "realtime.conversation"}))
+        return evs
+
+    def expire_events(self) -> list[dict]:
+        """At the session limit: error session_expired (then the adapter closes 1001)."""
+        out: list[dict] = []
+        minutes = self.max_session_s / 60
+        mtxt = f"{minutes:g} minutes" if minutes >= 1 else f"{self.max_session_s:g} seconds"
+        out.append(self._error(ProtocolError(
+            "session_expired", f"Your session hit the maximum duration of {mtxt}."), None))
+        if self.active is not None:
+            self.active.finished = True
+            self.active = None
+        return out
+
+    # ---- client messages -----------------------------------------------------------------
+    def handle_text(self, text: str | bytes) -> list[dict]:
+        self.last_client_summary = None
+        try:
+            ev = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as e:
+            self.last_client_summary = {"type": None, "invalid_json": True}
+            return [self._error(ProtocolError(
+                "invalid_json", f"The server could not parse the JSON in your message: {e}."), None)]
+        if not isinstance(ev, dict):
+            self.last_client_summary = {"type": None, "invalid_json": True}
+            return [self._error(ProtocolError(
+                "invalid_json", "Expected a JSON object with a 'type' field."), None)]
+        return self.handle_event(ev)
+
+    def handle_event(self, ev: dict) -> list[dict]:
+        client_id = ev.get("event_id") if isinstance(ev.get("event_id"), str) else None
+        self.last_client_summary = summarize_client_event(ev)
+        t = ev.get("type")
+        try:
+            if not isinstance(t, str):
+                raise ProtocolError("missing_required_parameter", "Missing required parameter: 'type'.", "type")
+            handler = {
+                "session.update": self._on_session_update,
+                "input_audio_buffer.append": self._on_append,
+                "input_audio_buffer.commit": self._on_commit,
+                "input_audio_buffer.clear": self._on_clear,
+                "conversation.item.create": self._on_item_create,
+                "conversation.item.truncate": self._on_truncate,
+                "conversation.item.delete": self._on_delete,
+                "conversation.item.retrieve": self._on_retrieve,
+                "response.create": self._on_response_create,
+                "response.cancel": self._on_response_cancel,
+            }.get(t)
+            if handler is None:
+                raise _invalid("type", t, CLIENT_EVENT_TYPES)
+            return handler(ev, client_id)
+        except ProtocolError as err:
+            return [self._error(err, client_id)]
+
+    # -- session.update
+    def _validate_turn_detection(self, td: Any, where: str) -> None:
+        if td is None:
+            return
+        if not isinstance(td, dict):
+            raise _invalid(where, td, detail="Expected an object or null.")
+        types = ["server_vad", "semantic_vad"]
+        if self.dialect.voice_live:
+            types += list(AZURE_VAD_TYPES)
+        if "type" not in td:
+            raise ProtocolError("missing_required_parameter", f"Missing required parameter: '{where}.type'.",
+                                f"{where}.type")
+        _check_enum(td, "type", where, types)
+        if self.dialect.ga_names:
+            keys = GA_SERVER_VAD_KEYS if td["type"] == "server_vad" else SEMANTIC_VAD_KEYS
+        elif self.dialect.voice_live:
+            keys = AZURE_VAD_KEYS | {"eagerness"}
+        else:
+            keys = BETA_TURN_KEYS
+        _check_keys(td, keys, where)
+        _check_num(td, "threshold", where, 0.0, 1.0)
+        _check_num(td, "prefix_padding_ms", where, 0, 10_000, integer=True)
+        _check_num(td, "silence_duration_ms", where, 0, 10_000, integer=True)
+        _check_num(td, "idle_timeout_ms", where, 0, 3_600_000, integer=True)
+        _check_bool(td, "create_response", where)
+        _check_bool(td, "interrupt_response", where)
+        _check_enum(td, "eagerness", where, ["low", "medium", "high", "auto"])
+
+    def _validate_voice(self, voice: Any, where: str) -> None:
+        if self.dialect.voice_live and isinstance(voice, dict):
+            _check_enum(voice, "type", where, ["openai", "azure-standard", "azure-custom", "azure-personal",
+                                               "avatar-voice-sync"])
+            if not isinstance(voice.get("name"), str):
+                raise _invalid(f"{where}.name", voice.get("name"), detail="Expected a string.")
+        elif self.dialect.ga_names and isinstance(voice, dict):
+            _check_keys(voice, {"id"}, where)
+        elif not isinstance(voice, str):
+            raise _invalid(where, voice, detail="Expected a string.")
+        if self.audio_output_started and voice != self.voice:
+            raise ProtocolError("invalid_value",
+                                "Cannot update a conversation's voice if assistant audio is present.", where)
+
+    def _validate_ga_session(self, s: dict) -> None:
+        if "type" not in s:
+            raise ProtocolError("missing_required_parameter", "Missing required parameter: 'session.type'.",
+                                "session.type")
+        if s["type"] != "realtime":
+            raise _invalid("session.type", s["type"], ["realtime"],
+                           "This local server supports realtime sessions only.")
+        _check_keys(s, GA_SESSION_KEYS, "session")
+        if "output_modalities" in s:
+            om = s["output_modalities"]
+            if not isinstance(om, list) or not om or any(m not in ("text", "audio") for m in om):
+                raise _invalid("session.output_modalities", om, ["text", "audio"])
+        self._check_max_tokens(s, "max_output_tokens", "session")
+        if "instructions" in s and not isinstance(s["instructions"], str):
+            raise _invalid("session.instructions", s["instructions"], detail="Expected a string.")
+        if "audio" not in s:
+            return
+        audio = _check_keys(s["audio"], {"input", "output"}, "session.audio")
+        if "input" in audio:
+            inp = _check_keys(audio["input"], {"format", "transcription", "noise_reduction", "turn_detection"},
+                              "session.audio.input")
+            if "format" in inp:
+                self._validate_ga_format(inp["format"], "session.audio.input.format")
+            if inp.get("transcription") is not None:
+                _check_keys(inp["transcription"], {"model", "language", "prompt", "delay", "keywords", "languages"},
+                            "session.audio.input.transcription")
+            if inp.get("noise_reduction") is not None:
+                nr = _check_keys(inp["noise_reduction"], {"type", "strength"}, "session.audio.input.noise_reduction")
+                _check_enum(nr, "type", "session.audio.input.noise_reduction", ["near_field", "far_field"])
+            if "turn_detection" in inp:
+                self._validate_turn_detection(inp["turn_detection"], "session.audio.input.turn_detection")
+        if "output" in audio:
+            out = _check_keys(audio["output"], {"format", "voice", "speed"}, "session.audio.output")
+            if "format" in out:
+                self._validate_ga_format(out["format"], "session.audio.output.format")
+            if "voice" in out:
+                self._validate_voice(out["voice"], "session.audio.output.voice")
+            _check_num(out, "speed", "session.audio.output", 0.25, 1.5)
+
+    def _validate_ga_format(self, fmt: Any, where: str) -> None:
+        _check_keys(fmt, {"type", "rate"}, where)
+        _check_enum(fmt, "type", where, ["audio/pcm", "audio/pcmu", "audio/pcma"])
+        if fmt.get("type", "audio/pcm") == "audio/pcm" and "rate" in fmt:
+            _check_enum(fmt, "rate", where, [OUTPUT_RATE])
+
+    def _check_max_tokens(self, s: dict, key: str, where: str) -> None:
+        if key in s and s[key] is not None and s[key] != "inf":
+            v = s[key]
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 4096:
+                raise _invalid(f"{where}.{key}", v, detail="Expected an integer in [1, 4096] or 'inf'.")
+
+    def _validate_beta_session(self, s: dict) -> None:
+        keys = VOICE_LIVE_SESSION_KEYS if self.dialect.voice_live else BETA_SESSION_KEYS
+        _check_keys(s, keys, "session")
+        if "modalities" in s:
+            m = s["modalities"]
+            if not isinstance(m, list) or not m or any(x not in ("text", "audio") for x in m):
+                raise _invalid("session.modalities", m, ["text", "audio"])
+        in_formats = ["pcm16", "g711_ulaw", "g711_alaw"]
+        out_formats = in_formats + (["pcm16_8000hz", "pcm16_16000hz"] if self.dialect.voice_live else [])
+        _check_enum(s, "input_audio_format", "session", in_formats)
+        _check_enum(s, "output_audio_format", "session", out_formats)
+        if "voice" in s:
+            self._validate_voice(s["voice"], "session.voice")
+        if "turn_detection" in s:
+            self._validate_turn_detection(s["turn_detection"], "session.turn_detection")
+        if s.get("input_audio_transcription") is not None:
+            tkeys = {"model", "language", "prompt"}
+            if self.dialect.voice_live:
+                tkeys = {"model", "language", "custom_speech", "phrase_list"}
+            _check_keys(s["input_audio_transcription"], tkeys, "session.input_audio_transcription")
+        if s.get("input_audio_noise_reduction") is not None:
+            nr = _check_keys(s["input_audio_noise_reduction"], {"type"}, "session.input_audio_noise_reduction")
+            nr_types = ["near_field", "far_field"] + (["azure_deep_noise_suppression"] if self.dialect.voice_live else [])
+            _check_enum(nr, "type", "session.input_audio_noise_reduction", nr_types)
+        if s.get("input_audio_echo_cancellation") is not None:
+            ec = _check_keys(s["input_audio_echo_cancellation"], {"type", "reference_source", "channels"},
+                             "session.input_audio_echo_cancellation")
+            _check_enum(ec, "type", "session.input_audio_echo_cancellation", ["server_echo_cancellation"])
+        _check_enum(s, "input_audio_sampling_rate", "session", [16000, 24000])
+        _check_num(s, "temperature", "session", 0.6, 1.2)
+        _check_num(s, "speed", "session", 0.25, 1.5)
+        self._check_max_tokens(s, "max_response_output_tokens", "session")
+        if "instructions" in s and not isinstance(s["instructions"], str):
+            raise _invalid("session.instructions", s["instructions"], detail="Expected a string.")
+
+    def _on_session_update(self, ev: dict, cid: str | None) -> list[dict]:
+        s = ev.get("session")
+        if not isinstance(s, dict):
+            raise ProtocolError("missing_required_parameter", "Missing required parameter: 'session'.", "session")
+        if self.dialect.ga_names:
+            self._validate_ga_session(s)
+            td_changed = "turn_detection" in (s.get("audio") or {}).get("input", {})
+        else:
+            self._validate_beta_session(s)
+            td_changed = "turn_detection" in s or "input_audio_sampling_rate" in s
+        replace_keys = {"turn_detection", "transcription", "noise_reduction", "format", "voice",
+                        "input_audio_transcription", "input_audio_noise_reduction",
+                        "input_audio_echo_cancellation", "tracing", "prompt"}
+        patch = copy.deepcopy(s)
+        td_where = (patch.get("audio") or {}).get("input") if self.dialect.ga_names else patch
+        if isinstance(td_where, dict) and td_where.get("turn_detection"):
+            td_where["turn_detection"] = default_turn_detection(self.dialect, td_where["turn_detection"])
+        self.session = _deep_merge(self.session, patch, replace_keys)
+        if td_changed:
+            self._rebuild_vad()
+        return [self._ev("session.updated", session=copy.deepcopy(self.session))]
+
+    # -- input audio
+    def _buffered(self) -> int:
+        return self.total_samples - self._buf_start
+
+    def _buffer_slice(self, start: int, end: int) -> np.ndarray:
+        data = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
+        self._chunks = [data] if len(data) else []
+        a = max(0, start - self._buf_start)
+        b = max(a, end - self._buf_start)
+        return data[a:b].copy()
+
+    def _drop_before(self, pos: int) -> None:
+        """Drop buffered samples before timeline index ``pos``."""
+        while self._chunks and self._buf_start + len(self._chunks[0]) <= pos:
+            self._buf_start += len(self._chunks[0])
+            self._chunks.pop(0)
+        if self._chunks and self._buf_start < pos:
+            cut = pos - self._buf_start
+            self._chunks[0] = self._chunks[0][cut:]
+            self._buf_start = pos
+        if not self._chunks:
+            self._buf_start = max(self._buf_start, min(pos, self.total_samples))
+
+    def _on_append(self, ev: dict, cid: str | None) -> list[dict]:
+        audio = ev.get("audio")
+        if not isinstance(audio, str):
+            raise ProtocolError("missing_required_parameter", "Missing required parameter: 'audio'.", "audio")
+        try:
+            raw = base64.b64decode(audio, validate=True)
+        except (binascii.Error, ValueError):
+            raise _invalid("audio", audio[:16] + "...", detail="Expected base64-encoded audio.") from None
+        if len(raw) > MAX_APPEND_BYTES:
+            raise _invalid("audio", f"<{len(raw)} bytes>", detail="Audio chunks are limited to 15 MiB.")
+        samples = np.frombuffer(raw[: len(raw) - (len(raw) % 2)], dtype="<i2").astype(np.int16)
+        n = len(samples)
+        self.uplink_samples += n
+        if n == 0:
+            return []
+        self._chunks.append(samples)
+        self.total_samples += n
+        out: list[dict] = []
+        if self.vad is None:
+            return out
+        for kind, pos in self.vad.feed(samples):
+            if kind == "start":
+                pos = max(pos, self._buf_start)
+                self._speech_item = new_id("item")
+                self._speech_start = pos
+                out.append(self._ev("input_audio_buffer.speech_started", audio_start_ms=self._ms(pos),
+                                    item_id=self._speech_item))
+                td = self.turn_detection or {}
+                if self.active is not None and td.get("interrupt_response", True):
+                    out += self._cancel_active("turn_detected")
+            elif kind == "stop" and self._speech_item is not None:
+                item_id, self._speech_item = self._speech_item, None
+                out.append(self._ev("input_audio_buffer.speech_stopped", audio_end_ms=self._ms(pos),
+                                    item_id=item_id))
+                out += self._commit(self._speech_start, pos, item_id)
+                td = self.turn_detection or {}
+                if td.get("create_response", True):
+                    if self.active is None:
+                        out += self._start_response({}, None)
+                    else:
+                        self._pending_auto_response = True
+        if self.vad is not None and not self.vad.speaking:
+            # Bound memory while nobody speaks: keep what a manual commit may want (the last
+            # 60 s) and at least what a future speech_started can reach back to (prefix).
+            keep = max(60 * self.input_rate, self.vad.prefix + self.vad.frame * (self.vad.min_frames + 2))
+            if self._buffered() > keep + 10 * self.input_rate:
+                self._drop_before(self.total_samples - keep)
+        return out
+
+    def _commit(self, start: int, end: int, item_id: str) -> list[dict]:
+        audio = self._buffer_slice(start, end)
+        self._drop_before(end)
+        prev = self.items[-1].id if self.items else None
+        item = Item(id=item_id, type="message", role="user",
+                    content=[{"type": "input_audio", "transcript": None}], samples=audio, rate=self.input_rate)
+        self.items.append(item)
+        out = [self._ev("input_audio_buffer.committed", previous_item_id=prev, item_id=item_id)]
+        out += self._item_events(item, prev)
+        if self.transcription:
+            secs = len(audio) / self.input_rate
+            tr = self._ev("conversation.item.input_audio_transcription.completed", item_id=item_id,
+                          content_index=0, transcript=f"(local parrot transcript: {secs:.1f} s of speech)")
+            if not self.dialect.voice_live:       # Voice Live's event has no usage field
+                tr["usage"] = {"type": "duration", "seconds": round(secs, 3)}
+            self._deferred.append((self.cfg.transcription_delay_s, [tr]))
+        return out
+
+    def _on_commit(self, ev: dict, cid: str | None) -> list[dict]:
+        n = self._buffered()
+        ms = n * 1000 / self.input_rate
+        if ms < MIN_COMMIT_MS:
+            raise ProtocolError(
+                "input_audio_buffer_commit_empty",
+                f"Error committing input audio buffer: buffer too small. Expected at least {MIN_COMMIT_MS}ms "
+                f"of audio, but buffer only has {ms:.2f}ms of audio.")
+        item_id = self._speech_item or new_id("item")
+        self._speech_item = None
+        out = self._commit(self._buf_start, self.total_samples, item_id)
+        if self.vad is not None:
+            self.vad.skip_to(self.total_samples)
+        return out
+
+    def _on_clear(self, ev: dict, cid: str | None) -> list[dict]:
+        self._chunks = []
+        self._buf_start = self.total_samples
+        self._speech_item = None
+        if self.vad is not None:
+            self.vad.skip_to(self.total_samples)
+        return [self._ev("input_audio_buffer.cleared")]
+
+    # -- conversation items
+    def _on_item_create(self, ev: dict, cid: str | None) -> list[dict]:
+        it = ev.get("item")
+        if not isinstance(it, dict):
+            raise ProtocolError("missing_required_parameter", "Missing required parameter: 'item'.", "item")
+        t = it.get("type")
+        if t not in ("message", "function_call", "function_call_output"):
+            raise _invalid("item.type", t, ["message", "function_call", "function_call_output"])
+        item_id = it.get("id") or new_id("item")
+        if not isinstance(item_id, str):
+            raise _invalid("item.id", item_id, detail="Expected a string.")
+        if self._find(item_id) is not None:
+            raise _invalid("item.id", item_id, detail="An item with this id already exists.")
+        item = Item(id=item_id, type=t)
+        if t == "message":
+            role = it.get("role")
+            if role not in ("user", "assistant", "system"):
+                raise _invalid("item.role", role, ["user", "assistant", "system"])
+            item.role = role
+            content = it.get("content")
+            if not isinstance(content, list):
+                raise ProtocolError("missing_required_parameter", "Missing required parameter: 'item.content'.",
+                                    "item.content")
+            ga = self.dialect.ga_names
+            allowed = {"user": ["input_text", "input_audio"] + (["input_image"] if ga else []),
+                       "system": ["input_text"],
+                       "assistant": ["output_text", "output_audio"] if ga else ["text", "audio"]}[role]
+            parts: list[dict] = []
+            audio_parts: list[np.ndarray] = []
+            for i, c in enumerate(content):
+                if not isinstance(c, dict) or c.get("type") not in allowed:
+                    raise _invalid(f"item.content[{i}].type", c.get("type") if isinstance(c, dict) else c, allowed)
+                part = {k: v for k, v in c.items() if k != "audio"}
+                if isinstance(c.get("audio"), str):
+                    try:
+                        raw = base64.b64decode(c["audio"], validate=True)
+                    except (binascii.Error, ValueError):
+                        raise _invalid(f"item.content[{i}].audio", c["audio"][:16] + "...",
+                                       detail="Expected base64-encoded audio.") from None
+                    audio_parts.append(np.frombuffer(raw[: len(raw) - len(raw) % 2], "<i2").astype(np.int16))
+                    part.setdefault("transcript", None)
+                parts.append(part)
+            item.content = parts
+            if audio_parts:
+                item.samples = np.concatenate(audio_parts)
+                item.rate = self.input_rate
+        elif t == "function_call_output":
+            if not isinstance(it.get("call_id"), str) or not isinstance(it.get("output"), str):
+                missing = "call_id" if not isinstance(it.get("call_id"), str) else "output"
+                raise ProtocolError("missing_required_parameter", f"Missing required parameter: 'item.{missing}'.",
+                                    f"item.{missing}")
+            item.extra = {"call_id": it["call_id"], "output": it["output"]}
+        else:
+            item.extra = {k: it.get(k) for k in ("call_id", "name", "arguments")}
+        prev = ev.get("previous_item_id")
+        if prev is None:
+            prev_id = self.items[-1].id if self.items else None
+            self.items.append(item)
+        elif prev == "root":
+            prev_id = None
+            self.items.insert(0, item)
+        else:
+            p = self._find(prev)
+            if p is None:
+                raise _invalid("previous_item_id", prev, detail="No item with this id in the conversation.")
+            prev_id = prev
+            self.items.insert(self.items.index(p) + 1, item)
+        return self._item_events(item, prev_id)
+
+    def _on_truncate(self, ev: dict, cid: str | None) -> list[dict]:
+        for k in ("item_id", "content_index", "audio_end_ms"):
+            if k not in ev:
+                raise ProtocolError("missing_required_parameter", f"Missing required parameter: '{k}'.", k)
+        item_id, ci, end_ms = ev["item_id"], ev["content_index"], ev["audio_end_ms"]
+        self.truncates.append({"item_id": item_id, "content_index": ci, "audio_end_ms": end_ms,
+                               "event_id": cid})
+        item = self._find(item_id)
+        if item is None:
+            raise _invalid("item_id", item_id, detail="No item with this id in the conversation.")
+        if not item.is_assistant_audio:
+            raise _invalid("item_id", item_id, detail="Only assistant messages with audio can be truncated.")
+        if ci != 0:
+            raise _invalid("content_index", ci, [0])
+        if not isinstance(end_ms, int) or isinstance(end_ms, bool) or end_ms < 0:
+            raise _invalid("audio_end_ms", end_ms, detail="Expected a non-negative integer.")
+        have_ms = item.audio_sent_samples * 1000 / OUTPUT_RATE
+        if item.truncated_ms is not None:
+            have_ms = min(have_ms, item.truncated_ms)
+        if end_ms > have_ms:
+            raise ProtocolError("invalid_value",
+                                f"Audio content of {int(have_ms)}ms is already shorter than {end_ms}ms",
+                                "audio_end_ms")
+        item.truncated_ms = end_ms
+        # "Truncating audio deletes the server-side text transcript" (Azure preview document)
+        for part in item.content:
+            if "transcript" in part:
+                part["transcript"] = ""
+        return [self._ev("conversation.item.truncated", item_id=item_id, content_index=ci, audio_end_ms=end_ms)]
+
+    def _on_delete(self, ev: dict, cid: str | None) -> list[dict]:
+        item = self._find(ev.get("item_id"))
+        if item is None:
+            raise _invalid("item_id", ev.get("item_id"), detail="No item with this id in the conversation.")
+        self.items.remove(item)
+        return [self._ev("conversation.item.deleted", item_id=item.id)]
+
+    def _on_retrieve(self, ev: dict, cid: str | None) -> list[dict]:
+        item = self._find(ev.get("item_id"))
+        if item is None:
+            raise _invalid("item_id", ev.get("item_id"), detail="No item with this id in the conversation.")
+        return [self._ev("conversation.item.retrieved", item=item.wire())]
+
+    # -- responses
+    def _on_response_create(self, ev: dict, cid: str | None) -> list[dict]:
+        params = ev.get("response") or {}
+        if not isinstance(params, dict):
+            raise _invalid("response", params, detail="Expected an object.")
+        if self.dialect.ga_names:
+            _check_keys(params, GA_RESPONSE_KEYS, "response")
+        mkey = "output_modalities" if self.dialect.ga_names else "modalities"
+        if mkey in params:
+            m = params[mkey]
+            if not isinstance(m, list) or not m or any(x not in ("text", "audio") for x in m):
+                raise _invalid(f"response.{mkey}", m, ["text", "audio"])
+        if self.active is not None:
+            raise ProtocolError(
+                "conversation_already_has_active_response",
+                f"Conversation already has an active response in progress: {self.active.id}. "
+                "Wait until the response is finished before creating a new one.")
+        return self._start_response(params, cid)
+
+    def _on_response_cancel(self, ev: dict, cid: str | None) -> list[dict]:
+        rid = ev.get("response_id")
+        if self.active is None or (rid is not None and rid != self.active.id):
+            raise ProtocolError("response_cancel_not_active", "Cancellation failed: no active response found")
+        return self._cancel_active("client_cancelled")
+
+    def _response_obj(self, r: ResponseStream, status: str, output: list[dict], usage: dict | None,
+                      status_details: dict | None) -> dict:
+        d: dict[str, Any] = {"object": "realtime.response", "id": r.id, "status": status,
+                             "status_details": status_details, "output": output,
+                             "conversation_id": self.conversation_id if r.in_conversation else None,
+                             "usage": usage, "metadata": r.metadata}
+        if self.dialect.ga_names:
+            d["output_modalities"] = r.modalities
+            d["max_output_tokens"] = "inf"
+            d["audio"] = {"output": {"format": copy.deepcopy(self.session["audio"]["output"]["format"]),
+                                     "voice": r.voice}}
+        else:
+            d["modalities"] = r.modalities
+            d["voice"] = r.voice
+            d["output_audio_format"] = self.session.get("output_audio_format", "pcm16")
+            d["temperature"] = self.session.get("temperature", 0.8)
+            d["max_output_tokens"] = "inf"
+        return d
+
+    def _start_response(self, params: dict, cid: str | None) -> list[dict]:
+        mkey = "output_modalities" if self.dialect.ga_names else "modalities"
+        modalities = list(params.get(mkey) or self.modalities)
+        with_audio = "audio" in modalities
+        if self.dialect.ga_names:
+            modalities = ["audio"] if with_audio else ["text"]   # GA: audio implies its transcript
+        in_conversation = params.get("conversation", "auto") != "none"
+        # the parrot source: the newest user message in the conversation
+        source = None
+        for it in reversed(self.items):
+            if it.type == "message" and it.role == "user":
+                source = it
+                break
+        audio: np.ndarray | None = None
+        if source is not None and source.samples is not None and len(source.samples):
+            dur = len(source.samples) / source.rate
+            transcript = f"You said: ({dur:.1f} s of audio)"
+            audio = source.samples
+            if source.rate != OUTPUT_RATE:
+                n_out = int(round(len(audio) * OUTPUT_RATE / source.rate))
+                x = np.linspace(0, len(audio) - 1, n_out)
+                audio = np.interp(x, np.arange(len(audio)), audio.astype(np.float64)).astype(np.int16)
+        else:
+            text = None
+            if source is not None:
+                text = " ".join(str(c.get("text")) for c in source.content if c.get("text"))
+            transcript = f"You said: {text}" if text else "Hello from the local parrot."
+            dur = 0.6
+            t = np.arange(int(OUTPUT_RATE * dur)) / OUTPUT_RATE
+            audio = (3000 * np.sin(2 * np.pi * 660 * t) * np.hanning(len(t))).astype(np.int16)
+        if source is not None:
+            source.answered = True
+        input_ms = (len(source.samples) * 1000 / source.rate) if source is not None and source.samples is not None else 0.0
+        if with_audio:
+            chunks: list[int] = []
+            left = len(audio)
+            while left > 0:
+                n = self.rng.randint(self.cfg.chunk_ms_min, self.cfg.chunk_ms_max) * OUTPUT_RATE // 1000
+                n = min(n, left)
+                chunks.append(n)
+                left -= n
+        else:
+            audio = None
+            words = len(transcript.split(" "))
+            chunks = []
+            while sum(chunks) < words:
+                chunks.append(min(self.rng.randint(1, 3), words - sum(chunks)))
+        pace = [self.rng.uniform(self.cfg.pace_min, self.cfg.pace_max) for _ in chunks]
+        r = ResponseStream(id=new_id("resp"), item_id=new_id("item"), audio=audio, transcript=transcript,
+                           chunks=chunks, pace=pace, metadata=params.get("metadata"),
+                           in_conversation=in_conversation, modalities=modalities,
+                           voice=copy.deepcopy(self.voice), input_item_ms=input_ms,
+                           first_delay=self.cfg.response_latency_s)
+        self.active = r
+        return [self._ev("response.created", response=self._response_obj(r, "in_progress", [], None, None))]
+
+    def _assistant_item(self, r: ResponseStream, status: str, transcript: str) -> dict:
+        ga = self.dialect.ga_names
+        if r.audio is not None:
+            ctype = "output_audio" if ga else "audio"
+            part = {"type": ctype, "transcript": transcript}
+        else:
+            part = {"type": "output_text" if ga else "text", "text": transcript}
+        return {"id": r.item_id, "object": "realtime.item", "type": "message", "status": status,
+                "role": "assistant", "content": [part] if status != "in_progress" else []}
+
+    def _part(self, r: ResponseStream, transcript: str) -> dict:
+        if r.audio is not None:
+            return {"type": "audio", "transcript": transcript}
+        return {"type": "text", "text": transcript}
+
+    def _usage(self, r: ResponseStream) -> dict:
+        in_audio = int(r.input_item_ms / 100)           # ~10 tokens/s of input audio
+        out_audio = int(r.samples_sent * 20 / OUTPUT_RATE)  # ~20 tokens/s of output audio
+        out_text = r.words_sent
+        in_text = 120
+        return {"total_tokens": in_audio + in_text + out_audio + out_text,
+                "input_tokens": in_audio + in_text, "output_tokens": out_audio + out_text,
+                "input_token_details": {"cached_tokens": 0, "text_tokens": in_text, "audio_tokens": in_audio,
+                                        "image_tokens": 0,
+                                        "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0,
+                                                                  "image_tokens": 0}},
+                "output_token_details": {"text_tokens": out_text, "audio_tokens": out_audio}}
+
+    def step_response(self) -> list[dict]:
+        """Next batch of events of the active response (call after ``active.next_delay()``)."""
+        r = self.active
+        if r is None or r.finished:
+            return []
+        out: list[dict] = []
+        base = {"response_id": r.id, "item_id": r.item_id, "output_index": 0, "content_index": 0}
+        if not r.item_started:
+            r.item_started = True
+            item = Item(id=r.item_id, type="message", role="assistant", status="in_progress",
+                        is_assistant_audio=r.audio is not None)
+            if r.in_conversation:
+                prev = self.items[-1].id if self.items else None
+                self.items.append(item)
+            out.append(self._ev("response.output_item.added", response_id=r.id, output_index=0,
+                                item=self._assistant_item(r, "in_progress", "")))
+            if r.in_conversation:
+                if self.dialect.ga_names:
+                    out.append(self._ev("conversation.item.added", previous_item_id=prev,
+                                        item=self._assistant_item(r, "in_progress", "")))
+                else:
+                    out.append(self._ev("conversation.item.created", previous_item_id=prev,
+                                        item=self._assistant_item(r, "in_progress", "")))
+            out.append(self._ev("response.content_part.added", **base, part=self._part(r, "")))
+            r.step = 1
+            # fall through: the first chunk goes with the item events
+        i = r.step - 1
+        words = r.words
+        if i < len(r.chunks):
+            if r.audio is not None:
+                # transcript words spread over the audio chunks, each before its audio delta
+                target = math.ceil(len(words) * (i + 1) / len(r.chunks))
+                if target > r.words_sent:
+                    delta = " ".join(words[r.words_sent:target])
+                    if r.words_sent:
+                        delta = " " + delta
+                    out.append(self._ev(self._names("transcript.delta"), **base, delta=delta))
+                    r.words_sent = target
+                a = r.samples_sent
+                pcm = r.audio[a:a + r.chunks[i]]
+                out.append(self._ev(self._names("audio.delta"), **base,
+                                    delta=base64.b64encode(pcm.astype("<i2").tobytes()).decode("ascii")))
+                r.samples_sent += len(pcm)
+                self.audio_output_started = True
+                it = self._find(r.item_id)
+                if it is not None:
+                    it.audio_sent_samples = r.samples_sent
+            else:
+                n = r.chunks[i]
+                delta = " ".join(words[r.words_sent:r.words_sent + n])
+                if r.words_sent:
+                    delta = " " + delta
+                out.append(self._ev(self._names("text.delta"), **base, delta=delta))
+                r.words_sent += n
+            r.step += 1
+            return out
+        return out + self._finish(r, "completed", None)
+
+    def _finish(self, r: ResponseStream, status: str, reason: str | None) -> list[dict]:
+        """Close the response: done events for the started item, then response.done."""
+        r.finished = True
+        r.status = status
+        out: list[dict] = []
+        base = {"response_id": r.id, "item_id": r.item_id, "output_index": 0, "content_index": 0}
+        said = " ".join(r.words[:r.words_sent]) if status != "completed" else r.transcript
+        output: list[dict] = []
+        if r.item_started:
+            item_status = "completed" if status == "completed" else "incomplete"
+            if r.audio is not None:
+                out.append(self._ev(self._names("audio.done"), **base))
+                out.append(self._ev(self._names("transcript.done"), **base, transcript=said))
+            else:
+                out.append(self._ev(self._names("text.done"), **base, text=said))
+            out.append(self._ev("response.content_part.done", **base, part=self._part(r, said)))
+            final = self._assistant_item(r, item_status, said)
+            out.append(self._ev("response.output_item.done", response_id=r.id, output_index=0, item=final))
+            it = self._find(r.item_id)
+            if it is not None:
+                it.status = item_status
+                it.content = copy.deepcopy(final["content"])
+                if it.truncated_ms is not None:
+                    for p in it.content:
+                        if "transcript" in p:
+                            p["transcript"] = ""
+                if self.dialect.ga_names:
+                    idx = self.items.index(it)
+                    prev = self.items[idx - 1].id if idx > 0 else None
+                    out.append(self._ev("conversation.item.done", previous_item_id=prev, item=it.wire()))
+            output = [final]
+        details = None if status == "completed" else {"type": status, "reason": reason}
+        out.append(self._ev("response.done",
+                            response=self._response_obj(r, status, output, self._usage(r), details)))
+        if self.dialect.sends_rate_limits:
+            out.append(self._ev("rate_limits.updated", rate_limits=[
+                {"name": "requests", "limit": 10000, "remaining": 9999, "reset_seconds": 0.006},
+                {"name": "tokens", "limit": 2_000_000, "remaining": 1_999_000, "reset_seconds": 0.03}]))
+        if self.active is r:
+            self.active = None
+        if self._pending_auto_response and self.active is None:
+            self._pending_auto_response = False
+            out += self._start_response({}, None)
+        return out
+
+    def _cancel_active(self, reason: str) -> list[dict]:
+        r = self.active
+        if r is None:
+            return []
+        self._pending_auto_response = False
+        return self._finish(r, "cancelled", reason)
+
+
+# --------------------------------------------------------------------------------------
+# observability
+# --------------------------------------------------------------------------------------
+def _strip_audio(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: (f"<base64 {len(v)} chars>" if k == "audio" and isinstance(v, str) else _strip_audio(v))
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_strip_audio(v) for v in obj]
+    return obj
+
+
+def _b64_samples(s: Any) -> int:
+    if not isinstance(s, str):
+        return 0
+    n = len(s) * 3 // 4 - s[-2:].count("=")
+    return max(0, n // 2)
+
+
+def summarize_client_event(ev: dict) -> dict:
+    """Type and key fields of a client event, without audio payloads."""
+    if ev.get("type") == "input_audio_buffer.append":
+        return {"type": ev["type"], "event_id": ev.get("event_id"), "samples": _b64_samples(ev.get("audio"))}
+    return _strip_audio(ev)
+
+
+def summarize_server_event(ev: dict) -> dict:
+    t = ev.get("type", "")
+    if t.endswith("audio.delta"):
+        out = {k: v for k, v in ev.items() if k != "delta"}
+        out["samples"] = _b64_samples(ev.get("delta"))
+        return out
+    return _strip_audio(ev)
+
+
+@dataclass
+class ConnectionRecord:
+    index: int
+    dialect: str | None
+    path: str
+    auth: str
+    opened_at: float
+    session_id: str | None = None
+    client_events: list[dict] = field(default_factory=list)
+    server_events: list[dict] = field(default_factory=list)
+    uplink_samples: int = 0
+    truncates: list[dict] = field(default_factory=list)
+    item_audio: dict[str, bytes] = field(default_factory=dict)  # reply audio sent per item (PCM16)
+    close_code: int | None = None       # close code the server sent; None if aborted / client closed
+    closed: bool = False
+    aborted: bool = False
+
+    def server_types(self) -> list[str]:
+        return [e["type"] for e in self.server_events]
+
+    def client_types(self) -> list[str | None]:
+        return [e.get("type") for e in self.client_events]
+
+
+class ServerRecord:
+    """Thread-safe record of what the server saw and sent, for tests.
+
+    ``connections()`` returns deep copies of ``ConnectionRecord``; ``wait_for(pred)`` blocks
+    until ``pred(list_of_connection_records)`` is true.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._conns: list[ConnectionRecord] = []
+
+    def _open(self, dialect: str | None, path: str, auth: str) -> ConnectionRecord:
+        with self._lock:
+            rec = ConnectionRecord(len(self._conns), dialect, path, auth, time.time())
+            self._conns.append(rec)
+            self._lock.notify_all()
+            return rec
+
+    def _update(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            fn()
+            self._lock.notify_all()
+
+    def connections(self) -> list[ConnectionRecord]:
+        with self._lock:
+            return copy.deepcopy(self._conns)
+
+    def connection(self, index: int = -1) -> ConnectionRecord:
+        with self._lock:
+            return copy.deepcopy(self._conns[index])
+
+    @property
+    def uplink_samples_total(self) -> int:
+        with self._lock:
+            return sum(c.uplink_samples for c in self._conns)
+
+    def item_audio(self, item_id: str) -> bytes:
+        """The reply audio (PCM16 24 kHz) the server sent for ``item_id``, on any connection."""
+        with self._lock:
+            for c in self._conns:
+                if item_id in c.item_audio:
+                    return c.item_audio[item_id]
+        return b""
+
+    @property
+    def truncates(self) -> list[dict]:
+        with self._lock:
+            return [dict(t, connection=c.index) for c in self._conns for t in c.truncates]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._conns.clear()
+
+    def wait_for(self, pred: Callable[[list[ConnectionRecord]], bool], timeout: float = 5.0) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                if pred(self._conns):
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._lock.wait(left)
+
+
+# --------------------------------------------------------------------------------------
+# websockets adapter
+# --------------------------------------------------------------------------------------
+_CLOSE = object()
+
+
+class _Connection:
+    def __init__(self, server: "LocalRealtimeServer", ws: ServerConnection, decision: HandshakeDecision,
+                 rec: ConnectionRecord) -> None:
+        self.server, self.ws, self.decision, self.rec = server, ws, decision, rec
+        self.record = server.record
+        self.out: asyncio.Queue = asyncio.Queue()
+        self.core: SessionCore | None = None
+        self.tasks: set[asyncio.Task] = set()
+        self._driven: ResponseStream | None = None
+
+    def _spawn(self, coro) -> asyncio.Task:
+        t = asyncio.ensure_future(coro)
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+        return t
+
+    def enqueue(self, events: list[dict]) -> None:
+        for e in events:
+            self.out.put_nowait(e)
+
+    def close(self, code: int, reason: str) -> None:
+        self.out.put_nowait((_CLOSE, code, reason))
+
+    async def _sender(self) -> None:
+        try:
+            while True:
+                e = await self.out.get()
+                if isinstance(e, tuple) and e and e[0] is _CLOSE:
+                    _, code, reason = e
+                    self.record._update(lambda: setattr(self.rec, "close_code", code))
+                    await self.ws.close(code, reason)
+                    return
+                summary = summarize_server_event(e)
+                summary["t"] = time.monotonic()
+                delta = e.get("delta") if str(e.get("type", "")).endswith("audio.delta") else None
+
+                def upd(summary=summary, delta=delta, item=e.get("item_id")) -> None:
+                    self.rec.server_events.append(summary)
+                    if delta:
+                        self.rec.item_audio[item] = self.rec.item_audio.get(item, b"") + base64.b64decode(delta)
+                self.record._update(upd)
+                await self.ws.send(json.dumps(e))
+        except ConnectionClosed:
+            return
+
+    async def _expiry(self, after: float) -> None:
+        await asyncio.sleep(after)
+        if self.core is not None:
+            self.enqueue(self.core.expire_events())
+        self.close(1001, "session expired")
+
+    async def _drive(self, r: ResponseStream) -> None:
+        core = self.core
+        assert core is not None
+        while core.active is r and not r.finished:
+            await asyncio.sleep(r.next_delay())
+            if core.active is not r or r.finished:
+                return
+            self.enqueue(core.step_response())
+            self._after_core()
+
+    def _after_core(self) -> None:
+        core = self.core
+        assert core is not None
+        for delay, evs in core.take_deferred():
+            asyncio.get_running_loop().call_later(delay, self.enqueue, evs)
+        if core.active is not None and core.active is not self._driven:
+            self._driven = core.active
+            self._spawn(self._drive(core.active))
+
+    async def run(self) -> None:
+        sender = self._spawn(self._sender())
+        d = self.decision
+        if d.fatal is not None:
+            etype, code, message, close_code = d.fatal
+            self.enqueue([{"type": "error", "event_id": new_id("event"),
+                           "error": {"type": etype, "code": code, "message": message, "param": None,
+                                     "event_id": None}}])
+            self.close(close_code, code)
+            await sender
+            return
+        assert d.dialect is not None
+        cfg = self.server.config
+        self.core = core = SessionCore(d.dialect, model=d.model, config=cfg)
+        self.record._update(lambda: setattr(self.rec, "session_id", core.session_id))
+        self.enqueue(core.open_events())
+        self._spawn(self._expiry(core.max_session_s))
+        try:
+            async for message in self.ws:
+                before = core.uplink_samples
+                ntr = len(core.truncates)
+                events = core.handle_text(message)
+                summary = core.last_client_summary
+                added = core.uplink_samples - before
+                new_tr = core.truncates[ntr:]
+
+                t_rx = time.monotonic()
+
+                def upd() -> None:
+                    if summary is not None:
+                        summary["t"] = t_rx  # monotonic receive time
+                        self.rec.client_events.append(summary)
+                    self.rec.uplink_samples += added
+                    self.rec.truncates.extend(new_tr)
+                self.record._update(upd)
+                self.enqueue(events)
+                self._after_core()
+        except ConnectionClosed:
+            pass
+        finally:
+            for t in list(self.tasks):
+                if t is not sender:
+                    t.cancel()
+            if not sender.done():
+                # let queued events (e.g. a close) go out if the socket is still open
+                try:
+                    await asyncio.wait_for(asyncio.shield(sender), 0.2)
+                except (asyncio.TimeoutError, asyncio.CancelledError):
+                    sender.cancel()
+
+
+class LocalRealtimeServer:
+    """Local Realtime server on ``websockets.asyncio.server``.
+
+    ``await start(host, port) -> port``; ``url`` is the OpenAI GA URL
+    ``ws://HOST:PORT/v1/realtime?model=gpt-realtime``; ``url_for(dialect)`` gives the URL
+    for any dialect; ``record`` is the ``ServerRecord``.
+    """
+
+    def __init__(self, config: LocalServerConfig | None = None, **overrides: Any) -> None:
+        self.config = replace(config or LocalServerConfig(), **overrides)
+        self.record = ServerRecord()
+        self.host = "127.0.0.1"
+        self.port: int | None = None
+        self._server = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conns: dict[ServerConnection, ConnectionRecord] = {}
+
+    @property
+    def url(self) -> str:
+        return self.url_for("openai-ga")
+
+    def url_for(self, dialect: str = "openai-ga", model: str = "gpt-realtime") -> str:
+        if self.port is None:
+            raise RuntimeError("server not started")
+        base = f"ws://{self.host}:{self.port}"
+        return {
+            "openai-ga": f"{base}/v1/realtime?model={model}",
+            "openai-beta": f"{base}/v1/realtime?model={model}",   # plus header OpenAI-Beta: realtime=v1
+            "azure-ga": f"{base}/openai/v1/realtime?model={model}",
+            "azure-preview": f"{base}/openai/realtime?api-version=2025-04-01-preview&deployment={model}",
+            "voice-live": f"{base}/voice-live/realtime?api-version=2025-10-01&model={model}",
+        }[dialect]
+
+    def _decide(self, request) -> HandshakeDecision:
+        headers = {k.lower(): v for k, v in request.headers.raw_items()}
+        return classify_request(request.path, headers, expected_key=self.config.api_key,
+                                openai_beta_allowed=self.config.openai_beta_allowed)
+
+    def _process_request(self, connection: ServerConnection, request):
+        d = self._decide(request)
+        if d.http_status is not None:
+            return connection.respond(HTTPStatus(d.http_status), d.http_body + "\n")
+        return None
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        d = self._decide(ws.request)
+        rec = self.record._open(d.dialect.name if d.dialect else None, ws.request.path, d.auth)
+        self._conns[ws] = rec
+        try:
+            await _Connection(self, ws, d, rec).run()
+        finally:
+            self._conns.pop(ws, None)
+            self.record._update(lambda: setattr(rec, "closed", True))
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        self._loop = asyncio.get_running_loop()
+        self.host = host
+        self._server = await serve(self._handler, host, port, process_request=self._process_request,
+                                   max_size=WS_MAX_SIZE, ping_interval=self.config.ping_interval,
+                                   ping_timeout=20)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    def _abort_all(self) -> int:
+        n = 0
+        for ws, rec in list(self._conns.items()):
+            self.record._update(lambda rec=rec: setattr(rec, "aborted", True))
+            ws.transport.abort()
+            n += 1
+        return n
+
+    def drop_all_connections(self) -> int:
+        """Abort every connection's TCP stream without a close frame. Thread-safe."""
+        loop = self._loop
+        if loop is None:
+            return 0
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            return self._abort_all()
+        fut = asyncio.run_coroutine_threadsafe(self._abort_async(), loop)
+        return fut.result(5)
+
+    async def _abort_async(self) -> int:
+        return self._abort_all()
+
+
+class ServerThread:
+    """Runs a ``LocalRealtimeServer`` on its own event loop in a daemon thread."""
+
+    def __init__(self, config: LocalServerConfig | None = None, *, host: str = "127.0.0.1", port: int = 0,
+                 **overrides: Any) -> None:
+        self.server = LocalRealtimeServer(config, **overrides)
+        self._host, self._port = host, port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def record(self) -> ServerRecord:
+        return self.server.record
+
+    @property
+    def port(self) -> int | None:
+        return self.server.port
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def url_for(self, dialect: str = "openai-ga", model: str = "gpt-realtime") -> str:
+        return self.server.url_for(dialect, model)
+
+    def start(self, timeout: float = 5.0) -> int:
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.server.start(self._host, self._port))
+            except BaseException as e:  # noqa: BLE001 - reported to start()
+                self._error = e
+                self._ready.set()
+                loop.close()
+                return
+            self._ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="voxbox-localserver", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("local server did not start")
+        if self._error is not None:
+            raise self._error
+        assert self.server.port is not None
+        return self.server.port
+
+    def stop(self, timeout: float = 5.0) -> None:
+        loop = self._loop
+        if loop is None or self._thread is None:
+            return
+        if loop.is_running():
+            fut = asyncio.run_coroutine_threadsafe(self.server.stop(), loop)
+            try:
+                fut.result(timeout)
+            finally:
+                loop.call_soon_threadsafe(loop.stop)
+        self._thread.join(timeout)
+        self._thread = None
+
+    def drop_all_connections(self) -> int:
+        return self.server.drop_all_connections()
+
+    def __enter__(self) -> "ServerThread":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------------------
+# standalone
+# --------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m voxbox.localserver", description=__doc__.splitlines()[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--api-key", default=None, help="expected key (default: accept any)")
+    p.add_argument("--max-session-s", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ga-only", action="store_true", help="reject the beta header on /v1/realtime (close 4000)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cfg = LocalServerConfig(api_key=args.api_key, max_session_s=args.max_session_s, seed=args.seed,
+                            openai_beta_allowed=not args.ga_only)
+
+    async def run() -> None:
+        srv = LocalRealtimeServer(cfg)
+        await srv.start(args.host, args.port)
+        for d in DIALECTS:
+            note = "  (+ header OpenAI-Beta: realtime=v1)" if d == "openai-beta" else ""
+            print(f"{d:14s} {srv.url_for(d)}{note}", flush=True)
+        try:
+            await asyncio.Future()
+        finally:
+            await srv.stop()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

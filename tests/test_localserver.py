@@ -1,0 +1,742 @@
+# Test dependencies (add to the `test` extra in pyproject.toml): openai, azure-ai-voicelive
+# (server events are validated against openai.types.realtime (GA),
+# openai.types.beta.realtime (beta) and azure.ai.voicelive.models (Voice Live)).
+"""Local Realtime server: event order, errors and faults per dialect, over real sockets."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import typing
+
+import numpy as np
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from voxbox.localserver import (
+    DIALECTS,
+    EnergyVad,
+    LocalRealtimeServer,
+    LocalServerConfig,
+    ServerThread,
+    SessionCore,
+    classify_request,
+)
+
+RATE = 24_000
+
+# ---------------------------------------------------------------------------------------
+# official SDK validation
+# ---------------------------------------------------------------------------------------
+openai_rt = pytest.importorskip("openai.types.realtime")
+openai_beta_rt = pytest.importorskip("openai.types.beta.realtime")
+vl_models = pytest.importorskip("azure.ai.voicelive.models")
+
+
+def _type_map(union) -> dict[str, type]:
+    out = {}
+    args = typing.get_args(union)
+    if args and typing.get_origin(union) is typing.Annotated:
+        args = typing.get_args(args[0])
+    for cls in args:
+        lit = cls.model_fields["type"].annotation
+        for v in typing.get_args(lit):
+            out[v] = cls
+    return out
+
+
+GA_TYPES = _type_map(openai_rt.RealtimeServerEvent)
+BETA_TYPES = _type_map(openai_beta_rt.RealtimeServerEvent)
+
+
+def _azure_optional(ann) -> bool:
+    if isinstance(ann, str):
+        return ann.startswith("Optional[") or "None" in ann
+    return type(None) in typing.get_args(ann)
+
+
+# The Voice Live SDK reuses its request content part for server items: `audio` is required
+# on RequestAudioContentPart, but servers echo user audio items as
+# {"type": "input_audio", "transcript": ...} without the audio (as the OpenAI types allow).
+AZURE_EXEMPT = {("RequestAudioContentPart", "audio")}
+
+
+def _check_azure_model(model, where: str) -> None:
+    from azure.ai.voicelive._utils.model_base import Model
+
+    anns: dict = {}
+    for klass in reversed(type(model).__mro__):
+        anns.update(getattr(klass, "__annotations__", {}))
+    for attr in type(model)._attr_to_rest_field:
+        value = getattr(model, attr)          # forces deserialisation (base64, enums, dates)
+        if value is None and (type(model).__name__, attr) not in AZURE_EXEMPT:
+            assert _azure_optional(anns.get(attr, "Optional")), f"{where}.{attr} is required"
+        elif isinstance(value, Model):
+            _check_azure_model(value, f"{where}.{attr}")
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                if isinstance(v, Model):
+                    _check_azure_model(v, f"{where}.{attr}[{i}]")
+
+
+def validate_event(dialect: str, ev: dict) -> None:
+    """Validate one server event against the official SDK types of its dialect."""
+    if dialect == "voice-live":
+        obj = vl_models.ServerEvent._deserialize(ev, [])
+        assert type(obj) is not vl_models.ServerEvent, f"Voice Live SDK has no event {ev['type']}"
+        _check_azure_model(obj, ev["type"])
+        return
+    table = GA_TYPES if DIALECTS[dialect].ga_names else BETA_TYPES
+    cls = table.get(ev["type"])
+    assert cls is not None, f"{dialect}: SDK has no server event {ev['type']!r}"
+    cls.model_validate(ev)
+
+
+# ---------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------
+def tone(seconds: float, freq: float = 440.0, amp: float = 0.3, rate: int = RATE) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    return (amp * 32767 * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+
+
+def silence(seconds: float, rate: int = RATE) -> np.ndarray:
+    return np.zeros(int(rate * seconds), np.int16)
+
+
+def b64(pcm: np.ndarray) -> str:
+    return base64.b64encode(pcm.astype("<i2").tobytes()).decode()
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+HEADERS = {
+    "openai-ga": {"Authorization": "Bearer sk-test"},
+    "openai-beta": {"Authorization": "Bearer sk-test", "OpenAI-Beta": "realtime=v1"},
+    "azure-ga": {"api-key": "sk-test"},
+    "azure-preview": {"api-key": "sk-test"},
+    "voice-live": {"api-key": "sk-test"},
+}
+
+
+def names(dialect: str) -> dict[str, str]:
+    ga = DIALECTS[dialect].ga_names
+    return {
+        "audio.delta": "response.output_audio.delta" if ga else "response.audio.delta",
+        "audio.done": "response.output_audio.done" if ga else "response.audio.done",
+        "tr.delta": "response.output_audio_transcript.delta" if ga else "response.audio_transcript.delta",
+        "tr.done": "response.output_audio_transcript.done" if ga else "response.audio_transcript.done",
+    }
+
+
+class Client:
+    def __init__(self, ws, dialect: str) -> None:
+        self.ws, self.dialect = ws, dialect
+        self.events: list[dict] = []
+        self._n = 0
+
+    @classmethod
+    async def open(cls, server: LocalRealtimeServer, dialect: str, headers: dict | None = None) -> "Client":
+        ws = await connect(server.url_for(dialect), additional_headers=HEADERS[dialect] if headers is None else headers, max_size=None)
+        return cls(ws, dialect)
+
+    async def send(self, ev: dict) -> str:
+        self._n += 1
+        ev = {"event_id": f"evt_client_{self._n}", **ev}
+        await self.ws.send(json.dumps(ev))
+        return ev["event_id"]
+
+    async def recv(self, timeout: float = 5.0) -> dict:
+        ev = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+        assert ev["event_id"].startswith("event_")
+        validate_event(self.dialect, ev)
+        self.events.append(ev)
+        return ev
+
+    async def until(self, type_: str, timeout: float = 5.0, pred=None) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            ev = await self.recv(max(0.01, deadline - time.monotonic()))
+            if ev["type"] == type_ and (pred is None or pred(ev)):
+                return ev
+
+    async def quiet(self, seconds: float = 0.3) -> list[dict]:
+        """Collect everything that arrives within ``seconds``."""
+        got = []
+        try:
+            while True:
+                got.append(await self.recv(seconds))
+        except asyncio.TimeoutError:
+            return got
+
+    async def append(self, pcm: np.ndarray, chunk_ms: int = 20, rate: int = RATE) -> None:
+        step = rate * chunk_ms // 1000
+        for i in range(0, len(pcm), step):
+            await self.send({"type": "input_audio_buffer.append", "audio": b64(pcm[i:i + step])})
+
+    def types(self) -> list[str]:
+        return [e["type"] for e in self.events]
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+async def started(dialect: str = "openai-ga", **cfg):
+    server = LocalRealtimeServer(LocalServerConfig(**cfg))
+    await server.start()
+    client = await Client.open(server, dialect)
+    created = await client.until("session.created")
+    return server, client, created
+
+
+def ptt_update(dialect: str, transcription: bool = False) -> dict:
+    if DIALECTS[dialect].ga_names:
+        inp: dict = {"turn_detection": None}
+        if transcription:
+            inp["transcription"] = {"model": "gpt-4o-mini-transcribe"}
+        return {"type": "session.update", "session": {"type": "realtime", "audio": {"input": inp}}}
+    s: dict = {"turn_detection": None}
+    if transcription:
+        s["input_audio_transcription"] = {"model": "whisper-1" if dialect != "voice-live" else "azure-speech"}
+    return {"type": "session.update", "session": s}
+
+
+def order_ok(types: list[str], expected: list[str]) -> bool:
+    """``expected`` occurs in ``types`` as a subsequence."""
+    it = iter(types)
+    return all(any(t == e for t in it) for e in expected)
+
+
+# ---------------------------------------------------------------------------------------
+# pure cores
+# ---------------------------------------------------------------------------------------
+def test_classify_request_table():
+    h = {"authorization": "Bearer k"}
+    assert classify_request("/v1/realtime?model=gpt-realtime", h).dialect.name == "openai-ga"
+    assert classify_request("/v1/realtime?model=m", {**h, "openai-beta": "realtime=v1"}).dialect.name == "openai-beta"
+    assert classify_request("/openai/v1/realtime?model=d", {"api-key": "k"}).dialect.name == "azure-ga"
+    d = classify_request("/openai/realtime?api-version=2025-04-01-preview&deployment=dep", {"api-key": "k"})
+    assert d.dialect.name == "azure-preview" and d.model == "dep" and d.auth == "api-key"
+    assert classify_request("/voice-live/realtime?api-version=2025-10-01&model=gpt-realtime", h).dialect.name == "voice-live"
+    assert classify_request("/openai/realtime?deployment=dep", {}).http_status == 400
+    assert classify_request("/nope", {}).http_status == 404
+    bad = classify_request("/v1/realtime?model=m", {"authorization": "Bearer wrong"}, expected_key="k")
+    assert bad.fatal[1] == "invalid_api_key" and bad.fatal[3] == 3000
+    ok = classify_request("/openai/v1/realtime?model=m", {"api-key": "k"}, expected_key="k")
+    assert ok.fatal is None
+    beta_on_ga = classify_request("/openai/v1/realtime?model=m", {"api-key": "k", "openai-beta": "realtime=v1"})
+    assert beta_on_ga.fatal[1] == "beta_api_shape_disabled" and beta_on_ga.fatal[3] == 4000
+    ga_only = classify_request("/v1/realtime?model=m", {**h, "openai-beta": "realtime=v1"}, openai_beta_allowed=False)
+    assert ga_only.fatal[3] == 4000
+
+
+def test_energy_vad_honours_prefix_and_silence():
+    vad = EnergyVad(RATE, threshold=0.5, prefix_padding_ms=300, silence_duration_ms=500)
+    pcm = np.concatenate([silence(1.0), tone(1.0), silence(1.0)])
+    events = []
+    for i in range(0, len(pcm), 480):
+        events += vad.feed(pcm[i:i + 480])
+    assert [k for k, _ in events] == ["start", "stop"]
+    start_ms = events[0][1] * 1000 // RATE
+    stop_ms = events[1][1] * 1000 // RATE
+    assert start_ms == 700                   # onset 1000 ms - prefix 300 ms
+    assert stop_ms == 2500                   # last voiced 2000 ms + silence 500 ms
+
+
+def test_core_pacing_is_deterministic_with_a_seed():
+    def chunks(seed):
+        core = SessionCore(DIALECTS["openai-beta"], config=LocalServerConfig(seed=seed))
+        core.handle_event({"type": "session.update", "session": {"turn_detection": None}})
+        core.handle_event({"type": "input_audio_buffer.append", "audio": b64(tone(2.0))})
+        core.handle_event({"type": "input_audio_buffer.commit"})
+        core.handle_event({"type": "response.create"})
+        return core.active.chunks, core.active.pace
+
+    assert chunks(5) == chunks(5) and chunks(5) != chunks(6)
+    sizes, pace = chunks(5)
+    assert sum(sizes) == 2 * RATE and all(2.0 <= p <= 4.0 for p in pace)
+
+
+def test_core_truncate_and_response_state_without_sockets():
+    core = SessionCore(DIALECTS["openai-ga"], config=LocalServerConfig(seed=1))
+    core.open_events()
+    core.handle_event({"type": "session.update", "session": {"type": "realtime",
+                                                             "audio": {"input": {"turn_detection": None}}}})
+    core.handle_event({"type": "input_audio_buffer.append", "audio": b64(tone(0.5))})
+    out = core.handle_event({"type": "input_audio_buffer.commit"})
+    assert [e["type"] for e in out] == ["input_audio_buffer.committed", "conversation.item.added",
+                                        "conversation.item.done"]
+    out = core.handle_event({"type": "response.create", "event_id": "c1"})
+    assert out[0]["type"] == "response.created"
+    err = core.handle_event({"type": "response.create", "event_id": "c2"})[0]
+    assert err["error"]["code"] == "conversation_already_has_active_response" and err["error"]["event_id"] == "c2"
+    evs = core.step_response() + core.step_response()      # item events + two audio chunks
+    item_id = core.active.item_id
+    sent = core.active.samples_sent * 1000 // RATE
+    bad = core.handle_event({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
+                             "audio_end_ms": sent + 1})[0]
+    assert bad["error"]["code"] == "invalid_value" and bad["error"]["param"] == "audio_end_ms"
+    ok = core.handle_event({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
+                            "audio_end_ms": sent})[0]
+    assert ok["type"] == "conversation.item.truncated"
+    done = core.handle_event({"type": "response.cancel"})
+    assert done[-2]["type"] == "response.done" and done[-2]["response"]["status"] == "cancelled"
+    assert done[-2]["response"]["status_details"]["reason"] == "client_cancelled"
+    assert core.handle_event({"type": "response.cancel"})[0]["error"]["code"] == "response_cancel_not_active"
+    assert any(e["type"] == "response.output_audio.delta" for e in evs)
+
+
+# ---------------------------------------------------------------------------------------
+# full server-VAD turn, every dialect
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dialect", list(DIALECTS))
+def test_server_vad_turn_event_order(dialect):
+    async def go():
+        server, c, created = await started(dialect, seed=3)
+        s = created["session"]
+        assert s["id"].startswith("sess_")
+        if DIALECTS[dialect].ga_names:
+            assert s["type"] == "realtime"
+            assert s["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+            assert s["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+        else:
+            assert s["input_audio_format"] == "pcm16" and s["turn_detection"]["type"] == "server_vad"
+            assert "voice" in s
+        if dialect == "voice-live":
+            assert s["voice"]["type"] == "azure-standard"
+        t0 = time.monotonic()
+        await c.append(np.concatenate([silence(0.5), tone(1.0), silence(1.0)]))
+        done = await c.until("response.done", timeout=10)
+        elapsed = time.monotonic() - t0
+        n = names(dialect)
+        types = c.types()
+        user_item = ["conversation.item.added", "conversation.item.done"] if DIALECTS[dialect].ga_names \
+            else ["conversation.item.created"]
+        asst_item = ["conversation.item.added"] if DIALECTS[dialect].ga_names else ["conversation.item.created"]
+        expected = ["session.created", "input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
+                    "input_audio_buffer.committed", *user_item, "response.created", "response.output_item.added",
+                    *asst_item, "response.content_part.added", n["tr.delta"], n["audio.delta"], n["audio.done"],
+                    n["tr.done"], "response.content_part.done", "response.output_item.done", "response.done"]
+        assert order_ok(types, expected), types
+        if dialect == "azure-preview":
+            assert types[1] == "conversation.created"
+        started_ev = next(e for e in c.events if e["type"] == "input_audio_buffer.speech_started")
+        stopped_ev = next(e for e in c.events if e["type"] == "input_audio_buffer.speech_stopped")
+        committed = next(e for e in c.events if e["type"] == "input_audio_buffer.committed")
+        assert started_ev["audio_start_ms"] == 200            # onset 500 ms - prefix 300 ms
+        default_silence = 200 if dialect == "azure-preview" else 500
+        assert stopped_ev["audio_end_ms"] == 1500 + default_silence
+        assert started_ev["item_id"] == stopped_ev["item_id"] == committed["item_id"]
+        # parrot: the reply audio is the committed utterance, sent in chunks of varying size
+        deltas = [e for e in c.events if e["type"] == n["audio.delta"]]
+        sizes = [len(base64.b64decode(e["delta"])) // 2 for e in deltas]
+        utter = stopped_ev["audio_end_ms"] - started_ev["audio_start_ms"]
+        assert sum(sizes) == utter * RATE // 1000
+        assert len(set(sizes)) > 2 and min(sizes[:-1]) >= 50 * 24 and max(sizes) <= 250 * 24
+        assert elapsed < 0.5 + (utter / 1000) / 2 + 1.0           # faster than real time (2-4x)
+        tr = next(e for e in c.events if e["type"] == n["tr.done"])["transcript"]
+        assert tr == "".join(e["delta"] for e in c.events if e["type"] == n["tr.delta"])
+        assert tr.startswith("You said:")
+        assert done["response"]["status"] == "completed" and done["response"]["usage"]["total_tokens"] > 0
+        ids = [e["event_id"] for e in c.events]
+        assert len(ids) == len(set(ids))
+        rest = await c.quiet(0.2)
+        if DIALECTS[dialect].sends_rate_limits:
+            assert "rate_limits.updated" in [e["type"] for e in rest]
+        rec = server.record.connection(0)
+        assert rec.dialect == dialect
+        assert rec.uplink_samples == int(2.5 * RATE) == server.record.uplink_samples_total
+        assert rec.server_types() == c.types()
+        assert rec.client_types()[0] == "input_audio_buffer.append" and "audio" not in rec.client_events[0]
+        assert all("delta" not in e for e in rec.server_events if e["type"] == n["audio.delta"])
+        await c.close()
+        await server.stop()
+    run(go())
+
+
+def test_voice_live_16k_input_and_azure_fields():
+    async def go():
+        server, c, _ = await started("voice-live")
+        await c.send({"type": "session.update", "session": {
+            "input_audio_sampling_rate": 16000,
+            "input_audio_noise_reduction": {"type": "azure_deep_noise_suppression"},
+            "input_audio_echo_cancellation": {"type": "server_echo_cancellation"},
+            "voice": {"name": "en-US-Ava:DragonHDLatestNeural", "type": "azure-standard"},
+            "turn_detection": {"type": "azure_semantic_vad", "silence_duration_ms": 400},
+            "input_audio_transcription": {"model": "azure-speech"}}})
+        upd = await c.until("session.updated")
+        assert upd["session"]["turn_detection"]["type"] == "azure_semantic_vad"
+        await c.append(np.concatenate([silence(0.3, 16000), tone(0.6, rate=16000), silence(0.6, 16000)]), rate=16000)
+        await c.until("response.done", timeout=10)
+        await c.quiet(0.2)
+        assert "conversation.item.input_audio_transcription.completed" in c.types()
+        samples = sum(len(base64.b64decode(e["delta"])) // 2 for e in c.events if e["type"] == "response.audio.delta")
+        assert samples == (600 + 400 + 300) * 24                 # (speech + silence + prefix) at 24 kHz
+        await c.close()
+        await server.stop()
+    run(go())
+
+
+# ---------------------------------------------------------------------------------------
+# push-to-talk
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dialect", ["openai-ga", "openai-beta", "voice-live"])
+def test_push_to_talk_commit_and_response_create(dialect):
+    async def go():
+        server, c, _ = await started(dialect)
+        await c.send(ptt_update(dialect, transcription=True))
+        upd = await c.until("session.updated")
+        td = upd["session"]["audio"]["input"]["turn_detection"] if DIALECTS[dialect].ga_names \
+            else upd["session"]["turn_detection"]
+        assert td is None
+        await c.append(np.concatenate([tone(0.8), silence(1.0)]))
+        assert not [e for e in await c.quiet(0.2) if e["type"].startswith("input_audio_buffer.speech")]
+        await c.send({"type": "input_audio_buffer.commit"})
+        committed = await c.until("input_audio_buffer.committed")
+        await c.send({"type": "response.create"})
+        await c.until("response.done", timeout=10)
+        await c.quiet(0.2)
+        tr = next(e for e in c.events if e["type"] == "conversation.item.input_audio_transcription.completed")
+        assert tr["item_id"] == committed["item_id"] and "1.8 s" in tr["transcript"]
+        n = names(dialect)
+        samples = sum(len(base64.b64decode(e["delta"])) // 2 for e in c.events if e["type"] == n["audio.delta"])
+        assert samples == int(1.8 * RATE)
+        await c.close()
+        await server.stop()
+    run(go())
+
+
+def test_commit_empty_error_keeps_session():
+    async def go():
+        server, c, _ = await started("openai-ga")
+        await c.send(ptt_update("openai-ga"))
+        await c.until("session.updated")
+        await c.append(tone(0.05))
+        eid = await c.send({"type": "input_audio_buffer.commit"})
+        err = await c.until("error")
+        assert err["error"]["code"] == "input_audio_buffer_commit_empty"
+        assert err["error"]["type"] == "invalid_request_error" and err["error"]["event_id"] == eid
+        await c.send({"type": "input_audio_buffer.clear"})
+        await c.until("input_audio_buffer.cleared")
+        await c.append(tone(0.2))
+        await c.send({"type": "input_audio_buffer.commit"})
+        await c.until("input_audio_buffer.committed")
+        await c.close()
+        await server.stop()
+    run(go())
+
+
+# ---------------------------------------------------------------------------------------
+# truncation, cancel, barge-in
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dialect", ["openai-ga", "openai-beta"])
+def test_truncate_validation(dialect):
+    async def go():
+        server, c, _ = await started(dialect)
+        await c.send(ptt_update(dialect))
+        await c.until("session.updated")
+        await c.append(tone(1.0))
+        await c.send({"type": "input_audio_buffer.commit"})
+        user = await c.until("input_audio_buffer.committed")
+        await c.send({"type": "response.create"})
+        done = await c.until("response.done", timeout=10)
+        item_id = done["response"]["output"][0]["id"]
+        # past the end of the audio sent for the item
+        eid = await c.send({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
+                            "audio_end_ms": 1500})
+        err = await c.until("error")
+        assert err["error"]["code"] == "invalid_value" and err["error"]["param"] == "audio_end_ms"
+        assert err["error"]["event_id"] == eid and "1000ms" in err["error"]["message"]
+        # not an assistant audio item; unknown item
+        await c.send({"type": "conversation.item.truncate", "item_id": user["item_id"], "content_index": 0,
+                      "audio_end_ms": 10})
+        assert (await c.until("error"))["error"]["code"] == "invalid_value"
+        await c.send({"type": "conversation.item.truncate", "item_id": "item_nope", "content_index": 0,
+                      "audio_end_ms": 10})
+        assert (await c.until("error"))["error"]["param"] == "item_id"
+        # ok
+        await c.send({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
+                      "audio_end_ms": 640})
+        tr = await c.until("conversation.item.truncated")
+        assert tr["item_id"] == item_id and tr["audio_end_ms"] == 640 and tr["content_index"] == 0
+        await c.send({"type": "conversation.item.retrieve", "item_id": item_id})
+        got = await c.until("conversation.item.retrieved")
+        assert got["item"]["content"][0]["transcript"] == ""
+        # delete
+        await c.send({"type": "conversation.item.delete", "item_id": item_id})
+        assert (await c.until("conversation.item.deleted"))["item_id"] == item_id
+        trunc = server.record.truncates
+        assert [t["audio_end_ms"] for t in trunc] == [1500, 10, 10, 640]
+        await c.close()
+        await server.stop()
+    run(go())
+
+
+@pytest.mark.parametrize("dialect", ["openai-ga", "voice-live"])
+def test_barge_in_cancels_response(dialect):
+    async def go():
+        # slow pacing so that the response is still streaming when the user speaks again
+        server, c, _ = await started(dialect, pace_min=1.0, pace_max=1.0)
+        await c.append(np.concatenate([silence(0.3), tone(2.0), silence(0.7)]))
+        created = await c.until("response.created", timeout=10)
+        rid = created["response"]["id"]
+        n = names(dialect)
+        await c.until(n["audio.delta"])
+        await c.append(np.concatenate([silence(0.1), tone(0.3)]))
+        done = await c.until("response.done", pred=lambda e: e["response"]["id"] == rid)
+        assert done["response"]["status"] == "cancelled"
+        assert done["response"]["status_details"]["reason"] == "turn_detected"
+        types = c.types()
+        i_started = max(i for i, t in enumerate(types) if t == "input_audio_buffer.speech_started")
+        i_done = types.index("response.done")
+        assert i_started < i_done
+        after = [e for e in c.events[i_done + 1:] + await c.quiet(0.3)
+                 if e.get("response_id") == rid and e["type"] == n["audio.delta"]]
+        assert after == []
+        item_done = next(e for e in c.events if e["type"] == "response.output_item.done")
+        assert item_done["item"]["status"] == "incomplete"
+        await c.close()
+        await server.stop()
+    run(go())
+
+
+def test_response_cancel_and_active_response_errors():
+    async def go():
+        server, c, _ = await started("openai-beta", pace_min=1.0, pace_max=1.0)
+        eid = await c.send({"type": "response.cancel"})
+        err = await c.until("error")
+        assert err["error"]["code"] == "response_cancel_not_active" and err["error"]["event_id"] == eid
+        await c.send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hello there"}]}})
+        await c.until("conversation.item.created")
+        await c.send({"type": "response.create"})
+        await c.until("response.created")
+        await c.send({"type": "response.create"})
+        err = await c.until("error")
+        assert err["error"]["code"] == "conversation_already_has_active_response"
+        await c.until("response.audio.delta")
+        await c.send({"type": "response.cancel"})
+        done = await c.until("response.done")
+        assert done["response"]["status"] == "cancelled"
+        assert done["response"]["status_details"]["reason"] == "client_cancelled"
+        tr_done = next(e for e in c.events if e["type"] == "response.audio_transcript.done")
+        assert "You said: hello there".startswith(tr_done["transcript"])
+        await c.close()
+        await server.stop()
+    run(go())
+
+
+def test_item_create_function_call_output_and_text_response():
+    async def go():
+        server, c, _ = await started("openai-ga")
+        await c.send({"type": "conversation.item.create", "item": {
+            "type": "function_call_output", "call_id": "call_1", "output": "{\"ok\": true}"}})
+        added = await c.until("conversation.item.added")
+        await c.until("conversation.item.done")
+        assert added["item"]["type"] == "function_call_output"
+        await c.send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}})
+        await c.until("conversation.item.done")
+        await c.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        done = await c.until("response.done")
+        assert done["response"]["output"][0]["content"][0] == {"type": "output_text", "text": "You said: hi"}
+        assert "response.output_text.delta" in c.types()
+        await c.send({"type": "response.create", "response": {"modalities": ["text"]}})
+        err = await c.until("error")
+        assert err["error"]["code"] == "unknown_parameter" and err["error"]["param"] == "response.modalities"
+        await c.close()
+        await server.stop()
+    run(go())
+
+
+# ---------------------------------------------------------------------------------------
+# handshake faults
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dialect,headers", [
+    ("openai-ga", {"Authorization": "Bearer wrong"}),
+    ("azure-preview", {"api-key": "wrong"}),
+    ("voice-live", {}),
+])
+def test_auth_failure_error_then_close_3000(dialect, headers):
+    async def go():
+        server = LocalRealtimeServer(api_key="sk-test")
+        await server.start()
+        c = await Client.open(server, dialect, headers)
+        err = await c.recv()
+        assert err["type"] == "error" and err["error"]["code"] == "invalid_api_key"
+        assert err["error"]["type"] == "invalid_request_error"
+        with pytest.raises(ConnectionClosed) as exc:
+            await c.recv()
+        assert exc.value.rcvd.code == 3000
+        ok = await Client.open(server, dialect)        # right key, either header style
+        assert (await ok.recv())["type"] == "session.created"
+        await ok.close()
+        await server.stop()
+    run(go())
+
+
+def test_beta_header_on_ga_only_path_closes_4000():
+    async def go():
+        server = LocalRealtimeServer()
+        await server.start()
+        c = await Client.open(server, "azure-ga", {"api-key": "k", "OpenAI-Beta": "realtime=v1"})
+        err = await c.recv()
+        assert err["error"]["code"] == "beta_api_shape_disabled"
+        with pytest.raises(ConnectionClosed) as exc:
+            await c.recv()
+        assert exc.value.rcvd.code == 4000
+        await server.stop()
+    run(go())
+
+
+def test_http_rejections_before_upgrade():
+    async def go():
+        server = LocalRealtimeServer()
+        await server.start()
+        base = server.url.split("/v1/")[0]
+        with pytest.raises(InvalidStatus) as exc:
+            await connect(base + "/nope")
+        assert exc.value.response.status_code == 404
+        with pytest.raises(InvalidStatus) as exc:
+            await connect(base + "/openai/realtime?deployment=x")
+        assert exc.value.response.status_code == 400
+        await server.stop()
+    run(go())
+
+
+# ---------------------------------------------------------------------------------------
+# non-fatal errors keep the session
+# ---------------------------------------------------------------------------------------
+def test_invalid_json_and_unknown_event_keep_session():
+    async def go():
+        server, c, _ = await started("openai-ga")
+        await c.ws.send("{not json")
+        err = await c.until("error")
+        assert err["error"]["code"] == "invalid_json" and err["error"]["type"] == "invalid_request_error"
+        eid = await c.send({"type": "input_audio_buffer.frobnicate"})
+        err = await c.until("error")
+        assert err["error"]["code"] == "invalid_value" and err["error"]["param"] == "type"
+        assert err["error"]["event_id"] == eid
+        await c.send({"type": "session.update", "session": {"type": "realtime", "instructions": "be brief"}})
+        upd = await c.until("session.updated")
+        assert upd["session"]["instructions"] == "be brief"
+        rec = server.record.connection(0)
+        assert rec.client_events[0].get("invalid_json") is True
+        await c.close()
+        await server.stop()
+    run(go())
+
+
+@pytest.mark.parametrize("dialect,session,code,param", [
+    ("openai-ga", {"instructions": "x"}, "missing_required_parameter", "session.type"),
+    ("openai-ga", {"type": "realtime", "modalities": ["audio"]}, "unknown_parameter", "session.modalities"),
+    ("openai-ga", {"type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 2}}}},
+     "invalid_value", "session.audio.input.turn_detection.threshold"),
+    ("openai-ga", {"type": "realtime", "audio": {"output": {"format": {"type": "audio/pcm", "rate": 16000}}}},
+     "invalid_value", "session.audio.output.format.rate"),
+    ("openai-ga", {"type": "realtime", "audio": None}, "invalid_value", "session.audio"),
+    ("openai-beta", {"input_audio_format": "pcm32"}, "invalid_value", "session.input_audio_format"),
+    ("openai-beta", {"audio": {}}, "unknown_parameter", "session.audio"),
+    ("openai-beta", {"turn_detection": {"type": "azure_semantic_vad"}}, "invalid_value", "session.turn_detection.type"),
+    ("voice-live", {"input_audio_sampling_rate": 44100}, "invalid_value", "session.input_audio_sampling_rate"),
+])
+def test_session_update_invalid_values(dialect, session, code, param):
+    async def go():
+        server, c, created = await started(dialect)
+        eid = await c.send({"type": "session.update", "session": session})
+        err = await c.until("error")
+        assert (err["error"]["code"], err["error"]["param"], err["error"]["event_id"]) == (code, param, eid)
+        # the session is unchanged and still open
+        await c.send(ptt_update(dialect))
+        upd = await c.until("session.updated")
+        assert upd["session"]["id"] == created["session"]["id"]
+        await c.close()
+        await server.stop()
+    run(go())
+
+
+def test_voice_cannot_change_after_audio_output():
+    async def go():
+        server, c, _ = await started("openai-beta")
+        await c.send({"type": "session.update", "session": {"voice": "verse"}})
+        assert (await c.until("session.updated"))["session"]["voice"] == "verse"
+        await c.send({"type": "response.create"})
+        await c.until("response.done")
+        await c.send({"type": "session.update", "session": {"voice": "alloy"}})
+        err = await c.until("error")
+        assert err["error"]["code"] == "invalid_value" and err["error"]["param"] == "session.voice"
+        await c.close()
+        await server.stop()
+    run(go())
+
+
+# ---------------------------------------------------------------------------------------
+# limits and faults
+# ---------------------------------------------------------------------------------------
+def test_session_expiry_error_then_close_1001():
+    async def go():
+        server, c, created = await started("openai-ga", max_session_s=0.5)
+        assert created["session"]["expires_at"] <= time.time() + 1
+        err = await c.until("error", timeout=3)
+        assert err["error"]["code"] == "session_expired"
+        with pytest.raises(ConnectionClosed) as exc:
+            await c.recv()
+        assert exc.value.rcvd.code == 1001
+        assert server.record.connection(0).close_code == 1001
+        await server.stop()
+    run(go())
+
+
+def test_large_append_accepted():
+    async def go():
+        server, c, _ = await started("openai-ga")
+        await c.send(ptt_update("openai-ga"))
+        await c.until("session.updated")
+        n = 15 * 1024 * 1024 // 2                         # 15 MiB of PCM16
+        pcm = (np.arange(n) % 200 - 100).astype(np.int16)
+        await c.send({"type": "input_audio_buffer.append", "audio": b64(pcm)})
+        await c.send({"type": "input_audio_buffer.commit"})
+        await c.until("input_audio_buffer.committed", timeout=10)
+        assert server.record.connection(0).uplink_samples == n
+        await c.close()
+        await server.stop()
+    run(go())
+
+
+def test_drop_all_connections_then_reconnect():
+    async def go():
+        server, c, created = await started("openai-ga")
+        assert server.drop_all_connections() == 1
+        with pytest.raises(ConnectionClosed) as exc:
+            await c.recv()
+        assert exc.value.rcvd is None                       # no close frame
+        c2 = await Client.open(server, "openai-ga")
+        created2 = await c2.until("session.created")
+        assert created2["session"]["id"] != created["session"]["id"]
+        recs = server.record.connections()
+        assert recs[0].aborted and not recs[1].aborted and len(recs) == 2
+        await c2.close()
+        await server.stop()
+    run(go())
+
+
+def test_server_thread_sync_use():
+    from websockets.sync.client import connect as sync_connect
+
+    with ServerThread(LocalServerConfig(seed=7)) as st:
+        assert st.url.endswith("/v1/realtime?model=gpt-realtime")
+        with sync_connect(st.url, additional_headers={"Authorization": "Bearer x"}, max_size=None) as ws:
+            assert json.loads(ws.recv(timeout=5))["type"] == "session.created"
+            ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": b64(silence(0.1))}))
+            assert st.record.wait_for(lambda cs: cs and cs[0].uplink_samples == 2400, timeout=5)
+            t = threading_drop(st)
+            assert t == 1
+        assert st.record.wait_for(lambda cs: cs[0].closed, timeout=5)
+
+
+def threading_drop(st: ServerThread) -> int:
+    return st.drop_all_connections()
