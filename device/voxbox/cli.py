@@ -1,7 +1,152 @@
-"""Command line entry point (placeholder until the daemon lands)."""
+"""``voxbox`` command line.
+
+    voxbox [run] [--config PATH]     run the daemon (what systemd starts)
+    voxbox check-config [--config PATH]
+    voxbox demo [--out DIR]          the whole appliance on real speech, ALSA file devices
+    voxbox server [--port N]         the local Realtime server (parrot)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
 import sys
+from pathlib import Path
+
+from voxbox import __version__
+from voxbox.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+
+EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus= lists it
+
+
+def _load(path: Path) -> Config:
+    return load_config(path)
+
+
+def _preflight(cfg: Config):
+    """Everything that can be checked before touching audio. Returns the API key.
+
+    Raises:
+        ConfigError / CredentialError / AudioDeviceError naming the problem.
+    """
+    from voxbox.credentials import load_api_key
+
+    key = load_api_key(required=cfg.realtime.url != "local")
+    from voxbox.audio_io import open_check
+
+    open_check(cfg.audio.capture_device, "capture")
+    open_check(cfg.audio.playback_device, "playback")
+    if cfg.wake.enabled:
+        from voxbox.wake import find_model
+
+        find_model(cfg.wake.model)
+    return key
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from voxbox.sd import redact, setup_logging
+
+    try:
+        cfg = _load(args.config)
+    except ConfigError as exc:
+        print(f"voxbox: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    fmt = args.log_format or cfg.log.format
+    setup_logging(fmt, cfg.log.level)
+    log = logging.getLogger("voxbox")
+    try:
+        key = _preflight(cfg)
+    except Exception as exc:  # config-class problems: say what, exit before audio
+        from voxbox.audio_io import AudioDeviceError
+        from voxbox.credentials import CredentialError
+        from voxbox.wake import WakeModelError
+
+        if isinstance(exc, (ConfigError, CredentialError, AudioDeviceError, WakeModelError)):
+            log.error("%s", exc, extra={"VOXBOX_EVENT": "config_error"})
+            print(f"voxbox: {exc}", file=sys.stderr) if fmt == "json" else None
+            return EXIT_CONFIG
+        raise
+    redact(key.value)
+    from voxbox.daemon import Daemon
+
+    daemon = Daemon(cfg, key, mock_gpio_socket=os.environ.get("VOXBOX_MOCK_GPIO_SOCKET"))
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, daemon.stop)
+        return await daemon.run()
+
+    return asyncio.run(main())
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        cfg = _load(args.config)
+        _preflight(cfg)
+    except Exception as exc:
+        print(f"voxbox: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{args.config}: OK (dialect {cfg.realtime.dialect}, capture {cfg.audio.capture_device}, "
+          f"playback {cfg.audio.playback_device})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from voxbox.demo import run_demo
+
+    return run_demo(out_dir=args.out, dialect=args.dialect, echo_db=args.echo_db)
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from voxbox.localserver import main as server_main
+
+    return server_main(["--port", str(args.port), "--host", args.host])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="voxbox", description="Voxbox voice appliance")
+    p.add_argument("--version", action="version", version=f"voxbox {__version__}")
+    sub = p.add_subparsers(dest="command")
+
+    def with_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH,
+                        help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
+
+    run = sub.add_parser("run", help="run the daemon (default)")
+    with_config(run)
+    run.add_argument("--log-format", choices=["auto", "text", "json", "journal"], default=None)
+    run.set_defaults(func=cmd_run)
+
+    chk = sub.add_parser("check-config", help="validate the configuration, devices and credential")
+    with_config(chk)
+    chk.set_defaults(func=cmd_check_config)
+
+    demo = sub.add_parser("demo", help="run the appliance end to end on recorded speech")
+    demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory")
+    demo.add_argument("--dialect", default="openai-ga",
+                      choices=["openai-ga", "openai-beta", "azure-voicelive"])
+    demo.add_argument("--echo-db", type=float, default=-26.0,
+                      help="speaker-to-microphone echo gain in dB (closed acoustic loop)")
+    demo.set_defaults(func=cmd_demo)
+
+    srv = sub.add_parser("server", help="run the local Realtime server (parrot)")
+    srv.add_argument("--port", type=int, default=8765)
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.set_defaults(func=cmd_server)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("voxbox: not yet", file=sys.stderr)
-    return 1
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if not argv or argv[0].startswith("--") and argv[0] not in ("--help", "-h", "--version"):
+        argv = ["run", *argv]
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return args.func(args)

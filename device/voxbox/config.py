@@ -101,6 +101,10 @@ class FrontEnd(_Section):
     echo_suppress_db: Annotated[int, Field(ge=-90, le=0)] = -60
     echo_suppress_active_db: Annotated[int, Field(ge=-90, le=0)] = -30
     agc: bool = False
+    reference_delay_ms: Annotated[int, Field(ge=0, le=500)] = 0
+    """Extra delay (ms) applied to the far-end reference before the echo canceller, for
+    playback paths that buffer more than ALSA reports (the reference must never arrive
+    after its echo, and should lead it by as little as possible)."""
 
 
 class Wake(_Section):

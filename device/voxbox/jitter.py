@@ -31,6 +31,7 @@ class PullResult:
     samples: int  # reply samples in this period (the rest is silence)
     drained: bool  # the buffer just ran empty at the end of the expected audio
     underrun: bool  # the buffer ran empty while more audio was expected
+    epoch: int = 0  # flush count when pulled: results from before a flush are stale
 
 
 class JitterBuffer:
@@ -56,6 +57,7 @@ class JitterBuffer:
         self.played: dict[str, int] = {}
         self.received: dict[str, int] = {}
         self.underruns = 0
+        self.epoch = 0
 
     # ---- network side --------------------------------------------------------------------
     def push(self, item_id: str, pcm: np.ndarray) -> None:
@@ -81,6 +83,7 @@ class JitterBuffer:
             self._queued = 0
             self._playing = False
             self._complete = True
+            self.epoch += 1
             return dict(self.played)
 
     @property
@@ -105,7 +108,7 @@ class JitterBuffer:
                     self._playing = True
                 else:
                     out[:] = 0
-                    return PullResult(None, 0, False, False)
+                    return PullResult(None, 0, False, False, self.epoch)
             filled = 0
             main_item: str | None = None
             main_count = 0
@@ -137,4 +140,4 @@ class JitterBuffer:
                         seg = out[filled - k:filled].astype(np.float32)
                         seg *= self._fade[-k:] if k < self._fade.size else self._fade
                         out[filled - k:filled] = seg.astype(np.int16)
-            return PullResult(main_item, filled, drained, underrun)
+            return PullResult(main_item, filled, drained, underrun, self.epoch)

@@ -80,7 +80,6 @@ class GpioLed:
             led.blink(on_time=pattern.on_s, off_time=pattern.off_s, background=True)
         else:
             led.pulse(fade_in_time=pattern.fade_s, fade_out_time=pattern.fade_s, background=True)
-        log.debug("led %s", pattern.name, extra={"VOXBOX_EVENT": "led", "VOXBOX_LED": pattern.name})
 
     @property
     def value(self) -> float:

@@ -53,17 +53,24 @@ class SampleRing:
                 self.overflows += 1
                 self._r = self._w - self._cap
 
-    def read_into(self, out: np.ndarray, max_backlog: int | None = None) -> int:
+    def read_into(self, out: np.ndarray, max_backlog: int | None = None, min_backlog: int = 0) -> int:
         """Fill ``out`` (int16, shape (n,)); returns how many were real samples (rest zeros).
 
-        With ``max_backlog``, samples older than ``n + max_backlog`` are skipped first, so a
-        reader that started late never runs behind the writer by more than that.
+        Used as a delay line: the reader keeps between ``min_backlog`` and ``max_backlog``
+        samples unread after each read. With more than ``max_backlog`` (a reader that
+        started late, or a writer burst) the oldest samples are skipped; with fewer than
+        ``min_backlog`` the read returns zeros and consumes nothing, letting the backlog
+        grow back. Each correction counts one ``resyncs``.
         """
         n = out.shape[0]
         with self._lock:
             if max_backlog is not None and self._w - self._r > n + max_backlog:
                 self._r = self._w - n - max_backlog
                 self.resyncs += 1
+            elif min_backlog and self._w - self._r < n + min_backlog:
+                out[:] = 0
+                self.resyncs += 1
+                return 0
             k = min(n, self._w - self._r)
             start = self._r % self._cap
             first = min(k, self._cap - start)

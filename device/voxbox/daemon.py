@@ -1,0 +1,663 @@
+"""The daemon: wires the cores to the adapters and runs the asyncio loop.
+
+Threads:
+- capture (``audio_io.CaptureLoop``): ALSA read → echo canceller/noise suppressor → wake
+  word → (if the conversation lets audio out) resample 16→24 kHz → hand a bytes block to
+  the event loop with ``call_soon_threadsafe`` (never waits on the loop or the network).
+- playback (``audio_io.PlaybackLoop``): jitter buffer → ALSA write; what it wrote goes,
+  resampled to 16 kHz, into the far-end reference ring read by the capture thread.
+- gpiozero's own threads for the button callbacks and LED blinking.
+- the asyncio loop: the WebSocket link, the session core, the conversation state machine,
+  timers, sd_notify.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import soxr
+
+from voxbox import __version__
+from voxbox.config import Config
+from voxbox.conversation import (Action, ClearInput, Conversation, Interrupt, ResetWake, State)
+from voxbox.credentials import Secret
+from voxbox.dialects import PCM_RATE, auth_headers, build_url
+from voxbox.gestures import ButtonGestures, Gesture
+from voxbox.jitter import JitterBuffer, PullResult
+from voxbox.led import pattern_for
+from voxbox.ring import SampleRing
+from voxbox.sd import Notifier
+from voxbox.session import (AudioDelta, AudioDone, InputCommitted, ProtocolError, RealtimeSession,
+                            ResponseDone, ResponseStarted, ServerError, SessionCreated,
+                            SessionReady, SpeechStarted, SpeechStopped, TranscriptDone,
+                            UserTranscript)
+
+log = logging.getLogger("voxbox.daemon")
+
+UPLINK_BLOCK_MS = 40
+"""Uplink audio is sent in blocks of this many ms (one ``input_audio_buffer.append`` each)."""
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""Incoming WebSocket message limit (websockets defaults to 1 MiB; appends may be 15 MiB)."""
+
+
+def full_jitter(initial_s: float, cap_s: float) -> Iterator[float]:
+    """Exponential backoff with full jitter: uniform(0, min(cap, initial * 2**n))."""
+    n = 0
+    while True:
+        yield random.uniform(0, min(cap_s, initial_s * (2 ** n)))
+        n = min(n + 1, 30)
+
+
+@dataclass
+class TurnTimes:
+    """Monotonic timestamps of one turn, for the journald ``turn`` record and the demo."""
+
+    turn: int = 0
+    wake: float | None = None
+    wake_score: float | None = None
+    first_audio_sent: float | None = None
+    speech_started: float | None = None
+    speech_stopped: float | None = None
+    response_created: float | None = None
+    first_reply_received: float | None = None
+    first_reply_played: float | None = None
+    playback_end: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def latencies_ms(self) -> dict[str, int]:
+        def ms(a, b):
+            return None if a is None or b is None else int(round((b - a) * 1000))
+
+        out = {
+            "VOXBOX_LATENCY_MS": ms(self.speech_stopped, self.first_reply_played),
+            "VOXBOX_SERVICE_LATENCY_MS": ms(self.speech_stopped, self.first_reply_received),
+            "VOXBOX_DEVICE_PLAYOUT_MS": ms(self.first_reply_received, self.first_reply_played),
+            "VOXBOX_WAKE_TO_UPLINK_MS": ms(self.wake, self.first_audio_sent),
+        }
+        return {k: v for k, v in out.items() if v is not None}
+
+
+class Daemon:
+    """Args:
+    cfg: the validated configuration.
+    api_key: the Realtime API key (never logged).
+    mock_gpio_socket: with ``gpio.pin_factory = "mock"``, a datagram socket path on which
+        tests send ``press``/``release`` to drive the mock button pin.
+    """
+
+    def __init__(self, cfg: Config, api_key: Secret, mock_gpio_socket: str | None = None):
+        self.cfg = cfg
+        self.api_key = api_key
+        self.mock_gpio_socket = mock_gpio_socket
+        a = cfg.audio
+        self.cap_period = a.capture_rate * a.period_ms // 1000
+        self.play_period = a.playback_rate * a.period_ms // 1000
+        self.conv = Conversation(cfg.conversation.listen_timeout_s, cfg.conversation.follow_up_s,
+                                 cfg.conversation.thinking_timeout_s)
+        self.jitter = JitterBuffer(a.playback_rate, self.play_period, a.jitter_prebuffer_ms)
+        self.ref_ring = SampleRing(a.capture_rate)  # 1 s
+        self._ref_delay = a.capture_rate * cfg.frontend.reference_delay_ms // 1000
+        self.notifier = Notifier()
+        self.session: RealtimeSession | None = None
+        self.turn = TurnTimes()
+        self.uplink_open = False  # read by the capture thread
+        self._wake_reset = False
+        self._stop = asyncio.Event()
+        self._ws = None
+        self._ready_sent = False
+        self._led_name = ""
+        self._session_ready = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._uplink_q: asyncio.Queue[bytes] = asyncio.Queue(maxsize=500)
+        # capture-thread state (touched only by the capture thread)
+        self._ref_frame = np.zeros(self.cap_period, dtype=np.int16)
+        self._up_resampler: soxr.ResampleStream | None = None
+        self._up_parts: list[np.ndarray] = []
+        self._up_samples = 0
+        self._up_block = PCM_RATE * UPLINK_BLOCK_MS // 1000
+        self.capture_frames = 0
+        self.last_capture_t = 0.0
+        self.last_nonsilent_t = 0.0
+        # playback-thread state
+        self._play_buf = np.zeros(self.play_period, dtype=np.int16)
+        self._last_pull = PullResult(None, 0, False, False, 0)
+        self._ref_resampler = (None if a.playback_rate == a.capture_rate else
+                               soxr.ResampleStream(a.playback_rate, a.capture_rate, 1, dtype="int16"))
+        self._playing_item: str | None = None
+        self._reply_resampler = (None if a.playback_rate == PCM_RATE else
+                                 soxr.ResampleStream(PCM_RATE, a.playback_rate, 1, dtype="int16"))
+        self.frontend = None
+        self.wake = None
+        self.capture = None
+        self.playback = None
+        self.server = None
+        self.led = None
+        self.button = None
+        self.gestures = ButtonGestures(cfg.gpio.debounce_ms / 1000, cfg.gpio.hold_ms / 1000,
+                                       cfg.gpio.long_hold_ms / 1000)
+        self.stats = {"uplink_samples": 0, "truncates": 0, "reconnects": 0}
+
+    # ------------------------------------------------------------------------------ start
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Run until :meth:`stop`. Returns the exit status."""
+        self._loop = asyncio.get_running_loop()
+        cfg = self.cfg
+        log.info("voxbox %s starting (dialect %s)", __version__, cfg.realtime.dialect,
+                 extra={"VOXBOX_EVENT": "start", "VOXBOX_VERSION": __version__})
+        self._build_dsp()
+        self._build_gpio()
+        self._show_state()
+        from voxbox.audio_io import CaptureLoop, PlaybackLoop
+
+        self.playback = PlaybackLoop(cfg.audio.playback_device, self._playback_source,
+                                     self._playback_written, rate=cfg.audio.playback_rate,
+                                     period=self.play_period, periods=cfg.audio.periods)
+        self.capture = CaptureLoop(cfg.audio.capture_device, self._on_capture_frame,
+                                   rate=cfg.audio.capture_rate, period=self.cap_period,
+                                   periods=cfg.audio.periods)
+        self.playback.start()
+        self.capture.start()
+        tasks = [asyncio.create_task(self._link(), name="link"),
+                 asyncio.create_task(self._ticker(), name="ticker"),
+                 asyncio.create_task(self._watchdog(), name="watchdog"),
+                 asyncio.create_task(self._ready_gate(), name="ready")]
+        try:
+            await self._stop.wait()
+        finally:
+            self.notifier.stopping()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.capture.stop()
+            self.playback.stop()
+            if self.server is not None:
+                self.server.stop()
+            if self.led is not None:
+                self.led.close()
+            if self.button is not None:
+                self.button.close()
+            log.info("voxbox stopped", extra={"VOXBOX_EVENT": "stop"})
+        return 0
+
+    def _build_dsp(self) -> None:
+        cfg = self.cfg
+        if cfg.frontend.echo_cancel:
+            from voxbox.frontend import CaptureFrontEnd, FrontEndSettings
+
+            f = cfg.frontend
+            self.frontend = CaptureFrontEnd(FrontEndSettings(
+                frame_size=f.frame_size, filter_ms=f.filter_ms, noise_suppress_db=f.noise_suppress_db,
+                echo_suppress_db=f.echo_suppress_db, echo_suppress_active_db=f.echo_suppress_active_db,
+                agc=f.agc, sample_rate=cfg.audio.capture_rate))
+        if cfg.wake.enabled:
+            from voxbox.wake import WakeWordDetector
+
+            self.wake = WakeWordDetector(cfg.wake.model, cfg.wake.threshold, cfg.wake.refractory_s)
+
+    def _build_gpio(self) -> None:
+        g = self.cfg.gpio
+        if not g.enabled:
+            return
+        factory = None
+        if g.pin_factory == "mock":
+            from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+            factory = MockFactory(pin_class=MockPWMPin)
+        from gpiozero import Button
+
+        from voxbox.led import GpioLed
+
+        self.led = GpioLed(g.led, pin_factory=factory)
+        self.button = Button(g.button, pull_up=g.button_active_low, bounce_time=None,
+                             pin_factory=factory)
+        loop = self._loop
+        self.button.when_pressed = lambda: loop.call_soon_threadsafe(self._button_edge, True)
+        self.button.when_released = lambda: loop.call_soon_threadsafe(self._button_edge, False)
+        if factory is not None and self.mock_gpio_socket:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            try:
+                os.unlink(self.mock_gpio_socket)
+            except FileNotFoundError:
+                pass
+            sock.bind(self.mock_gpio_socket)
+            sock.setblocking(False)
+            pin = factory.pin(g.button)
+
+            def on_msg() -> None:
+                msg = sock.recv(64).decode(errors="replace").strip()
+                pressed_level = not g.button_active_low
+                if msg == "press":
+                    pin.drive_high() if pressed_level else pin.drive_low()
+                elif msg == "release":
+                    pin.drive_low() if pressed_level else pin.drive_high()
+
+            loop.add_reader(sock.fileno(), on_msg)
+            self._mock_sock = sock
+
+    # ------------------------------------------------------------------- capture thread
+    def _on_capture_frame(self, frame: np.ndarray, t: float) -> None:
+        """Capture thread: one 10 ms period of 16 kHz int16 microphone samples."""
+        self.capture_frames += 1
+        self.last_capture_t = t
+        if frame.any():
+            self.last_nonsilent_t = t
+        ref = self._ref_frame
+        self.ref_ring.read_into(ref, max_backlog=self._ref_delay + 2 * self.cap_period,
+                                min_backlog=max(0, self._ref_delay - 2 * self.cap_period))
+        clean = self.frontend.process(frame, ref) if self.frontend is not None else frame
+        wake = self.wake
+        if wake is not None:
+            if self._wake_reset:
+                self._wake_reset = False
+                wake.reset()
+            det = wake.process(clean, t)
+            if det is not None:
+                self._loop.call_soon_threadsafe(self._on_wake, det.score, det.t)
+        if self.uplink_open:
+            if self._up_resampler is None:
+                self._up_resampler = soxr.ResampleStream(self.cfg.audio.capture_rate, PCM_RATE, 1,
+                                                         dtype="int16")
+            up = self._up_resampler.resample_chunk(clean)
+            self._up_parts.append(up)
+            self._up_samples += up.shape[0]
+            if self._up_samples >= self._up_block:
+                block = np.concatenate(self._up_parts).tobytes()
+                self._up_parts.clear()
+                self._up_samples = 0
+                self._loop.call_soon_threadsafe(self._queue_uplink, block)
+        elif self._up_resampler is not None:
+            self._up_resampler = None
+            self._up_parts.clear()
+            self._up_samples = 0
+
+    # ------------------------------------------------------------------ playback thread
+    def _playback_source(self) -> np.ndarray:
+        self._last_pull = self.jitter.pull(self._play_buf)
+        return self._play_buf
+
+    def _playback_written(self, frame: np.ndarray, t: float) -> None:
+        ref = frame if self._ref_resampler is None else self._ref_resampler.resample_chunk(frame)
+        self.ref_ring.write(ref)
+        res = self._last_pull
+        if res.item_id is not None and res.item_id != self._playing_item:
+            self._playing_item = res.item_id
+            self._loop.call_soon_threadsafe(self._on_playback_started, res.item_id, t, res.epoch)
+        if res.drained or res.underrun:
+            if res.drained:
+                self._playing_item = None
+                self._loop.call_soon_threadsafe(self._on_playback_drained, t)
+
+    # ------------------------------------------------------------------------ event loop
+    def _queue_uplink(self, block: bytes) -> None:
+        if not self.uplink_open or self.session is None:
+            return  # turn closed (or link down) while the block was in flight: drop it
+        try:
+            self._uplink_q.put_nowait(block)
+        except asyncio.QueueFull:
+            log.warning("uplink queue full; dropping %d ms of audio", UPLINK_BLOCK_MS)
+
+    def _on_wake(self, score: float, t: float) -> None:
+        log.info("wake word %s score %.3f", self.cfg.wake.model, score,
+                 extra={"VOXBOX_EVENT": "wake", "VOXBOX_WAKE_SCORE": round(score, 4),
+                        "VOXBOX_T": round(t, 4)})
+        turn = self.conv.turn
+        self._apply(self.conv.wake(time.monotonic()))
+        if self.conv.turn != turn:
+            self.turn.wake, self.turn.wake_score = t, score
+
+    def _button_edge(self, pressed: bool) -> None:
+        now = time.monotonic()
+        log.debug("button %s", "pressed" if pressed else "released",
+                  extra={"VOXBOX_EVENT": "button"})
+        self._gestures(self.gestures.edge(pressed, now), now)
+
+    def _gestures(self, gestures: list[Gesture], now: float) -> None:
+        for g in gestures:
+            log.info("button %s", g.value, extra={"VOXBOX_EVENT": "gesture", "VOXBOX_GESTURE": g.value})
+            if g is Gesture.TAP:
+                turn = self.conv.turn
+                self._apply(self.conv.tap(now))
+                if self.conv.turn != turn:
+                    self.turn.wake = now
+
+    def _on_playback_started(self, item_id: str, t: float, epoch: int) -> None:
+        if epoch != self.jitter.epoch:
+            return  # the last period pulled before a barge-in flush: not a new reply
+        if self.turn.first_reply_played is None:
+            self.turn.first_reply_played = t
+        log.info("playing reply item %s", item_id,
+                 extra={"VOXBOX_EVENT": "playback_start", "VOXBOX_ITEM_ID": item_id,
+                        "VOXBOX_T": round(t, 4)})
+        self._apply(self.conv.playback_started(time.monotonic()))
+
+    def _on_playback_drained(self, t: float) -> None:
+        if self.conv.state is not State.SPEAKING:
+            return
+        self.turn.playback_end = t
+        log.info("reply played out", extra={"VOXBOX_EVENT": "playback_end", "VOXBOX_T": round(t, 4)})
+        if self.session is not None:
+            self.session.close_played_items()
+        self._apply(self.conv.playback_drained(time.monotonic()))
+
+    def _apply(self, actions: list[Action]) -> None:
+        if self.conv.turn != self.turn.turn:
+            self.turn = TurnTimes(self.conv.turn)
+        for a in actions:
+            if isinstance(a, Interrupt):
+                self._interrupt(a)
+            elif isinstance(a, ResetWake):
+                self._wake_reset = True
+            elif isinstance(a, ClearInput) and self.session is not None:
+                self.session.clear_input()
+        self._show_state()
+        self._flush_session()
+
+    def _interrupt(self, a: Interrupt) -> None:
+        played = self.jitter.flush()
+        if self.playback is not None:
+            self.playback.drop()
+        self._playing_item = None
+        if self.session is None:
+            return
+        rate = self.cfg.audio.playback_rate
+        played24 = {k: v * PCM_RATE // rate for k, v in played.items()}
+        res = self.session.interrupt(played24, cancel=not a.by_server)
+        self.stats["truncates"] += len(res.truncated)
+        log.info("barge-in by %s: cancel=%s truncated=%s deleted=%s", a.cause, res.cancelled,
+                 res.truncated, res.deleted,
+                 extra={"VOXBOX_EVENT": "barge_in", "VOXBOX_CAUSE": a.cause,
+                        "VOXBOX_TRUNCATE_MS": ",".join(f"{k}:{v}" for k, v in res.truncated.items())})
+
+    def _show_state(self) -> None:
+        state = self.conv.state
+        self.uplink_open = self.conv.uplink_open and self.session is not None and self._session_ready
+        pattern = pattern_for(state)
+        if pattern.name != self._led_name:
+            self._led_name = pattern.name
+            if self.led is not None:
+                self.led.show(pattern)
+            log.info("led %s", pattern.name, extra={"VOXBOX_EVENT": "led", "VOXBOX_LED": pattern.name})
+        self.notifier.status(self._status_text())
+
+    def _status_text(self) -> str:
+        sid = self.session.session_id if self.session is not None and self.session.session_id else "-"
+        return f"{self.conv.state.value}; session {sid}; turn {self.conv.turn}"
+
+    # ------------------------------------------------------------------------ link
+    def _flush_session(self) -> None:
+        if self.session is None or self._ws is None:
+            return
+        for msg in self.session.data_to_send():
+            asyncio.ensure_future(self._send(msg))
+
+    async def _send(self, msg: str) -> None:
+        ws = self._ws
+        if ws is None:
+            return
+        try:
+            await ws.send(msg)
+        except Exception as exc:  # the receive loop notices the drop and reconnects
+            log.debug("send failed: %s", exc)
+
+    def _local_url(self) -> str:
+        from voxbox.localserver import ServerThread
+
+        if self.server is None:
+            self.server = ServerThread(api_key=self.api_key.value or None)
+            self.server.start()
+        base = f"ws://127.0.0.1:{self.server.port}"
+        if self.cfg.realtime.dialect == "azure-voicelive":
+            return base + "/voice-live/realtime"
+        return base + "/v1/realtime"
+
+    async def _link(self) -> None:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+        rt = self.cfg.realtime
+        url = build_url(rt, self._local_url() if rt.url == "local" else rt.url)
+        headers = auth_headers(rt, self.api_key.value, url)
+        conn_no = 0
+        while not self._stop.is_set():
+            try:
+                async for ws in connect(
+                    url, additional_headers=headers, max_size=MAX_MESSAGE_BYTES,
+                    open_timeout=rt.connect_timeout_s, ping_interval=20, ping_timeout=20,
+                    close_timeout=2, compression=None,
+                    reconnect_delays=lambda: full_jitter(rt.reconnect_initial_s, rt.reconnect_max_s),
+                    process_exception=_process_exception,
+                ):
+                    conn_no += 1
+                    t_open = time.monotonic()
+                    self._ws = ws
+                    try:
+                        await self._serve(ws, conn_no, t_open)
+                    except ConnectionClosed as exc:
+                        cause = _close_cause(exc)
+                        self._link_lost(cause)
+                        if _fatal_close(exc):
+                            await self._fatal_pause(cause)
+                        continue
+                    finally:
+                        self._ws = None
+                        self.session = None
+                        self._session_ready = False
+                        self._show_state()
+                    if self._stop.is_set():
+                        return
+            except InvalidStatus as exc:
+                await self._fatal_pause(f"HTTP {exc.response.status_code} at handshake")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never strand the unit: log, back off, try again
+                self._link_lost(f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(random.uniform(0, rt.reconnect_max_s))
+
+    async def _fatal_pause(self, cause: str) -> None:
+        log.error("the service refused the unit: %s; retrying slowly", cause,
+                  extra={"VOXBOX_EVENT": "link_fatal", "VOXBOX_CAUSE": cause})
+        self._apply(self.conv.fatal(time.monotonic(), cause))
+        try:
+            await asyncio.wait_for(self._stop.wait(), timeout=max(60.0, self.cfg.realtime.reconnect_max_s))
+        except asyncio.TimeoutError:
+            pass
+
+    def _link_lost(self, cause: str) -> None:
+        self.stats["reconnects"] += 1
+        log.warning("link lost: %s", cause, extra={"VOXBOX_EVENT": "link_down", "VOXBOX_CAUSE": cause})
+        self.session = None
+        self._session_ready = False
+        self._drain_uplink()
+        self._apply(self.conv.link_down(time.monotonic(), cause))
+
+    def _drain_uplink(self) -> None:
+        while not self._uplink_q.empty():
+            self._uplink_q.get_nowait()
+
+    async def _serve(self, ws, conn_no: int, t_open: float) -> None:
+        session = RealtimeSession(self.cfg.realtime, prefix=f"vx{conn_no}")
+        session.start()
+        self.session = session
+        self._drain_uplink()
+        for msg in session.data_to_send():
+            await ws.send(msg)
+        sender = asyncio.create_task(self._uplink_sender(ws, session))
+        try:
+            async for message in ws:
+                try:
+                    events = session.receive(message)
+                except ProtocolError as exc:
+                    log.warning("ignoring server message: %s", exc, extra={"VOXBOX_EVENT": "protocol"})
+                    continue
+                for ev in events:
+                    self._on_session_event(ev, t_open)
+                self._flush_session()
+        finally:
+            sender.cancel()
+
+    async def _uplink_sender(self, ws, session: RealtimeSession) -> None:
+        while True:
+            block = await self._uplink_q.get()
+            if session is not self.session or not self.uplink_open:
+                continue
+            if self.turn.first_audio_sent is None:
+                self.turn.first_audio_sent = time.monotonic()
+                log.info("first audio sent to the service",
+                         extra={"VOXBOX_EVENT": "uplink_start", "VOXBOX_TURN": self.conv.turn})
+            session.append_audio(block)
+            self.stats["uplink_samples"] += len(block) // 2
+            for msg in session.data_to_send():
+                await ws.send(msg)
+
+    def _on_session_event(self, ev, t_open: float) -> None:
+        now = time.monotonic()
+        conv = self.conv
+        if isinstance(ev, AudioDelta):
+            if self.turn.first_reply_received is None:
+                self.turn.first_reply_received = now
+                log.info("first reply audio received", extra={"VOXBOX_EVENT": "reply_audio_start",
+                                                              "VOXBOX_ITEM_ID": ev.item_id})
+            pcm = np.frombuffer(ev.pcm, dtype="<i2").astype(np.int16, copy=False)
+            if self._reply_resampler is not None:
+                pcm = self._reply_resampler.resample_chunk(pcm)
+            self.jitter.push(ev.item_id, pcm)
+            return
+        if isinstance(ev, SessionCreated):
+            log.info("session created", extra={"VOXBOX_EVENT": "session", "VOXBOX_SESSION_ID": ev.session_id})
+        elif isinstance(ev, SessionReady):
+            self._session_ready = True
+            log.info("session ready in %d ms", (now - t_open) * 1000,
+                     extra={"VOXBOX_EVENT": "session_ready", "VOXBOX_SESSION_ID": ev.session_id,
+                            "VOXBOX_CONNECT_MS": int((now - t_open) * 1000)})
+            self._apply(conv.link_up(now))
+        elif isinstance(ev, SpeechStarted):
+            self.turn.speech_started = now
+            log.info("service heard speech start", extra={"VOXBOX_EVENT": "speech_started",
+                                                           "VOXBOX_ITEM_ID": ev.item_id})
+            self._apply(conv.speech_started(now))
+        elif isinstance(ev, (SpeechStopped, InputCommitted)):
+            if self.turn.speech_stopped is None:
+                self.turn.speech_stopped = now
+                log.info("service heard end of speech", extra={"VOXBOX_EVENT": "speech_stopped",
+                                                                "VOXBOX_ITEM_ID": ev.item_id})
+            self._apply(conv.speech_stopped(now))
+        elif isinstance(ev, ResponseStarted):
+            self.turn.response_created = now
+            log.info("response %s started", ev.response_id, extra={"VOXBOX_EVENT": "response_start",
+                                                                    "VOXBOX_RESPONSE_ID": ev.response_id})
+            self._apply(conv.response_started(now))
+        elif isinstance(ev, AudioDone):
+            self.jitter.mark_complete()
+        elif isinstance(ev, ResponseDone):
+            self.jitter.mark_complete()
+            log.info("response %s %s", ev.response_id, ev.status,
+                     extra={"VOXBOX_EVENT": "response_done", "VOXBOX_STATUS": ev.status})
+            self._apply(conv.response_done(now, ev.status))
+            if not self.jitter.active and self.conv.state is State.SPEAKING:
+                self._apply(conv.playback_drained(now))
+        elif isinstance(ev, TranscriptDone):
+            log.info("assistant: %s", ev.transcript, extra={"VOXBOX_EVENT": "assistant_transcript"})
+        elif isinstance(ev, UserTranscript):
+            log.info("user: %s", ev.transcript, extra={"VOXBOX_EVENT": "user_transcript"})
+        elif isinstance(ev, ServerError):
+            level = logging.ERROR if ev.fatal else logging.WARNING
+            if ev.code == "response_cancel_not_active":
+                level = logging.INFO
+            log.log(level, "service error %s (%s): %s", ev.code or ev.type, ev.cause or "-", ev.message,
+                    extra={"VOXBOX_EVENT": "service_error", "VOXBOX_ERROR_CODE": ev.code,
+                           "VOXBOX_CAUSE": ev.cause or ""})
+            if ev.fatal:
+                self._apply(conv.fatal(now, ev.code))
+
+    def _log_turn_end(self, old: State) -> None:
+        t = self.turn
+        fields = {"VOXBOX_EVENT": "turn", "VOXBOX_TURN": t.turn,
+                  "VOXBOX_SESSION_ID": self.session.session_id if self.session else ""}
+        fields.update(t.latencies_ms())
+        if t.wake_score is not None:
+            fields["VOXBOX_WAKE_SCORE"] = round(t.wake_score, 4)
+        log.info("turn %d done: %s", t.turn,
+                 " ".join(f"{k[7:].lower()}={v}" for k, v in fields.items() if "MS" in k), extra=fields)
+
+    # ------------------------------------------------------------------------ timers
+    async def _ticker(self) -> None:
+        last_state = self.conv.state
+        while True:
+            await asyncio.sleep(0.02)
+            now = time.monotonic()
+            self._gestures(self.gestures.tick(now), now)
+            self._apply(self.conv.tick(now))
+            state = self.conv.state
+            if state is not last_state:
+                if last_state is State.SPEAKING and state in (State.FOLLOW_UP, State.IDLE):
+                    self._log_turn_end(last_state)
+                last_state = state
+
+    def _audio_alive(self, now: float, within_s: float) -> bool:
+        return self.capture_frames > 0 and now - self.last_capture_t < within_s
+
+    async def _ready_gate(self) -> None:
+        """READY=1 once audio flows and the session is up; after the connect timeout READY=1
+        anyway (offline) so a unit booting in a tunnel is not killed by its start timeout."""
+        t0 = time.monotonic()
+        while True:
+            now = time.monotonic()
+            audio = self._audio_alive(now, 1.0)
+            if audio and (self._session_ready or now - t0 > self.cfg.realtime.connect_timeout_s):
+                self.notifier.ready(self._status_text())
+                log.info("ready (session %s)", "up" if self._session_ready else "not up yet",
+                         extra={"VOXBOX_EVENT": "ready"})
+                return
+            await asyncio.sleep(0.02)
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 only while the capture loop delivers frames."""
+        interval = self.notifier.watchdog_interval_s or 1.0
+        stalled_logged = False
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            if self._audio_alive(now, max(0.5, interval)):
+                if self.notifier.watchdog_usec:
+                    self.notifier.watchdog()
+                stalled_logged = False
+            elif not stalled_logged:
+                stalled_logged = True
+                log.error("capture delivered no frame for %.1f s: withholding the watchdog",
+                          now - self.last_capture_t,
+                          extra={"VOXBOX_EVENT": "watchdog_withheld"})
+
+
+def _process_exception(exc: Exception) -> Exception | None:
+    from websockets.asyncio.client import process_exception
+    from websockets.exceptions import InvalidStatus
+
+    if isinstance(exc, InvalidStatus) and exc.response.status_code in (401, 403):
+        return exc  # fatal: handled by a slow retry in Daemon._link
+    if isinstance(exc, InvalidStatus):
+        return None  # 4xx/5xx from proxies: transient more often than not on a unit
+    return process_exception(exc)
+
+
+def _close_cause(exc) -> str:
+    rcvd = getattr(exc, "rcvd", None)
+    if rcvd is not None:
+        return f"closed by the service ({rcvd.code} {rcvd.reason})".strip()
+    return "connection dropped"
+
+
+def _fatal_close(exc) -> bool:
+    rcvd = getattr(exc, "rcvd", None)
+    return rcvd is not None and rcvd.code in (3000, 4000)

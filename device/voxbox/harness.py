@@ -1,0 +1,304 @@
+"""Run the real ``voxbox`` daemon process on ALSA file devices, for the demo and e2e tests.
+
+:class:`DaemonHarness` sets up, in a work directory:
+
+- the ALSA ``file`` devices of :mod:`voxbox.rig` (a microphone fed in real time, a speaker
+  drained in real time, optionally a closed acoustic loop: the speaker's output mixed back
+  into the microphone with a delay and a gain);
+- the local Realtime server (:mod:`voxbox.localserver`) in this process, so what the unit
+  sends can be counted at the server;
+- a ``NOTIFY_SOCKET`` (datagram socket) that records every sd_notify message;
+- a mock-GPIO control socket to press the button of the daemon's mock pins;
+- the daemon as a subprocess (``python -m voxbox run --log-format json``), whose JSON log
+  lines are parsed as they arrive.
+
+All timestamps are ``time.monotonic()`` values, which are system-wide on Linux, so the
+daemon's log times, the rig's and the server's can be put on one timeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from voxbox.rig import FileDeviceRig
+
+API_KEY = "sk-local-test-0123456789abcdef"
+
+
+class HarnessError(RuntimeError):
+    pass
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return json.dumps(str(v))
+
+
+def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> None:
+    lines = []
+    for name, table in sections.items():
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in scalars.items()]
+        for k, v in table.items():
+            if isinstance(v, dict):
+                lines.append(f"[{name}.{k}]")
+                lines += [f"{kk} = {toml_value(vv)}" for kk, vv in v.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+class DaemonHarness:
+    """Args:
+    workdir: a fresh directory for the FIFOs, sockets, config and logs.
+    dialect: the Realtime dialect the daemon speaks (the local server detects it).
+    echo_db: closed acoustic loop gain (dB), None for no echo.
+    echo_delay_ms: acoustic delay from speaker to microphone (ms).
+    config: extra config sections merged over the harness defaults.
+    server_options: keyword arguments for the local server.
+    """
+
+    def __init__(self, workdir: Path, dialect: str = "openai-ga", echo_db: float | None = None,
+                 echo_delay_ms: float = 25.0, config: dict[str, dict[str, Any]] | None = None,
+                 server_options: dict[str, Any] | None = None, api_key: str = API_KEY):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.dialect = dialect
+        self.echo_db = echo_db
+        self.echo_delay_ms = echo_delay_ms
+        self.api_key = api_key
+        self.extra_config = config or {}
+        self.server_options = server_options or {}
+        self.logs: list[dict[str, Any]] = []
+        self.stderr_text: list[str] = []
+        self.notify: list[tuple[float, str]] = []
+        self._log_cv = threading.Condition()
+        self.proc: subprocess.Popen | None = None
+        self.rig: FileDeviceRig | None = None
+        self.server = None
+        self.speaker = None
+        self.mic = None
+        self._notify_sock: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+        self.config_path = self.workdir / "config.toml"
+        self.gpio_sock_path = str(self.workdir / "gpio.sock")
+
+    # ------------------------------------------------------------------ set-up
+    def start_server(self) -> None:
+        from voxbox.localserver import ServerThread
+
+        self.server = ServerThread(api_key=self.api_key, **self.server_options)
+        self.server.start()
+
+    def server_url(self) -> str:
+        base = f"ws://127.0.0.1:{self.server.port}"
+        return base + ("/voice-live/realtime" if self.dialect == "azure-voicelive" else "/v1/realtime")
+
+    def config_sections(self) -> dict[str, dict[str, Any]]:
+        sections: dict[str, dict[str, Any]] = {
+            "realtime": {"url": self.server_url(), "dialect": self.dialect,
+                         "reconnect_initial_s": 0.2, "reconnect_max_s": 2.0,
+                         "voice": "en-US-Ava:DragonHDLatestNeural" if self.dialect == "azure-voicelive"
+                         else "marin"},
+            "audio": {"capture_device": FileDeviceRig.MIC, "playback_device": FileDeviceRig.SPEAKER},
+            "gpio": {"pin_factory": "mock"},
+            # the rig's speaker pipe buffers ~85 ms that ALSA does not report
+            "frontend": {"reference_delay_ms": 80},
+            "log": {"format": "json", "level": "info"},
+        }
+        for name, table in self.extra_config.items():
+            merged = dict(sections.get(name, {}))
+            for k, v in table.items():
+                if isinstance(v, dict) and isinstance(merged.get(k), dict):
+                    merged[k] = {**merged[k], **v}
+                else:
+                    merged[k] = v
+            sections[name] = merged
+        return sections
+
+    def start(self, mic_signal: np.ndarray | None = None, wait_ready: bool = True,
+              ready_timeout: float = 60.0, env: dict[str, str] | None = None) -> None:
+        """Start server, rig and daemon; wait for ``READY=1``."""
+        if self.server is None:
+            self.start_server()
+        self.rig = FileDeviceRig(self.workdir / "rig")
+        self.speaker = self.rig.speaker()
+        echo = {}
+        if self.echo_db is not None:
+            echo = dict(echo_from=self.speaker, echo_gain_db=self.echo_db,
+                        echo_delay_ms=self.echo_delay_ms)
+        self.mic = self.rig.mic(None, tail="noise", noise_dbfs=-60.0, **echo)
+        self.mic.start()
+        write_config(self.config_path, self.config_sections())
+        self._start_notify()
+        self.launch(env=env)
+        if wait_ready:
+            self.wait_notify("READY=1", timeout=ready_timeout)
+        if mic_signal is not None:
+            self.mic.play(mic_signal)
+
+    def launch(self, env: dict[str, str] | None = None) -> None:
+        """Start (or restart) the daemon process."""
+        penv = dict(os.environ)
+        penv.update(self.rig.env)
+        penv.update({"NOTIFY_SOCKET": str(self.workdir / "notify.sock"), "WATCHDOG_USEC": "2000000",
+                     "VOXBOX_API_KEY": self.api_key, "VOXBOX_MOCK_GPIO_SOCKET": self.gpio_sock_path,
+                     "PYTHONUNBUFFERED": "1"})
+        penv.pop("WATCHDOG_PID", None)
+        penv.pop("JOURNAL_STREAM", None)
+        if env:
+            penv.update(env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "voxbox", "run", "--config", str(self.config_path),
+             "--log-format", "json"],
+            env=penv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        t = threading.Thread(target=self._read_logs, args=(self.proc,), daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _start_notify(self) -> None:
+        path = self.workdir / "notify.sock"
+        if path.exists():
+            path.unlink()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.bind(str(path))
+        s.settimeout(0.2)
+        self._notify_sock = s
+
+        def reader() -> None:
+            while self._notify_sock is not None:
+                try:
+                    data = s.recv(4096)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    return
+                now = time.monotonic()
+                with self._log_cv:
+                    for line in data.decode(errors="replace").splitlines():
+                        self.notify.append((now, line))
+                    self._log_cv.notify_all()
+
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _read_logs(self, proc: subprocess.Popen) -> None:
+        for line in proc.stderr:
+            line = line.rstrip("\n")
+            with self._log_cv:
+                self.stderr_text.append(line)
+                try:
+                    rec = json.loads(line)
+                    if isinstance(rec, dict):
+                        self.logs.append(rec)
+                except ValueError:
+                    pass
+                self._log_cv.notify_all()
+
+    # ------------------------------------------------------------------ queries
+    def events(self, event: str) -> list[dict[str, Any]]:
+        with self._log_cv:
+            return [r for r in self.logs if r.get("VOXBOX_EVENT") == event]
+
+    def wait_for(self, pred: Callable[[], Any], timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        with self._log_cv:
+            while True:
+                val = pred()
+                if val:
+                    return val
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    tail = "\n".join(self.stderr_text[-25:])
+                    raise HarnessError(f"timed out after {timeout} s waiting for {what}; daemon log tail:\n{tail}")
+                if self.proc is not None and self.proc.poll() is not None and not val:
+                    # let the reader thread drain the last lines, then fail
+                    self._log_cv.wait(0.2)
+                    val = pred()
+                    if val:
+                        return val
+                    tail = "\n".join(self.stderr_text[-25:])
+                    raise HarnessError(f"daemon exited ({self.proc.returncode}) while waiting for {what}:\n{tail}")
+                self._log_cv.wait(min(left, 0.1))
+
+    def wait_event(self, event: str, timeout: float = 30.0, after: float = 0.0,
+                   where: Callable[[dict], bool] | None = None) -> dict[str, Any]:
+        def pred():
+            for r in self.logs:
+                if r.get("VOXBOX_EVENT") == event and r.get("mono", 0) >= after and (where is None or where(r)):
+                    return r
+            return None
+
+        return self.wait_for(pred, timeout, f"log event {event!r}")
+
+    def wait_state(self, state: str, timeout: float = 30.0, after: float = 0.0) -> dict[str, Any]:
+        return self.wait_event("state", timeout, after, lambda r: r.get("VOXBOX_STATE") == state)
+
+    def wait_notify(self, prefix: str, timeout: float = 30.0) -> float:
+        def pred():
+            return next((t for t, m in self.notify if m.startswith(prefix)), None)
+
+        return self.wait_for(pred, timeout, f"sd_notify {prefix!r}")
+
+    def states(self) -> list[str]:
+        return [r["VOXBOX_STATE"] for r in self.events("state")]
+
+    def led_patterns(self) -> list[str]:
+        return [r["VOXBOX_LED"] for r in self.events("led")]
+
+    def press(self, hold_s: float = 0.12) -> None:
+        """A tap on the daemon's mock button pin (through gpiozero in the daemon)."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            s.sendto(b"press", self.gpio_sock_path)
+            time.sleep(hold_s)
+            s.sendto(b"release", self.gpio_sock_path)
+        finally:
+            s.close()
+
+    # ------------------------------------------------------------------ teardown
+    def stop_daemon(self, timeout: float = 10.0) -> int | None:
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        for t in self._threads:
+            if t.name != "notify":
+                t.join(0.5)
+        return proc.returncode
+
+    def close(self) -> None:
+        self.stop_daemon()
+        sock, self._notify_sock = self._notify_sock, None
+        if sock is not None:
+            sock.close()
+        if self.rig is not None:
+            self.rig.close()
+        if self.server is not None:
+            self.server.stop()
+
+    def __enter__(self) -> "DaemonHarness":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

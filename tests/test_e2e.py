@@ -1,0 +1,202 @@
+"""End to end: the real ``voxbox`` process on ALSA file devices paced in real time, real
+openWakeWord, real Speex, real websockets to the local server, mock GPIO pins, a
+``NOTIFY_SOCKET``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from voxbox.harness import DaemonHarness, write_config
+from voxbox.speech import demo_utterance, render_speech
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def question(text: str, lead_s: float = 0.3, tail_s: float = 1.2) -> np.ndarray:
+    speech = render_speech(text)
+    rng = np.random.default_rng(1)
+    sig = np.concatenate([np.zeros(int(16000 * lead_s), np.int16), speech,
+                          np.zeros(int(16000 * tail_s), np.int16)]).astype(np.float32)
+    sig += rng.normal(0, 20, sig.size)
+    return np.clip(sig, -32768, 32767).astype(np.int16)
+
+
+def reply_samples_at_speaker(h: DaemonHarness, item_audio: bytes) -> int:
+    """How many samples of the item's audio reached the speaker, bit-exact, in order."""
+    ref = np.frombuffer(item_audio, dtype="<i2")
+    played = h.speaker.samples
+    probe = 480
+    nz = np.flatnonzero(ref)
+    assert nz.size, "item audio is all zeros"
+    s0 = int(nz[0])
+    head = ref[s0:s0 + probe]
+    # find where the item's first non-zero block starts in the speaker stream
+    windows = np.lib.stride_tricks.sliding_window_view(played, head.size)
+    hits = np.flatnonzero((windows == head).all(axis=1))
+    assert hits.size, "reply audio not found in the speaker stream"
+    start = int(hits[0]) - s0
+    n = min(ref.size, played.size - start)
+    same = played[start:start + n] == ref[:n]
+    mismatch = np.flatnonzero(~same)
+    return int(mismatch[0]) if mismatch.size else n
+
+
+@pytest.mark.parametrize("dialect", ["openai-ga", "openai-beta", "azure-voicelive"])
+def test_wake_word_turn_end_to_end(tmp_path, dialect):
+    signal, seg = demo_utterance()
+    with DaemonHarness(tmp_path, dialect=dialect, echo_db=-30) as h:
+        h.start()
+        server = h.server.record
+        conn = server.connection(0)
+        assert conn.dialect is not None
+        time.sleep(1.0)  # idle with background noise: nothing may leave the unit
+        assert server.uplink_samples_total == 0
+        h.mic.play(signal)
+        t_sig = h.mic.signal_starts[-1] if h.mic.signal_starts else time.monotonic()
+        wake = h.wait_event("wake", timeout=15)
+        end = h.wait_event("playback_end", timeout=40)
+        time.sleep(0.4)  # the device still holds ~130 ms written but not yet played
+        t_sig = h.mic.signal_starts[-1]
+        # the wake word fired during/just after "Hey Jarvis", on the cleaned signal
+        assert t_sig + seg["wake_start"] < wake["VOXBOX_T"] < t_sig + seg["wake_end"] + 1.0
+        # no audio before the wake word: the first append reached the server after it
+        conn = server.connection(-1)
+        appends = [e for e in conn.client_events if e["type"] == "input_audio_buffer.append"]
+        assert appends, "no audio was streamed"
+        assert appends[0]["t"] >= wake["mono"]
+        assert conn.client_types()[0] == "session.update"
+        # a full turn: the server answered and the reply reached the speaker bit-exact
+        items = [e for e in conn.server_events if e["type"].endswith("output_item.added")]
+        assert items
+        item_id = items[-1]["item"]["id"]
+        audio = h.server.record.item_audio(item_id)
+        assert len(audio) > 24000  # > 0.5 s of reply
+        assert reply_samples_at_speaker(h, audio) == len(audio) // 2
+        assert h.states()[:5] == ["idle", "listening", "thinking", "speaking", "follow_up"]
+        assert h.led_patterns()[:6] == ["offline", "idle", "listening", "thinking", "speaking", "follow_up"]
+        # systemd saw every step
+        h.wait_state("idle", timeout=10, after=end["mono"])
+        msgs = [m for _, m in h.notify]
+        assert "READY=1" in msgs
+        assert msgs.count("WATCHDOG=1") >= 2
+        statuses = [m for m in msgs if m.startswith("STATUS=")]
+        assert any(s.startswith("STATUS=speaking") for s in statuses)
+        turn = h.wait_event("turn", timeout=5)
+        assert turn["VOXBOX_LATENCY_MS"] > 0
+        assert h.stop_daemon() == 0
+
+
+def test_tap_barge_in_truncates_to_the_audio_played(tmp_path):
+    with DaemonHarness(tmp_path, echo_db=None) as h:
+        h.start()
+        h.press()  # tap: start listening without the wake word
+        h.wait_state("listening", timeout=5)
+        h.mic.play(question("Please tell me a long story about the sea, the wind and the ships "
+                            "that sail across the ocean at night."))
+        start = h.wait_event("playback_start", timeout=30)
+        time.sleep(1.5)
+        h.press()  # tap during the reply: barge-in
+        barge = h.wait_event("barge_in", timeout=5)
+        assert barge["VOXBOX_CAUSE"] == "button tap"
+        rec = h.server.record
+        assert rec.wait_for(lambda conns: any(c.truncates for c in conns), timeout=5)
+        (tr,) = rec.truncates
+        time.sleep(0.5)  # let the speaker drain what was already in the device
+        audio = rec.item_audio(tr["item_id"])
+        played = reply_samples_at_speaker(h, audio)
+        played_ms = played * 1000 / 24000
+        assert abs(tr["audio_end_ms"] - played_ms) <= 20, (tr, played_ms)
+        assert 1000 < played_ms < len(audio) / 48  # stopped mid-reply
+        # playback stopped at once: nothing after the truncation point reached the speaker
+        conn = rec.connection(-1)
+        assert "response.cancel" in conn.client_types()
+        assert h.stop_daemon() == 0
+
+
+def test_reconnect_after_drop(tmp_path):
+    with DaemonHarness(tmp_path, echo_db=None) as h:
+        h.start()
+        rec = h.server.record
+        first = rec.connection(0)
+        assert first.client_types()[0] == "session.update"
+        t_drop = time.monotonic()
+        assert h.server.drop_all_connections() >= 1
+        h.wait_event("link_down", timeout=5, after=t_drop)
+        ready = h.wait_event("session_ready", timeout=10, after=t_drop)
+        reconnect_ms = (ready["mono"] - t_drop) * 1000
+        assert reconnect_ms < 3000
+        conns = rec.connections()
+        assert len(conns) == 2 and conns[1].client_types()[0] == "session.update"
+        # the new session carries the same configuration
+        upd0 = next(e for e in conns[0].client_events if e["type"] == "session.update")
+        upd1 = next(e for e in conns[1].client_events if e["type"] == "session.update")
+        assert upd0["session"] == upd1["session"]
+        # and handles the next turn
+        h.press()
+        h.wait_state("listening", timeout=5, after=ready["mono"])
+        h.mic.play(question("What time is it?"))
+        h.wait_event("playback_end", timeout=30, after=ready["mono"])
+        assert rec.connection(-1).uplink_samples > 0
+        assert h.stop_daemon() == 0
+
+
+def _run_daemon(tmp_path: Path, config: dict, env: dict | None = None) -> subprocess.CompletedProcess:
+    cfg = tmp_path / "config.toml"
+    write_config(cfg, config)
+    penv = {k: v for k, v in os.environ.items() if k not in ("VOXBOX_API_KEY", "CREDENTIALS_DIRECTORY")}
+    penv.update(env or {})
+    return subprocess.run([sys.executable, "-m", "voxbox", "run", "--config", str(cfg)],
+                          env=penv, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("config,env,expect", [
+    ({"audio": {"capture_devcie": "x"}}, {"VOXBOX_API_KEY": "k"}, "audio.capture_devcie: unknown key"),
+    ({"wake": {"threshold": "high"}}, {"VOXBOX_API_KEY": "k"}, "wake.threshold"),
+    ({"realtime": {"dialect": "azure"}}, {"VOXBOX_API_KEY": "k"}, "allowed values"),
+    ({"audio": {"capture_device": "no_such_pcm"}}, {"VOXBOX_API_KEY": "k"}, "no_such_pcm"),
+    ({"gpio": {"pin_factory": "mock"}}, {}, "VOXBOX_API_KEY"),
+], ids=["unknown-key", "wrong-type", "bad-dialect", "missing-device", "missing-credential"])
+def test_bad_config_exits_naming_the_problem(tmp_path, config, env, expect):
+    res = _run_daemon(tmp_path, config, env)
+    assert res.returncode == 78, res.stderr
+    assert expect in res.stderr
+    assert "starting" not in res.stderr  # exited before touching audio
+
+
+def test_api_key_never_logged(tmp_path):
+    key = "sk-secret-key-that-must-not-leak-42"
+    with DaemonHarness(tmp_path, echo_db=None, api_key=key) as h:
+        h.start()
+        h.press()
+        h.mic.play(question("Hello there."))
+        h.wait_event("playback_end", timeout=30)
+        h.stop_daemon()
+        assert key not in "\n".join(h.stderr_text)
+        assert key not in "\n".join(m for _, m in h.notify)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_unit_file_verifies_and_is_hardened(tmp_path):
+    unit = (REPO / "systemd" / "voxbox.service").read_text()
+    exe = Path(sys.executable).parent / "voxbox"
+    (tmp_path / "voxbox.service").write_text(unit.replace("/opt/voxbox/venv/bin/voxbox", str(exe)))
+    res = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "voxbox.service")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    sec = subprocess.run(["systemd-analyze", "security", "--offline=true", str(tmp_path / "voxbox.service")],
+                         capture_output=True, text=True)
+    line = [l for l in sec.stdout.splitlines() if "Overall exposure level" in l][0]
+    score = float(line.split(":")[1].split()[0])
+    assert score <= 1.5, line
+    assert "Type=notify" in unit and "WatchdogSec=" in unit and "LoadCredential=" in unit
