@@ -67,10 +67,12 @@ def test_devices_listed_and_open_check(rig):
     assert "voxbox_mic" in devs["capture"]
     assert "voxbox_speaker" in devs["playback"]
     feeder = rig.mic()  # holds the FIFO so the capture open cannot block
+    spk = rig.speaker()  # opening the playback PCM opens the FIFO for writing: needs a reader
     info = open_check("voxbox_mic", "capture")
     assert info["rate"] == 16000 and info["period_size"] == 160
     info = open_check("voxbox_speaker", "playback")
     assert info["rate"] == 24000 and info["buffer_size"] == 960
+    spk.close()
     feeder.close()
 
 

@@ -116,6 +116,8 @@ def test_tap_barge_in_truncates_to_the_audio_played(tmp_path):
         audio = rec.item_audio(tr["item_id"])
         played = reply_samples_at_speaker(h, audio)
         played_ms = played * 1000 / 24000
+        print(f"barge-in: truncate audio_end_ms={tr['audio_end_ms']}, reached the speaker "
+              f"{played_ms:.1f} ms, difference {tr['audio_end_ms'] - played_ms:+.1f} ms")
         assert abs(tr["audio_end_ms"] - played_ms) <= 20, (tr, played_ms)
         assert 1000 < played_ms < len(audio) / 48  # stopped mid-reply
         # playback stopped at once: nothing after the truncation point reached the speaker
@@ -200,3 +202,34 @@ def test_unit_file_verifies_and_is_hardened(tmp_path):
     score = float(line.split(":")[1].split()[0])
     assert score <= 1.5, line
     assert "Type=notify" in unit and "WatchdogSec=" in unit and "LoadCredential=" in unit
+
+
+def test_local_url_runs_the_parrot_inside_the_daemon(tmp_path):
+    with DaemonHarness(tmp_path, echo_db=None, config={"realtime": {"url": "local"}}) as h:
+        h.start()
+        h.press()
+        h.mic.play(question("Can you hear me?"))
+        h.wait_event("playback_end", timeout=30)
+        assert h.server.record.connections() == []  # the harness's own server was not used
+        assert h.stop_daemon() == 0
+
+
+def test_watchdog_only_while_capture_delivers_frames(tmp_path):
+    with DaemonHarness(tmp_path, echo_db=None) as h:
+        h.start()
+        time.sleep(2.5)
+        before = sum(1 for _, m in h.notify if m == "WATCHDOG=1")
+        assert before >= 1
+        # the microphone stops delivering (writer alive, no data: reads block forever)
+        hold = os.open(h.rig.mic_fifo, os.O_RDWR | os.O_NONBLOCK)
+        try:
+            h.mic.close()
+            t_stall = time.monotonic()
+            h.wait_event("watchdog_withheld", timeout=5, after=t_stall)
+            t_check = time.monotonic()
+            time.sleep(3.0)
+            late = [t for t, m in h.notify if m == "WATCHDOG=1" and t > t_check]
+            assert late == []
+        finally:
+            h.proc.kill()
+            os.close(hold)

@@ -15,32 +15,7 @@ FRAME = 256  # samples
 FILTER = 3200  # samples (200 ms)
 
 
-# -- synthetic signals (numpy only) ------------------------------------------------------
-def speechlike(n: int, seed: int) -> np.ndarray:
-    """Band-limited (~100-3400 Hz) noise with a ~4 Hz syllable envelope, peak 1.0."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(-64, 65)
-    h = (np.sinc(2 * 3400 / SR * t) * 2 * 3400 / SR - np.sinc(2 * 100 / SR * t) * 2 * 100 / SR)
-    h *= np.hamming(len(t))
-    x = np.convolve(rng.standard_normal(n), h, mode="same")
-    tt = np.arange(n) / SR
-    env = np.sin(2 * np.pi * 3.7 * tt + rng.uniform(0, 6)) ** 2 + 0.05
-    env *= 0.5 + 0.5 * np.sin(2 * np.pi * 0.3 * tt + rng.uniform(0, 6)) ** 2
-    y = x * env
-    return y / np.max(np.abs(y))
-
-
-def room_ir(seed: int, delay_ms: float = 5.0, tail_ms: float = 60.0, gain: float = 0.5) -> np.ndarray:
-    """Echo path: pure delay (the reference leads the echo) then a decaying random tail."""
-    rng = np.random.default_rng(seed)
-    d, n = int(SR * delay_ms / 1000), int(SR * tail_ms / 1000)
-    tail = rng.standard_normal(n) * np.exp(-np.arange(n) / (n / 6))
-    h = np.concatenate([np.zeros(d), tail])
-    return h / np.sqrt(np.sum(h**2)) * gain
-
-
-def power(x: np.ndarray) -> float:
-    return float(np.mean(x.astype(np.float64) ** 2))
+from synth import power, room_ir, speechlike  # noqa: E402  (tests/ is on sys.path)
 
 
 def rss_bytes() -> int:

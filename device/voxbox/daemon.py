@@ -183,7 +183,8 @@ class Daemon:
             self.capture.stop()
             self.playback.stop()
             if self.server is not None:
-                self.server.stop()
+                # off the loop: the server's close handshake needs this loop's client side
+                await asyncio.to_thread(self.server.stop)
             if self.led is not None:
                 self.led.close()
             if self.button is not None:
@@ -366,7 +367,12 @@ class Daemon:
 
     def _interrupt(self, a: Interrupt) -> None:
         played = self.jitter.flush()
+        last = self._last_pull.item_id
         if self.playback is not None:
+            # what the device still holds is discarded by drop(): it was never heard
+            delay = self.playback.delay_samples()
+            if delay and last in played:
+                played[last] = max(0, played[last] - delay)
             self.playback.drop()
         self._playing_item = None
         if self.session is None:

@@ -14,20 +14,12 @@ from __future__ import annotations
 
 import tempfile
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
 
 from voxbox.harness import DaemonHarness
-
-
-def _write_wav(path: Path, pcm: np.ndarray, rate: int) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(np.asarray(pcm, dtype="<i2").tobytes())
+from voxbox.speech import write_wav as _write_wav
 
 
 def _first(h: DaemonHarness, event: str, after: float = 0.0) -> dict | None:

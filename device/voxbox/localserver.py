@@ -1686,6 +1686,8 @@ class ServerThread:
             fut = asyncio.run_coroutine_threadsafe(self.server.stop(), loop)
             try:
                 fut.result(timeout)
+            except TimeoutError:  # a client that never answers the close: abort it
+                loop.call_soon_threadsafe(self.server._abort_all)
             finally:
                 loop.call_soon_threadsafe(loop.stop)
         self._thread.join(timeout)

@@ -82,7 +82,8 @@ def _read_wav(path: Path) -> tuple[np.ndarray, int]:
     return data.astype(np.int16), rate
 
 
-def _write_wav(path: Path, x: np.ndarray, rate: int) -> None:
+def write_wav(path: Path, x: np.ndarray, rate: int) -> None:
+    """Write mono int16 samples as a 16-bit WAV file."""
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
@@ -138,7 +139,7 @@ def render_speech(text: str, voice: str = "en-us", rate_wpm: int = 150) -> np.nd
         cdir.mkdir(parents=True, exist_ok=True)
         fd, tmpname = tempfile.mkstemp(dir=cdir, suffix=".wav.tmp")
         os.close(fd)
-        _write_wav(Path(tmpname), x, SAMPLE_RATE)
+        write_wav(Path(tmpname), x, SAMPLE_RATE)
         os.replace(tmpname, cached)
     except OSError:
         pass  # read-only home etc.: caching is an optimisation only
