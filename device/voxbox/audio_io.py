@@ -17,8 +17,9 @@ Facts measured with pyalsaaudio 0.11 / alsa-lib 1.2.8 (Debian 12) that shape thi
   in place, no reopen). ``drop()`` leaves the PCM in SETUP, and the next ``write()``
   re-prepares it, which is how :meth:`PlaybackLoop.drop` works. Other errors (device
   unplugged, suspended…) make the loop close and reopen the device after a back-off.
-* Stopping. ``close()`` from another thread while ``read()`` blocks is a use-after-free in
-  alsa-lib (``snd_pcm_close`` frees the handle under the reader), so the capture loop opens
+* Stopping. ``close()`` from another thread while ``read()`` blocks is unsafe (pyalsaaudio
+  calls ``snd_pcm_close``, which frees the handle the reader is still inside; not tried,
+  and closing an fd does not wake a thread blocked in ``read()`` on Linux), so the capture loop opens
   the PCM in ``PCM_NONBLOCK`` mode and waits with ``poll()`` on ``polldescriptors()`` with a
   timeout, checking the stop flag between waits. On a real card a non-blocking read never
   sleeps. On the ALSA ``file`` plugin over ``null`` the poll descriptor is always ready and

@@ -21,13 +21,27 @@ Measured (alsa-lib 1.2.8, pyalsaaudio 0.11, Linux pipes):
 * ``format "raw"`` on playback writes exactly the PCM bytes (no header): a ramp written
   with ``pcm.write`` comes out of the FIFO bit-exact.
 * The ``file`` plugin holds back one ALSA buffer of written audio before it writes to the
-  FIFO (it keeps ``buffer_size`` frames of its write buffer and writes only the excess; at
-  24 kHz, 4 × 240 = 960 frames = 40 ms). Together with the speaker pipe shrunk to one page
-  (``F_SETPIPE_SZ`` → 4096 bytes = 2048 samples = 85.3 ms at 24 kHz) the total between the
-  daemon's ``pcm.write()`` and the speaker consuming a sample is about
-  ``buffer_size + 2048`` samples plus ≤ 10 ms of speaker step, ≈ 125–135 ms
-  (:attr:`FileDeviceRig.playback_buffer_samples`; measured by the tests). ``pcm.drop()``
-  discards the plugin's held-back buffer but not what is already in the pipe.
+  FIFO: it keeps ``buffer_size`` frames (4 × 240 = 960 = 40 ms at 24 kHz) and writes the
+  excess, one period per ``write()``. ``pcm.drop()`` does *not* discard that held-back
+  buffer: it flushes it into the FIFO (measured: 1920 bytes appear at the drop), and
+  ``close()`` flushes what is left too. So on the rig a barge-in ``drop()`` silences the
+  speaker only after the plugin buffer and the pipe have played out (≤ ~125 ms); on a
+  real card ``snd_pcm_drop`` stops at once.
+* Opening ``voxbox_speaker`` opens ``speaker.fifo`` for writing, which blocks until a
+  reader exists: create the :class:`Speaker` before the daemon (or ``open_check``) opens
+  the PCM. Opening ``voxbox_mic`` opens ``mic.fifo`` for reading, which blocks until a
+  writer exists: create the :class:`MicFeeder` first (it holds the FIFO from construction).
+  Close capture loops before the feeder: once the last writer is gone the plugin reads EOF
+  and returns stale, unpaced frames.
+* The speaker pipe is shrunk to one page (``F_SETPIPE_SZ`` → 4096 bytes = 2048 samples =
+  85.3 ms at 24 kHz). A one-page pipe fills in a saw-tooth: the kernel only appends at the
+  tail of the page, so once full the writer waits until the speaker has drained the whole
+  page, then refills it in a burst. Hence, measured over 3 s of continuous playback, the
+  time from ``pcm.write()`` returning for a frame to the speaker consuming it ranges
+  0.7–130 ms (median 80 ms) — the on_written time of a frame is when the plugin pushed an
+  *older* frame into the pipe. The robust invariant is on counts:
+  ``0 ≤ loop.samples_written − speaker.received ≤ buffer_size + 2048 (+ one period)``
+  = :attr:`FileDeviceRig.playback_buffer_samples` (+240), checked by the tests.
 * ``infile`` is read with a blocking ``read()`` of exactly one period per ``readi``; a
   short pipe read would leave stale bytes in the frame, so the feeder always writes one
   whole capture period per ``write()`` (≤ PIPE_BUF, hence atomic).
