@@ -189,6 +189,8 @@ class Daemon:
                 self.led.close()
             if self.button is not None:
                 self.button.close()
+            # free the native resampler streams now rather than at interpreter exit
+            self._up_resampler = self._ref_resampler = self._reply_resampler = None
             log.info("voxbox stopped", extra={"VOXBOX_EVENT": "stop"})
         return 0
 

@@ -55,13 +55,15 @@ def run_demo(out_dir: Path = Path("out/demo"), dialect: str = "openai-ga", echo_
             reply_path = out_dir / "reply.wav"
             start = stop = 0
             if t_first_play is not None:
-                start = max(0, int((t_first_play - spk.t0) * spk.rate) - spk.rate // 10)
-                stop = min(len(played), int((end["mono"] - spk.t0) * spk.rate) + spk.rate // 2)
+                times = spk.times  # consume time of every sample the speaker received
+                start = max(0, int(np.searchsorted(times, t_first_play)) - spk.rate // 10)
+                stop = min(len(played), int(np.searchsorted(times, end["VOXBOX_T"] + 0.3)))
                 _write_wav(reply_path, played[start:stop], spk.rate)
             _write_wav(out_dir / "mic-input.wav", signal, 16000)
             (out_dir / "daemon.log").write_text("\n".join(h.stderr_text) + "\n")
             watchdogs = sum(1 for _, m in h.notify if m == "WATCHDOG=1")
             rows = _timeline(h, t_sig, seg, t_first_play, end, turn)
+            silence_ms = h.config_sections()["realtime"].get("turn_detection", {}).get("silence_duration_ms", 500)
     print()
     print(f"Timeline (ms from the start of the user's utterance; daemon ready {1000 * (t_ready - t_launch):.0f} ms after launch)")
     for label, ms, note in rows:
@@ -69,6 +71,10 @@ def run_demo(out_dir: Path = Path("out/demo"), dialect: str = "openai-ga", echo_
     print()
     lat = {k[7:].lower(): v for k, v in turn.items() if k.startswith("VOXBOX_") and k.endswith("_MS")}
     print("Device latencies (ms): " + ", ".join(f"{k}={v}" for k, v in lat.items()))
+    if t_first_play is not None:
+        heard = (t_first_play - (t_sig + seg["question_end"])) * 1000
+        print(f"User-perceived response time (end of the question → first reply sample at the speaker): "
+              f"{heard:.0f} ms, of which {silence_ms} ms is the server VAD's end-of-speech silence")
     print(f"Reply written to {reply_path} ({(stop - start) / spk.rate:.2f} s); full speaker stream in "
           f"{out_dir / 'speaker.wav'}; sd_notify: READY=1, {watchdogs} × WATCHDOG=1")
     return 0

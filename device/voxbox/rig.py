@@ -485,6 +485,7 @@ class MicFeeder:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        self._resampler = None  # free the soxr stream now, not at interpreter exit
 
     def __enter__(self) -> "MicFeeder":
         return self
