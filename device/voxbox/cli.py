@@ -133,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="speaker-to-microphone echo gain in dB (closed acoustic loop)")
     demo.set_defaults(func=cmd_demo)
 
+    from voxbox import firstboot, provision
+
+    provision.add_parser(sub)
+    firstboot.add_parser(sub)
+
     srv = sub.add_parser("server", help="run the local Realtime server (parrot)")
     srv.add_argument("--port", type=int, default=8765)
     srv.add_argument("--host", default="127.0.0.1")

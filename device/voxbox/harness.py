@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import tomli_w
 
 from voxbox.rig import FileDeviceRig
 
@@ -40,25 +41,8 @@ class HarnessError(RuntimeError):
     pass
 
 
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    return json.dumps(str(v))
-
-
 def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> None:
-    lines = []
-    for name, table in sections.items():
-        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in scalars.items()]
-        for k, v in table.items():
-            if isinstance(v, dict):
-                lines.append(f"[{name}.{k}]")
-                lines += [f"{kk} = {toml_value(vv)}" for kk, vv in v.items()]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(tomli_w.dumps(sections))
 
 
 class DaemonHarness:
