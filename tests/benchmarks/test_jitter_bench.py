@@ -42,7 +42,7 @@ import pytest
 from voxbox.jitter import JitterBuffer
 
 RATE, PERIOD, TICK = 24000, 240, 0.01
-REPLIES = 40  # about 7-8 minutes of session per profile
+REPLIES = 100  # ~8 min of reply audio, ~17 min of session per profile
 
 
 @dataclass
