@@ -25,10 +25,11 @@ would be dominated by zeros and ignore the few chunks that actually cause underr
 unit at risk is the segment, so each closed segment contributes one observation: its
 peak requirement (the prebuffer that would have played it without an underrun). The
 observations go into a NetEq-style histogram with exponential forgetting (``forget`` per
-observation, with start-up weighting ``1/(n+1)`` so the first ones count fully); the
+observation; the n-th weighs at least ``1/n``, so the first ones count fully); the
 target is its ``quantile`` (95 %), bounded by ``[min_ms, max_ms]``. With ``forget`` =
-0.85 a single bad segment (weight 0.15 > 5 %) raises the target at once, and about seven
-calm segments bring it back down. ``prebuffer_ms`` is the target until the first
+0.8 a single bad segment (weight 0.2 > 5 %) raises the target at once and about seven
+calm segments bring it back down (after a long bad stretch, about fourteen), stepping
+down through the recent requirements. ``prebuffer_ms`` is the target until the first
 observation.
 
 Underrun (the buffer ran empty while audio was still expected): counted once, the output
@@ -45,9 +46,10 @@ truncation"). Fade ramps scale samples but never add or drop any. :meth:`flush` 
 everything queued at once (barge-in).
 
 Thread safety: one lock, held for queue bookkeeping, the estimator's O(log n) update per
-push (the histogram update, ~100 floats, only when a segment closes) and one period's
-copy. ``push``/``mark_complete``/``flush`` come from the network thread, ``pull`` from the
-playback thread. Cores never read a clock, except ``push``'s default arrival time.
+push, one period's copy and, once per segment (at its end), a ~120-bucket histogram
+update: a few microseconds. ``push``/``mark_complete``/``flush`` come from the network
+thread, ``pull`` from the playback thread. Cores never read a clock, except ``push``'s
+default arrival time.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ Scenarios (ICASSP AEC-challenge style), each a :class:`Scenario`:
 - ``nst``: near-end single talk in loud room noise (engine / babble), reference silent
   (the playback loop writes zeros), 2 s of noise before the talker starts.
 
+Each room has deterministic placement variants (:func:`variant`): the device and the
+talker moved by up to ``jitter_m`` per axis, other noise seeds, other sentences.
+
 Levels (RMS over active 10 ms frames, dBFS re int16 full scale): echo at the microphone
 ``echo_dbfs``; near-end talker ``echo_dbfs + ser_db``; background noise ``bg_noise_dbfs``
 in fst/epc/dt; ``noisy_snr_db`` below the near-end level in nst; microphone self-noise
