@@ -172,6 +172,21 @@ class _Loop:
         self.reopens = 0
         self.on_xrun: Callable[[str], None] | None = None
 
+    def _reopen(self, pcm, exc: Exception, drop: bool):
+        """After an unexpected device error: count it, close the PCM and reopen it after
+        ``reopen_backoff`` until that works. Returns the new PCM, or None when stopping."""
+        self._xrun("error")
+        log.warning("%s: %s; reopening %r", self.name, exc, self.device)
+        _safe_close(pcm, drop=drop)
+        pcm = None
+        while pcm is None and not self._stop.wait(self.reopen_backoff):
+            try:
+                pcm = self._open()
+                self.reopens += 1
+            except Exception as exc2:  # noqa: BLE001
+                log.warning("%s: reopen failed: %s", self.name, exc2)
+        return pcm
+
     def start(self) -> None:
         """Start the thread. Raises :class:`AudioDeviceError` if the first open fails."""
         if self._thread is not None:
@@ -274,16 +289,7 @@ class CaptureLoop(_Loop):
                 except Exception as exc:  # noqa: BLE001 - anything but an xrun
                     if self._stop.is_set():
                         return
-                    self._xrun("error")
-                    log.warning("%s: %s; reopening %r", self.name, exc, self.device)
-                    _safe_close(pcm)
-                    pcm = None
-                    while pcm is None and not self._stop.wait(self.reopen_backoff):
-                        try:
-                            pcm = self._open()
-                            self.reopens += 1
-                        except Exception as exc2:  # noqa: BLE001
-                            log.warning("%s: reopen failed: %s", self.name, exc2)
+                    pcm = self._reopen(pcm, exc, drop=False)
                     if pcm is None:
                         return
         finally:
@@ -414,16 +420,7 @@ class PlaybackLoop(_Loop):
                 except Exception as exc:  # noqa: BLE001
                     if self._stop.is_set():
                         return
-                    self._xrun("error")
-                    log.warning("%s: %s; reopening %r", self.name, exc, self.device)
-                    _safe_close(pcm, drop=True)
-                    pcm = None
-                    while pcm is None and not self._stop.wait(self.reopen_backoff):
-                        try:
-                            pcm = self._open()
-                            self.reopens += 1
-                        except Exception as exc2:  # noqa: BLE001
-                            log.warning("%s: reopen failed: %s", self.name, exc2)
+                    pcm = self._reopen(pcm, exc, drop=True)
                     if pcm is None:
                         return
         finally:
