@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from .speexdsp import EchoCanceller, Preprocessor
+from .speexdsp import EchoCanceller, NativeState, Preprocessor
 
 __all__ = ["FrontEndSettings", "CaptureFrontEnd"]
 
@@ -82,7 +82,7 @@ class FrontEndSettings:
         return self.filter_ms * self.sample_rate // 1000
 
 
-class CaptureFrontEnd:
+class CaptureFrontEnd(NativeState):
     """Echo-cancelled, denoised capture for one mono microphone.
 
     Args:
@@ -177,18 +177,6 @@ class CaptureFrontEnd:
     def close(self) -> None:
         """Free the native states (idempotent)."""
         self._close_states()
-
-    def __enter__(self) -> CaptureFrontEnd:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     # -- processing ------------------------------------------------------------------
     def process(self, mic: Int16Array, ref: Int16Array) -> Int16Array:

@@ -158,7 +158,27 @@ def _positive_int(name: str, value: int) -> int:
     return int(value)
 
 
-class EchoCanceller:
+class NativeState:
+    """Context manager and finaliser for objects that own native state: both call
+    :meth:`close`, which subclasses make idempotent."""
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: never raise from a finalizer
+            pass
+
+
+class EchoCanceller(NativeState):
     """Speex MDF acoustic echo canceller (``SpeexEchoState``), one mono channel.
 
     Args:
@@ -210,18 +230,6 @@ class EchoCanceller:
         self._state = None
         self._lib.speex_echo_state_destroy(state)
 
-    def __enter__(self) -> EchoCanceller:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: never raise from a finalizer
-            pass
-
     # -- processing ------------------------------------------------------------------
     def reset(self) -> None:
         """Reset the adaptive filter to its initial state (``speex_echo_state_reset``).
@@ -271,7 +279,7 @@ class EchoCanceller:
         )
 
 
-class Preprocessor:
+class Preprocessor(NativeState):
     """Speex preprocessor (``SpeexPreprocessState``): denoise, residual echo suppression,
     AGC and VAD on one mono channel.
 
@@ -320,18 +328,6 @@ class Preprocessor:
             echo._linked.discard(self)
         self._state = None
         self._lib.speex_preprocess_state_destroy(state)
-
-    def __enter__(self) -> Preprocessor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     # -- ctl helpers -----------------------------------------------------------------
     def _ctl(self, request: int, ptr: Any) -> None:
