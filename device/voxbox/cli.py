@@ -4,6 +4,7 @@
     voxbox check-config [--config PATH]
     voxbox demo [--out DIR]          the whole appliance on real speech, ALSA file devices
     voxbox server [--port N]         the local Realtime server (parrot)
+    voxbox dsp --mic M --ref R --out O [--set key=value]   replay audio through the front end
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, daemon.stop)
+        loop.add_signal_handler(signal.SIGUSR1, daemon.dump_recording)
         return await daemon.run()
 
     return asyncio.run(main())
@@ -133,8 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="speaker-to-microphone echo gain in dB (closed acoustic loop)")
     demo.set_defaults(func=cmd_demo)
 
-    from voxbox import firstboot, provision
+    from voxbox import dsp, firstboot, provision
 
+    dsp.add_parser(sub)
     provision.add_parser(sub)
     firstboot.add_parser(sub)
 

@@ -102,6 +102,9 @@ class FrontEnd(_Section):
     echo_suppress_active_db: Annotated[int, Field(ge=-90, le=0)] = -30
     agc: bool = False
     reference_delay_ms: Annotated[int, Field(ge=0, le=500)] = 0
+    #: seconds of microphone, reference and output kept in memory (0 = off); SIGUSR1
+    #: writes them as WAV files under ``$STATE_DIRECTORY/recordings`` for ``voxbox dsp``
+    record_s: Annotated[int, Field(ge=0, le=600)] = 0
     """Extra delay (ms) applied to the far-end reference before the echo canceller, for
     playback paths that buffer more than ALSA reports (the reference must never arrive
     after its echo, and should lead it by as little as possible)."""

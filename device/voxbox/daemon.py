@@ -14,12 +14,15 @@ Threads:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import os
 import random
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -136,6 +139,7 @@ class Daemon:
         self._reply_resampler = (None if a.playback_rate == PCM_RATE else
                                  soxr.ResampleStream(PCM_RATE, a.playback_rate, 1, dtype="int16"))
         self.frontend = None
+        self.recorder = None
         self.wake = None
         self.capture = None
         self.playback = None
@@ -149,6 +153,49 @@ class Daemon:
     # ------------------------------------------------------------------------------ start
     def stop(self) -> None:
         self._stop.set()
+
+    def dump_recording(self) -> None:
+        """SIGUSR1: write the recorder's ring (``frontend.record_s``) as three WAV files,
+        ``<dir>/voxbox-<UTC time>-{mic,ref,out}.wav`` plus a ``.json`` sidecar, in
+        ``$STATE_DIRECTORY/recordings`` (``/var/lib/voxbox/recordings`` outside systemd).
+        Runs on the event loop; the copy is taken under the recorder's short lock and the
+        files are written off the loop. Replay with ``voxbox dsp``."""
+        if self.recorder is None:
+            log.warning("recording requested but frontend.record_s is 0; nothing recorded",
+                        extra={"VOXBOX_EVENT": "recording"})
+            return
+        rec = self.recorder.snapshot()
+        state_dir = os.environ.get("STATE_DIRECTORY", "/var/lib/voxbox").split(":")[0]
+        directory = Path(state_dir) / "recordings"
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        settings = None if self.frontend is None else dataclasses.asdict(self.frontend.settings)
+
+        def write() -> None:
+            from voxbox.dsp import write_wav
+
+            directory.mkdir(parents=True, exist_ok=True)
+            base = directory / f"voxbox-{stamp}"
+            for ch in ("mic", "ref", "out"):
+                write_wav(Path(f"{base}-{ch}.wav"), rec.channel(ch), rec.sample_rate)
+            meta = {"sample_rate": rec.sample_rate, "samples": int(rec.samples.shape[0]),
+                    "start_sample": rec.start_sample, "from_start": rec.from_start,
+                    "frontend": settings, "reference_delay_ms": self.cfg.frontend.reference_delay_ms,
+                    "latency_samples": None if self.frontend is None else self.frontend.latency_samples}
+            Path(f"{base}.json").write_text(json.dumps(meta, indent=1) + "\n")
+            log.info("recording written: %s-{mic,ref,out}.wav (%.1f s%s)", base,
+                     rec.samples.shape[0] / rec.sample_rate,
+                     ", from the front end's start" if rec.from_start else "",
+                     extra={"VOXBOX_EVENT": "recording", "VOXBOX_PATH": str(base),
+                            "VOXBOX_FROM_START": int(rec.from_start)})
+
+        async def run() -> None:
+            try:
+                await asyncio.to_thread(write)
+            except OSError as exc:
+                log.error("cannot write recording in %s: %s", directory, exc,
+                          extra={"VOXBOX_EVENT": "recording"})
+
+        asyncio.get_running_loop().create_task(run(), name="recording")
 
     async def run(self) -> int:
         """Run until :meth:`stop`. Returns the exit status."""
@@ -196,14 +243,13 @@ class Daemon:
 
     def _build_dsp(self) -> None:
         cfg = self.cfg
-        if cfg.frontend.echo_cancel:
-            from voxbox.frontend import CaptureFrontEnd, FrontEndSettings
+        from voxbox.dsp import build_frontend
 
-            f = cfg.frontend
-            self.frontend = CaptureFrontEnd(FrontEndSettings(
-                frame_size=f.frame_size, filter_ms=f.filter_ms, noise_suppress_db=f.noise_suppress_db,
-                echo_suppress_db=f.echo_suppress_db, echo_suppress_active_db=f.echo_suppress_active_db,
-                agc=f.agc, sample_rate=cfg.audio.capture_rate))
+        self.frontend = build_frontend(cfg)  # the same builder as `voxbox dsp`
+        if cfg.frontend.record_s > 0:
+            from voxbox.recorder import CaptureRecorder
+
+            self.recorder = CaptureRecorder(cfg.frontend.record_s, cfg.audio.capture_rate)
         if cfg.wake.enabled:
             from voxbox.wake import WakeWordDetector
 
@@ -260,6 +306,8 @@ class Daemon:
         self.ref_ring.read_into(ref, max_backlog=self._ref_delay + 2 * self.cap_period,
                                 min_backlog=max(0, self._ref_delay - 2 * self.cap_period))
         clean = self.frontend.process(frame, ref) if self.frontend is not None else frame
+        if self.recorder is not None:
+            self.recorder.write(frame, ref, clean)
         wake = self.wake
         if wake is not None:
             if self._wake_reset:
