@@ -47,6 +47,9 @@ class TurnDetection(_Section):
     silence_duration_ms: Annotated[int, Field(ge=0, le=10000)] = 500
     eagerness: Literal["low", "medium", "high", "auto"] = "auto"
     interrupt_response: bool = True
+    #: Voice Live ``azure_semantic_vad*`` only: semantic end-of-utterance detection
+    #: (``end_of_utterance_detection``), which waits out mid-sentence pauses
+    end_of_utterance: bool = False
 
 
 class Realtime(_Section):
@@ -65,6 +68,12 @@ class Realtime(_Section):
     voice: str = "marin"
     turn_detection: TurnDetection = TurnDetection()
     transcription_model: str = ""
+    #: service-side input noise reduction: GA ``audio.input.noise_reduction``
+    #: (near_field / far_field), Voice Live ``input_audio_noise_reduction``
+    #: (azure_deep_noise_suppression); "off" sends nothing
+    noise_reduction: Literal["off", "near_field", "far_field", "azure_deep_noise_suppression"] = "off"
+    #: Voice Live server echo cancellation (``input_audio_echo_cancellation``)
+    server_echo_cancellation: bool = False
     connect_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
     reconnect_initial_s: Annotated[float, Field(gt=0, le=60)] = 0.5
     reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
@@ -102,12 +111,12 @@ class FrontEnd(_Section):
     echo_suppress_active_db: Annotated[int, Field(ge=-90, le=0)] = -30
     agc: bool = False
     reference_delay_ms: Annotated[int, Field(ge=0, le=500)] = 0
-    #: seconds of microphone, reference and output kept in memory (0 = off); SIGUSR1
-    #: writes them as WAV files under ``$STATE_DIRECTORY/recordings`` for ``voxbox dsp``
-    record_s: Annotated[int, Field(ge=0, le=600)] = 0
     """Extra delay (ms) applied to the far-end reference before the echo canceller, for
     playback paths that buffer more than ALSA reports (the reference must never arrive
     after its echo, and should lead it by as little as possible)."""
+    #: seconds of microphone, reference and output kept in memory (0 = off); SIGUSR1
+    #: writes them as WAV files under ``$STATE_DIRECTORY/recordings`` for ``voxbox dsp``
+    record_s: Annotated[int, Field(ge=0, le=600)] = 0
 
 
 class Wake(_Section):

@@ -13,6 +13,9 @@ States (see ``docs/states.md``):
 - ``follow_up``: the reply ended; still listening, without a wake word, for a while.
 - ``offline``: the service cannot be reached; audio does not stream.
 - ``error``: the service refused the unit (auth, quota): needs attention.
+- ``muted``: the microphone is muted (long hold); no capture frame reaches the wake word
+  or the network; survives a restart.
+- ``unprovisioned``: the unit has no credential yet; it waits for provisioning.
 
 Audio streams to the service (:attr:`Conversation.uplink_open`) only in listening,
 thinking, speaking and follow-up, i.e. only after a wake word or a tap.
@@ -35,6 +38,8 @@ class State(str, enum.Enum):
     FOLLOW_UP = "follow_up"
     OFFLINE = "offline"
     ERROR = "error"
+    MUTED = "muted"
+    UNPROVISIONED = "unprovisioned"
 
     def __str__(self) -> str:
         return self.value
