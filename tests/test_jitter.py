@@ -265,3 +265,43 @@ def test_exact_accounting_across_underruns_and_flushes():
             assert jb.played == ref_played
             assert jb.queued_samples == sum(p.size for _, p in ref)
         assert jb.underruns >= 3 and jb.epoch > 10
+
+
+def test_pause_takes_back_unplayed_samples_and_resume_plays_them_in_order():
+    jb = JitterBuffer(rate=24000, period=240, prebuffer_ms=0)
+    audio = np.arange(1, 24001, dtype=np.int16)  # 1 s, every sample distinct
+    jb.push("a", audio, t=0.0)
+    jb.mark_complete()
+    out = np.zeros(240, np.int16)
+    got = []
+    for _ in range(10):
+        jb.pull(out)
+        got.append(out.copy())
+    assert jb.played["a"] == 2400
+    played = jb.pause(unplayed=960)  # the device still held 4 periods
+    assert played["a"] == 1440 and jb.paused
+    r = jb.pull(out)
+    assert r.samples == 0 and not out.any() and not r.underrun
+    jb.resume()
+    rest = []
+    while True:
+        r = jb.pull(out)
+        if r.samples == 0:
+            break
+        rest.append(out[:r.samples].copy())
+        if r.drained:
+            break
+    rest = np.concatenate(rest)
+    # after the fade-in, the stream continues exactly at the first unplayed sample
+    assert np.array_equal(rest[240:], audio[1440 + 240:])
+    assert jb.played["a"] == 24000
+
+
+def test_flush_while_paused_reports_played_without_the_take_back():
+    jb = JitterBuffer(rate=24000, period=240, prebuffer_ms=0)
+    jb.push("a", np.ones(4800, np.int16), t=0.0)
+    out = np.zeros(240, np.int16)
+    for _ in range(5):
+        jb.pull(out)
+    jb.pause(unplayed=480)
+    assert jb.flush() == {"a": 720} and not jb.paused

@@ -137,7 +137,8 @@ class Gpio(_Section):
     pin_factory: Literal["auto", "mock"] = "auto"
     button_active_low: bool = True
     debounce_ms: Annotated[int, Field(ge=0, le=200)] = 20
-    hold_ms: Annotated[int, Field(ge=150, le=5000)] = 600
+    #: a press this long is a hold (push-to-talk); shorter releases are taps
+    hold_ms: Annotated[int, Field(ge=100, le=5000)] = 150
     long_hold_ms: Annotated[int, Field(ge=1000, le=30000)] = 5000
 
     @model_validator(mode="after")
@@ -153,6 +154,24 @@ class Conversation(_Section):
     listen_timeout_s: Annotated[float, Field(gt=0, le=60)] = 8.0
     follow_up_s: Annotated[float, Field(ge=0, le=60)] = 6.0
     thinking_timeout_s: Annotated[float, Field(gt=0, le=120)] = 20.0
+    #: pause the reply when the service hears speech over it, resume it if the speech was
+    #: shorter than min_interruption_ms (a cough, a door): see voxbox.conversation
+    resume_false_interruptions: bool = True
+    min_interruption_ms: Annotated[int, Field(ge=0, le=5000)] = 300
+    #: file under $STATE_DIRECTORY keeping the mute state across restarts
+    state_file: str = "state.json"
+
+
+class Earcons(_Section):
+    """Short cues: a packaged cue name (``wake``, ``end``, ``error``, ``muted``,
+    ``unmuted``), a path to a 16-bit mono WAV file, or ``"off"``."""
+
+    wake: str = "wake"
+    end: str = "end"
+    error: str = "error"
+    muted: str = "muted"
+    unmuted: str = "unmuted"
+    level_db: Annotated[float, Field(ge=-60, le=0)] = 0.0
 
 
 class Log(_Section):
@@ -171,6 +190,7 @@ class Config(_Section):
     wake: Wake = Wake()
     gpio: Gpio = Gpio()
     conversation: Conversation = Conversation()
+    earcons: Earcons = Earcons()
     log: Log = Log()
 
 

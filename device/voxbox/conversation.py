@@ -76,6 +76,43 @@ class ClearInput(Action):
 
 
 @dataclass(frozen=True)
+class PauseReply(Action):
+    """Tentative barge-in (the service heard speech during the reply): stop the speaker
+    now but keep the reply queued, until the interruption is confirmed
+    (:class:`Interrupt`) or found false (:class:`ResumeReply`)."""
+
+
+@dataclass(frozen=True)
+class ResumeReply(Action):
+    """False interruption: play the rest of the paused reply."""
+
+
+@dataclass(frozen=True)
+class StartPushToTalk(Action):
+    """Hold: turn detection off, clear the input buffer, stream while held."""
+
+
+@dataclass(frozen=True)
+class EndPushToTalk(Action):
+    """Release: commit the input buffer and ask for a response; turn detection back on."""
+
+
+@dataclass(frozen=True)
+class SetMuted(Action):
+    """Mute or unmute the microphone (persist it)."""
+
+    muted: bool
+
+
+@dataclass(frozen=True)
+class Earcon(Action):
+    """Play a short cue: ``wake`` (the unit listens), ``end`` (it stopped listening),
+    ``error``, ``muted``, ``unmuted``."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class Transition:
     t: float
     old: State
@@ -84,35 +121,61 @@ class Transition:
     turn: int
 
 
+LINK_STATES = frozenset({State.OFFLINE, State.IDLE, State.ERROR, State.UNPROVISIONED})
+
+
 @dataclass
 class Conversation:
     """Args:
     listen_timeout_s: listening with no speech heard this long returns to idle.
     follow_up_s: after a reply, keep listening this long without a wake word (0: off).
     thinking_timeout_s: no reply audio this long after the turn ended returns to idle.
+    resume_false_interruptions: when the service hears speech during a reply
+        (``input_audio_buffer.speech_started``), pause the reply instead of dropping it;
+        if the speech turns out shorter than ``min_interruption_ms`` (a cough, a door, an
+        echo burst: ``speech_stopped.audio_end_ms - speech_started.audio_start_ms``), play
+        the rest of the reply; otherwise (or after ``listen_timeout_s`` of talking, or a
+        new response) the interruption is confirmed and the reply truncated where it was
+        paused. False: every interruption is final at once.
+    min_interruption_ms: shortest speech that confirms an interruption, ms.
     """
 
     listen_timeout_s: float = 8.0
     follow_up_s: float = 6.0
     thinking_timeout_s: float = 20.0
+    resume_false_interruptions: bool = True
+    min_interruption_ms: int = 300
     state: State = State.OFFLINE
     turn: int = 0
     transitions: list[Transition] = field(default_factory=list)
+    #: what the link says (offline, idle = up, error, unprovisioned), kept while muted
+    link: State = State.OFFLINE
+    muted: bool = False
+    push_to_talk: bool = False
     _since: float = 0.0
     _user_speaking: bool = False
     _response_done: bool = True
     _playing: bool = False
+    _paused_at: float | None = None  # tentative barge-in pending since
+    _speech_start_ms: int | None = None
 
     @property
     def uplink_open(self) -> bool:
         return self.state in UPLINK_STATES
 
-    def _go(self, t: float, new: State, cause: str) -> None:
+    @property
+    def interruption_pending(self) -> bool:
+        """A reply is paused by a tentative barge-in."""
+        return self._paused_at is not None
+
+    def _go(self, t: float, new: State, cause: str) -> list[Action]:
+        """Change state; returns the earcons the transition calls for."""
         if new is self.state:
-            return
+            return []
+        old = self.state
         if new is State.LISTENING:
             self.turn += 1  # every time the user gets the floor is a new turn
-        tr = Transition(t, self.state, new, cause, self.turn)
+        tr = Transition(t, old, new, cause, self.turn)
         self.transitions.append(tr)
         if len(self.transitions) > 256:
             del self.transitions[:128]
@@ -124,128 +187,241 @@ class Conversation:
         self._since = t
         if new is State.LISTENING:
             self._user_speaking = False
+        if new is not State.LISTENING:
+            self.push_to_talk = False
+        cues: list[Action] = []
+        if new is State.LISTENING and old in (State.IDLE, State.FOLLOW_UP) and "speech" not in cause:
+            cues.append(Earcon("wake"))
+        elif old is State.LISTENING and new in (State.THINKING, State.IDLE):
+            cues.append(Earcon("end"))
+        elif new is State.ERROR:
+            cues.append(Earcon("error"))
+        return cues
+
+    def _rest(self) -> State:
+        """Where the unit goes when nothing is happening: idle if the link is up."""
+        return self.link
 
     # ---- link ----------------------------------------------------------------------------
     def link_up(self, t: float) -> list[Action]:
-        if self.state in (State.OFFLINE, State.ERROR):
-            self._go(t, State.IDLE, "session ready")
+        self.link = State.IDLE
+        if self.state in (State.OFFLINE, State.ERROR, State.UNPROVISIONED):
+            return self._go(t, State.IDLE, "session ready")
         return []
 
     def link_down(self, t: float, cause: str) -> list[Action]:
         actions: list[Action] = []
-        if self.state is State.SPEAKING or self._playing:
+        if self.state is State.SPEAKING or self._playing or self._paused_at is not None:
             actions.append(Interrupt("link lost", by_server=True))
         self._playing = False
         self._response_done = True
-        if self.state is not State.ERROR:
-            self._go(t, State.OFFLINE, cause)
+        self._paused_at = None
+        if self.link is not State.ERROR:
+            self.link = State.OFFLINE
+        if not self.muted and self.state is not State.ERROR:
+            actions += self._go(t, State.OFFLINE, cause)
         return actions
 
     def fatal(self, t: float, cause: str) -> list[Action]:
         self._playing = False
-        self._go(t, State.ERROR, cause)
-        return []
+        self._paused_at = None
+        self.link = State.ERROR
+        if self.muted:
+            return []
+        return self._go(t, State.ERROR, cause)
+
+    def unprovisioned(self, t: float, cause: str) -> list[Action]:
+        """No credential: the unit waits for provisioning (leaves on :meth:`link_up`)."""
+        self.link = State.UNPROVISIONED
+        if self.muted:
+            return []
+        return self._go(t, State.UNPROVISIONED, cause)
 
     # ---- user ----------------------------------------------------------------------------
     def wake(self, t: float) -> list[Action]:
-        """The wake word was detected."""
+        """The wake word was detected (never while muted: no frame reaches the detector)."""
         if self.state in (State.IDLE, State.FOLLOW_UP):
-            self._go(t, State.LISTENING, "wake word")
-            return [ResetWake()]
-        if self.state in (State.SPEAKING, State.THINKING):
+            return self._go(t, State.LISTENING, "wake word") + [ResetWake()]
+        if self.state in (State.SPEAKING, State.THINKING) or self._paused_at is not None:
             return self._barge_in(t, "wake word", by_server=False) + [ResetWake()]
         return [ResetWake()]
 
     def tap(self, t: float) -> list[Action]:
         """A button tap: start listening, or interrupt a reply."""
         if self.state in (State.IDLE, State.FOLLOW_UP):
-            self._go(t, State.LISTENING, "button tap")
-            return [ResetWake()]
-        if self.state in (State.SPEAKING, State.THINKING):
+            return self._go(t, State.LISTENING, "button tap") + [ResetWake()]
+        if self.state in (State.SPEAKING, State.THINKING) or self._paused_at is not None:
             return self._barge_in(t, "button tap", by_server=False)
         if self.state is State.LISTENING:
-            self._go(t, State.IDLE, "button tap (cancel)")
-            return [ClearInput(), ResetWake()]
+            return self._go(t, State.IDLE, "button tap (cancel)") + [ClearInput(), ResetWake()]
+        if self.state is State.MUTED:
+            return [Earcon("muted")]
+        if self.state in (State.OFFLINE, State.ERROR, State.UNPROVISIONED):
+            return [Earcon("error")]
         return []
+
+    def ptt_start(self, t: float) -> list[Action]:
+        """Hold (push-to-talk) began: the user has the floor until release, whatever the
+        state (a reply is interrupted); turn detection goes off for the turn."""
+        if self.state is State.MUTED:
+            return [Earcon("muted")]
+        if self.state in (State.OFFLINE, State.ERROR, State.UNPROVISIONED):
+            return [Earcon("error")]
+        acts: list[Action] = []
+        if self.state in (State.SPEAKING, State.THINKING) or self._paused_at is not None:
+            acts += self._barge_in(t, "push-to-talk", by_server=False)
+        elif self.state is not State.LISTENING:
+            acts += self._go(t, State.LISTENING, "push-to-talk")
+        self.push_to_talk = True
+        self._user_speaking = True  # no listen timeout while held
+        return acts + [ResetWake(), StartPushToTalk()]
+
+    def ptt_end(self, t: float) -> list[Action]:
+        """Release after a hold: the turn is committed by the client."""
+        if not self.push_to_talk or self.state is not State.LISTENING:
+            self.push_to_talk = False
+            return []
+        self._response_done = False
+        acts = self._go(t, State.THINKING, "push-to-talk released")
+        return acts + [EndPushToTalk()]
+
+    def toggle_mute(self, t: float) -> list[Action]:
+        """Long hold: mute (dropping any turn in progress) or unmute."""
+        if not self.muted:
+            acts: list[Action] = []
+            if self.state in (State.SPEAKING, State.THINKING) or self._paused_at is not None:
+                acts.append(Interrupt("microphone muted", by_server=False))
+            if self.state in UPLINK_STATES:
+                acts.append(ClearInput())
+            self._playing = False
+            self._paused_at = None
+            self.muted = True
+            acts += self._go(t, State.MUTED, "microphone muted")
+            return acts + [SetMuted(True), Earcon("muted")]
+        return self.set_unmuted(t, "microphone unmuted")
+
+    def restore_muted(self, t: float) -> list[Action]:
+        """At start: the unit was muted when it stopped (state file)."""
+        self.muted = True
+        return self._go(t, State.MUTED, "muted at last shutdown")
+
+    def set_unmuted(self, t: float, cause: str) -> list[Action]:
+        if not self.muted:
+            return []
+        self.muted = False
+        return self._go(t, self._rest(), cause) + [SetMuted(False), Earcon("unmuted"), ResetWake()]
 
     def _barge_in(self, t: float, cause: str, by_server: bool) -> list[Action]:
         self._playing = False
         self._response_done = True
-        self._go(t, State.LISTENING, f"barge-in by {cause}")
-        return [Interrupt(cause, by_server)]
+        self._paused_at = None
+        return self._go(t, State.LISTENING, f"barge-in by {cause}") + [Interrupt(cause, by_server)]
 
     # ---- service -------------------------------------------------------------------------
-    def speech_started(self, t: float) -> list[Action]:
+    def speech_started(self, t: float, audio_start_ms: int | None = None) -> list[Action]:
         """``input_audio_buffer.speech_started``."""
+        self._speech_start_ms = audio_start_ms
         if self.state is State.LISTENING:
             self._user_speaking = True
             return []
         if self.state is State.FOLLOW_UP:
-            self._go(t, State.LISTENING, "follow-up speech")
+            acts = self._go(t, State.LISTENING, "follow-up speech")
             self._user_speaking = True
-            return []
+            return acts
+        if self.state is State.SPEAKING and self.resume_false_interruptions:
+            # tentative: pause, keep the reply until the service confirms a user turn
+            self._paused_at = t
+            acts = self._go(t, State.LISTENING, "barge-in by user speech")
+            self._user_speaking = True
+            return acts + [PauseReply()]
         if self.state in (State.SPEAKING, State.THINKING):
             acts = self._barge_in(t, "user speech", by_server=True)
             self._user_speaking = True
             return acts
         return []
 
-    def speech_stopped(self, t: float) -> list[Action]:
+    def _confirm(self, t: float, why: str) -> list[Action]:
+        self._paused_at = None
+        self._playing = False
+        self._response_done = True
+        log.info("interruption confirmed (%s)", why, extra={"VOXBOX_EVENT": "barge_in_confirmed"})
+        return [Interrupt("user speech", by_server=True)]
+
+    def _resume(self, t: float, why: str) -> list[Action]:
+        self._paused_at = None
+        self._playing = True
+        self._user_speaking = False
+        self.turn -= 1  # the false interruption was not a turn
+        acts = self._go(t, State.SPEAKING, f"false interruption ({why}): reply resumed")
+        return [ResumeReply()] + [a for a in acts if not isinstance(a, Earcon)]
+
+    def speech_stopped(self, t: float, audio_end_ms: int | None = None) -> list[Action]:
         """``input_audio_buffer.speech_stopped`` / ``committed``: the user's turn ended."""
-        if self.state is State.LISTENING:
+        acts: list[Action] = []
+        if self._paused_at is not None:
+            start = self._speech_start_ms
+            if audio_end_ms is not None and start is not None and \
+                    audio_end_ms - start < self.min_interruption_ms:
+                return self._resume(t, f"{audio_end_ms - start} ms of speech")
+            acts += self._confirm(t, "end of speech")
+        if self.state is State.LISTENING and not self.push_to_talk:
             self._response_done = False
-            self._go(t, State.THINKING, "end of speech")
-        return []
+            acts += self._go(t, State.THINKING, "end of speech")
+        return acts
 
     def turn_committed(self, t: float) -> list[Action]:
-        """Push-to-talk or client commit: the same as the end of speech."""
+        """Client commit: the same as the end of speech."""
         return self.speech_stopped(t)
 
     def response_started(self, t: float) -> list[Action]:
+        acts: list[Action] = []
+        if self._paused_at is not None:
+            acts += self._confirm(t, "new response")
         self._response_done = False
-        if self.state is State.LISTENING and not self._user_speaking:
-            self._go(t, State.THINKING, "response started")
-        return []
+        if self.state is State.LISTENING and not self._user_speaking and not self.push_to_talk:
+            acts += self._go(t, State.THINKING, "response started")
+        return acts
 
     def playback_started(self, t: float) -> list[Action]:
         """The first reply sample of a response was written to the speaker."""
         self._playing = True
-        if self.state in (State.THINKING, State.LISTENING, State.FOLLOW_UP):
-            self._go(t, State.SPEAKING, "reply audio")
+        if self.state in (State.THINKING, State.LISTENING, State.FOLLOW_UP) and not self.push_to_talk \
+                and self._paused_at is None:
+            return self._go(t, State.SPEAKING, "reply audio")
         return []
 
     def response_done(self, t: float, status: str) -> list[Action]:
         self._response_done = True
+        if self._paused_at is not None:
+            return []  # the paused reply's response may end (cancelled): decided later
         if self.state is State.THINKING and not self._playing:
-            self._end_reply(t, f"response {status} without audio")
-        elif self.state is State.SPEAKING and not self._playing:
-            self._end_reply(t, "reply finished")
+            return self._end_reply(t, f"response {status} without audio")
+        if self.state is State.SPEAKING and not self._playing:
+            return self._end_reply(t, "reply finished")
         return []
 
     def playback_drained(self, t: float) -> list[Action]:
         """The jitter buffer played out everything queued."""
         self._playing = False
         if self.state is State.SPEAKING and self._response_done:
-            self._end_reply(t, "reply finished")
+            return self._end_reply(t, "reply finished")
         return []
 
-    def _end_reply(self, t: float, cause: str) -> None:
+    def _end_reply(self, t: float, cause: str) -> list[Action]:
         if self.follow_up_s > 0:
-            self._go(t, State.FOLLOW_UP, cause)
-        else:
-            self._go(t, State.IDLE, cause)
+            return self._go(t, State.FOLLOW_UP, cause)
+        return self._go(t, State.IDLE, cause)
 
     # ---- time ----------------------------------------------------------------------------
     def tick(self, t: float) -> list[Action]:
         """Advance timeouts; call at least every 100 ms."""
         age = t - self._since
+        if self._paused_at is not None and t - self._paused_at >= self.listen_timeout_s:
+            return self._confirm(t, "the user kept talking")
         if self.state is State.LISTENING and not self._user_speaking and age >= self.listen_timeout_s:
-            self._go(t, State.IDLE, "nothing heard")
-            return [ClearInput()]
+            return self._go(t, State.IDLE, "nothing heard") + [ClearInput()]
         if self.state is State.FOLLOW_UP and age >= self.follow_up_s:
-            self._go(t, State.IDLE, "follow-up window closed")
-            return [ClearInput()]
+            return self._go(t, State.IDLE, "follow-up window closed") + [ClearInput()]
         if self.state is State.THINKING and age >= self.thinking_timeout_s:
-            self._go(t, State.IDLE, "no reply from the service")
-            return []
+            return self._go(t, State.IDLE, "no reply from the service")
         return []

@@ -30,7 +30,8 @@ import soxr
 
 from voxbox import __version__
 from voxbox.config import Config
-from voxbox.conversation import (Action, ClearInput, Conversation, Interrupt, ResetWake, State)
+from voxbox.conversation import (Action, ClearInput, Conversation, Earcon, EndPushToTalk, Interrupt,
+                                 PauseReply, ResetWake, ResumeReply, SetMuted, StartPushToTalk, State)
 from voxbox.credentials import Secret
 from voxbox.dialects import PCM_RATE, auth_headers, build_url
 from voxbox.gestures import ButtonGestures, Gesture
@@ -47,6 +48,8 @@ log = logging.getLogger("voxbox.daemon")
 
 UPLINK_BLOCK_MS = 40
 """Uplink audio is sent in blocks of this many ms (one ``input_audio_buffer.append`` each)."""
+
+_COMMIT: Any = object()  # uplink-queue marker: push-to-talk released, commit after the audio before it
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 """Incoming WebSocket message limit (websockets defaults to 1 MiB; appends may be 15 MiB)."""
@@ -104,8 +107,17 @@ class Daemon:
         a = cfg.audio
         self.cap_period = a.capture_rate * a.period_ms // 1000
         self.play_period = a.playback_rate * a.period_ms // 1000
-        self.conv = Conversation(cfg.conversation.listen_timeout_s, cfg.conversation.follow_up_s,
-                                 cfg.conversation.thinking_timeout_s)
+        cc = cfg.conversation
+        self.conv = Conversation(cc.listen_timeout_s, cc.follow_up_s, cc.thinking_timeout_s,
+                                 resume_false_interruptions=cc.resume_false_interruptions,
+                                 min_interruption_ms=cc.min_interruption_ms)
+        self.muted = False  # read by the capture thread: no frame reaches wake word or uplink
+        self._state_path = Path(os.environ.get("STATE_DIRECTORY", "/var/lib/voxbox").split(":")[0]) / cc.state_file
+        self._ptt_samples = 0  # uplink samples streamed in the current push-to-talk hold
+        # earcons: the playback thread mixes the current cue into the reply (whole frames)
+        self._earcons: dict[str, np.ndarray] = {}
+        self._cue: np.ndarray | None = None
+        self._cue_pos = 0
         self.jitter = JitterBuffer(a.playback_rate, self.play_period, a.jitter_prebuffer_ms)
         self.ref_ring = SampleRing(a.capture_rate)  # 1 s
         self._ref_delay = a.capture_rate * cfg.frontend.reference_delay_ms // 1000
@@ -205,6 +217,9 @@ class Daemon:
                  extra={"VOXBOX_EVENT": "start", "VOXBOX_VERSION": __version__})
         self._build_dsp()
         self._build_gpio()
+        if self._load_muted():
+            self.muted = True
+            self._apply(self.conv.restore_muted(time.monotonic()))
         self._show_state()
         from voxbox.audio_io import CaptureLoop, PlaybackLoop
 
@@ -308,6 +323,8 @@ class Daemon:
         clean = self.frontend.process(frame, ref) if self.frontend is not None else frame
         if self.recorder is not None:
             self.recorder.write(frame, ref, clean)
+        if self.muted:
+            return  # the frame was captured (watchdog) but goes nowhere
         wake = self.wake
         if wake is not None:
             if self._wake_reset:
@@ -336,6 +353,16 @@ class Daemon:
     # ------------------------------------------------------------------ playback thread
     def _playback_source(self) -> np.ndarray:
         self._last_pull = self.jitter.pull(self._play_buf)
+        cue = self._cue
+        if cue is not None:  # mix the earcon over whatever plays (whole-frame numpy)
+            buf = self._play_buf
+            k = min(buf.shape[0], cue.shape[0] - self._cue_pos)
+            mixed = buf[:k].astype(np.int32) + cue[self._cue_pos:self._cue_pos + k]
+            np.clip(mixed, -32768, 32767, out=mixed)
+            buf[:k] = mixed
+            self._cue_pos += k
+            if self._cue_pos >= cue.shape[0]:
+                self._cue = None
         return self._play_buf
 
     def _playback_written(self, frame: np.ndarray, t: float) -> None:
@@ -354,6 +381,8 @@ class Daemon:
     def _queue_uplink(self, block: bytes) -> None:
         if not self.uplink_open or self.session is None:
             return  # turn closed (or link down) while the block was in flight: drop it
+        if self.conv.push_to_talk:
+            self._ptt_samples += len(block) // 2
         try:
             self._uplink_q.put_nowait(block)
         except asyncio.QueueFull:
@@ -377,11 +406,17 @@ class Daemon:
     def _gestures(self, gestures: list[Gesture], now: float) -> None:
         for g in gestures:
             log.info("button %s", g.value, extra={"VOXBOX_EVENT": "gesture", "VOXBOX_GESTURE": g.value})
+            turn = self.conv.turn
             if g is Gesture.TAP:
-                turn = self.conv.turn
                 self._apply(self.conv.tap(now))
-                if self.conv.turn != turn:
-                    self.turn.wake = now
+            elif g is Gesture.HOLD_START:
+                self._apply(self.conv.ptt_start(now))
+            elif g is Gesture.HOLD_END:
+                self._apply(self.conv.ptt_end(now))
+            elif g is Gesture.LONG_HOLD:
+                self._apply(self.conv.toggle_mute(now))
+            if self.conv.turn != turn:
+                self.turn.wake = now
 
     def _on_playback_started(self, item_id: str, t: float, epoch: int) -> None:
         if epoch != self.jitter.epoch:
@@ -412,12 +447,77 @@ class Daemon:
                 self._wake_reset = True
             elif isinstance(a, ClearInput) and self.session is not None:
                 self.session.clear_input()
+            elif isinstance(a, PauseReply):
+                self._pause_reply()
+            elif isinstance(a, ResumeReply):
+                self.jitter.resume()
+                log.info("false interruption: reply resumed", extra={"VOXBOX_EVENT": "barge_in_resumed"})
+            elif isinstance(a, StartPushToTalk):
+                self._ptt_samples = 0
+                if self.session is not None:
+                    self.session.set_turn_detection(False)
+                    self.session.clear_input()
+            elif isinstance(a, EndPushToTalk):
+                self._end_push_to_talk()
+            elif isinstance(a, SetMuted):
+                self._set_muted(a.muted)
+            elif isinstance(a, Earcon):
+                self._play_earcon(a.name)
         self._show_state()
         self._flush_session()
 
+    def _pause_reply(self) -> None:
+        """Tentative barge-in: silence the speaker now, keep the reply (see Conversation)."""
+        unplayed = self.playback.delay_samples() if self.playback is not None else 0
+        self.jitter.pause(unplayed)
+        if self.playback is not None:
+            self.playback.drop()
+        log.info("reply paused: the service heard speech", extra={"VOXBOX_EVENT": "barge_in_paused"})
+
+    def _end_push_to_talk(self) -> None:
+        """Release: commit after the audio already queued, then ask for the response."""
+        if self.session is None:
+            return
+        try:
+            self._uplink_q.put_nowait(_COMMIT)
+        except asyncio.QueueFull:
+            log.warning("uplink queue full at push-to-talk release")
+
+    def _set_muted(self, muted: bool) -> None:
+        self.muted = muted
+        log.info("microphone %s", "muted" if muted else "unmuted",
+                 extra={"VOXBOX_EVENT": "mute", "VOXBOX_MUTED": int(muted)})
+        try:
+            self._state_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"muted": muted}) + "\n")
+            os.replace(tmp, self._state_path)
+        except OSError as exc:
+            log.error("cannot save the mute state in %s: %s", self._state_path, exc,
+                      extra={"VOXBOX_EVENT": "state_file"})
+
+    def _load_muted(self) -> bool:
+        try:
+            return bool(json.loads(self._state_path.read_text()).get("muted", False))
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError, AttributeError) as exc:
+            log.warning("ignoring unreadable state file %s: %s", self._state_path, exc,
+                        extra={"VOXBOX_EVENT": "state_file"})
+            return False
+
+    def _play_earcon(self, name: str) -> None:
+        cue = self._earcons.get(name)
+        if cue is not None:
+            self._cue_pos = 0
+            self._cue = cue
+
     def _interrupt(self, a: Interrupt) -> None:
+        was_paused = self.jitter.paused
         played = self.jitter.flush()
         last = self._last_pull.item_id
+        if was_paused:
+            last = None  # the pause already took back what the device held
         if self.playback is not None:
             # what the device still holds is discarded by drop(): it was never heard
             delay = self.playback.delay_samples()
@@ -566,6 +666,20 @@ class Daemon:
     async def _uplink_sender(self, ws, session: RealtimeSession) -> None:
         while True:
             block = await self._uplink_q.get()
+            if block is _COMMIT:
+                if session is self.session:
+                    if self._ptt_samples >= PCM_RATE // 10:  # commits under 100 ms are errors
+                        session.commit()
+                        session.create_response()
+                    else:
+                        log.info("push-to-talk too short (%d ms): nothing sent",
+                                 self._ptt_samples * 1000 // PCM_RATE, extra={"VOXBOX_EVENT": "ptt_short"})
+                        session.clear_input()
+                        self._apply(self.conv.response_done(time.monotonic(), "empty"))
+                    session.set_turn_detection(True)
+                    for msg in session.data_to_send():
+                        await ws.send(msg)
+                continue
             if session is not self.session or not self.uplink_open:
                 continue
             if self.turn.first_audio_sent is None:
@@ -602,13 +716,16 @@ class Daemon:
             self.turn.speech_started = now
             log.info("service heard speech start", extra={"VOXBOX_EVENT": "speech_started",
                                                            "VOXBOX_ITEM_ID": ev.item_id})
-            self._apply(conv.speech_started(now))
+            self._apply(conv.speech_started(now, ev.audio_start_ms))
         elif isinstance(ev, (SpeechStopped, InputCommitted)):
             if self.turn.speech_stopped is None:
                 self.turn.speech_stopped = now
                 log.info("service heard end of speech", extra={"VOXBOX_EVENT": "speech_stopped",
                                                                 "VOXBOX_ITEM_ID": ev.item_id})
-            self._apply(conv.speech_stopped(now))
+            if isinstance(ev, SpeechStopped):
+                self._apply(conv.speech_stopped(now, ev.audio_end_ms))
+            elif not conv.interruption_pending:
+                self._apply(conv.turn_committed(now))
         elif isinstance(ev, ResponseStarted):
             self.turn.response_created = now
             log.info("response %s started", ev.response_id, extra={"VOXBOX_EVENT": "response_start",

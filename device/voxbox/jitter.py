@@ -88,11 +88,13 @@ class JitterBuffer:
         fixed-depth buffer.
     quantile: the target is this quantile of the recent segments' requirements.
     forget: per-observation forgetting factor of the requirement histogram.
+    history_ms: how much of the audio last handed out is kept so :meth:`pause` can take
+        back what the device had not yet played (ms).
     """
 
     def __init__(self, rate: int = 24000, period: int = 240, prebuffer_ms: int = 60,
                  fade_samples: int = 96, min_ms: float = 20, max_ms: float = 600,
-                 quantile: float = 0.95, forget: float = 0.8):
+                 quantile: float = 0.95, forget: float = 0.8, history_ms: int = 300):
         if not 0 <= min_ms <= max_ms:
             raise ValueError(f"need 0 <= min_ms <= max_ms, got {min_ms}, {max_ms}")
         if not 0 < quantile < 1 or not 0 < forget < 1:
@@ -129,6 +131,12 @@ class JitterBuffer:
         nb = int(math.ceil(self.max_ms / BUCKET_MS)) + 1
         self._hist = np.zeros(nb, dtype=np.float64)
         self._hist_cs = np.empty(nb, dtype=np.float64)
+        # the last samples handed out, so a pause can take back what the device still held
+        self._hist_pcm = np.zeros(max(history_ms * rate // 1000, period), dtype=np.int16)
+        self._hist_w = 0  # absolute samples written to _hist_pcm
+        self._hist_runs: deque[list] = deque()  # [item_id, samples], oldest first
+        self._hist_len = 0
+        self._paused = False
         self.observations = 0  # segments observed
         self.last_requirement_ms: float | None = None  # the last segment's observation
 
@@ -164,9 +172,56 @@ class JitterBuffer:
             self._complete = True
             self._stalled = False  # a dry buffer now was the end of the audio, not a gap
 
+    def pause(self, unplayed: int = 0) -> dict[str, int]:
+        """Stop handing out reply audio but keep it queued (tentative barge-in). The last
+        ``unplayed`` samples handed out (those the device had not played when it was
+        stopped; at most ``history_ms``) go back to the head of the queue and leave
+        ``played``. :meth:`pull` returns silence until :meth:`resume` or :meth:`flush`.
+        Returns ``played`` per item after the take-back."""
+        with self._lock:
+            n = min(max(0, unplayed), self._hist_len)
+            if n:
+                if self._offset and self._chunks:
+                    item, chunk = self._chunks[0]
+                    self._chunks[0] = (item, chunk[self._offset:])
+                    self._offset = 0
+                cap = self._hist_pcm.shape[0]
+                end = self._hist_w
+                left = n
+                while left:
+                    run = self._hist_runs[-1]
+                    k = min(left, run[1])
+                    idx = np.arange(end - k, end) % cap
+                    self._chunks.appendleft((run[0], self._hist_pcm[idx]))
+                    self.played[run[0]] = self.played.get(run[0], 0) - k
+                    run[1] -= k
+                    if run[1] == 0:
+                        self._hist_runs.pop()
+                    end -= k
+                    left -= k
+                self._hist_w = end
+                self._hist_len -= n
+                self._queued += n
+            self._paused = True
+            return dict(self.played)
+
+    def resume(self) -> None:
+        """Hand out the paused audio again (fading in)."""
+        with self._lock:
+            if self._paused:
+                self._paused = False
+                self._fade_in_pos = 0 if self._queued else self._fade_in.size
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
     def flush(self) -> dict[str, int]:
         """Drop all queued audio (barge-in). Returns ``played`` per item at this moment."""
         with self._lock:
+            self._paused = False
+            self._hist_runs.clear()
+            self._hist_len = 0
             self._chunks.clear()
             self._offset = 0
             self._queued = 0
@@ -235,6 +290,10 @@ class JitterBuffer:
         """
         n = out.shape[0]
         with self._lock:
+            if self._paused:
+                out[:] = 0
+                self._last_sample = 0
+                return PullResult(None, 0, False, False, self.epoch)
             if not self._playing:
                 if self._queued and (self._queued >= self.prebuffer or self._complete):
                     self._playing = True
@@ -258,6 +317,8 @@ class JitterBuffer:
                     self._chunks.popleft()
                     self._offset = 0
             self._queued -= filled
+            if filled and main_item is not None:
+                self._remember(out, filled, main_item)
             f = self._fade_in.size
             if self._fade_in_pos < f and filled:  # resuming after an underrun
                 k = min(filled, f - self._fade_in_pos)
@@ -283,6 +344,31 @@ class JitterBuffer:
                     self._fade_in_pos = 0
             self._last_sample = int(out[n - 1])
             return PullResult(main_item, filled, drained, underrun, self.epoch)
+
+    def _remember(self, out: np.ndarray, filled: int, item_id: str) -> None:
+        """Keep the samples just handed out for :meth:`pause` (lock held). A period that
+        spans two items is attributed to the one with most samples (a take-back of a few
+        samples across an item boundary is off by at most one period's remainder)."""
+        cap = self._hist_pcm.shape[0]
+        w = self._hist_w % cap
+        first = min(filled, cap - w)
+        self._hist_pcm[w:w + first] = out[:first]
+        if first < filled:
+            self._hist_pcm[:filled - first] = out[first:filled]
+        self._hist_w += filled
+        if self._hist_runs and self._hist_runs[-1][0] == item_id:
+            self._hist_runs[-1][1] += filled
+        else:
+            self._hist_runs.append([item_id, filled])
+        self._hist_len += filled
+        while self._hist_len > cap:
+            extra = self._hist_len - cap
+            run = self._hist_runs[0]
+            k = min(extra, run[1])
+            run[1] -= k
+            self._hist_len -= k
+            if run[1] == 0:
+                self._hist_runs.popleft()
 
     def _fade_out_tail(self, out: np.ndarray, filled: int) -> None:
         """Ramp the period down to silence from the audio that ran out at ``filled``: the

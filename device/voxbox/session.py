@@ -199,6 +199,20 @@ class RealtimeSession:
             "session": session_config(self.rt, self.tools, turn_detection=turn_detection),
         })
 
+    def set_turn_detection(self, enabled: bool) -> None:
+        """Queue a ``session.update`` that switches server turn detection off (push-to-talk
+        hold: ``turn_detection: null``) or back to the configured one. Only the turn
+        detection is sent; the rest of the session is unchanged (realtime-device-notes.md,
+        "Turn handling")."""
+        full = session_config(self.rt, self.tools, turn_detection=enabled)
+        if "audio" in full:  # GA shape
+            session: dict[str, Any] = {"type": "realtime", "audio": {"input": {
+                "turn_detection": full["audio"]["input"]["turn_detection"]}}}
+        else:
+            session = {"turn_detection": full["turn_detection"]}
+        self.push_to_talk = not enabled or self.rt.turn_detection.type == "none"
+        self._send({"type": "session.update", "session": session})
+
     def append_audio(self, pcm: bytes) -> None:
         """Queue ``input_audio_buffer.append`` with PCM16 24 kHz mono audio (bytes)."""
         if len(pcm) % 2:
