@@ -1,0 +1,146 @@
+"""Earcons: the short sounds the unit plays on wake, end of listening, error, mute.
+
+The packaged cues live in ``voxbox/earcons/*.wav`` (16-bit mono, 24 000 Hz, peak
+-12 dBFS; made by ``tools/make_earcons.py``). A configuration maps each cue to a packaged
+name, a user WAV file, or ``"off"``:
+
+    {"wake": "wake", "end": "/etc/voxbox/ding.wav", "error": "off"}
+
+:func:`load_earcon` reads one WAV (8/16/24/32-bit integer PCM, mono or multi-channel,
+downmixed to mono) and resamples it to the playback rate with soxr when the rates differ.
+A missing, unreadable or unsuitable file raises :class:`EarconError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import wave
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+#: the rate the packaged WAVs are stored at (= the playback rate)
+EARCON_RATE = 24000
+#: packaged earcons, by name
+NAMES = ("wake", "end", "error", "mute", "unmute")
+#: the cues the daemon can play; by default each plays the packaged earcon of its name
+CUES = NAMES
+OFF = "off"
+#: a cue longer than this is a configuration mistake (a song, a recording)
+MAX_S = 5.0
+
+
+class EarconError(ValueError):
+    """An earcon could not be loaded; the message names the file (and the cue)."""
+
+
+def _package_file(name: str):
+    return resources.files("voxbox").joinpath("earcons", f"{name}.wav")
+
+
+def _read_wav(src, label: str) -> tuple[np.ndarray, int]:
+    """(float samples in -1..1, mono; sample rate)."""
+    try:
+        with wave.open(src, "rb") as w:
+            ch, width, rate, n = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
+            raw = w.readframes(n)
+    except FileNotFoundError:
+        raise EarconError(f"earcon file {label}: not found") from None
+    except IsADirectoryError:
+        raise EarconError(f"earcon file {label}: is a directory") from None
+    except PermissionError:
+        raise EarconError(f"earcon file {label}: permission denied") from None
+    except (wave.Error, EOFError) as exc:
+        raise EarconError(f"earcon file {label}: not a PCM WAV file ({exc}); "
+                          "use 16-bit PCM, e.g. `sox in.wav -b 16 out.wav`") from None
+    except OSError as exc:
+        raise EarconError(f"earcon file {label}: cannot read ({exc})") from None
+    if n == 0 or rate <= 0 or ch <= 0:
+        raise EarconError(f"earcon file {label}: no audio")
+    if n / rate > MAX_S:
+        raise EarconError(f"earcon file {label}: {n / rate:.1f} s long; an earcon must be "
+                          f"at most {MAX_S:g} s")
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    frames = len(buf) // (width * ch)
+    buf = buf[: frames * width * ch]
+    if width == 1:  # unsigned 8-bit
+        x = (buf.astype(np.float64) - 128.0) / 128.0
+    elif width == 2:
+        x = buf.view("<i2") / 32768.0
+    elif width == 3:
+        b = buf.reshape(-1, 3).astype(np.int32)
+        v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+        v = np.where(v & 0x800000, v - 0x1000000, v)
+        x = v / 8388608.0
+    elif width == 4:
+        x = buf.view("<i4") / 2147483648.0
+    else:
+        raise EarconError(f"earcon file {label}: unsupported sample width {width} bytes")
+    x = x.reshape(-1, ch).mean(axis=1) if ch > 1 else x
+    return x, rate
+
+
+def load_earcon(name_or_path: str | os.PathLike, rate: int = EARCON_RATE) -> np.ndarray:
+    """A packaged earcon by name (``wake``, ``end``, ``error``, ``mute``, ``unmute``) or a
+    user WAV file by path, as mono ``numpy.int16`` at ``rate`` Hz."""
+    if isinstance(name_or_path, str) and name_or_path in NAMES:
+        res = _package_file(name_or_path)
+        label = f"{name_or_path!r} (packaged {res})"
+        with resources.as_file(res) as p:
+            x, src_rate = _read_wav(str(p), label)
+    else:
+        path = Path(os.fspath(name_or_path)).expanduser()
+        if isinstance(name_or_path, str) and len(path.parts) == 1 and not path.suffix \
+                and not path.exists():
+            raise EarconError(f"earcon {name_or_path!r}: not a packaged earcon "
+                              f"({', '.join(NAMES)}) and not a WAV file")
+        x, src_rate = _read_wav(str(path), str(path))
+    if src_rate != rate:
+        import soxr
+
+        x = soxr.resample(x.astype(np.float32), src_rate, rate, quality="HQ")
+    return np.clip(np.round(np.asarray(x, dtype=np.float64) * 32768.0), -32768, 32767).astype(np.int16)
+
+
+class EarconSet:
+    """The earcons the daemon plays, loaded (and checked) once at start-up.
+
+    ``config`` maps cue → packaged name, WAV path, or ``"off"``; cues not mentioned play
+    their packaged default. Unknown cues raise :class:`EarconError` naming the key.
+    """
+
+    def __init__(self, config: Mapping[str, str | os.PathLike] | None = None,
+                 rate: int = EARCON_RATE):
+        config = dict(config or {})
+        unknown = sorted(set(config) - set(CUES))
+        if unknown:
+            raise EarconError(f"earcons: unknown cue(s) {', '.join(map(repr, unknown))}; "
+                              f"cues are {', '.join(CUES)}")
+        self.rate = rate
+        self.sources: dict[str, str | None] = {}
+        self._sounds: dict[str, np.ndarray | None] = {}
+        for cue in CUES:
+            src = config.get(cue, cue)
+            if isinstance(src, str) and src.strip().lower() == OFF:
+                self.sources[cue] = None
+                self._sounds[cue] = None
+                continue
+            try:
+                self._sounds[cue] = load_earcon(src, rate)
+            except EarconError as exc:
+                raise EarconError(f"earcons.{cue}: {exc}") from None
+            self.sources[cue] = os.fspath(src)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, str | os.PathLike] | None,
+                    rate: int = EARCON_RATE) -> EarconSet:
+        return cls(config, rate)
+
+    def get(self, cue: str) -> np.ndarray | None:
+        """The samples for ``cue`` (int16 at :attr:`rate`), or None when it is off."""
+        try:
+            return self._sounds[cue]
+        except KeyError:
+            raise KeyError(f"unknown earcon cue {cue!r}; cues are {', '.join(CUES)}") from None
