@@ -187,10 +187,10 @@ def test_mute_blocks_everything_and_unmute_returns_to_the_link_state():
     c = speaking()
     acts = c.toggle_mute(3)
     assert Interrupt("microphone muted", by_server=False) in acts and ClearInput() in acts
-    assert SetMuted(True) in acts and cues(acts) == ["muted"]
+    assert SetMuted(True) in acts and cues(acts) == ["mute"]
     assert c.state is State.MUTED and not c.uplink_open
     assert c.wake(4) == [ResetWake()] and c.state is State.MUTED
-    assert c.tap(4) == [Earcon("muted")] and c.ptt_start(4) == [Earcon("muted")]
+    assert c.tap(4) == [Earcon("mute")] and c.ptt_start(4) == [Earcon("mute")]
     c.link_down(5, "connection dropped")
     assert c.state is State.MUTED  # muted wins, the link state is remembered
     acts = c.toggle_mute(6)

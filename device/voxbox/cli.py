@@ -34,7 +34,10 @@ def _preflight(cfg: Config):
         ConfigError / CredentialError / AudioDeviceError naming the problem.
     """
     from voxbox.credentials import load_api_key
+    from voxbox.dialects import check_features
 
+    for warning in check_features(cfg.realtime):  # raises UnsupportedFeature naming the key
+        logging.getLogger("voxbox").warning("%s", warning, extra={"VOXBOX_EVENT": "config_warning"})
     key = load_api_key(required=cfg.realtime.url != "local")
     from voxbox.audio_io import open_check
 
@@ -63,9 +66,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except Exception as exc:  # config-class problems: say what, exit before audio
         from voxbox.audio_io import AudioDeviceError
         from voxbox.credentials import CredentialError
+        from voxbox.dialects import UnsupportedFeature
         from voxbox.wake import WakeModelError
 
-        if isinstance(exc, (ConfigError, CredentialError, AudioDeviceError, WakeModelError)):
+        if isinstance(exc, (ConfigError, CredentialError, AudioDeviceError, WakeModelError, UnsupportedFeature)):
             log.error("%s", exc, extra={"VOXBOX_EVENT": "config_error"})
             print(f"voxbox: {exc}", file=sys.stderr) if fmt == "json" else None
             return EXIT_CONFIG

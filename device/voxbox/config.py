@@ -98,6 +98,11 @@ class Audio(_Section):
     period_ms: Literal[10] = 10
     periods: Annotated[int, Field(ge=2, le=16)] = 4
     jitter_prebuffer_ms: Annotated[int, Field(ge=0, le=1000)] = 60
+    #: ALSA mixer control for the volume (e.g. "PCM", "Speaker"); "" = software gain
+    mixer: str = ""
+    mixer_device: str = "default"
+    #: volume at first start (percent); afterwards the last volume set is kept
+    volume: Annotated[int, Field(ge=0, le=100)] = 70
 
 
 class FrontEnd(_Section):
@@ -134,6 +139,10 @@ class Gpio(_Section):
     enabled: bool = True
     button: Annotated[int, Field(ge=0, le=27)] = 17
     led: Annotated[int, Field(ge=0, le=27)] = 12
+    #: RGB LED pins (red, green, blue); when set, ``led`` is not used
+    rgb_led: Annotated[list[Annotated[int, Field(ge=0, le=27)]], Field(min_length=3, max_length=3)] | None = None
+    #: True for a common-cathode RGB LED or an LED wired pin → resistor → LED → GND
+    led_active_high: bool = True
     pin_factory: Literal["auto", "mock"] = "auto"
     button_active_low: bool = True
     debounce_ms: Annotated[int, Field(ge=0, le=200)] = 20
@@ -163,15 +172,24 @@ class Conversation(_Section):
 
 
 class Earcons(_Section):
-    """Short cues: a packaged cue name (``wake``, ``end``, ``error``, ``muted``,
-    ``unmuted``), a path to a 16-bit mono WAV file, or ``"off"``."""
+    """Short cues: a packaged cue name (``wake``, ``end``, ``error``, ``mute``,
+    ``unmute``), a path to a WAV file, or ``"off"``."""
 
     wake: str = "wake"
     end: str = "end"
     error: str = "error"
-    muted: str = "muted"
-    unmuted: str = "unmuted"
-    level_db: Annotated[float, Field(ge=-60, le=0)] = 0.0
+    mute: str = "mute"
+    unmute: str = "unmute"
+
+
+class Tools(_Section):
+    """Function tools the model may call: built-ins ``set_volume``, ``get_time``,
+    ``stop_conversation``, ``device_status`` and plug-ins of the ``voxbox.tools`` entry
+    point group."""
+
+    enabled: bool = True
+    #: tool names to offer (empty = all installed)
+    allow: list[str] = []
 
 
 class Log(_Section):
@@ -191,6 +209,7 @@ class Config(_Section):
     gpio: Gpio = Gpio()
     conversation: Conversation = Conversation()
     earcons: Earcons = Earcons()
+    tools: Tools = Tools()
     log: Log = Log()
 
 

@@ -107,7 +107,7 @@ class SetMuted(Action):
 @dataclass(frozen=True)
 class Earcon(Action):
     """Play a short cue: ``wake`` (the unit listens), ``end`` (it stopped listening),
-    ``error``, ``muted``, ``unmuted``."""
+    ``error``, ``mute``, ``unmute``."""
 
     name: str
 
@@ -138,6 +138,9 @@ class Conversation:
         new response) the interruption is confirmed and the reply truncated where it was
         paused. False: every interruption is final at once.
     min_interruption_ms: shortest speech that confirms an interruption, ms.
+    barge_in_on_speech: the service's speech detection interrupts a reply (the session's
+        ``turn_detection.interrupt_response``); False leaves barge-in to the wake word and
+        the button.
     """
 
     listen_timeout_s: float = 8.0
@@ -145,6 +148,7 @@ class Conversation:
     thinking_timeout_s: float = 20.0
     resume_false_interruptions: bool = True
     min_interruption_ms: int = 300
+    barge_in_on_speech: bool = True
     state: State = State.OFFLINE
     turn: int = 0
     transitions: list[Transition] = field(default_factory=list)
@@ -158,6 +162,7 @@ class Conversation:
     _playing: bool = False
     _paused_at: float | None = None  # tentative barge-in pending since
     _speech_start_ms: int | None = None
+    _close_after_reply: bool = False
 
     @property
     def uplink_open(self) -> bool:
@@ -255,7 +260,7 @@ class Conversation:
         if self.state is State.LISTENING:
             return self._go(t, State.IDLE, "button tap (cancel)") + [ClearInput(), ResetWake()]
         if self.state is State.MUTED:
-            return [Earcon("muted")]
+            return [Earcon("mute")]
         if self.state in (State.OFFLINE, State.ERROR, State.UNPROVISIONED):
             return [Earcon("error")]
         return []
@@ -264,7 +269,7 @@ class Conversation:
         """Hold (push-to-talk) began: the user has the floor until release, whatever the
         state (a reply is interrupted); turn detection goes off for the turn."""
         if self.state is State.MUTED:
-            return [Earcon("muted")]
+            return [Earcon("mute")]
         if self.state in (State.OFFLINE, State.ERROR, State.UNPROVISIONED):
             return [Earcon("error")]
         acts: list[Action] = []
@@ -297,7 +302,7 @@ class Conversation:
             self._paused_at = None
             self.muted = True
             acts += self._go(t, State.MUTED, "microphone muted")
-            return acts + [SetMuted(True), Earcon("muted")]
+            return acts + [SetMuted(True), Earcon("mute")]
         return self.set_unmuted(t, "microphone unmuted")
 
     def restore_muted(self, t: float) -> list[Action]:
@@ -309,7 +314,7 @@ class Conversation:
         if not self.muted:
             return []
         self.muted = False
-        return self._go(t, self._rest(), cause) + [SetMuted(False), Earcon("unmuted"), ResetWake()]
+        return self._go(t, self._rest(), cause) + [SetMuted(False), Earcon("unmute"), ResetWake()]
 
     def _barge_in(self, t: float, cause: str, by_server: bool) -> list[Action]:
         self._playing = False
@@ -328,6 +333,8 @@ class Conversation:
             acts = self._go(t, State.LISTENING, "follow-up speech")
             self._user_speaking = True
             return acts
+        if self.state in (State.SPEAKING, State.THINKING) and not self.barge_in_on_speech:
+            return []
         if self.state is State.SPEAKING and self.resume_false_interruptions:
             # tentative: pause, keep the reply until the service confirms a user turn
             self._paused_at = t
@@ -407,7 +414,19 @@ class Conversation:
             return self._end_reply(t, "reply finished")
         return []
 
+    def end_conversation(self, t: float, cause: str) -> list[Action]:
+        """The model ended the conversation (``stop_conversation`` tool): let the reply
+        play out, then go idle with no follow-up window."""
+        self._close_after_reply = True
+        if self.state in (State.LISTENING, State.FOLLOW_UP):
+            self._close_after_reply = False
+            return self._go(t, State.IDLE, cause) + [ClearInput()]
+        return []
+
     def _end_reply(self, t: float, cause: str) -> list[Action]:
+        if self._close_after_reply:
+            self._close_after_reply = False
+            return self._go(t, State.IDLE, cause + "; conversation ended") + [ClearInput()]
         if self.follow_up_s > 0:
             return self._go(t, State.FOLLOW_UP, cause)
         return self._go(t, State.IDLE, cause)

@@ -39,7 +39,7 @@ from voxbox.jitter import JitterBuffer, PullResult
 from voxbox.led import pattern_for
 from voxbox.ring import SampleRing
 from voxbox.sd import Notifier
-from voxbox.session import (AudioDelta, AudioDone, InputCommitted, ProtocolError, RealtimeSession,
+from voxbox.session import (AudioDelta, AudioDone, FunctionCallRequested, InputCommitted, ProtocolError, RealtimeSession,
                             ResponseDone, ResponseStarted, ServerError, SessionCreated,
                             SessionReady, SpeechStarted, SpeechStopped, TranscriptDone,
                             UserTranscript)
@@ -110,7 +110,8 @@ class Daemon:
         cc = cfg.conversation
         self.conv = Conversation(cc.listen_timeout_s, cc.follow_up_s, cc.thinking_timeout_s,
                                  resume_false_interruptions=cc.resume_false_interruptions,
-                                 min_interruption_ms=cc.min_interruption_ms)
+                                 min_interruption_ms=cc.min_interruption_ms,
+                                 barge_in_on_speech=cfg.realtime.turn_detection.interrupt_response)
         self.muted = False  # read by the capture thread: no frame reaches wake word or uplink
         self._state_path = Path(os.environ.get("STATE_DIRECTORY", "/var/lib/voxbox").split(":")[0]) / cc.state_file
         self._ptt_samples = 0  # uplink samples streamed in the current push-to-talk hold
@@ -160,7 +161,19 @@ class Daemon:
         self.button = None
         self.gestures = ButtonGestures(cfg.gpio.debounce_ms / 1000, cfg.gpio.hold_ms / 1000,
                                        cfg.gpio.long_hold_ms / 1000)
-        self.stats = {"uplink_samples": 0, "truncates": 0, "reconnects": 0}
+        self.stats = {"uplink_samples": 0, "truncates": 0, "reconnects": 0, "tool_calls": 0}
+        self.t_start = time.monotonic()
+        from voxbox.volume import Volume
+
+        self.volume = Volume(self._state_path.parent, mixer=a.mixer or None, mixer_device=a.mixer_device,
+                             default_percent=a.volume)
+        self.tools = None
+        self.tool_runner = None
+        if cfg.tools.enabled:
+            from voxbox.tools import ToolRegistry, ToolRunner
+
+            self.tools = ToolRegistry.default(cfg.tools.allow or None)
+            self.tool_runner = ToolRunner(self.tools, _DaemonToolContext(self))
 
     # ------------------------------------------------------------------------------ start
     def stop(self) -> None:
@@ -265,6 +278,14 @@ class Daemon:
             from voxbox.recorder import CaptureRecorder
 
             self.recorder = CaptureRecorder(cfg.frontend.record_s, cfg.audio.capture_rate)
+        from voxbox.earcon import EarconError, EarconSet
+
+        try:
+            es = EarconSet(self.cfg.earcons.model_dump(), rate=cfg.audio.playback_rate)
+            self._earcons = {c: es.get(c) for c in ("wake", "end", "error", "mute", "unmute")}
+        except (EarconError, KeyError, ValueError) as exc:  # a bad cue file must not stop the unit
+            log.error("earcons off: %s", exc, extra={"VOXBOX_EVENT": "config_error"})
+            self._earcons = {}
         if cfg.wake.enabled:
             from voxbox.wake import WakeWordDetector
 
@@ -283,7 +304,12 @@ class Daemon:
 
         from voxbox.led import GpioLed
 
-        self.led = GpioLed(g.led, pin_factory=factory)
+        if g.rgb_led is not None:
+            from voxbox.led import GpioRgbLed
+
+            self.led = GpioRgbLed(*g.rgb_led, pin_factory=factory, active_high=g.led_active_high)
+        else:
+            self.led = GpioLed(g.led, pin_factory=factory, active_high=g.led_active_high)
         self.button = Button(g.button, pull_up=g.button_active_low, bounce_time=None,
                              pin_factory=factory)
         loop = self._loop
@@ -353,6 +379,7 @@ class Daemon:
     # ------------------------------------------------------------------ playback thread
     def _playback_source(self) -> np.ndarray:
         self._last_pull = self.jitter.pull(self._play_buf)
+        self.volume.apply(self._play_buf)
         cue = self._cue
         if cue is not None:  # mix the earcon over whatever plays (whole-frame numpy)
             buf = self._play_buf
@@ -408,6 +435,8 @@ class Daemon:
             log.info("button %s", g.value, extra={"VOXBOX_EVENT": "gesture", "VOXBOX_GESTURE": g.value})
             turn = self.conv.turn
             if g is Gesture.TAP:
+                if self.led is not None:
+                    self.led.acknowledge()
                 self._apply(self.conv.tap(now))
             elif g is Gesture.HOLD_START:
                 self._apply(self.conv.ptt_start(now))
@@ -509,6 +538,7 @@ class Daemon:
     def _play_earcon(self, name: str) -> None:
         cue = self._earcons.get(name)
         if cue is not None:
+            log.debug("earcon %s", name, extra={"VOXBOX_EVENT": "earcon", "VOXBOX_EARCON": name})
             self._cue_pos = 0
             self._cue = cue
 
@@ -643,7 +673,8 @@ class Daemon:
             self._uplink_q.get_nowait()
 
     async def _serve(self, ws, conn_no: int, t_open: float) -> None:
-        session = RealtimeSession(self.cfg.realtime, prefix=f"vx{conn_no}")
+        session = RealtimeSession(self.cfg.realtime, prefix=f"vx{conn_no}",
+                                  tools=self.tools.declarations() if self.tools is not None else None)
         session.start()
         self.session = session
         self._drain_uplink()
@@ -740,6 +771,8 @@ class Daemon:
             self._apply(conv.response_done(now, ev.status))
             if not self.jitter.active and self.conv.state is State.SPEAKING:
                 self._apply(conv.playback_drained(now))
+        elif isinstance(ev, FunctionCallRequested):
+            asyncio.get_running_loop().create_task(self._run_tool(ev), name=f"tool {ev.name}")
         elif isinstance(ev, TranscriptDone):
             log.info("assistant: %s", ev.transcript, extra={"VOXBOX_EVENT": "assistant_transcript"})
         elif isinstance(ev, UserTranscript):
@@ -753,6 +786,31 @@ class Daemon:
                            "VOXBOX_CAUSE": ev.cause or ""})
             if ev.fatal:
                 self._apply(conv.fatal(now, ev.code))
+
+    async def _run_tool(self, call) -> None:
+        """Run a tool call off the loop (ToolRunner: worker thread, timeout, error result)
+        and answer it on the session that asked, if it is still the current one."""
+        session = self.session
+        self.stats["tool_calls"] += 1
+        if self.tool_runner is None:
+            from voxbox.tools import ToolResult
+
+            result = ToolResult(call.call_id, json.dumps({"error": "tools are disabled on this unit"}), True, 0.0)
+        else:
+            result = await self.tool_runner.run(call.call_id, call.name, call.arguments)
+        log.log(logging.WARNING if result.error else logging.INFO, "tool %s -> %s (%.0f ms)", call.name,
+                result.output[:200], result.ms,
+                extra={"VOXBOX_EVENT": "tool_call", "VOXBOX_TOOL": call.name, "VOXBOX_TOOL_ERROR": int(result.error),
+                       "VOXBOX_TOOL_MS": round(result.ms, 1)})
+        if session is None or session is not self.session:
+            log.info("tool %s answered after its session ended; dropped", call.name,
+                     extra={"VOXBOX_EVENT": "tool_call"})
+            return
+        session.function_output(call.call_id, result.output, respond=result.respond)
+        self._flush_session()
+
+    def _stop_conversation(self) -> None:
+        self._apply(self.conv.end_conversation(time.monotonic(), "the model ended the conversation"))
 
     def _log_turn_end(self, old: State) -> None:
         t = self.turn
@@ -811,6 +869,36 @@ class Daemon:
                 log.error("capture delivered no frame for %.1f s: withholding the watchdog",
                           now - self.last_capture_t,
                           extra={"VOXBOX_EVENT": "watchdog_withheld"})
+
+
+class _DaemonToolContext:
+    """What built-in tools may touch (voxbox.tools.ToolContext); called from worker threads."""
+
+    def __init__(self, daemon: "Daemon"):
+        self._d = daemon
+
+    def set_volume(self, percent: int) -> int:
+        v = self._d.volume.set(percent)
+        log.info("volume %d %%", v, extra={"VOXBOX_EVENT": "volume", "VOXBOX_VOLUME": v})
+        return v
+
+    def get_volume(self) -> int:
+        return self._d.volume.get()
+
+    def stop_conversation(self) -> None:
+        self._d._loop.call_soon_threadsafe(self._d._stop_conversation)
+
+    def device_status(self) -> dict[str, Any]:
+        d = self._d
+        return {"state": d.conv.state.value, "muted": d.muted, "volume": d.volume.get(),
+                "session_id": d.session.session_id if d.session is not None else None,
+                "uptime_s": round(time.monotonic() - d.t_start), "version": __version__,
+                "reconnects": d.stats["reconnects"]}
+
+    def now(self):
+        import datetime
+
+        return datetime.datetime.now().astimezone()
 
 
 def _process_exception(exc: Exception) -> Exception | None:

@@ -79,6 +79,8 @@ class DaemonHarness:
         self._threads: list[threading.Thread] = []
         self.config_path = self.workdir / "config.toml"
         self.gpio_sock_path = str(self.workdir / "gpio.sock")
+        #: the daemon's $STATE_DIRECTORY (mute state, volume, recordings); kept across restarts
+        self.state_dir = self.workdir / "state"
 
     # ------------------------------------------------------------------ set-up
     def start_server(self) -> None:
@@ -97,7 +99,10 @@ class DaemonHarness:
                          "reconnect_initial_s": 0.2, "reconnect_max_s": 2.0,
                          "voice": "en-US-Ava:DragonHDLatestNeural" if self.dialect == "azure-voicelive"
                          else "marin"},
-            "audio": {"capture_device": FileDeviceRig.MIC, "playback_device": FileDeviceRig.SPEAKER},
+            # volume 100 %: the software gain is then exactly 1 and reply audio reaches the
+            # speaker bit-exact (the tests compare it with what the server sent)
+            "audio": {"capture_device": FileDeviceRig.MIC, "playback_device": FileDeviceRig.SPEAKER,
+                      "volume": 100},
             "gpio": {"pin_factory": "mock"},
             # the rig's speaker pipe buffers ~85 ms that ALSA does not report
             "frontend": {"reference_delay_ms": 80},
@@ -138,7 +143,8 @@ class DaemonHarness:
         """Start (or restart) the daemon process."""
         penv = dict(os.environ)
         penv.update(self.rig.env)
-        penv.update({"NOTIFY_SOCKET": str(self.workdir / "notify.sock"), "WATCHDOG_USEC": "2000000",
+        penv.update({"STATE_DIRECTORY": str(self.state_dir),
+                     "NOTIFY_SOCKET": str(self.workdir / "notify.sock"), "WATCHDOG_USEC": "2000000",
                      "VOXBOX_API_KEY": self.api_key, "VOXBOX_MOCK_GPIO_SOCKET": self.gpio_sock_path,
                      "PYTHONUNBUFFERED": "1"})
         penv.pop("WATCHDOG_PID", None)
@@ -243,6 +249,14 @@ class DaemonHarness:
 
     def led_patterns(self) -> list[str]:
         return [r["VOXBOX_LED"] for r in self.events("led")]
+
+    def button(self, pressed: bool) -> None:
+        """Drive the daemon's mock button pin down (pressed) or up."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            s.sendto(b"press" if pressed else b"release", self.gpio_sock_path)
+        finally:
+            s.close()
 
     def press(self, hold_s: float = 0.12) -> None:
         """A tap on the daemon's mock button pin (through gpiozero in the daemon)."""

@@ -113,6 +113,18 @@ class UserTranscript(SessionEvent):
 
 
 @dataclass(frozen=True)
+class FunctionCallRequested(SessionEvent):
+    """The model called a tool: a completed ``function_call`` item in
+    ``response.output_item.done`` (same shape in GA, beta and Voice Live). ``arguments``
+    is the JSON text the model produced (not yet validated)."""
+
+    call_id: str
+    name: str
+    arguments: str
+    response_id: str
+
+
+@dataclass(frozen=True)
 class ResponseDone(SessionEvent):
     response_id: str
     status: str
@@ -174,6 +186,11 @@ class RealtimeSession:
         self.items: OrderedDict[str, _Item] = OrderedDict()
         self.audio_samples_sent = 0
         self.push_to_talk = rt.turn_detection.type == "none"
+        # tool calls: response id -> call ids not answered yet; answered responses waiting
+        # for their response.done before the single response.create
+        self._calls: dict[str, set[str]] = {}
+        self._respond_after: set[str] = set()
+        self._done_responses: set[str] = set()
 
     # ---- outgoing ----------------------------------------------------------------------
     def _send(self, event: dict[str, Any]) -> str:
@@ -267,6 +284,31 @@ class RealtimeSession:
                 result.truncated[item_id] = ms
         return result
 
+    def function_output(self, call_id: str, output: str, *, respond: bool = True) -> None:
+        """Answer a :class:`FunctionCallRequested`: queue ``conversation.item.create``
+        with a ``function_call_output`` item at once, and one ``response.create`` once every
+        call of that response is answered *and* its ``response.done`` has arrived (sending
+        it earlier is rejected with ``conversation_already_has_active_response``).
+        ``respond=False`` (e.g. the user ended the conversation) sends no
+        ``response.create`` for this call."""
+        self._send({"type": "conversation.item.create",
+                    "item": {"type": "function_call_output", "call_id": call_id, "output": output}})
+        for rid, pending in list(self._calls.items()):
+            if call_id in pending:
+                pending.discard(call_id)
+                if respond:
+                    self._respond_after.add(rid)
+                self._maybe_respond(rid)
+
+    def _maybe_respond(self, rid: str) -> None:
+        if self._calls.get(rid) or rid not in self._done_responses:
+            return
+        self._calls.pop(rid, None)
+        self._done_responses.discard(rid)
+        if rid in self._respond_after:
+            self._respond_after.discard(rid)
+            self.create_response()
+
     def close_played_items(self) -> None:
         """Mark every assistant item as finished (its audio was played out in full)."""
         for item in self.items.values():
@@ -356,6 +398,19 @@ class RealtimeSession:
     def _on_conversation_item_input_audio_transcription_completed(self, ev):
         return [UserTranscript(str(ev.get("item_id", "")), str(ev.get("transcript") or ""))]
 
+    def _on_response_output_item_done(self, ev):
+        item = ev.get("item") or {}
+        if not isinstance(item, dict) or item.get("type") != "function_call":
+            return []
+        if item.get("status") not in (None, "completed"):
+            return []  # a call cut by a cancel must not run
+        call_id, name = item.get("call_id"), item.get("name")
+        if not isinstance(call_id, str) or not call_id or not isinstance(name, str):
+            raise ProtocolError("response.output_item.done: function_call without call_id/name")
+        rid = str(ev.get("response_id") or self.response_id or "")
+        self._calls.setdefault(rid, set()).add(call_id)
+        return [FunctionCallRequested(call_id, name, str(item.get("arguments") or ""), rid)]
+
     def _on_response_done(self, ev):
         resp = ev.get("response") or {}
         rid = str(resp.get("id") or self.response_id or "")
@@ -365,6 +420,9 @@ class RealtimeSession:
         for item in self.items.values():
             if item.response_id == rid:
                 item.done = True
+        if rid in self._calls:
+            self._done_responses.add(rid)
+            self._maybe_respond(rid)
         return [ResponseDone(rid, status)]
 
     def _on_error(self, ev):
