@@ -533,6 +533,10 @@ def test_response_cancel_and_active_response_errors():
 def test_item_create_function_call_output_and_text_response():
     async def go():
         server, c, _ = await started("openai-ga")
+        # a function_call_output must answer a function_call item of the conversation
+        await c.send({"type": "conversation.item.create", "item": {
+            "type": "function_call", "call_id": "call_1", "name": "ping", "arguments": "{}"}})
+        await c.until("conversation.item.done")
         await c.send({"type": "conversation.item.create", "item": {
             "type": "function_call_output", "call_id": "call_1", "output": "{\"ok\": true}"}})
         added = await c.until("conversation.item.added")
@@ -740,3 +744,211 @@ def test_server_thread_sync_use():
 
 def threading_drop(st: ServerThread) -> int:
     return st.drop_all_connections()
+
+
+# ---------------------------------------------------------------------------------------
+# scripted function calls (LocalServerConfig.tool_calls)
+# ---------------------------------------------------------------------------------------
+WEATHER_TOOL = {"type": "function", "name": "get_weather", "description": "Current weather in a city.",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                               "required": ["city"]}}
+WEATHER_ARGS = {"city": "Paris", "unit": "celsius"}
+WEATHER_OUTPUT = "It is twenty one degrees and sunny in Paris"
+
+
+def tools_update(dialect: str, tools: list[dict], ptt: bool = True) -> dict:
+    ev = ptt_update(dialect) if ptt else {"type": "session.update", "session": (
+        {"type": "realtime"} if DIALECTS[dialect].ga_names else {})}
+    ev["session"]["tools"] = tools
+    return ev
+
+
+def item_event(dialect: str) -> str:
+    return "conversation.item.added" if DIALECTS[dialect].ga_names else "conversation.item.created"
+
+
+async def user_turn_ptt(c: Client) -> None:
+    await c.append(tone(0.5))
+    await c.send({"type": "input_audio_buffer.commit"})
+    await c.until("input_audio_buffer.committed")
+    await c.send({"type": "response.create"})
+
+
+@pytest.mark.parametrize("dialect", list(DIALECTS))
+def test_scripted_function_call_then_spoken_output(dialect):
+    async def go():
+        server, c, _ = await started(dialect, seed=2, tool_calls=[{"name": "get_weather", "arguments": WEATHER_ARGS}])
+        await c.send(tools_update(dialect, [WEATHER_TOOL]))
+        upd = await c.until("session.updated")
+        assert upd["session"]["tools"][0]["name"] == "get_weather"
+        await user_turn_ptt(c)
+        created = await c.until("response.created")
+        rid = created["response"]["id"]
+        done = await c.until("response.done")
+        assert done["response"]["id"] == rid
+        window = c.events[c.events.index(created):c.events.index(done) + 1]
+        types = [e["type"] for e in window]
+        n_delta = types.count("response.function_call_arguments.delta")
+        assert n_delta >= 1
+        expected = (["response.created", "response.output_item.added", item_event(dialect)]
+                    + ["response.function_call_arguments.delta"] * n_delta
+                    + ["response.function_call_arguments.done", "response.output_item.done"]
+                    + (["conversation.item.done"] if DIALECTS[dialect].ga_names else [])
+                    + ["response.done"])
+        assert types == expected
+        added = window[1]["item"]
+        assert added["type"] == "function_call" and added["status"] == "in_progress"
+        assert added["name"] == "get_weather" and added["arguments"] == ""
+        call_id = added["call_id"]
+        assert call_id.startswith("call_")
+        assert window[2]["item"]["type"] == "function_call" and window[2]["item"]["call_id"] == call_id
+        args_text = json.dumps(WEATHER_ARGS)
+        deltas = [e for e in window if e["type"] == "response.function_call_arguments.delta"]
+        assert "".join(e["delta"] for e in deltas) == args_text
+        assert all(e["call_id"] == call_id and e["item_id"] == added["id"] and e["response_id"] == rid
+                   for e in deltas)
+        args_done = window[3 + n_delta]
+        assert args_done["arguments"] == args_text and args_done["call_id"] == call_id
+        # GA and Voice Live carry the name; the beta event type has no name field
+        if DIALECTS[dialect].ga_names or DIALECTS[dialect].voice_live:
+            assert args_done["name"] == "get_weather"
+        else:
+            assert "name" not in args_done
+            assert "name" not in openai_beta_rt.ResponseFunctionCallArgumentsDoneEvent.model_fields
+        item_done = window[4 + n_delta]["item"]
+        assert item_done["status"] == "completed" and item_done["arguments"] == args_text
+        assert json.loads(item_done["arguments"]) == WEATHER_ARGS
+        assert done["response"]["status"] == "completed"
+        assert [(o["type"], o["call_id"], o["status"]) for o in done["response"]["output"]] == \
+            [("function_call", call_id, "completed")]
+        assert not [e for e in window if "audio" in e["type"]]
+        assert server.record.function_calls[0]["status"] == "called"
+        assert server.record.function_calls[0]["call_id"] == call_id
+
+        # the client's answer, then a response that speaks it
+        eid = await c.send({"type": "conversation.item.create", "item": {
+            "type": "function_call_output", "call_id": call_id, "output": WEATHER_OUTPUT}})
+        out_item = await c.until(item_event(dialect))
+        assert out_item["item"]["type"] == "function_call_output" and out_item["item"]["call_id"] == call_id
+        assert out_item["previous_item_id"] == added["id"]
+        outs = server.record.function_outputs
+        assert [(o["call_id"], o["output"], o["event_id"]) for o in outs] == [(call_id, WEATHER_OUTPUT, eid)]
+        assert isinstance(outs[0]["t"], float)
+        await c.send({"type": "response.create"})
+        spoken = await c.until("response.done", timeout=15)
+        assert spoken["response"]["status"] == "completed"
+        msg = spoken["response"]["output"][0]
+        assert msg["type"] == "message" and msg["role"] == "assistant"
+        n = names(dialect)
+        tr_done = [e for e in c.events if e["type"] == n["tr.done"]][-1]
+        assert WEATHER_OUTPUT in tr_done["transcript"]
+        pcm = server.record.item_audio(msg["id"])
+        # espeak-ng speech of the output at 24 kHz, not the user's 0.5 s tone played back
+        from voxbox.speech import render_speech
+        expect = len(render_speech(WEATHER_OUTPUT)) * RATE // 16_000
+        assert abs(len(pcm) // 2 - expect) <= 2 and len(pcm) // 2 > RATE
+        await c.close()
+        await server.stop()
+    run(go())
+
+
+@pytest.mark.parametrize("dialect", ["openai-ga", "openai-beta", "voice-live"])
+def test_function_call_output_with_unknown_call_id_is_an_error(dialect):
+    async def go():
+        server, c, _ = await started(dialect)
+        eid = await c.send({"type": "conversation.item.create", "item": {
+            "type": "function_call_output", "call_id": "call_nope", "output": "42"}})
+        err = await c.until("error")
+        assert err["error"]["code"] == "invalid_value" and err["error"]["param"] == "item.call_id"
+        assert err["error"]["event_id"] == eid and "call_nope" in err["error"]["message"]
+        # the session goes on; nothing was recorded or added
+        await c.send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}})
+        await c.until(item_event(dialect))
+        assert server.record.function_outputs == []
+        await c.close()
+        await server.stop()
+    run(go())
+
+
+@pytest.mark.parametrize("dialect", ["openai-ga", "openai-beta"])
+def test_response_create_during_function_call_is_rejected(dialect):
+    async def go():
+        server, c, _ = await started(dialect, response_latency_s=0.5,
+                                     tool_calls=[{"name": "get_weather", "arguments": WEATHER_ARGS}])
+        await c.send(tools_update(dialect, [WEATHER_TOOL]))
+        await c.until("session.updated")
+        await user_turn_ptt(c)
+        await c.until("response.created")
+        eid = await c.send({"type": "response.create"})
+        err = await c.until("error")
+        assert err["error"]["code"] == "conversation_already_has_active_response"
+        assert err["error"]["event_id"] == eid
+        done = await c.until("response.done")
+        assert c.events.index(err) < c.events.index(done)
+        assert done["response"]["output"][0]["type"] == "function_call"
+        await c.close()
+        await server.stop()
+    run(go())
+
+
+def test_scripted_calls_need_declared_tools_and_skip_unknown_names():
+    """Server VAD turns: no tools -> parrot, script untouched; an undeclared name is skipped
+    (consumed, parrot reply); the next entry is called."""
+    async def go():
+        script = [{"name": "set_timer", "arguments": {"minutes": 5}},
+                  {"name": "get_weather", "arguments": '{"city": "Oslo"}', "call_id": "call_fixed"}]
+        server, c, _ = await started("openai-ga", tool_calls=script)
+        turn = np.concatenate([silence(0.3), tone(0.6), silence(0.7)])
+        n = names("openai-ga")
+
+        async def vad_turn() -> dict:
+            await c.append(turn)
+            return await c.until("response.done", timeout=10)
+
+        done = await vad_turn()
+        assert done["response"]["output"][0]["type"] == "message"
+        assert server.record.function_calls == []
+        await c.send(tools_update("openai-ga", [WEATHER_TOOL], ptt=False))
+        await c.until("session.updated")
+        done = await vad_turn()                       # set_timer is not declared: skipped
+        assert done["response"]["output"][0]["type"] == "message"
+        assert n["audio.delta"] in c.types()
+        calls = server.record.function_calls
+        assert [(f["name"], f["status"]) for f in calls] == [("set_timer", "skipped")]
+        done = await vad_turn()                       # server VAD commit -> the scripted call
+        out = done["response"]["output"]
+        assert [(o["type"], o["name"], o["call_id"], o["arguments"]) for o in out] == \
+            [("function_call", "get_weather", "call_fixed", '{"city": "Oslo"}')]
+        assert [f["status"] for f in server.record.function_calls] == ["skipped", "called"]
+        done = await vad_turn()                       # script exhausted: parrot again
+        assert done["response"]["output"][0]["type"] == "message"
+        await c.close()
+        await server.stop()
+    run(go())
+
+
+def test_core_cancelled_function_call_and_option_shape():
+    core = SessionCore(DIALECTS["voice-live"], config=LocalServerConfig(
+        seed=1, tool_calls=[{"name": "get_weather", "arguments": WEATHER_ARGS}]))
+    core.handle_event({"type": "session.update", "session": {"turn_detection": None, "tools": [WEATHER_TOOL]}})
+    core.handle_event({"type": "input_audio_buffer.append", "audio": b64(tone(0.5))})
+    core.handle_event({"type": "input_audio_buffer.commit"})
+    evs = core.handle_event({"type": "response.create"})
+    evs += core.step_response()                     # item events + first delta
+    evs += core.handle_event({"type": "response.cancel"})
+    for e in evs:
+        validate_event("voice-live", e)
+    types = [e["type"] for e in evs]
+    assert types == ["response.created", "response.output_item.added", "conversation.item.created",
+                     "response.function_call_arguments.delta", "response.function_call_arguments.done",
+                     "response.output_item.done", "response.done"]
+    first = evs[3]["delta"]
+    assert evs[4]["arguments"] == first and evs[5]["item"]["status"] == "incomplete"
+    assert evs[6]["response"]["status"] == "cancelled"
+    assert core.tool_script.remaining == 0
+    # the option through ServerThread(**options) (DaemonHarness server_options)
+    st = ServerThread(api_key="k", tool_calls=[{"name": "f"}, {"name": "g", "arguments": "{}"}])
+    assert st.server.tool_script.remaining == 2
+    with pytest.raises(ValueError):
+        LocalRealtimeServer(tool_calls=[{"arguments": {}}])

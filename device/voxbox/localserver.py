@@ -6,6 +6,12 @@ server VAD, push-to-talk, barge-in, truncation, errors and session expiry, so a 
 that works against it is not surprised by a real server. Replies are "parrot" replies:
 the user's committed utterance is played back as the assistant's audio.
 
+Scripted function calls (``LocalServerConfig.tool_calls``): while the session declares
+function tools (``session.tools``), the response to the next unanswered user turn is a
+``function_call`` item taken from the script, in order; after the client's
+``function_call_output`` and ``response.create`` the reply speaks the output's text
+(espeak-ng via ``voxbox.speech.render_speech``). See ``ToolScript``.
+
 Layout (sans-I/O where practical):
 - ``classify_request``: pure handshake decision (dialect, auth, fatal errors).
 - ``EnergyVad``: pure energy VAD on a sample timeline.
@@ -191,6 +197,50 @@ class LocalServerConfig:
     vad_frame_ms: int = 20
     vad_min_speech_ms: int = 60                # voiced run needed to declare speech_started
     ping_interval: float | None = 20.0         # "The server pings about every 20 s" (digest)
+    # Scripted function calls, consumed in order across the server's connections: each
+    # ``{"name": str, "arguments": dict | str, "call_id": str (optional)}``. See ToolScript.
+    tool_calls: list[dict] | None = None
+
+
+class ToolScript:
+    """The ``tool_calls`` script of one server, shared by its connections, consumed in order.
+
+    When a response starts for a user message that no response has answered yet, the
+    session declares at least one function tool (``session.tools``, or ``response.tools``
+    of a GA ``response.create``), ``tool_choice`` is not ``"none"`` and the script has an
+    entry left, the entry is consumed: if its ``name`` is one of the declared function
+    tools the response is that function call; otherwise the entry is skipped (consumed,
+    logged, recorded with ``status: "skipped"``) and the response is the usual reply.
+    Sessions without function tools never consume the script.
+    """
+
+    def __init__(self, entries: Iterable[dict] | None) -> None:
+        self._entries: list[dict] = []
+        for i, e in enumerate(entries or []):
+            if not isinstance(e, dict) or not isinstance(e.get("name"), str) or not e["name"]:
+                raise ValueError(f"tool_calls[{i}]: expected {{'name': str, 'arguments': dict | str}}, got {e!r}")
+            args = e.get("arguments", {})
+            if not isinstance(args, str):
+                args = json.dumps(args)
+            call_id = e.get("call_id")
+            if call_id is not None and not isinstance(call_id, str):
+                raise ValueError(f"tool_calls[{i}].call_id: expected a string")
+            self._entries.append({"name": e["name"], "arguments": args, "call_id": call_id})
+        self._next = 0
+        self._lock = threading.Lock()
+
+    @property
+    def remaining(self) -> int:
+        with self._lock:
+            return len(self._entries) - self._next
+
+    def pop(self) -> dict | None:
+        with self._lock:
+            if self._next >= len(self._entries):
+                return None
+            e = self._entries[self._next]
+            self._next += 1
+            return dict(e)
 
 
 # --------------------------------------------------------------------------------------
@@ -463,6 +513,10 @@ class ResponseStream:
     first_delay: float = 0.05
     finished: bool = False
     status: str = "in_progress"
+    # scripted function call: {"call_id", "name", "arguments"} (audio None, chunks are
+    # characters of the arguments per delta)
+    call: dict | None = None
+    args_sent: int = 0
 
     @property
     def words(self) -> list[str]:
@@ -473,6 +527,8 @@ class ResponseStream:
             return self.first_delay
         i = self.step - 1
         if i < len(self.chunks):
+            if self.call is not None:
+                return 0.02 / self.pace[i]
             dur = (self.chunks[i] / OUTPUT_RATE) if self.audio is not None else 0.05 * self.chunks[i]
             return dur / self.pace[i]
         return 0.0
@@ -488,9 +544,10 @@ class SessionCore:
 
     def __init__(self, dialect: Dialect, *, model: str = "gpt-realtime",
                  config: LocalServerConfig | None = None, now: float | None = None,
-                 max_session_s: float | None = None) -> None:
+                 max_session_s: float | None = None, tool_script: ToolScript | None = None) -> None:
         self.dialect = dialect
         self.cfg = config or LocalServerConfig()
+        self.tool_script = tool_script if tool_script is not None else ToolScript(self.cfg.tool_calls)
         self.max_session_s = max_session_s or self.cfg.max_session_s or dialect.default_max_session_s
         created = time.time() if now is None else now
         self.session_id = new_id("sess")
@@ -513,6 +570,10 @@ class SessionCore:
         self._deferred: list[tuple[float, list[dict]]] = []
         self.last_client_summary: dict | None = None
         self.truncates: list[dict] = []
+        # function calls: scripted calls started (status "called") or skipped entries
+        # (status "skipped"), and function_call_output items received, in order
+        self.function_calls: list[dict] = []
+        self.function_outputs: list[dict] = []
         self._rebuild_vad()
 
     # ---- session accessors (dialect-shaped session dict) --------------------------------
@@ -977,7 +1038,15 @@ class SessionCore:
                 missing = "call_id" if not isinstance(it.get("call_id"), str) else "output"
                 raise ProtocolError("missing_required_parameter", f"Missing required parameter: 'item.{missing}'.",
                                     f"item.{missing}")
-            item.extra = {"call_id": it["call_id"], "output": it["output"]}
+            # "If passed on a function_call_output item, the server will check that a
+            # function_call item with the same ID exists in the conversation history"
+            # (openai.types.beta.realtime.ConversationItem.call_id). The error's wording is
+            # this server's; code and param follow the other invalid_value errors.
+            call_id = it["call_id"]
+            if not any(x.type == "function_call" and x.extra.get("call_id") == call_id for x in self.items):
+                raise _invalid("item.call_id", call_id,
+                               detail=f"Tool call ID '{call_id}' not found in conversation.")
+            item.extra = {"call_id": call_id, "output": it["output"]}
         else:
             item.extra = {k: it.get(k) for k in ("call_id", "name", "arguments")}
         prev = ev.get("previous_item_id")
@@ -993,6 +1062,9 @@ class SessionCore:
                 raise _invalid("previous_item_id", prev, detail="No item with this id in the conversation.")
             prev_id = prev
             self.items.insert(self.items.index(p) + 1, item)
+        if t == "function_call_output":
+            self.function_outputs.append({"call_id": item.extra["call_id"], "output": item.extra["output"],
+                                          "item_id": item_id, "event_id": cid})
         return self._item_events(item, prev_id)
 
     def _on_truncate(self, ev: dict, cid: str | None) -> list[dict]:
@@ -1082,6 +1154,77 @@ class SessionCore:
             d["max_output_tokens"] = "inf"
         return d
 
+    def _function_tool_names(self, params: dict) -> list[str]:
+        """Names of the function tools in effect for a response ([] if tool_choice is none)."""
+        tools = params.get("tools") if isinstance(params.get("tools"), list) else self.session.get("tools")
+        choice = params.get("tool_choice", self.session.get("tool_choice", "auto"))
+        if choice == "none" or not isinstance(tools, list):
+            return []
+        return [t["name"] for t in tools if isinstance(t, dict) and t.get("type", "function") == "function"
+                and isinstance(t.get("name"), str)]
+
+    def _scripted_call(self, params: dict, turn: Item | None) -> dict | None:
+        """The script entry this response calls, if any (see ``ToolScript``)."""
+        if turn is None or turn.answered or not (turn.type == "message" and turn.role == "user"):
+            return None
+        names = self._function_tool_names(params)
+        if not names:
+            return None
+        entry = self.tool_script.pop()
+        if entry is None:
+            return None
+        if entry["name"] not in names:
+            log.warning("tool_calls: %r is not a declared function tool (%s): entry skipped",
+                        entry["name"], ", ".join(names))
+            self.function_calls.append({**entry, "status": "skipped", "response_id": None, "item_id": None})
+            return None
+        entry["call_id"] = entry["call_id"] or new_id("call")
+        return entry
+
+    @staticmethod
+    def _spoken_output(output: str, max_words: int = 12) -> str:
+        words = str(output).split()
+        text = " ".join(words[:max_words])
+        return text if text.strip() else "Done."
+
+    def _speak(self, text: str) -> np.ndarray:
+        """``text`` spoken by espeak-ng at 24 kHz (a tone if espeak-ng is unavailable)."""
+        try:
+            import soxr
+
+            from voxbox.speech import SAMPLE_RATE, render_speech
+            x = render_speech(text)
+            y = soxr.resample(x.astype(np.float32), SAMPLE_RATE, OUTPUT_RATE, quality="HQ")
+            return np.clip(np.round(y), -32768, 32767).astype(np.int16)
+        except Exception as e:  # noqa: BLE001 - a missing espeak-ng must not kill the session
+            log.warning("could not render speech for %r: %s", text, e)
+            t = np.arange(int(OUTPUT_RATE * 0.6)) / OUTPUT_RATE
+            return (3000 * np.sin(2 * np.pi * 660 * t) * np.hanning(len(t))).astype(np.int16)
+
+    def _start_call(self, params: dict, call: dict, modalities: list[str], in_conversation: bool,
+                    turn: Item) -> list[dict]:
+        args = call["arguments"]
+        chunks: list[int] = []
+        left = len(args)
+        while left > 0:
+            n = min(self.rng.randint(4, 16), left)
+            chunks.append(n)
+            left -= n
+        if not chunks:
+            chunks = [0]                     # one (empty) delta for "" arguments
+        pace = [self.rng.uniform(self.cfg.pace_min, self.cfg.pace_max) for _ in chunks]
+        turn.answered = True
+        input_ms = (len(turn.samples) * 1000 / turn.rate) if turn.samples is not None else 0.0
+        r = ResponseStream(id=new_id("resp"), item_id=new_id("item"), audio=None, transcript="",
+                           chunks=chunks, pace=pace, metadata=params.get("metadata"),
+                           in_conversation=in_conversation, modalities=modalities,
+                           voice=copy.deepcopy(self.voice), input_item_ms=input_ms,
+                           first_delay=self.cfg.response_latency_s,
+                           call={"call_id": call["call_id"], "name": call["name"], "arguments": args})
+        self.active = r
+        self.function_calls.append({**r.call, "status": "called", "response_id": r.id, "item_id": r.item_id})
+        return [self._ev("response.created", response=self._response_obj(r, "in_progress", [], None, None))]
+
     def _start_response(self, params: dict, cid: str | None) -> list[dict]:
         mkey = "output_modalities" if self.dialect.ga_names else "modalities"
         modalities = list(params.get(mkey) or self.modalities)
@@ -1089,6 +1232,15 @@ class SessionCore:
         if self.dialect.ga_names:
             modalities = ["audio"] if with_audio else ["text"]   # GA: audio implies its transcript
         in_conversation = params.get("conversation", "auto") != "none"
+        # the turn being answered: the newest user message or function_call_output
+        turn = None
+        for it in reversed(self.items):
+            if (it.type == "message" and it.role == "user") or it.type == "function_call_output":
+                turn = it
+                break
+        call = self._scripted_call(params, turn)
+        if call is not None and turn is not None:
+            return self._start_call(params, call, modalities, in_conversation, turn)
         # the parrot source: the newest user message in the conversation
         source = None
         for it in reversed(self.items):
@@ -1096,7 +1248,12 @@ class SessionCore:
                 source = it
                 break
         audio: np.ndarray | None = None
-        if source is not None and source.samples is not None and len(source.samples):
+        if turn is not None and turn.type == "function_call_output":
+            # the answer to a tool result: speak (the start of) the output
+            transcript = self._spoken_output(turn.extra.get("output", ""))
+            audio = self._speak(transcript) if with_audio else None
+            source = turn
+        elif source is not None and source.samples is not None and len(source.samples):
             dur = len(source.samples) / source.rate
             transcript = f"You said: ({dur:.1f} s of audio)"
             audio = source.samples
@@ -1156,7 +1313,7 @@ class SessionCore:
     def _usage(self, r: ResponseStream) -> dict:
         in_audio = int(r.input_item_ms / 100)           # ~10 tokens/s of input audio
         out_audio = int(r.samples_sent * 20 / OUTPUT_RATE)  # ~20 tokens/s of output audio
-        out_text = r.words_sent
+        out_text = r.words_sent + (r.args_sent + 3) // 4     # ~4 characters per token of arguments
         in_text = 120
         return {"total_tokens": in_audio + in_text + out_audio + out_text,
                 "input_tokens": in_audio + in_text, "output_tokens": out_audio + out_text,
@@ -1171,6 +1328,8 @@ class SessionCore:
         r = self.active
         if r is None or r.finished:
             return []
+        if r.call is not None:
+            return self._step_call(r)
         out: list[dict] = []
         base = {"response_id": r.id, "item_id": r.item_id, "output_index": 0, "content_index": 0}
         if not r.item_started:
@@ -1224,6 +1383,68 @@ class SessionCore:
             return out
         return out + self._finish(r, "completed", None)
 
+    def _call_item(self, r: ResponseStream, status: str, arguments: str) -> dict:
+        """The function_call item (same shape in all dialects)."""
+        assert r.call is not None
+        return {"id": r.item_id, "object": "realtime.item", "type": "function_call", "status": status,
+                "call_id": r.call["call_id"], "name": r.call["name"], "arguments": arguments}
+
+    def _step_call(self, r: ResponseStream) -> list[dict]:
+        """Scripted function call: output_item.added, conversation item, argument deltas."""
+        assert r.call is not None
+        out: list[dict] = []
+        if not r.item_started:
+            r.item_started = True
+            if r.in_conversation:
+                prev = self.items[-1].id if self.items else None
+                self.items.append(Item(id=r.item_id, type="function_call", status="in_progress",
+                                       extra={"call_id": r.call["call_id"], "name": r.call["name"],
+                                              "arguments": ""}))
+            out.append(self._ev("response.output_item.added", response_id=r.id, output_index=0,
+                                item=self._call_item(r, "in_progress", "")))
+            if r.in_conversation:
+                name = "conversation.item.added" if self.dialect.ga_names else "conversation.item.created"
+                out.append(self._ev(name, previous_item_id=prev, item=self._call_item(r, "in_progress", "")))
+            r.step = 1
+            # fall through: the first delta goes with the item events
+        i = r.step - 1
+        if i < len(r.chunks):
+            args = r.call["arguments"]
+            piece = args[r.args_sent:r.args_sent + r.chunks[i]]
+            out.append(self._ev("response.function_call_arguments.delta", response_id=r.id, item_id=r.item_id,
+                                output_index=0, call_id=r.call["call_id"], delta=piece))
+            r.args_sent += len(piece)
+            it = self._find(r.item_id)
+            if it is not None:
+                it.extra["arguments"] = args[:r.args_sent]
+            r.step += 1
+            return out
+        return out + self._finish(r, "completed", None)
+
+    def _finish_call(self, r: ResponseStream, status: str) -> tuple[list[dict], list[dict]]:
+        """Done events of a function call item: (events, response output)."""
+        assert r.call is not None
+        if not r.item_started:
+            return [], []
+        args = r.call["arguments"] if status == "completed" else r.call["arguments"][:r.args_sent]
+        item_status = "completed" if status == "completed" else "incomplete"
+        # GA and Voice Live carry the name; the beta event has no name field
+        # (openai.types.beta.realtime.ResponseFunctionCallArgumentsDoneEvent).
+        extra = {"name": r.call["name"]} if (self.dialect.ga_names or self.dialect.voice_live) else {}
+        out = [self._ev("response.function_call_arguments.done", response_id=r.id, item_id=r.item_id,
+                        output_index=0, call_id=r.call["call_id"], arguments=args, **extra)]
+        final = self._call_item(r, item_status, args)
+        out.append(self._ev("response.output_item.done", response_id=r.id, output_index=0, item=final))
+        it = self._find(r.item_id)
+        if it is not None:
+            it.status = item_status
+            it.extra["arguments"] = args
+            if self.dialect.ga_names:
+                idx = self.items.index(it)
+                prev = self.items[idx - 1].id if idx > 0 else None
+                out.append(self._ev("conversation.item.done", previous_item_id=prev, item=it.wire()))
+        return out, [final]
+
     def _finish(self, r: ResponseStream, status: str, reason: str | None) -> list[dict]:
         """Close the response: done events for the started item, then response.done."""
         r.finished = True
@@ -1232,7 +1453,9 @@ class SessionCore:
         base = {"response_id": r.id, "item_id": r.item_id, "output_index": 0, "content_index": 0}
         said = " ".join(r.words[:r.words_sent]) if status != "completed" else r.transcript
         output: list[dict] = []
-        if r.item_started:
+        if r.call is not None:
+            out, output = self._finish_call(r, status)
+        elif r.item_started:
             item_status = "completed" if status == "completed" else "incomplete"
             if r.audio is not None:
                 out.append(self._ev(self._names("audio.done"), **base))
@@ -1325,6 +1548,10 @@ class ConnectionRecord:
     uplink_samples: int = 0
     truncates: list[dict] = field(default_factory=list)
     item_audio: dict[str, bytes] = field(default_factory=dict)  # reply audio sent per item (PCM16)
+    # function_call_output items accepted: {call_id, output, item_id, event_id, t (monotonic)}
+    function_outputs: list[dict] = field(default_factory=list)
+    # scripted calls: {call_id, name, arguments, status: called|skipped, response_id, item_id, t}
+    function_calls: list[dict] = field(default_factory=list)
     close_code: int | None = None       # close code the server sent; None if aborted / client closed
     closed: bool = False
     aborted: bool = False
@@ -1385,6 +1612,21 @@ class ServerRecord:
         with self._lock:
             return [dict(t, connection=c.index) for c in self._conns for t in c.truncates]
 
+    @property
+    def function_outputs(self) -> list[dict]:
+        """``function_call_output`` items the server accepted, on every connection, in order:
+        ``{call_id, output, item_id, event_id, t, connection}`` (``t``: time.monotonic())."""
+        with self._lock:
+            out = [dict(f, connection=c.index) for c in self._conns for f in c.function_outputs]
+        return sorted(out, key=lambda f: f["t"])
+
+    @property
+    def function_calls(self) -> list[dict]:
+        """Scripted function calls made (``status: "called"``) or skipped (``"skipped"``)."""
+        with self._lock:
+            out = [dict(f, connection=c.index) for c in self._conns for f in c.function_calls]
+        return sorted(out, key=lambda f: f["t"])
+
     def clear(self) -> None:
         with self._lock:
             self._conns.clear()
@@ -1416,6 +1658,8 @@ class _Connection:
         self.core: SessionCore | None = None
         self.tasks: set[asyncio.Task] = set()
         self._driven: ResponseStream | None = None
+        self._n_outputs = 0
+        self._n_calls = 0
 
     def _spawn(self, coro) -> asyncio.Task:
         t = asyncio.ensure_future(coro)
@@ -1473,6 +1717,16 @@ class _Connection:
         assert core is not None
         for delay, evs in core.take_deferred():
             asyncio.get_running_loop().call_later(delay, self.enqueue, evs)
+        if len(core.function_outputs) > self._n_outputs or len(core.function_calls) > self._n_calls:
+            now = time.monotonic()
+            outs = [dict(f, t=now) for f in core.function_outputs[self._n_outputs:]]
+            calls = [dict(f, t=now) for f in core.function_calls[self._n_calls:]]
+            self._n_outputs, self._n_calls = len(core.function_outputs), len(core.function_calls)
+
+            def upd() -> None:
+                self.rec.function_outputs.extend(outs)
+                self.rec.function_calls.extend(calls)
+            self.record._update(upd)
         if core.active is not None and core.active is not self._driven:
             self._driven = core.active
             self._spawn(self._drive(core.active))
@@ -1490,7 +1744,7 @@ class _Connection:
             return
         assert d.dialect is not None
         cfg = self.server.config
-        self.core = core = SessionCore(d.dialect, model=d.model, config=cfg)
+        self.core = core = SessionCore(d.dialect, model=d.model, config=cfg, tool_script=self.server.tool_script)
         self.record._update(lambda: setattr(self.rec, "session_id", core.session_id))
         self.enqueue(core.open_events())
         self._spawn(self._expiry(core.max_session_s))
@@ -1538,6 +1792,7 @@ class LocalRealtimeServer:
 
     def __init__(self, config: LocalServerConfig | None = None, **overrides: Any) -> None:
         self.config = replace(config or LocalServerConfig(), **overrides)
+        self.tool_script = ToolScript(self.config.tool_calls)
         self.record = ServerRecord()
         self.host = "127.0.0.1"
         self.port: int | None = None
