@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from voxbox.frontend import CaptureFrontEnd, FrontEndSettings
+from voxbox.res import ResSettings
 
 SR = 16000  # Hz
 BLOCK = 160  # samples (10 ms, the capture period)
@@ -56,6 +57,7 @@ def test_settings_defaults_and_frozen() -> None:
     s = FrontEndSettings()
     assert (s.frame_size, s.filter_ms, s.noise_suppress_db, s.echo_suppress_db) == (256, 200, -25, -60)
     assert (s.echo_suppress_active_db, s.agc, s.sample_rate) == (-30, False, 16000)
+    assert (s.residual_echo, s.highpass_hz, s.res) == (True, 0, ResSettings())
     assert s.filter_length == 3200
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.frame_size = 160  # type: ignore[misc]
@@ -64,7 +66,9 @@ def test_settings_defaults_and_frozen() -> None:
 @pytest.mark.parametrize(
     "field, value",
     [("frame_size", 0), ("filter_ms", -5), ("sample_rate", 0), ("noise_suppress_db", 5),
-     ("echo_suppress_db", 1), ("echo_suppress_active_db", 3), ("frame_size", 256.0), ("agc", 1)],
+     ("echo_suppress_db", 1), ("echo_suppress_active_db", 3), ("frame_size", 256.0), ("agc", 1),
+     ("residual_echo", 1), ("res", {"floor_db": -40}), ("highpass_hz", -1), ("highpass_hz", 8000),
+     ("highpass_hz", 80.0)],
 )
 def test_settings_validation_names_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
@@ -88,10 +92,22 @@ def test_latency_is_fixed_and_reported() -> None:
     mic = (speechlike(SR * 4, seed=40) * 8000).astype(np.int16)  # near end only
     ref = np.zeros_like(mic)
     with CaptureFrontEnd() as fe:
-        assert fe.latency_samples == 2 * 256 - 1
+        # re-framing + preprocessor + residual echo suppressor
+        assert fe.latency_samples == 3 * 256 - 1
         out = stream(fe, mic, ref)
     assert not out[: fe.reframe_latency_samples].any()  # primed zeros
     assert best_lag(out, mic) == fe.latency_samples
+
+
+@pytest.mark.parametrize("kw, latency", [({"residual_echo": False}, 2 * 256 - 1),
+                                         ({"residual_echo": False, "highpass_hz": 100}, 2 * 256 - 1),
+                                         ({"highpass_hz": 100}, 3 * 256 - 1)])
+def test_latency_with_stages_switched(kw: dict, latency: int) -> None:
+    mic = (speechlike(SR * 3, seed=41) * 8000).astype(np.int16)
+    with CaptureFrontEnd(FrontEndSettings(**kw)) as fe:
+        assert fe.latency_samples == latency
+        out = stream(fe, mic, np.zeros_like(mic))
+    assert best_lag(out, mic) == latency
 
 
 def test_bit_identical_repeated_runs_and_reset() -> None:
@@ -113,6 +129,37 @@ def test_output_independent_of_block_size() -> None:
         whole = c.process(mic, ref)
     assert np.array_equal(blocks, odd)
     assert np.array_equal(blocks, whole)
+
+
+@pytest.mark.parametrize("kw", [{"highpass_hz": 100}, {"residual_echo": False}, {"agc": True, "highpass_hz": 80}])
+def test_output_independent_of_block_size_all_stages(kw: dict) -> None:
+    mic, ref, _ = echo_scene(4, seed=61, near_from_s=2.0)
+    s = FrontEndSettings(**kw)
+    with CaptureFrontEnd(s) as a, CaptureFrontEnd(s) as b:
+        blocks = stream(a, mic, ref)
+        odd = stream(b, mic, ref, blocks=(1, 7, 333, 160, 4096, 255))
+        a.reset()
+        again = a.process(mic, ref)
+    assert np.array_equal(blocks, odd)
+    assert np.array_equal(blocks, again)
+
+
+def test_residual_echo_stage_adds_suppression() -> None:
+    """A distorting loudspeaker leaves a residual the linear canceller cannot remove."""
+    n = SR * 12
+    ref = (speechlike(n, 81) * 16000).astype(np.int16)
+    u = ref / 32768.0
+    played = (np.tanh(2.0 * u) / 2.0 + 0.1 * u * u) * 32768.0
+    noise = np.random.default_rng(82).standard_normal(n) * 3
+    mic = np.clip(np.convolve(played, room_ir(83))[:n] + noise, -32768, 32767).astype(np.int16)
+    outs = {}
+    for on in (False, True):
+        with CaptureFrontEnd(FrontEndSettings(residual_echo=on)) as fe:
+            outs[on] = (stream(fe, mic, ref), fe.latency_samples)
+    s = slice(8 * SR, 12 * SR - 1024)
+    erle = {on: 10 * np.log10(power(mic[s]) / max(power(o[lat:][s]), 1e-3)) for on, (o, lat) in outs.items()}
+    print(f"ERLE without / with the residual echo suppressor: {erle[False]:.1f} / {erle[True]:.1f} dB")
+    assert erle[True] > erle[False] + 3.0
 
 
 def test_rejects_wrong_inputs() -> None:
