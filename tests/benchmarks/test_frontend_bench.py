@@ -117,7 +117,8 @@ def speex_aec_only(frame_size: int = 256, filter_ms: int = 200) -> Reframed:
 SYSTEMS: list[tuple[str, Callable[[], System]]] = [
     ("mic", Passthrough),
     ("speex AEC", speex_aec_only),
-    ("voxbox FE", lambda: CaptureFrontEnd(FrontEndSettings())),
+    ("speex FE", lambda: CaptureFrontEnd(FrontEndSettings(residual_echo=False))),  # AEC + linked preprocessor
+    ("voxbox FE", lambda: CaptureFrontEnd(FrontEndSettings())),  # + voxbox residual echo suppressor
 ]
 
 
