@@ -1,0 +1,375 @@
+"""``provisioning/install.sh`` on a fresh Debian 12 root made with ``debootstrap``.
+
+The closest thing to a fresh Raspberry Pi OS Lite that runs here: a ``debootstrap`` root of
+Debian 12 (standard variant: systemd, apt, passwd) for this machine's architecture. The
+repository is copied in and ``install.sh`` runs inside it with ``chroot``: apt packages from
+the Debian mirror, the Python packages from the package index. Then the installed unit is
+checked with ``systemd-analyze verify`` inside the root, the daemon's CLI runs as the
+``voxbox`` user, and a second run must change nothing.
+
+Slow (minutes) and needs root and the Debian mirror: skipped when it cannot run. What is
+cached between runs, under ``$VOXBOX_DEBOOTSTRAP_CACHE`` (default
+``/var/tmp/voxbox-debootstrap-cache``): the base root as a tarball, the .deb files (apt's
+archive directory, bind-mounted into the root) and pip's cache (bind-mounted likewise).
+Delete the directory to start from nothing. ``VOXBOX_KEEP_ROOT=1`` keeps the root after the
+test for a look around (its path is printed).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import stat
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SUITE = "bookworm"
+MIRROR = os.environ.get("VOXBOX_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+CACHE = Path(os.environ.get("VOXBOX_DEBOOTSTRAP_CACHE", "/var/tmp/voxbox-debootstrap-cache"))
+SRC_IN_ROOT = "/usr/src/voxbox"  # where the checkout sits inside the root
+PREFIX = "/opt/voxbox"
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _host_arch() -> str | None:
+    try:
+        return subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _why_not() -> str | None:
+    """Why this test cannot run here, or None."""
+    if not os.path.exists("/etc/debian_version"):
+        return "needs a Debian host (debootstrap, dpkg)"
+    if os.geteuid() != 0:
+        return "needs root (debootstrap, chroot, mount)"
+    if _host_arch() not in ("amd64", "arm64", "armhf", "i386"):
+        return f"unsupported host architecture {_host_arch()}"
+    for tool in ("chroot", "mount", "umount", "tar"):
+        if shutil.which(tool) is None:
+            return f"{tool} not found"
+    try:
+        urllib.request.urlopen(f"{MIRROR}/dists/{SUITE}/Release", timeout=15).close()
+    except OSError as exc:
+        return f"Debian mirror {MIRROR} not reachable: {exc}"
+    if shutil.which("debootstrap") is None:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-qq", "debootstrap"]
+        res = subprocess.run(install, capture_output=True, text=True, env=env)
+        if res.returncode != 0:  # no package lists yet on a fresh machine
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env)
+            res = subprocess.run(install, capture_output=True, text=True, env=env)
+        if res.returncode != 0 or shutil.which("debootstrap") is None:
+            return f"debootstrap missing and could not be installed: {res.stderr.strip()[-300:]}"
+    return None
+
+
+def _log(msg: str) -> None:
+    print(f"[test_install] {msg}", flush=True)
+
+
+def _base_tarball() -> Path:
+    """The debootstrap'd base root as a tarball, built once and cached."""
+    arch = _host_arch()
+    tarball = CACHE / f"{SUITE}-{arch}-base.tar"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if tarball.exists():
+            return tarball
+        debs = CACHE / "debs"
+        debs.mkdir(exist_ok=True)
+        build = CACHE / f"build-{os.getpid()}"
+        shutil.rmtree(build, ignore_errors=True)
+        t0 = time.monotonic()
+        _log(f"debootstrap {SUITE} ({arch}) from {MIRROR} into {build}")
+        res = subprocess.run(["debootstrap", f"--arch={arch}", f"--cache-dir={debs}", SUITE,
+                              str(build), MIRROR], capture_output=True, text=True)
+        if res.returncode != 0:
+            log = build / "debootstrap" / "debootstrap.log"
+            detail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            shutil.rmtree(build, ignore_errors=True)
+            raise AssertionError(f"debootstrap failed: {res.stderr[-2000:]}\n{detail}")
+        subprocess.run(["chroot", str(build), "apt-get", "clean"], check=True)
+        tmp = tarball.with_suffix(".tar.part")
+        subprocess.run(["tar", "-C", str(build), "--numeric-owner", "-cf", str(tmp), "."], check=True)
+        tmp.rename(tarball)
+        shutil.rmtree(build)
+        _log(f"base root built and cached in {time.monotonic() - t0:.0f} s: {tarball}")
+        return tarball
+
+
+def _mounts_under(root: Path) -> list[str]:
+    prefix = str(root.resolve())
+    out = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        target = line.split()[1].replace("\\040", " ")
+        if target == prefix or target.startswith(prefix + "/"):
+            out.append(target)
+    return out
+
+
+def _repo_files() -> list[str]:
+    """The files of the checkout: tracked ones and new ones not ignored."""
+    res = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others",
+                          "--exclude-standard"], capture_output=True, check=True)
+    return [f for f in res.stdout.decode().split("\0") if f and (REPO / f).is_file()]
+
+
+class Root:
+    """A Debian root unpacked from the cached tarball, with /proc, /sys, /dev and the caches
+    mounted; ``run`` runs a command in it with chroot."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.mounts: list[Path] = []
+
+    def mount(self, *args: str, target: str) -> None:
+        t = self.path / target.lstrip("/")
+        t.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", *args, str(t)], check=True)
+        self.mounts.append(t)
+
+    def setup(self, tarball: Path) -> None:
+        self.path.mkdir(parents=True)
+        subprocess.run(["tar", "-C", str(self.path), "--numeric-owner", "-xf", str(tarball)], check=True)
+        shutil.copy2("/etc/resolv.conf", self.path / "etc/resolv.conf", follow_symlinks=True)
+        # pip inside the root trusts what pip on the host trusts (a site CA on some networks)
+        host_ca = os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt"
+        if os.path.isfile(host_ca):
+            (self.path / "etc/ssl").mkdir(exist_ok=True)
+            shutil.copy2(host_ca, self.path / "etc/ssl/host-ca-bundle.crt")
+            (self.path / "etc/pip.conf").write_text("[global]\ncert = /etc/ssl/host-ca-bundle.crt\n")
+        # no daemon starts from package scripts inside the root
+        policy = self.path / "usr/sbin/policy-rc.d"
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+        self.mount("-t", "proc", "proc", target="/proc")
+        self.mount("-t", "sysfs", "sysfs", target="/sys")
+        self.mount("--bind", "/dev", target="/dev")
+        self.mount("--bind", "/dev/pts", target="/dev/pts")
+        for sub, target in (("apt-archives", "/var/cache/apt/archives"), ("pip", "/root/.cache/pip")):
+            (CACHE / sub).mkdir(parents=True, exist_ok=True)
+            self.mount("--bind", str(CACHE / sub), target=target)
+        dst = self.path / SRC_IN_ROOT.lstrip("/")
+        for rel in _repo_files():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dst / rel)
+
+    def teardown(self) -> None:
+        for m in reversed(self.mounts):
+            if subprocess.run(["umount", str(m)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(m)], capture_output=True)
+        self.mounts.clear()
+        left = _mounts_under(self.path)
+        if left:  # never delete through a bind mount (the host's /dev, the caches)
+            raise AssertionError(f"still mounted under {self.path}, not removed: {left}")
+        if os.environ.get("VOXBOX_KEEP_ROOT"):
+            _log(f"root kept at {self.path}")
+            return
+        shutil.rmtree(self.path)
+
+    def run(self, *cmd: str, user: str | None = None, timeout: float = 1800,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        base = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "HOME": "/root", "LANG": "C.UTF-8", "TERM": "dumb"}
+        if user:
+            base["HOME"] = "/tmp"
+        argv = ["chroot", *([f"--userspec={user}:{user}"] if user else []), str(self.path), *cmd]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              env={**base, **(env or {})}, cwd="/")
+
+    def install(self, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+        t0 = time.monotonic()
+        res = self.run(f"{SRC_IN_ROOT}/provisioning/install.sh", *args)
+        return res, time.monotonic() - t0
+
+    def p(self, path: str) -> Path:
+        return self.path / path.lstrip("/")
+
+    def manifest(self, *dirs: str) -> dict[str, tuple]:
+        """path -> (mode, uid, gid, size, mtime_ns, link target) for every entry under dirs."""
+        out: dict[str, tuple] = {}
+        for d in dirs:
+            top = self.p(d)
+            for dirpath, dirnames, filenames in os.walk(top):
+                for name in [*dirnames, *filenames]:
+                    full = Path(dirpath, name)
+                    st = full.lstat()
+                    link = os.readlink(full) if stat.S_ISLNK(st.st_mode) else None
+                    size = st.st_size if not stat.S_ISDIR(st.st_mode) else 0
+                    out[str(full.relative_to(self.path))] = (st.st_mode, st.st_uid, st.st_gid, size,
+                                                             st.st_mtime_ns, link)
+        return out
+
+
+# --------------------------------------------------------------------------- fixture
+
+WATCHED = ("/opt/voxbox", "/etc", "/var/lib/voxbox")
+
+
+@pytest.fixture(scope="module")
+def unit():
+    """A fresh root; install.sh --dry-run, then install.sh twice. Yields the root and results."""
+    why = _why_not()
+    if why:
+        pytest.skip(why)
+    t0 = time.monotonic()
+    tarball = _base_tarball()
+    t_base = time.monotonic() - t0
+    root = Root(CACHE / f"root-{os.getpid()}")
+    if root.path.exists():
+        shutil.rmtree(root.path)
+    try:
+        root.setup(tarball)
+        before = root.manifest("/etc")
+        dry, t_dry = root.install("--dry-run")
+        after_dry = root.manifest("/etc")
+        first, t_first = root.install()
+        _log(f"first install.sh run: {t_first:.0f} s (rc {first.returncode})")
+        if first.returncode != 0:
+            pytest.fail(f"install.sh failed ({first.returncode}):\n{first.stdout[-3000:]}\n"
+                        f"{first.stderr[-6000:]}")
+        m1 = root.manifest(*WATCHED)
+        second, t_second = root.install()
+        _log(f"second install.sh run: {t_second:.0f} s (rc {second.returncode})")
+        m2 = root.manifest(*WATCHED)
+        _log(f"base root {t_base:.0f} s, dry run {t_dry:.0f} s, first run {t_first:.0f} s, "
+             f"second run {t_second:.0f} s")
+        yield {"root": root, "dry": dry, "etc_before": before, "etc_after_dry": after_dry,
+               "first": first, "second": second, "m1": m1, "m2": m2,
+               "t_first": t_first, "t_second": t_second}
+    finally:
+        root.teardown()
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_dry_run_changes_nothing(unit):
+    dry = unit["dry"]
+    assert dry.returncode == 0, dry.stderr
+    assert "would: install apt packages" in dry.stderr
+    assert "would: create system user voxbox" in dry.stderr
+    assert "would: enable voxbox.service" in dry.stderr
+    assert unit["etc_before"] == unit["etc_after_dry"]
+
+
+def test_first_run_installs(unit):
+    out = unit["first"].stderr
+    assert "change: install apt packages" in out
+    assert "change: create system group gpio" in out  # Debian has none; Raspberry Pi OS has
+    assert "done:" in out and "change(s) made" in out
+
+
+def test_user_in_audio_and_gpio(unit):
+    root = unit["root"]
+    entry = root.run("getent", "passwd", "voxbox").stdout.strip().split(":")
+    assert entry[5] == "/var/lib/voxbox" and entry[6] == "/usr/sbin/nologin", entry
+    assert int(entry[2]) < 1000  # a system user
+    groups = root.run("id", "-nG", "voxbox").stdout.split()
+    assert {"voxbox", "audio", "gpio"} <= set(groups), groups
+    st = root.p("/var/lib/voxbox").stat()
+    assert stat.S_IMODE(st.st_mode) == 0o755 and st.st_uid == int(entry[2])
+
+
+def test_cli_runs_as_the_service_user(unit):
+    root = unit["root"]
+    res = root.run(f"{PREFIX}/venv/bin/voxbox", "--help", user="voxbox")
+    assert res.returncode == 0 and "check-config" in res.stdout, res.stderr
+    # the installed example configuration parses; what stops it is the missing API key
+    res = root.run(f"{PREFIX}/venv/bin/voxbox", "check-config", user="voxbox")
+    assert res.returncode == 78, (res.stdout, res.stderr)
+    assert "no Realtime API key" in res.stderr, res.stderr
+    # with the in-process server and ALSA's null device everything checks out:
+    # pyalsaaudio was built and loads, the wake model resolves
+    cfg = root.p("/tmp/local.toml")
+    cfg.write_text('[realtime]\nurl = "local"\n\n[audio]\ncapture_device = "null"\n'
+                   'playback_device = "null"\n')
+    cfg.chmod(0o644)
+    res = root.run(f"{PREFIX}/venv/bin/voxbox", "check-config", "--config", "/tmp/local.toml",
+                   user="voxbox")
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    assert "OK" in res.stdout
+
+
+def test_wake_models_resolve_and_load(unit):
+    root = unit["root"]
+    code = ("from voxbox.wake import find_model, WakeWordDetector; import numpy as np; "
+            "p = find_model('hey_jarvis'); d = WakeWordDetector('hey_jarvis'); "
+            "d.process(np.zeros(1280, dtype=np.int16), 0.0); print(p)")
+    res = root.run(f"{PREFIX}/venv/bin/python", "-c", code, user="voxbox")
+    assert res.returncode == 0, res.stderr
+    path = res.stdout.strip().splitlines()[-1]
+    assert path.startswith(f"{PREFIX}/venv/") and path.endswith("hey_jarvis_v0.1.tflite"), path
+    assert "wake-word model hey_jarvis loads" in unit["first"].stderr
+
+
+def test_units_installed_enabled_and_verify(unit):
+    root = unit["root"]
+    for name, src in (("voxbox.service", REPO / "systemd/voxbox.service"),
+                      ("voxbox-firstboot.service", REPO / "provisioning/voxbox-firstboot.service")):
+        installed = root.p(f"/etc/systemd/system/{name}")
+        assert installed.read_text() == src.read_text()  # default prefix: installed as it is
+        st = installed.stat()
+        assert stat.S_IMODE(st.st_mode) == 0o644 and st.st_uid == 0
+        link = root.p(f"/etc/systemd/system/multi-user.target.wants/{name}")
+        assert link.is_symlink() and os.readlink(link) == f"/etc/systemd/system/{name}"
+        res = root.run("systemctl", "is-enabled", name)
+        assert res.stdout.strip() == "enabled", (res.stdout, res.stderr)
+        res = root.run("systemd-analyze", "verify", f"/etc/systemd/system/{name}")
+        assert res.returncode == 0, res.stderr
+    assert "ExecStart=/opt/voxbox/venv/bin/voxbox run" in root.p(
+        "/etc/systemd/system/voxbox.service").read_text()
+    assert os.access(root.p(f"{PREFIX}/venv/bin/voxbox"), os.X_OK)
+
+
+def test_config_mode_and_owner(unit):
+    root = unit["root"]
+    gid = int(root.run("getent", "group", "voxbox").stdout.split(":")[2])
+    etc = root.p("/etc/voxbox").stat()
+    assert (stat.S_IMODE(etc.st_mode), etc.st_uid, etc.st_gid) == (0o755, 0, 0)
+    cfg = root.p("/etc/voxbox/config.toml")
+    st = cfg.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o644, 0, gid)
+    assert cfg.read_text() == (REPO / "provisioning/config.example.toml").read_text()
+    cred = root.p("/etc/voxbox/credentials").stat()
+    assert (stat.S_IMODE(cred.st_mode), cred.st_uid, cred.st_gid) == (0o700, 0, 0)
+    # the venv is root's, readable by the service user, not writable by it
+    venv = root.p(f"{PREFIX}/venv").stat()
+    assert venv.st_uid == 0 and stat.S_IMODE(venv.st_mode) == 0o755
+
+
+def test_second_run_changes_nothing(unit):
+    second = unit["second"]
+    assert second.returncode == 0, second.stderr
+    assert "nothing to do: already installed, nothing changed" in second.stderr, second.stderr
+    assert "change:" not in second.stderr
+    m1, m2 = unit["m1"], unit["m2"]
+    diff = sorted(k for k in m1.keys() | m2.keys() if m1.get(k) != m2.get(k))
+    assert diff == [], diff[:20]
+    print(f"first run {unit['t_first']:.0f} s, second run {unit['t_second']:.0f} s")
+
+
+def test_existing_config_is_kept_and_offline_rerun(unit):
+    """Last (changes the root): an edited config survives a re-run without apt and index."""
+    root = unit["root"]
+    cfg = root.p("/etc/voxbox/config.toml")
+    edited = cfg.read_text().replace('voice = "marin"', 'voice = "cedar"')
+    cfg.write_text(edited)
+    res, _ = root.install("--no-apt", "--offline", "--no-model-check")
+    assert res.returncode == 0, res.stderr
+    assert "config.toml exists (kept as it is)" in res.stderr
+    assert "nothing to do" in res.stderr
+    assert cfg.read_text() == edited
