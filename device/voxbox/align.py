@@ -708,3 +708,73 @@ class DriftCompensator:
         if block.dtype == np.int16:
             return np.clip(np.round(y), -32768, 32767).astype(np.int16)
         return y.astype(block.dtype, copy=False)
+
+
+class ReferenceAligner:
+    """Decides, from :class:`EchoDelayTracker` estimates, when to move the reference delay
+    line and retune the :class:`DriftCompensator` (a pure policy: numbers in, decisions out).
+
+    The echo canceller needs the reference to lead the echo by a small, stable amount:
+    never lag (then no canceller works), and not lead by much of its filter (each ms of
+    lead is a ms of echo tail it cannot cover). The tracker measures the lead the canceller
+    actually gets (``delay_ms`` > 0: the echo lags the reference). When ``confirm``
+    estimates in a row are more than ``tolerance_ms`` away from ``lead_ms``, the delay
+    line moves by the median error, in whole samples, within ``[0, max_delay_ms]``.
+
+    Args:
+        sample_rate: Hz.
+        lead_ms: wanted lead of the reference over the echo, ms (> 0).
+        tolerance_ms: dead band around ``lead_ms``, ms.
+        confirm: consecutive out-of-band estimates before a move.
+        max_delay_ms: upper bound of the delay line, ms.
+        drift_min_ppm: smallest drift worth compensating, ppm.
+
+    Raises:
+        ValueError: a bad argument (named).
+    """
+
+    def __init__(self, sample_rate: int = 16000, lead_ms: float = 10.0, tolerance_ms: float = 3.0,
+                 confirm: int = 2, max_delay_ms: float = 500.0, drift_min_ppm: float = 2.0) -> None:
+        self.sample_rate = int(_positive("sample_rate", sample_rate))
+        self.lead_ms = _positive("lead_ms", lead_ms)
+        self.tolerance_ms = _positive("tolerance_ms", tolerance_ms)
+        if isinstance(confirm, bool) or not isinstance(confirm, int) or confirm < 1:
+            raise ValueError(f"confirm: must be an int >= 1, got {confirm!r}")
+        self.confirm = confirm
+        self.max_delay = int(round(_positive("max_delay_ms", max_delay_ms) * self.sample_rate / 1000))
+        self.drift_min_ppm = _positive("drift_min_ppm", drift_min_ppm)
+        self._errors: list[float] = []
+        self.moves = 0
+
+    def on_delay(self, delay_ms: float, line_samples: int) -> int | None:
+        """A new echo-delay estimate (ms, as the canceller sees it) with the delay line at
+        ``line_samples``. Returns the new delay-line length (samples), or None to keep it."""
+        if not math.isfinite(delay_ms):
+            return None
+        err = delay_ms - self.lead_ms
+        if abs(err) <= self.tolerance_ms:
+            self._errors.clear()
+            return None
+        if self._errors and (self._errors[-1] > 0) != (err > 0):
+            self._errors.clear()
+        self._errors.append(err)
+        if len(self._errors) < self.confirm:
+            return None
+        move = float(np.median(self._errors))
+        self._errors.clear()
+        new = int(min(self.max_delay, max(0, line_samples + round(move * self.sample_rate / 1000))))
+        if new == line_samples:
+            return None
+        self.moves += 1
+        return new
+
+    def on_drift(self, drift_ppm: float, stderr_ppm: float, current_ppm: float) -> float | None:
+        """A drift estimate (residual, ppm) with the compensator at ``current_ppm``. Returns
+        the compensator's new ppm, or None. Estimates within ``drift_min_ppm`` or within
+        3 standard errors of zero are ignored; the result stays within +-``DriftCompensator.MAX_PPM``."""
+        if not (math.isfinite(drift_ppm) and math.isfinite(stderr_ppm)):
+            return None
+        if abs(drift_ppm) <= max(self.drift_min_ppm, 3 * stderr_ppm):
+            return None
+        lim = DriftCompensator.MAX_PPM
+        return float(min(lim, max(-lim, current_ppm + drift_ppm)))

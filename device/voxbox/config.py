@@ -115,10 +115,21 @@ class FrontEnd(_Section):
     echo_suppress_db: Annotated[int, Field(ge=-90, le=0)] = -60
     echo_suppress_active_db: Annotated[int, Field(ge=-90, le=0)] = -30
     agc: bool = False
+    #: Voxbox's residual echo suppressor after the Speex preprocessor (voxbox.res)
+    residual_echo: bool = True
+    #: high-pass filter on the microphone before the canceller, Hz (0 = off)
+    highpass_hz: Annotated[int, Field(ge=0, le=1000)] = 0
     reference_delay_ms: Annotated[int, Field(ge=0, le=500)] = 0
     """Extra delay (ms) applied to the far-end reference before the echo canceller, for
     playback paths that buffer more than ALSA reports (the reference must never arrive
     after its echo, and should lead it by as little as possible)."""
+    #: measure the echo delay from normal playback (no chirp) and move the reference
+    #: delay line so the reference leads the echo by reference_lead_ms
+    track_echo_delay: bool = True
+    reference_lead_ms: Annotated[float, Field(gt=0, le=100)] = 10.0
+    #: resample the reference to the microphone's clock when the tracker measures drift
+    #: (capture and playback on different sound cards)
+    drift_compensation: bool = True
     #: seconds of microphone, reference and output kept in memory (0 = off); SIGUSR1
     #: writes them as WAV files under ``$STATE_DIRECTORY/recordings`` for ``voxbox dsp``
     record_s: Annotated[int, Field(ge=0, le=600)] = 0

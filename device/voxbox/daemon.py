@@ -49,6 +49,14 @@ log = logging.getLogger("voxbox.daemon")
 UPLINK_BLOCK_MS = 40
 """Uplink audio is sent in blocks of this many ms (one ``input_audio_buffer.append`` each)."""
 
+MIN_REF_DELAY_PERIODS = 3
+"""Shortest far-end reference delay line, in capture periods (see Daemon.__init__)."""
+
+LONG_HOLD_TALK_S = 0.5
+"""A long hold is a mute toggle unless the user spoke this long during the hold (s)."""
+VOICE_POWER = (32768 * 10 ** (-40 / 20)) ** 2
+"""Mean power of a capture period counted as voice during a hold (-40 dBFS RMS)."""
+
 _COMMIT: Any = object()  # uplink-queue marker: push-to-talk released, commit after the audio before it
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -115,13 +123,30 @@ class Daemon:
         self.muted = False  # read by the capture thread: no frame reaches wake word or uplink
         self._state_path = Path(os.environ.get("STATE_DIRECTORY", "/var/lib/voxbox").split(":")[0]) / cc.state_file
         self._ptt_samples = 0  # uplink samples streamed in the current push-to-talk hold
+        self._ptt_voiced_frames = 0  # capture periods above VOICE_DBFS during the hold
         # earcons: the playback thread mixes the current cue into the reply (whole frames)
         self._earcons: dict[str, np.ndarray] = {}
         self._cue: np.ndarray | None = None
         self._cue_pos = 0
         self.jitter = JitterBuffer(a.playback_rate, self.play_period, a.jitter_prebuffer_ms)
         self.ref_ring = SampleRing(a.capture_rate)  # 1 s
-        self._ref_delay = a.capture_rate * cfg.frontend.reference_delay_ms // 1000
+        # the delay line never runs shorter than MIN_REF_DELAY_PERIODS periods: the two audio
+        # threads wake at different times, and a shorter backlog starves the reference
+        self._ref_floor = MIN_REF_DELAY_PERIODS * self.cap_period
+        self._ref_delay = max(self._ref_floor, a.capture_rate * cfg.frontend.reference_delay_ms // 1000)
+        # reference alignment (capture thread) and drift compensation (playback thread)
+        self.delay_tracker = None
+        self.aligner = None
+        self._drift_target_ppm = 0.0  # published by the capture thread
+        self._drift_comp = None  # used by the playback thread only
+        if cfg.frontend.echo_cancel and cfg.frontend.track_echo_delay:
+            from voxbox.align import DriftCompensator, EchoDelayTracker, ReferenceAligner
+
+            self.delay_tracker = EchoDelayTracker(a.capture_rate)
+            self.aligner = ReferenceAligner(a.capture_rate, lead_ms=cfg.frontend.reference_lead_ms)
+            if cfg.frontend.drift_compensation:
+                self._drift_comp = DriftCompensator(0.0)
+        self.echo = {"delay_ms": None, "erl_db": None, "drift_ppm": 0.0}
         self.notifier = Notifier()
         self.session: RealtimeSession | None = None
         self.turn = TurnTimes()
@@ -347,6 +372,8 @@ class Daemon:
         self.ref_ring.read_into(ref, max_backlog=self._ref_delay + 2 * self.cap_period,
                                 min_backlog=max(0, self._ref_delay - 2 * self.cap_period))
         clean = self.frontend.process(frame, ref) if self.frontend is not None else frame
+        if self.delay_tracker is not None:
+            self._track_echo(ref, frame)
         if self.recorder is not None:
             self.recorder.write(frame, ref, clean)
         if self.muted:
@@ -359,6 +386,11 @@ class Daemon:
             det = wake.process(clean, t)
             if det is not None:
                 self._loop.call_soon_threadsafe(self._on_wake, det.score, det.t)
+        if self.conv.push_to_talk:
+            # int64 dot product over the whole period: no per-sample Python
+            e = int(np.dot(clean.astype(np.int64), clean))
+            if e > VOICE_POWER * clean.shape[0]:
+                self._ptt_voiced_frames += 1
         if self.uplink_open:
             if self._up_resampler is None:
                 self._up_resampler = soxr.ResampleStream(self.cfg.audio.capture_rate, PCM_RATE, 1,
@@ -375,6 +407,46 @@ class Daemon:
             self._up_resampler = None
             self._up_parts.clear()
             self._up_samples = 0
+
+    def _track_echo(self, ref: np.ndarray, mic: np.ndarray) -> None:
+        """Capture thread: feed the echo-delay tracker; move the reference delay line and
+        retune the drift compensator when the aligner says so (see voxbox.align)."""
+        tr = self.delay_tracker
+        est = tr.push(ref, mic)
+        if est is None:
+            return
+        rate = self.cfg.audio.capture_rate
+        self.echo["delay_ms"] = round(est.delay_ms, 2)
+        self.echo["erl_db"] = round(est.erl_db, 1)
+        new = self.aligner.on_delay(est.delay_ms, self._ref_delay)
+        if new is not None:
+            new = max(new, self._ref_floor)
+        if new is not None and new != self._ref_delay:
+            old = self._ref_delay
+            self._ref_delay = new
+            tr.reset()
+            self._loop.call_soon_threadsafe(self._log_alignment, est.delay_ms, old, new, est.erl_db)
+            return
+        if self._drift_comp is not None:
+            ppm = self.aligner.on_drift(tr.drift_ppm, tr.drift_stderr_ppm, self._drift_target_ppm)
+            if ppm is not None:
+                self._drift_target_ppm = ppm
+                self.echo["drift_ppm"] = round(ppm, 1)
+                tr.reset_drift()
+                self._loop.call_soon_threadsafe(self._log_drift, ppm)
+
+    def _log_alignment(self, delay_ms: float, old: int, new: int, erl_db: float) -> None:
+        rate = self.cfg.audio.capture_rate
+        log.info("echo delay %.1f ms (reference lead wanted %.1f ms): reference delay %.1f -> %.1f ms; "
+                 "echo return loss %.1f dB", delay_ms, self.cfg.frontend.reference_lead_ms,
+                 old * 1000 / rate, new * 1000 / rate, erl_db,
+                 extra={"VOXBOX_EVENT": "echo_delay", "VOXBOX_ECHO_DELAY_MS": round(delay_ms, 2),
+                        "VOXBOX_REFERENCE_DELAY_MS": round(new * 1000 / rate, 2),
+                        "VOXBOX_ERL_DB": round(erl_db, 1)})
+
+    def _log_drift(self, ppm: float) -> None:
+        log.info("clock drift between capture and playback: compensating %+.1f ppm", ppm,
+                 extra={"VOXBOX_EVENT": "clock_drift", "VOXBOX_DRIFT_PPM": round(ppm, 1)})
 
     # ------------------------------------------------------------------ playback thread
     def _playback_source(self) -> np.ndarray:
@@ -394,6 +466,11 @@ class Daemon:
 
     def _playback_written(self, frame: np.ndarray, t: float) -> None:
         ref = frame if self._ref_resampler is None else self._ref_resampler.resample_chunk(frame)
+        comp = self._drift_comp
+        if comp is not None:
+            if comp.ppm != self._drift_target_ppm:
+                comp.set_ppm(self._drift_target_ppm)
+            ref = comp.process(ref)
         self.ref_ring.write(ref)
         res = self._last_pull
         if res.item_id is not None and res.item_id != self._playing_item:
@@ -443,7 +520,13 @@ class Daemon:
             elif g is Gesture.HOLD_END:
                 self._apply(self.conv.ptt_end(now))
             elif g is Gesture.LONG_HOLD:
-                self._apply(self.conv.toggle_mute(now))
+                voiced_s = self._ptt_voiced_frames * self.cfg.audio.period_ms / 1000
+                if self.conv.push_to_talk and voiced_s >= LONG_HOLD_TALK_S:
+                    # a long push-to-talk question, not a mute request
+                    log.info("long hold while talking (%.1f s of voice): push-to-talk continues", voiced_s,
+                             extra={"VOXBOX_EVENT": "gesture", "VOXBOX_GESTURE": "long_hold_ignored"})
+                else:
+                    self._apply(self.conv.toggle_mute(now))
             if self.conv.turn != turn:
                 self.turn.wake = now
 
@@ -483,6 +566,7 @@ class Daemon:
                 log.info("false interruption: reply resumed", extra={"VOXBOX_EVENT": "barge_in_resumed"})
             elif isinstance(a, StartPushToTalk):
                 self._ptt_samples = 0
+                self._ptt_voiced_frames = 0
                 if self.session is not None:
                     self.session.set_turn_detection(False)
                     self.session.clear_input()
@@ -819,6 +903,10 @@ class Daemon:
         fields.update(t.latencies_ms())
         if t.wake_score is not None:
             fields["VOXBOX_WAKE_SCORE"] = round(t.wake_score, 4)
+        if self.echo["delay_ms"] is not None:
+            fields["VOXBOX_ECHO_DELAY_MS"] = self.echo["delay_ms"]
+            fields["VOXBOX_ERL_DB"] = self.echo["erl_db"]
+            fields["VOXBOX_DRIFT_PPM"] = self.echo["drift_ppm"]
         log.info("turn %d done: %s", t.turn,
                  " ".join(f"{k[7:].lower()}={v}" for k, v in fields.items() if "MS" in k), extra=fields)
 

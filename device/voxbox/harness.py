@@ -104,6 +104,8 @@ class DaemonHarness:
             "audio": {"capture_device": FileDeviceRig.MIC, "playback_device": FileDeviceRig.SPEAKER,
                       "volume": 100},
             "gpio": {"pin_factory": "mock"},
+            # cues off by default: tests compare the speaker stream with the reply bit for bit
+            "earcons": {"wake": "off", "end": "off", "error": "off", "mute": "off", "unmute": "off"},
             # the rig's speaker pipe buffers ~85 ms that ALSA does not report
             "frontend": {"reference_delay_ms": 80},
             "log": {"format": "json", "level": "info"},
