@@ -199,3 +199,42 @@ def test_echo_delay_measured_and_reference_realigned(tmp_path):
         assert first["VOXBOX_ECHO_DELAY_MS"] > 30
         assert moves[-1]["VOXBOX_REFERENCE_DELAY_MS"] > 30
         assert 0 < lead < first["VOXBOX_ECHO_DELAY_MS"]
+
+
+def test_tool_calls_answered_and_spoken(tmp_path):
+    """The model calls set_volume, then get_time: each runs on the unit, the output goes
+    back as function_call_output, and the model's spoken answer (which the local server
+    builds from the output) plays."""
+    q = speech("Turn it down a bit please.")
+    script = [{"name": "set_volume", "arguments": {"percent": 40}},
+              {"name": "get_time", "arguments": {}}]
+    with DaemonHarness(tmp_path, echo_db=-30, server_options={"tool_calls": script}) as h:
+        h.start()
+        conn0 = h.server.record.connection(0)
+        upd = next(e for e in conn0.client_events if e["type"] == "session.update")
+        names = {t["name"] for t in upd["session"]["tools"]}
+        assert {"set_volume", "get_time", "stop_conversation", "device_status"} <= names
+        outputs = []
+        for k in range(2):
+            t0 = time.monotonic()
+            h.press()
+            h.wait_state("listening", timeout=5, after=t0)
+            h.mic.play(q)
+            call = h.wait_event("tool_call", timeout=30, after=t0)
+            assert call["VOXBOX_TOOL_ERROR"] == 0, call
+            h.wait_event("playback_end", timeout=40, after=call["mono"])
+            rec = h.server.record
+            outputs = rec.function_outputs
+            assert len(outputs) == k + 1
+        vol = json.loads(outputs[0]["output"])
+        assert vol["volume_percent"] == 40 and vol["previous_percent"] == 100, vol
+        assert json.loads((h.state_dir / "volume.json").read_text())["percent"] == 40
+        now = json.loads(outputs[1]["output"])
+        assert "spoken" in now and "iso" in now
+        # the spoken answers: one response.create per answered call, after the call's response
+        types_ = types(h)
+        assert types_.count("conversation.item.create") == 2
+        answers = [r for r in h.events("assistant_transcript")]
+        print(f"tool outputs: {outputs[0]['output']} / {outputs[1]['output'][:80]}...; "
+              f"spoken: {[a['msg'][:60] for a in answers]}")
+        assert len(answers) >= 2
