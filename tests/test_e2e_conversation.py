@@ -238,3 +238,24 @@ def test_tool_calls_answered_and_spoken(tmp_path):
         print(f"tool outputs: {outputs[0]['output']} / {outputs[1]['output'][:80]}...; "
               f"spoken: {[a['msg'][:60] for a in answers]}")
         assert len(answers) >= 2
+
+
+def test_unprovisioned_unit_waits_for_its_credential(tmp_path):
+    """No API key: the unit runs (LED unprovisioned, no connection attempt) and connects as
+    soon as the credential appears in $CREDENTIALS_DIRECTORY."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    with DaemonHarness(tmp_path / "h") as h:
+        h.start(wait_ready=False, env={"VOXBOX_API_KEY": "", "CREDENTIALS_DIRECTORY": str(creds)})
+        h.wait_state("unprovisioned", timeout=60)
+        err = h.wait_event("unprovisioned", timeout=5)
+        assert "VOXBOX_API_KEY" in err["msg"]
+        time.sleep(3)
+        assert h.server.record.connections() == []
+        assert h.led_patterns()[-1] == "unprovisioned"
+        (creds / "voxbox-api-key").write_text(h.api_key + "\n")
+        t0 = time.monotonic()
+        h.wait_state("idle", timeout=15)
+        print(f"connected {time.monotonic() - t0:.1f} s after the credential appeared")
+        assert len(h.server.record.connections()) == 1
+        assert h.api_key not in "\n".join(h.stderr_text)

@@ -27,18 +27,27 @@ def _load(path: Path) -> Config:
     return load_config(path)
 
 
-def _preflight(cfg: Config):
-    """Everything that can be checked before touching audio. Returns the API key.
+def _preflight(cfg: Config, *, allow_unprovisioned: bool = False):
+    """Everything that can be checked before touching audio. Returns the API key (an
+    empty Secret when ``allow_unprovisioned`` and there is none yet: the daemon then runs
+    in the ``unprovisioned`` state and waits for the credential).
 
     Raises:
         ConfigError / CredentialError / AudioDeviceError naming the problem.
     """
-    from voxbox.credentials import load_api_key
+    from voxbox.credentials import CredentialError, Secret, load_api_key
     from voxbox.dialects import check_features
 
+    log = logging.getLogger("voxbox")
     for warning in check_features(cfg.realtime):  # raises UnsupportedFeature naming the key
-        logging.getLogger("voxbox").warning("%s", warning, extra={"VOXBOX_EVENT": "config_warning"})
-    key = load_api_key(required=cfg.realtime.url != "local")
+        log.warning("%s", warning, extra={"VOXBOX_EVENT": "config_warning"})
+    try:
+        key = load_api_key(required=cfg.realtime.url != "local")
+    except CredentialError as exc:
+        if not allow_unprovisioned:
+            raise
+        log.error("%s; waiting for provisioning", exc, extra={"VOXBOX_EVENT": "unprovisioned"})
+        key = Secret("", "none")
     from voxbox.audio_io import open_check
 
     open_check(cfg.audio.capture_device, "capture")
@@ -62,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(fmt, cfg.log.level)
     log = logging.getLogger("voxbox")
     try:
-        key = _preflight(cfg)
+        key = _preflight(cfg, allow_unprovisioned=True)
     except Exception as exc:  # config-class problems: say what, exit before audio
         from voxbox.audio_io import AudioDeviceError
         from voxbox.credentials import CredentialError

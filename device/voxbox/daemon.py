@@ -49,6 +49,9 @@ log = logging.getLogger("voxbox.daemon")
 UPLINK_BLOCK_MS = 40
 """Uplink audio is sent in blocks of this many ms (one ``input_audio_buffer.append`` each)."""
 
+CREDENTIAL_POLL_S = 2.0
+"""How often an unprovisioned unit looks for its credential (s)."""
+
 MIN_REF_DELAY_PERIODS = 3
 """Shortest far-end reference delay line, in capture periods (see Daemon.__init__)."""
 
@@ -258,6 +261,8 @@ class Daemon:
         if self._load_muted():
             self.muted = True
             self._apply(self.conv.restore_muted(time.monotonic()))
+        if self._unprovisioned():
+            self._apply(self.conv.unprovisioned(time.monotonic(), "no Realtime API key"))
         self._show_state()
         from voxbox.audio_io import CaptureLoop, PlaybackLoop
 
@@ -692,10 +697,33 @@ class Daemon:
             return base + "/voice-live/realtime"
         return base + "/v1/realtime"
 
+    def _unprovisioned(self) -> bool:
+        return not self.api_key.value and self.cfg.realtime.url != "local"
+
+    async def _wait_for_credential(self) -> None:
+        """Unprovisioned: look for the credential every CREDENTIAL_POLL_S seconds (the
+        first-boot service or an installer may deliver it while the unit runs)."""
+        from voxbox.credentials import CredentialError, load_api_key
+        from voxbox.sd import redact
+
+        while self._unprovisioned():
+            await asyncio.sleep(CREDENTIAL_POLL_S)
+            try:
+                key = load_api_key(required=False)
+            except CredentialError as exc:
+                log.warning("%s", exc, extra={"VOXBOX_EVENT": "unprovisioned"})
+                continue
+            if key.value:
+                redact(key.value)
+                self.api_key = key
+                log.info("API key found (%s): connecting", key.source, extra={"VOXBOX_EVENT": "provisioned"})
+
     async def _link(self) -> None:
         from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+        if self._unprovisioned():
+            await self._wait_for_credential()
         rt = self.cfg.realtime
         url = build_url(rt, self._local_url() if rt.url == "local" else rt.url)
         headers = auth_headers(rt, self.api_key.value, url)
