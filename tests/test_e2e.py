@@ -234,3 +234,25 @@ def test_watchdog_only_while_capture_delivers_frames(tmp_path):
         finally:
             h.proc.kill()
             os.close(hold)
+
+
+def test_watchdog_withheld_on_a_deaf_microphone(tmp_path):
+    """The capture device keeps delivering frames, but only digital zeros: after
+    ``audio.deaf_after_s`` the watchdog stops (systemd then restarts the unit) with the
+    reason logged; sound again resumes it."""
+    with DaemonHarness(tmp_path, echo_db=None, config={"audio": {"deaf_after_s": 2.0}}) as h:
+        h.start()
+        time.sleep(1.5)
+        assert any(m == "WATCHDOG=1" for _, m in h.notify)
+        h.mic.tail = "silence"
+        t_deaf = time.monotonic()
+        ev = h.wait_event("watchdog_withheld", timeout=10, after=t_deaf)
+        assert "deaf microphone" in ev["VOXBOX_CAUSE"]
+        t_check = time.monotonic() + 0.2
+        time.sleep(3.0)
+        assert [t for t, m in h.notify if m == "WATCHDOG=1" and t > t_check] == []
+        assert any("deaf microphone" in m for _, m in h.notify if m.startswith("STATUS="))
+        h.mic.tail = "noise"
+        h.wait_event("watchdog_resumed", timeout=10)
+        print(f"deaf microphone detected {ev['mono'] - t_deaf:.1f} s after the last sound "
+              f"(deaf_after_s = 2.0, watchdog interval 1 s)")

@@ -98,6 +98,10 @@ class Audio(_Section):
     period_ms: Literal[10] = 10
     periods: Annotated[int, Field(ge=2, le=16)] = 4
     jitter_prebuffer_ms: Annotated[int, Field(ge=0, le=1000)] = 60
+    #: a capture stream of nothing but digital zeros for this long is a "deaf" microphone
+    #: (unplugged USB mic, dead codec): the watchdog is withheld so systemd restarts the
+    #: unit (s; 0 = off)
+    deaf_after_s: Annotated[float, Field(ge=0, le=3600)] = 20.0
     #: ALSA mixer control for the volume (e.g. "PCM", "Speaker"); "" = software gain
     mixer: str = ""
     mixer_device: str = "default"

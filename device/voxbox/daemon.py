@@ -970,21 +970,33 @@ class Daemon:
             await asyncio.sleep(0.02)
 
     async def _watchdog(self) -> None:
-        """WATCHDOG=1 only while the capture loop delivers frames."""
+        """WATCHDOG=1 only while the capture loop delivers frames, and they are not all
+        digital silence for ``audio.deaf_after_s`` (a deaf microphone); otherwise the
+        watchdog is withheld, with the reason logged once, and systemd restarts the unit."""
         interval = self.notifier.watchdog_interval_s or 1.0
-        stalled_logged = False
+        deaf_after = self.cfg.audio.deaf_after_s
+        t0 = time.monotonic()
+        withheld: str | None = None
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            if self._audio_alive(now, max(0.5, interval)):
+            cause = None
+            if not self._audio_alive(now, max(0.5, interval)):
+                cause = f"capture delivered no frame for {now - self.last_capture_t:.1f} s"
+            elif deaf_after > 0 and now - max(self.last_nonsilent_t, t0) > deaf_after:
+                cause = (f"deaf microphone: capture delivered only digital silence for "
+                         f"{now - max(self.last_nonsilent_t, t0):.1f} s")
+            if cause is None:
                 if self.notifier.watchdog_usec:
                     self.notifier.watchdog()
-                stalled_logged = False
-            elif not stalled_logged:
-                stalled_logged = True
-                log.error("capture delivered no frame for %.1f s: withholding the watchdog",
-                          now - self.last_capture_t,
-                          extra={"VOXBOX_EVENT": "watchdog_withheld"})
+                if withheld is not None:
+                    log.info("capture healthy again: watchdog resumed", extra={"VOXBOX_EVENT": "watchdog_resumed"})
+                withheld = None
+            elif withheld is None:
+                withheld = cause
+                log.error("%s: withholding the watchdog", cause,
+                          extra={"VOXBOX_EVENT": "watchdog_withheld", "VOXBOX_CAUSE": cause})
+                self.notifier.status(f"{self._status_text()}; {cause}")
 
 
 class _DaemonToolContext:
