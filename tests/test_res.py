@@ -89,7 +89,7 @@ def test_latency_is_one_hop() -> None:
     [("floor_db", 3.0), ("overdrive", 0.5), ("overdrive_st", 0.0), ("leak_tau_ms", 0.0),
      ("tail_decay_db", -1.0), ("release_ms", -5.0), ("bands", 0), ("bands", 2.5),
      ("coh_bias", 1.0), ("coh_lags", 0), ("coh_dt", 2.0), ("dt_hi_db", -10.0), ("floor_db", float("nan")),
-     ("overdrive", True)],
+     ("overdrive", True), ("leak_gate", 1.0), ("leak_gate", -0.1), ("tail_decay_dt_db", 0.0)],
 )
 def test_settings_validation_names_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):

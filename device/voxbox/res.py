@@ -13,11 +13,16 @@ Runs after the linear echo canceller (and after the Speex preprocessor in
 
 Method (STFT, sqrt-Hann window of ``2 * frame_size`` samples, hop ``frame_size``):
 
-1. Residual echo power per bin ``R = L * |Y_hat|^2`` with tail ``R = max(R, decay * R_prev)``.
+1. Residual echo power per bin ``R = L * |Y_hat|^2`` with tail ``R = max(R, decay * R_prev)``
+   (slow decay in far-end single talk, faster while the near end talks).
    The leakage ``L`` (per band) is the regression coefficient of the residual power
    ``|E|^2`` on the echo-estimate power ``|Y_hat|^2`` (covariance / variance of their
    fluctuations, recursively averaged). Near-end speech and noise are uncorrelated with
-   ``|Y_hat|^2`` and do not bias it; this is what keeps double talk intact. It catches
+   ``|Y_hat|^2`` and do not bias it in the mean, but over a finite window they do push it
+   up, so the regression is updated at full rate only in frames the double-talk detector
+   (step 2, run on the leakage of the previous hop) calls echo-only, and at
+   ``1 - leak_gate`` of it in certain double talk (never fully frozen, so a leakage that
+   starts low or lags an echo-path change cannot lock the detector in "double talk"). It catches
    what the linear filter cannot: misadjustment, loudspeaker distortion, the tail beyond
    the filter, and the misfit right after an echo-path change.
    Plus a fast term for moments the leakage lags (canceller bursts, echo-path change):
@@ -59,7 +64,8 @@ class ResSettings:
         floor_db: lowest gain, dB (<= 0).
         overdrive: residual echo over-estimation factor while the near end talks (>= 1).
         leak_tau_ms: averaging time of the leakage regression, ms (> 0).
-        tail_decay_db: tail of the residual estimate: dB per hop it may decay (> 0).
+        tail_decay_db: tail of the residual estimate: dB per hop it may decay in far-end
+            single talk (> 0).
         release_ms: gain rise time constant, ms (>= 0; 0 = instant).
         bands: number of leakage bands, log spaced (>= 1).
         spread: 0..1, mix of the band-average echo-estimate power into the per-bin
@@ -75,12 +81,17 @@ class ResSettings:
         dt_lo_db, dt_hi_db: residual-to-estimated-echo ratio (dB, 300-4000 Hz) at which
             double talk starts / is certain; the overdrive moves between the two
             factors over this range (``dt_hi_db > dt_lo_db``).
+        leak_gate: 0..1 (< 1), how much the leakage regression slows down in double
+            talk (its update rate is scaled by ``1 - leak_gate * dt``; 0 = always full
+            rate; 1 would freeze it and can lock the detector, so it is excluded).
+        tail_decay_dt_db: tail decay, dB per hop, in certain double talk (> 0; the decay
+            moves from ``tail_decay_db`` to this with the double-talk measure).
     """
 
-    floor_db: float = -40.0
+    floor_db: float = -25.0
     overdrive: float = 1.0
-    leak_tau_ms: float = 300.0
-    tail_decay_db: float = 3.0
+    leak_tau_ms: float = 1000.0
+    tail_decay_db: float = 1.0
     release_ms: float = 0.0
     bands: int = 24
     spread: float = 0.0
@@ -92,6 +103,8 @@ class ResSettings:
     overdrive_st: float = 16.0
     dt_lo_db: float = 4.0
     dt_hi_db: float = 12.0
+    leak_gate: float = 0.9
+    tail_decay_dt_db: float = 3.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -108,6 +121,8 @@ class ResSettings:
             "coh_dt": lambda v: 0 <= v <= 1,
             "dt_lo_db": lambda v: True,
             "dt_hi_db": lambda v: v > self.dt_lo_db,
+            "leak_gate": lambda v: 0 <= v < 1,
+            "tail_decay_dt_db": lambda v: v > 0,
         }
         for f in fields(self):
             v = getattr(self, f.name)
@@ -172,6 +187,7 @@ class ResidualEchoSuppressor:
         self._my = np.zeros(nb)
         self._cov = np.zeros(nb)
         self._var = np.zeros(nb)
+        self._leak = np.zeros(nb)
         self._out = np.zeros(self.frame_size)
         L = self.settings.coh_lags
         self._xh = np.zeros((L, k), dtype=np.complex128)
@@ -204,19 +220,9 @@ class ResidualEchoSuppressor:
         pe = E.real**2 + E.imag**2
         py = Y.real**2 + Y.imag**2
 
-        # -- leakage regression per band ------------------------------------------------
         s = self.settings
         pool = self._pool
         be, by = pool @ pe, pool @ py
-        a = self._a_leak
-        self._me = me = a * self._me + (1 - a) * be
-        self._my = my = a * self._my + (1 - a) * by
-        de, dy = be - me, by - my
-        self._cov = cov = a * self._cov + (1 - a) * de * dy
-        self._var = var = a * self._var + (1 - a) * dy * dy
-        leak = np.maximum(cov, 0.0) / (var + 1e-3)
-        leak = np.minimum(leak, 1.0)
-
         if s.spread > 0:
             pyb = (by / self._bw)[self._band]
             py_eff = (1 - s.spread) * py + s.spread * pyb
@@ -225,15 +231,30 @@ class ResidualEchoSuppressor:
         # no far end in the window: y_hat is only the canceller's DC-notch residue of
         # the microphone (near end, rumble), not echo
         far = bool(np.any(buf[2]))
-        r = leak[self._band] * py_eff if far else np.zeros_like(py)
-        r = np.maximum(r, self._decay * self._r_prev)
-        self._r_prev = r
 
+        # -- double-talk detector (leakage of the previous hop) ---------------------------
         # near-end presence: residual power over the estimated residual echo (dB),
         # speech band; single talk -> strong overdrive, double talk -> mild
+        r = self._leak[self._band] * py_eff if far else np.zeros_like(py)
+        r = np.maximum(r, self._decay * self._r_prev)
         k0, k1 = self._k_lo, self._k_hi
         ratio = 10 * np.log10((pe[k0:k1].sum() + 1e-3) / (r[k0:k1].sum() + 1e-3))
         c = min(max((ratio - s.dt_lo_db) / (s.dt_hi_db - s.dt_lo_db), 0.0), 1.0)
+
+        # -- leakage regression per band, slowed down in double talk ----------------------
+        a = 1.0 - (1.0 - self._a_leak) * (1.0 - s.leak_gate * c)
+        self._me = me = a * self._me + (1 - a) * be
+        self._my = my = a * self._my + (1 - a) * by
+        de, dy = be - me, by - my
+        self._cov = cov = a * self._cov + (1 - a) * de * dy
+        self._var = var = a * self._var + (1 - a) * dy * dy
+        leak = np.maximum(cov, 0.0) / (var + 1e-3)
+        self._leak = leak = np.minimum(leak, 1.0)
+
+        r = leak[self._band] * py_eff if far else np.zeros_like(py)
+        decay = 10 ** (-(s.tail_decay_db + (s.tail_decay_dt_db - s.tail_decay_db) * c) / 10)
+        r = np.maximum(r, decay * self._r_prev)
+        self._r_prev = r
         od = s.overdrive_st + (s.overdrive - s.overdrive_st) * c
         self.last_dt = c
         if s.coh_weight > 0:
