@@ -1,5 +1,5 @@
 """The attention state machine, driven with a fake clock."""
-from voxbox.conversation import (ClearInput, Conversation, Earcon, EndPushToTalk, Interrupt, PauseReply,
+from voxbox.conversation import (ClearInput, Conversation, Earcon, EndPushToTalk, Interrupt, PauseReply, Prompt,
                                  ResetWake, ResumeReply, SetMuted, StartPushToTalk, State)
 from voxbox.gestures import ButtonGestures, Gesture
 
@@ -79,7 +79,8 @@ def test_link_down_while_speaking_interrupts_and_goes_offline():
     c.playback_started(2)
     acts = c.link_down(3, "connection dropped")
     assert isinstance(acts[0], Interrupt) and c.state is State.OFFLINE and not c.uplink_open
-    assert c.wake(4) == [ResetWake()] and c.state is State.OFFLINE
+    assert c.wake(4) == [ResetWake(), Prompt("offline")] and c.state is State.OFFLINE
+    assert c.tap(4) == [Prompt("offline")] and c.ptt_start(4) == [Prompt("offline")]
     c.link_up(5)
     assert c.state is State.IDLE
 

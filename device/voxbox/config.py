@@ -77,6 +77,14 @@ class Realtime(_Section):
     connect_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
     reconnect_initial_s: Annotated[float, Field(gt=0, le=60)] = 0.5
     reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    #: after a fatal answer (HTTP 401/403, close 3000/4000, invalid_api_key,
+    #: insufficient_quota) the next attempt waits this long (s)
+    fatal_retry_s: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    #: roll over to a fresh session at this age, between turns (s); default by dialect:
+    #: 25 min for openai-beta and azure-voicelive, 55 min for openai-ga
+    session_rollover_s: Annotated[float, Field(gt=0, le=86400)] | None = None
+    #: no server event for this long while a turn waits on the service: replace the socket (s)
+    stall_s: Annotated[float, Field(gt=0, le=600)] = 10.0
 
     @model_validator(mode="after")
     def _url_scheme(self) -> "Realtime":
@@ -182,6 +190,9 @@ class Conversation(_Section):
     #: shorter than min_interruption_ms (a cough, a door): see voxbox.conversation
     resume_false_interruptions: bool = True
     min_interruption_ms: Annotated[int, Field(ge=0, le=5000)] = 300
+    #: recent conversation carried into a new session (rollover or reconnect) as text
+    context_turns: Annotated[int, Field(ge=0, le=50)] = 6
+    context_chars: Annotated[int, Field(ge=0, le=100000)] = 4000
     #: file under $STATE_DIRECTORY keeping the mute state across restarts
     state_file: str = "state.json"
 

@@ -113,6 +113,15 @@ class Earcon(Action):
 
 
 @dataclass(frozen=True)
+class Prompt(Action):
+    """Play a short spoken prompt rendered ahead of time (``voxbox/prompts/<name>.wav``):
+    ``offline`` (the service cannot be reached), ``error`` (it refused the unit),
+    ``session_lost`` (the session ended mid-turn)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class Transition:
     t: float
     old: State
@@ -214,6 +223,11 @@ class Conversation:
             return self._go(t, State.IDLE, "session ready")
         return []
 
+    def session_lost(self, t: float, cause: str) -> list[Action]:
+        """The service ended the session mid-turn (``session_expired``, close 1001) and a
+        new one is ready: the turn is gone; tell the user in one short sentence."""
+        return [Prompt("session_lost")]
+
     def link_down(self, t: float, cause: str) -> list[Action]:
         actions: list[Action] = []
         if self.state is State.SPEAKING or self._playing or self._paused_at is not None:
@@ -249,7 +263,17 @@ class Conversation:
             return self._go(t, State.LISTENING, "wake word") + [ResetWake()]
         if self.state in (State.SPEAKING, State.THINKING) or self._paused_at is not None:
             return self._barge_in(t, "wake word", by_server=False) + [ResetWake()]
-        return [ResetWake()]
+        return [ResetWake()] + self._unavailable()
+
+    def _unavailable(self) -> list[Action]:
+        """The user asked for attention but the service is out of reach: say so."""
+        if self.state is State.OFFLINE:
+            return [Prompt("offline")]
+        if self.state is State.ERROR:
+            return [Prompt("error")]
+        if self.state is State.UNPROVISIONED:
+            return [Earcon("error")]
+        return []
 
     def tap(self, t: float) -> list[Action]:
         """A button tap: start listening, or interrupt a reply."""
@@ -261,9 +285,7 @@ class Conversation:
             return self._go(t, State.IDLE, "button tap (cancel)") + [ClearInput(), ResetWake()]
         if self.state is State.MUTED:
             return [Earcon("mute")]
-        if self.state in (State.OFFLINE, State.ERROR, State.UNPROVISIONED):
-            return [Earcon("error")]
-        return []
+        return self._unavailable()
 
     def ptt_start(self, t: float) -> list[Action]:
         """Hold (push-to-talk) began: the user has the floor until release, whatever the
@@ -271,7 +293,7 @@ class Conversation:
         if self.state is State.MUTED:
             return [Earcon("mute")]
         if self.state in (State.OFFLINE, State.ERROR, State.UNPROVISIONED):
-            return [Earcon("error")]
+            return self._unavailable()
         acts: list[Action] = []
         if self.state in (State.SPEAKING, State.THINKING) or self._paused_at is not None:
             acts += self._barge_in(t, "push-to-talk", by_server=False)

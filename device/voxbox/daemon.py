@@ -18,9 +18,9 @@ import dataclasses
 import json
 import logging
 import os
-import random
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -31,7 +31,7 @@ import soxr
 from voxbox import __version__
 from voxbox.config import Config
 from voxbox.conversation import (Action, ClearInput, Conversation, Earcon, EndPushToTalk, Interrupt,
-                                 PauseReply, ResetWake, ResumeReply, SetMuted, StartPushToTalk, State)
+                                 PauseReply, Prompt, ResetWake, ResumeReply, SetMuted, StartPushToTalk, State)
 from voxbox.credentials import Secret
 from voxbox.dialects import PCM_RATE, auth_headers, build_url
 from voxbox.gestures import ButtonGestures, Gesture
@@ -52,6 +52,10 @@ UPLINK_BLOCK_MS = 40
 CREDENTIAL_POLL_S = 2.0
 """How often an unprovisioned unit looks for its credential (s)."""
 
+PING_INTERVAL_S = 10.0
+PING_TIMEOUT_S = 10.0
+"""websockets keepalive: a socket that answers no ping for ~20 s is replaced."""
+
 MIN_REF_DELAY_PERIODS = 3
 """Shortest far-end reference delay line, in capture periods (see Daemon.__init__)."""
 
@@ -64,14 +68,6 @@ _COMMIT: Any = object()  # uplink-queue marker: push-to-talk released, commit af
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 """Incoming WebSocket message limit (websockets defaults to 1 MiB; appends may be 15 MiB)."""
-
-
-def full_jitter(initial_s: float, cap_s: float) -> Iterator[float]:
-    """Exponential backoff with full jitter: uniform(0, min(cap, initial * 2**n))."""
-    n = 0
-    while True:
-        yield random.uniform(0, min(cap_s, initial_s * (2 ** n)))
-        n = min(n + 1, 30)
 
 
 @dataclass
@@ -130,6 +126,7 @@ class Daemon:
         # earcons: the playback thread mixes the current cue into the reply (whole frames)
         self._earcons: dict[str, np.ndarray] = {}
         self._cue: np.ndarray | None = None
+        self._prompts: dict[str, np.ndarray] = {}
         self._cue_pos = 0
         self.jitter = JitterBuffer(a.playback_rate, self.play_period, a.jitter_prebuffer_ms)
         self.ref_ring = SampleRing(a.capture_rate)  # 1 s
@@ -189,6 +186,22 @@ class Daemon:
         self.button = None
         self.gestures = ButtonGestures(cfg.gpio.debounce_ms / 1000, cfg.gpio.hold_ms / 1000,
                                        cfg.gpio.long_hold_ms / 1000)
+        from voxbox.link import LinkSupervisor, default_rollover_s
+
+        rt = cfg.realtime
+        self.link = LinkSupervisor(initial_s=rt.reconnect_initial_s, cap_s=rt.reconnect_max_s,
+                                   fatal_retry_s=rt.fatal_retry_s,
+                                   rollover_s=(rt.session_rollover_s if rt.session_rollover_s is not None
+                                               else default_rollover_s(rt.dialect)),
+                                   stall_s=rt.stall_s)
+        self._rolling = False  # we are closing the session to roll over
+        self._expired = False  # the service said session_expired
+        self._fatal_code: str | None = None  # a fatal error event preceded the close
+        self._stall_cause: str | None = None
+        self._turn_lost = False  # the link went down during a turn
+        self._t_link_lost: float | None = None
+        #: recent conversation as text, replayed into a new session: (role, text)
+        self.history: deque[tuple[str, str]] = deque()
         self.stats = {"uplink_samples": 0, "truncates": 0, "reconnects": 0, "tool_calls": 0}
         self.t_start = time.monotonic()
         from voxbox.volume import Volume
@@ -581,6 +594,8 @@ class Daemon:
                 self._set_muted(a.muted)
             elif isinstance(a, Earcon):
                 self._play_earcon(a.name)
+            elif isinstance(a, Prompt):
+                self._play_prompt(a.name)
         self._show_state()
         self._flush_session()
 
@@ -630,6 +645,22 @@ class Daemon:
             log.debug("earcon %s", name, extra={"VOXBOX_EVENT": "earcon", "VOXBOX_EARCON": name})
             self._cue_pos = 0
             self._cue = cue
+
+    def _play_prompt(self, name: str) -> None:
+        """A spoken prompt rendered at build time (voxbox/prompts/*.wav, tools/make_prompts.py)."""
+        cue = self._prompts.get(name)
+        if cue is None:
+            from voxbox.earcon import EarconError, load_earcon
+
+            path = Path(__file__).resolve().parent / "prompts" / f"{name}.wav"
+            try:
+                cue = self._prompts[name] = load_earcon(str(path), self.cfg.audio.playback_rate)
+            except EarconError as exc:
+                log.error("prompt %s unavailable: %s", name, exc, extra={"VOXBOX_EVENT": "prompt"})
+                return
+        log.info("prompt %s", name, extra={"VOXBOX_EVENT": "prompt", "VOXBOX_PROMPT": name})
+        self._cue_pos = 0
+        self._cue = cue
 
     def _interrupt(self, a: Interrupt) -> None:
         was_paused = self.jitter.paused
@@ -719,61 +750,98 @@ class Daemon:
                 log.info("API key found (%s): connecting", key.source, extra={"VOXBOX_EVENT": "provisioned"})
 
     async def _link(self) -> None:
+        """Keep one session open (a warm session while idle: the first word after the wake
+        word costs no handshake). Reconnect decisions come from :class:`LinkSupervisor`:
+        full-jitter backoff, a slow retry after fatal answers, immediate reconnect after
+        our own rollover."""
         from websockets.asyncio.client import connect
-        from websockets.exceptions import ConnectionClosed, InvalidStatus
+        from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+        from websockets.frames import Close
 
         if self._unprovisioned():
             await self._wait_for_credential()
         rt = self.cfg.realtime
-        url = build_url(rt, self._local_url() if rt.url == "local" else rt.url)
-        headers = auth_headers(rt, self.api_key.value, url)
+        sup = self.link
         conn_no = 0
         while not self._stop.is_set():
+            url = build_url(rt, self._local_url() if rt.url == "local" else rt.url)
+            headers = auth_headers(rt, self.api_key.value, url)
+            t_try = time.monotonic()
             try:
-                async for ws in connect(
-                    url, additional_headers=headers, max_size=MAX_MESSAGE_BYTES,
-                    open_timeout=rt.connect_timeout_s, ping_interval=20, ping_timeout=20,
-                    close_timeout=2, compression=None,
-                    reconnect_delays=lambda: full_jitter(rt.reconnect_initial_s, rt.reconnect_max_s),
-                    process_exception=_process_exception,
-                ):
+                async with connect(url, additional_headers=headers, max_size=MAX_MESSAGE_BYTES,
+                                   open_timeout=rt.connect_timeout_s, ping_interval=PING_INTERVAL_S,
+                                   ping_timeout=PING_TIMEOUT_S, close_timeout=2, compression=None) as ws:
                     conn_no += 1
                     t_open = time.monotonic()
+                    sup.connected(t_open)
                     self._ws = ws
                     try:
                         await self._serve(ws, conn_no, t_open)
-                    except ConnectionClosed as exc:
-                        cause = _close_cause(exc)
-                        self._link_lost(cause)
-                        if _fatal_close(exc):
-                            await self._fatal_pause(cause)
-                        continue
+                        # the stream ended with a normal close (1000/1001): keep its code
+                        raise ConnectionClosed(Close(ws.close_code or 1006, ws.close_reason or ""), None)
                     finally:
                         self._ws = None
                         self.session = None
                         self._session_ready = False
                         self._show_state()
-                    if self._stop.is_set():
-                        return
-            except InvalidStatus as exc:
-                await self._fatal_pause(f"HTTP {exc.response.status_code} at handshake")
             except asyncio.CancelledError:
                 raise
+            except ConnectionClosed as exc:
+                if self._rolling:
+                    self._rolling = False
+                    delay = sup.ended_for_rollover()
+                    self._drain_uplink()
+                    log.info("session rolled over after %.0f s", time.monotonic() - t_try,
+                             extra={"VOXBOX_EVENT": "rollover"})
+                else:
+                    cause = self._stall_cause or _close_cause(exc)
+                    self._stall_cause = None
+                    fatal = _fatal_close(exc) or self._fatal_code is not None
+                    if self._fatal_code:
+                        cause = f"{self._fatal_code} ({cause})"
+                    self._fatal_code = None
+                    if self._expired:  # the service ended the session (limit): come back at once
+                        self._expired = False
+                        delay = 0.0
+                        sup.failed(time.monotonic(), cause)
+                    else:
+                        delay = sup.failed(time.monotonic(), cause, fatal)
+                    self._link_lost(cause)
+                    if fatal:
+                        self._fatal(cause)
+            except InvalidStatus as exc:
+                code = exc.response.status_code
+                cause = f"HTTP {code} at handshake"
+                fatal = code in (401, 403)
+                delay = sup.failed(time.monotonic(), cause, fatal)
+                self._link_lost(cause)
+                if fatal:
+                    self._fatal(cause)
+            except (OSError, asyncio.TimeoutError, InvalidHandshake) as exc:
+                cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                delay = sup.failed(time.monotonic(), cause)
+                self._link_lost(cause)
             except Exception as exc:  # never strand the unit: log, back off, try again
-                self._link_lost(f"{type(exc).__name__}: {exc}")
-                await asyncio.sleep(random.uniform(0, rt.reconnect_max_s))
+                log.exception("link error", extra={"VOXBOX_EVENT": "link_down"})
+                delay = sup.failed(time.monotonic(), f"{type(exc).__name__}: {exc}")
+                self._link_lost(sup.cause)
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
+                except asyncio.TimeoutError:
+                    pass
 
-    async def _fatal_pause(self, cause: str) -> None:
-        log.error("the service refused the unit: %s; retrying slowly", cause,
-                  extra={"VOXBOX_EVENT": "link_fatal", "VOXBOX_CAUSE": cause})
+    def _fatal(self, cause: str) -> None:
+        log.error("the service refused the unit: %s; next attempt in %.0f s", cause,
+                  self.link.fatal_retry_s, extra={"VOXBOX_EVENT": "link_fatal", "VOXBOX_CAUSE": cause})
         self._apply(self.conv.fatal(time.monotonic(), cause))
-        try:
-            await asyncio.wait_for(self._stop.wait(), timeout=max(60.0, self.cfg.realtime.reconnect_max_s))
-        except asyncio.TimeoutError:
-            pass
 
     def _link_lost(self, cause: str) -> None:
         self.stats["reconnects"] += 1
+        if self._t_link_lost is None:  # the outage started here (later failed attempts keep it)
+            self._t_link_lost = time.monotonic()
+        if self.conv.state in (State.LISTENING, State.THINKING, State.SPEAKING) or self.conv.interruption_pending:
+            self._turn_lost = True
         log.warning("link lost: %s", cause, extra={"VOXBOX_EVENT": "link_down", "VOXBOX_CAUSE": cause})
         self.session = None
         self._session_ready = False
@@ -795,6 +863,7 @@ class Daemon:
         sender = asyncio.create_task(self._uplink_sender(ws, session))
         try:
             async for message in ws:
+                self.link.event(time.monotonic())
                 try:
                     events = session.receive(message)
                 except ProtocolError as exc:
@@ -854,7 +923,18 @@ class Daemon:
             log.info("session ready in %d ms", (now - t_open) * 1000,
                      extra={"VOXBOX_EVENT": "session_ready", "VOXBOX_SESSION_ID": ev.session_id,
                             "VOXBOX_CONNECT_MS": int((now - t_open) * 1000)})
+            self.link.session_ready(now)
+            if self._t_link_lost is not None:
+                log.info("link back: session ready %d ms after the link was lost (outage)",
+                         (now - self._t_link_lost) * 1000,
+                         extra={"VOXBOX_EVENT": "reconnected",
+                                "VOXBOX_RECONNECT_MS": int((now - self._t_link_lost) * 1000)})
+                self._t_link_lost = None
+            self._replay_context()
             self._apply(conv.link_up(now))
+            if self._turn_lost:
+                self._turn_lost = False
+                self._apply(conv.session_lost(now, "session ended mid-turn"))
         elif isinstance(ev, SpeechStarted):
             self.turn.speech_started = now
             log.info("service heard speech start", extra={"VOXBOX_EVENT": "speech_started",
@@ -887,8 +967,10 @@ class Daemon:
             asyncio.get_running_loop().create_task(self._run_tool(ev), name=f"tool {ev.name}")
         elif isinstance(ev, TranscriptDone):
             log.info("assistant: %s", ev.transcript, extra={"VOXBOX_EVENT": "assistant_transcript"})
+            self._remember("assistant", ev.transcript)
         elif isinstance(ev, UserTranscript):
             log.info("user: %s", ev.transcript, extra={"VOXBOX_EVENT": "user_transcript"})
+            self._remember("user", ev.transcript)
         elif isinstance(ev, ServerError):
             level = logging.ERROR if ev.fatal else logging.WARNING
             if ev.code == "response_cancel_not_active":
@@ -896,7 +978,10 @@ class Daemon:
             log.log(level, "service error %s (%s): %s", ev.code or ev.type, ev.cause or "-", ev.message,
                     extra={"VOXBOX_EVENT": "service_error", "VOXBOX_ERROR_CODE": ev.code,
                            "VOXBOX_CAUSE": ev.cause or ""})
+            if ev.code == "session_expired":
+                self._expired = True
             if ev.fatal:
+                self._fatal_code = ev.code
                 self._apply(conv.fatal(now, ev.code))
 
     async def _run_tool(self, call) -> None:
@@ -924,6 +1009,26 @@ class Daemon:
     def _stop_conversation(self) -> None:
         self._apply(self.conv.end_conversation(time.monotonic(), "the model ended the conversation"))
 
+    def _remember(self, role: str, text: str) -> None:
+        """Keep the conversation as text for the next session (bounded by turns and chars)."""
+        text = text.strip()
+        if not text:
+            return
+        cc = self.cfg.conversation
+        h = self.history
+        h.append((role, text))
+        while len(h) > 2 * cc.context_turns or sum(len(t) for _, t in h) > cc.context_chars:
+            h.popleft()
+
+    def _replay_context(self) -> None:
+        """A new session starts empty: give it the recent conversation as text items."""
+        if self.session is None or not self.history:
+            return
+        for role, text in self.history:
+            self.session.add_text_item(role, text)
+        log.info("context carried over: %d items", len(self.history),
+                 extra={"VOXBOX_EVENT": "context_replay", "VOXBOX_ITEMS": len(self.history)})
+
     def _log_turn_end(self, old: State) -> None:
         t = self.turn
         fields = {"VOXBOX_EVENT": "turn", "VOXBOX_TURN": t.turn,
@@ -946,11 +1051,34 @@ class Daemon:
             now = time.monotonic()
             self._gestures(self.gestures.tick(now), now)
             self._apply(self.conv.tick(now))
+            self._supervise_link(now)
             state = self.conv.state
             if state is not last_state:
                 if last_state is State.SPEAKING and state in (State.FOLLOW_UP, State.IDLE):
                     self._log_turn_end(last_state)
                 last_state = state
+
+    def _supervise_link(self, now: float) -> None:
+        ws = self._ws
+        if ws is None or self.session is None or self._rolling:
+            return
+        idle = (self.conv.state is State.IDLE and not self.jitter.active and self._cue is None
+                and self.session.response_id is None)
+        if self.link.should_roll_over(now, idle):
+            self._rolling = True
+            log.info("session is %.0f s old: rolling over to a fresh one between turns",
+                     now - self.link.session_started, extra={"VOXBOX_EVENT": "rollover"})
+            asyncio.ensure_future(ws.close(1000, "session rollover"))
+            return
+        waiting = self.conv.state is State.THINKING or (self.session.response_id is not None
+                                                          and not self.jitter.active)
+        if self.link.stalled(now, waiting):
+            self._stall_cause = f"stalled: no server event for {now - self.link.last_event:.1f} s during a turn"
+            log.warning("%s; replacing the socket", self._stall_cause, extra={"VOXBOX_EVENT": "stall"})
+            self.link.event(now)  # once
+            transport = getattr(ws, "transport", None)
+            if transport is not None:
+                transport.abort()
 
     def _audio_alive(self, now: float, within_s: float) -> bool:
         return self.capture_frames > 0 and now - self.last_capture_t < within_s
@@ -1027,17 +1155,6 @@ class _DaemonToolContext:
         import datetime
 
         return datetime.datetime.now().astimezone()
-
-
-def _process_exception(exc: Exception) -> Exception | None:
-    from websockets.asyncio.client import process_exception
-    from websockets.exceptions import InvalidStatus
-
-    if isinstance(exc, InvalidStatus) and exc.response.status_code in (401, 403):
-        return exc  # fatal: handled by a slow retry in Daemon._link
-    if isinstance(exc, InvalidStatus):
-        return None  # 4xx/5xx from proxies: transient more often than not on a unit
-    return process_exception(exc)
 
 
 def _close_cause(exc) -> str:

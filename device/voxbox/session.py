@@ -230,6 +230,26 @@ class RealtimeSession:
         self.push_to_talk = not enabled or self.rt.turn_detection.type == "none"
         self._send({"type": "session.update", "session": session})
 
+    def add_text_item(self, role: str, text: str) -> None:
+        """Queue ``conversation.item.create`` with a text message (context carried over
+        from an earlier session: a new session starts with an empty conversation,
+        realtime-device-notes.md "Sessions, limits and faults"). ``role`` is ``user`` or
+        ``assistant``; the content type is ``input_text`` for the user and
+        ``output_text`` (GA) / ``text`` (beta, Voice Live) for the assistant. No item id
+        is sent: the server assigns new ones, so nothing from the old session is reused.
+
+        Raises:
+            ValueError: ``role`` is not user or assistant.
+        """
+        if role == "user":
+            part = {"type": "input_text", "text": text}
+        elif role == "assistant":
+            part = {"type": "output_text" if self.dialect == "openai-ga" else "text", "text": text}
+        else:
+            raise ValueError(f"add_text_item: role must be 'user' or 'assistant', got {role!r}")
+        self._send({"type": "conversation.item.create",
+                    "item": {"type": "message", "role": role, "content": [part]}})
+
     def append_audio(self, pcm: bytes) -> None:
         """Queue ``input_audio_buffer.append`` with PCM16 24 kHz mono audio (bytes)."""
         if len(pcm) % 2:
