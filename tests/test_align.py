@@ -368,3 +368,24 @@ def test_compensator_errors_name_the_argument() -> None:
         DriftCompensator(0).process(np.zeros((2, 2), np.int16))
     with pytest.raises(ValueError, match="block"):
         DriftCompensator(0).process([1, 2, 3])
+
+
+def test_aligner_moves_the_line_to_the_wanted_lead_and_fixes_a_late_reference_at_once():
+    from voxbox.align import ReferenceAligner
+
+    a = ReferenceAligner(16000, lead_ms=10.0, tolerance_ms=3.0, confirm=2)
+    line = 480  # 30 ms
+    assert a.on_delay(60.0, line) is None  # one estimate is not enough
+    new = a.on_delay(60.2, line)
+    assert new is not None and abs((new - line) / 16 - 50.1) < 1.0
+    # the reference arrives after its echo: corrected at the first estimate, with margin
+    a2 = ReferenceAligner(16000, lead_ms=10.0)
+    new2 = a2.on_delay(-8.0, 1600)
+    assert new2 is not None and new2 < 1600 - 16 * 18 + 16
+    # a wandering path earns a larger lead
+    a3 = ReferenceAligner(16000, lead_ms=10.0, tolerance_ms=3.0)
+    for d in (10.0, 30.0, 10.0, 30.0):
+        a3.on_delay(d, 1000)
+    assert a3.target_ms == 20.0
+    assert a.on_drift(float("nan"), 0.0, 0.0) is None and a.on_drift(1.0, 0.1, 0.0) is None
+    assert a.on_drift(100.0, 1.0, 5.0) == 105.0

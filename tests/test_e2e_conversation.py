@@ -68,7 +68,7 @@ def test_push_to_talk_turn(tmp_path):
         played = h.speaker.samples
         for name in ("wake", "end"):
             cue = load_earcon(name, 24000)
-            head = cue[np.flatnonzero(cue)[0]:][:240]
+            head = cue[np.flatnonzero(cue)[0]:][:120]  # 5 ms: the reply may start under the cue's tail
             win = np.lib.stride_tricks.sliding_window_view(played, head.size)
             assert (win == head).all(axis=1).any(), f"earcon {name} not at the speaker"
         print(f"push-to-talk: {streamed_s:.2f} s streamed while held; commit "
@@ -198,7 +198,7 @@ def test_echo_delay_measured_and_reference_realigned(tmp_path):
         # checks the loop, not its precision (tests/test_align.py measures that within 1 ms)
         assert first["VOXBOX_ECHO_DELAY_MS"] > 30
         assert moves[-1]["VOXBOX_REFERENCE_DELAY_MS"] > 30
-        assert 0 < lead < first["VOXBOX_ECHO_DELAY_MS"]
+        assert abs(lead - 10) < abs(first["VOXBOX_ECHO_DELAY_MS"] - 10)
 
 
 def test_tool_calls_answered_and_spoken(tmp_path):

@@ -122,3 +122,33 @@ def test_fatal_auth_is_not_retried_fast(tmp_path):
         print(f"fatal: {fatal['VOXBOX_CAUSE']}; {n} connection attempt(s) in 5 s (backoff cap 0.5 s)")
         assert n == 1
         assert len(h.events("link_fatal")) == 1
+
+
+def test_token_broker_mode_end_to_end(tmp_path):
+    """The unit holds only its per-unit secret: before each session it gets a short-lived
+    token from the fleet broker; the Realtime server accepts exactly the broker's tokens;
+    a reconnect reuses the cached token; a refused unit secret is fatal and retried slowly."""
+    from voxbox.brokerserver import BrokerServer
+    from voxbox.localserver import ServerThread
+
+    broker = BrokerServer({"VX-0001": "unit-secret-0123456789"}, ttl_s=600)
+    broker.start()
+    try:
+        cfg = {"broker": {"url": broker.url, "unit_id": "VX-0001"},
+               "realtime": {"url": "ws://127.0.0.1:1/v1/realtime"}}  # replaced below
+        h = DaemonHarness(tmp_path, echo_db=None, config=cfg)
+        h.server = ServerThread(api_key=broker.as_expected_key())
+        h.server.start()
+        h.extra_config["realtime"] = {"url": h.server_url()}
+        with h:
+            h.start(env={"VOXBOX_API_KEY": "", "VOXBOX_UNIT_SECRET": "unit-secret-0123456789"})
+            assert broker.count == 1 and len(h.server.record.connections()) == 1
+            token = broker.issued[0]
+            h.server.drop_all_connections()
+            h.wait_event("reconnected", timeout=15)
+            assert broker.count == 1  # the cached token is still valid: no new request
+            text = "\n".join(h.stderr_text)
+            assert token not in text and "unit-secret-0123456789" not in text
+            print(f"broker mode: {broker.count} token request(s) for {len(h.server.record.connections())} sessions")
+    finally:
+        broker.stop()

@@ -717,9 +717,12 @@ class ReferenceAligner:
     The echo canceller needs the reference to lead the echo by a small, stable amount:
     never lag (then no canceller works), and not lead by much of its filter (each ms of
     lead is a ms of echo tail it cannot cover). The tracker measures the lead the canceller
-    actually gets (``delay_ms`` > 0: the echo lags the reference). When ``confirm``
-    estimates in a row are more than ``tolerance_ms`` away from ``lead_ms``, the delay
-    line moves by the median error, in whole samples, within ``[0, max_delay_ms]``.
+    actually gets (``delay_ms`` > 0: the echo lags the reference). The wanted lead is
+    ``lead_ms`` plus half the spread of the recent estimates (a path whose delay wanders
+    — USB audio, a busy bus — gets more margin, up to ``max_margin_ms``). When ``confirm``
+    estimates in a row are more than ``tolerance_ms`` away from it, the delay line moves by
+    the median error, in whole samples, within ``[0, max_delay_ms]``; a reference that
+    arrives *after* its echo (``delay_ms`` < 0) is corrected at the first estimate.
 
     Args:
         sample_rate: Hz.
@@ -728,13 +731,15 @@ class ReferenceAligner:
         confirm: consecutive out-of-band estimates before a move.
         max_delay_ms: upper bound of the delay line, ms.
         drift_min_ppm: smallest drift worth compensating, ppm.
+        max_margin_ms: cap of the spread margin added to ``lead_ms``, ms.
 
     Raises:
         ValueError: a bad argument (named).
     """
 
     def __init__(self, sample_rate: int = 16000, lead_ms: float = 10.0, tolerance_ms: float = 3.0,
-                 confirm: int = 2, max_delay_ms: float = 500.0, drift_min_ppm: float = 2.0) -> None:
+                 confirm: int = 2, max_delay_ms: float = 500.0, drift_min_ppm: float = 2.0,
+                 max_margin_ms: float = 40.0) -> None:
         self.sample_rate = int(_positive("sample_rate", sample_rate))
         self.lead_ms = _positive("lead_ms", lead_ms)
         self.tolerance_ms = _positive("tolerance_ms", tolerance_ms)
@@ -743,25 +748,36 @@ class ReferenceAligner:
         self.confirm = confirm
         self.max_delay = int(round(_positive("max_delay_ms", max_delay_ms) * self.sample_rate / 1000))
         self.drift_min_ppm = _positive("drift_min_ppm", drift_min_ppm)
+        self.max_margin_ms = _positive("max_margin_ms", max_margin_ms)
         self._errors: list[float] = []
+        self._recent: list[float] = []  # estimates since the last move
         self.moves = 0
+
+    @property
+    def target_ms(self) -> float:
+        """The lead currently aimed at, ms (``lead_ms`` + spread margin)."""
+        r = self._recent
+        margin = (max(r) - min(r)) / 2 if len(r) >= 2 else 0.0
+        return self.lead_ms + min(margin, self.max_margin_ms)
 
     def on_delay(self, delay_ms: float, line_samples: int) -> int | None:
         """A new echo-delay estimate (ms, as the canceller sees it) with the delay line at
         ``line_samples``. Returns the new delay-line length (samples), or None to keep it."""
         if not math.isfinite(delay_ms):
             return None
-        err = delay_ms - self.lead_ms
+        self._recent = (self._recent + [delay_ms])[-8:]
+        err = delay_ms - self.target_ms
         if abs(err) <= self.tolerance_ms:
             self._errors.clear()
             return None
         if self._errors and (self._errors[-1] > 0) != (err > 0):
             self._errors.clear()
         self._errors.append(err)
-        if len(self._errors) < self.confirm:
+        if len(self._errors) < self.confirm and delay_ms >= 0:
             return None
         move = float(np.median(self._errors))
         self._errors.clear()
+        self._recent = self._recent[-4:]  # keep some memory of the spread across the move
         new = int(min(self.max_delay, max(0, line_samples + round(move * self.sample_rate / 1000))))
         if new == line_samples:
             return None

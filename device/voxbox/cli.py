@@ -5,6 +5,8 @@
     voxbox demo [--out DIR]          the whole appliance on real speech, ALSA file devices
     voxbox server [--port N]         the local Realtime server (parrot)
     voxbox dsp --mic M --ref R --out O [--set key=value]   replay audio through the front end
+    voxbox report [--out FILE]       support bundle (journal, redacted config, versions, self-test)
+    voxbox selftest [--json]         bench/field self-test (microphone, echo, canceller, link, wake word)
 """
 
 from __future__ import annotations
@@ -42,7 +44,14 @@ def _preflight(cfg: Config, *, allow_unprovisioned: bool = False):
     for warning in check_features(cfg.realtime):  # raises UnsupportedFeature naming the key
         log.warning("%s", warning, extra={"VOXBOX_EVENT": "config_warning"})
     try:
-        key = load_api_key(required=cfg.realtime.url != "local")
+        if cfg.broker.url:  # token-broker mode: the unit holds its own secret, not the key
+            from voxbox.broker import load_unit_id, load_unit_secret
+
+            if not cfg.broker.unit_id:
+                load_unit_id()  # raises naming /etc/voxbox/identity.toml
+            key = load_unit_secret(required=True)
+        else:
+            key = load_api_key(required=cfg.realtime.url != "local")
     except CredentialError as exc:
         if not allow_unprovisioned:
             raise
@@ -148,9 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="speaker-to-microphone echo gain in dB (closed acoustic loop)")
     demo.set_defaults(func=cmd_demo)
 
-    from voxbox import dsp, firstboot, provision
+    from voxbox import dsp, firstboot, provision, report, selftest
 
     dsp.add_parser(sub)
+    report.add_parser(sub)
+    selftest.add_parser(sub)
     provision.add_parser(sub)
     firstboot.add_parser(sub)
 

@@ -208,6 +208,28 @@ class Earcons(_Section):
     unmute: str = "unmute"
 
 
+class Broker(_Section):
+    """Token-broker mode (voxbox.broker): before each session the unit asks the fleet's
+    own HTTPS endpoint, with its per-unit secret (credential ``voxbox-unit-secret``), for
+    a short-lived Realtime token, and never holds the account key. Off while ``url`` is
+    empty."""
+
+    url: str = ""
+    #: this unit's id; "" = the serial in /etc/voxbox/identity.toml
+    unit_id: str = ""
+    #: PEM of the fleet CA, trusted instead of the system store ("" = system store)
+    ca_file: str = ""
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 10.0
+    refresh_margin_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
+
+    @model_validator(mode="after")
+    def _url(self) -> "Broker":
+        if self.url and not self.url.startswith(("https://", "http://127.", "http://localhost",
+                                                 "http://[::1]")):
+            raise ValueError(f"broker.url must start with https:// (http:// only to loopback), got {self.url!r}")
+        return self
+
+
 class Tools(_Section):
     """Function tools the model may call: built-ins ``set_volume``, ``get_time``,
     ``stop_conversation``, ``device_status`` and plug-ins of the ``voxbox.tools`` entry
@@ -236,6 +258,7 @@ class Config(_Section):
     conversation: Conversation = Conversation()
     earcons: Earcons = Earcons()
     tools: Tools = Tools()
+    broker: Broker = Broker()
     log: Log = Log()
 
 

@@ -194,6 +194,7 @@ class Daemon:
                                    rollover_s=(rt.session_rollover_s if rt.session_rollover_s is not None
                                                else default_rollover_s(rt.dialect)),
                                    stall_s=rt.stall_s)
+        self._keys = None  # StaticKey or TokenBroker (see _credentials)
         self._rolling = False  # we are closing the session to roll over
         self._expired = False  # the service said session_expired
         self._fatal_code: str | None = None  # a fatal error event preceded the close
@@ -729,7 +730,27 @@ class Daemon:
         return base + "/v1/realtime"
 
     def _unprovisioned(self) -> bool:
-        return not self.api_key.value and self.cfg.realtime.url != "local"
+        """No credential yet. In broker mode ``api_key`` holds the per-unit secret."""
+        return not self.api_key.value and (self.cfg.realtime.url != "local" or bool(self.cfg.broker.url))
+
+    def _credentials(self):
+        """What to connect with: the API key as is, or a token broker (token per session)."""
+        if self._keys is None:
+            b = self.cfg.broker
+            if b.url:
+                from voxbox.broker import TokenBroker, load_unit_id
+
+                rt = self.cfg.realtime
+                self._keys = TokenBroker(b.url, b.unit_id or load_unit_id(), self.api_key,
+                                         timeout_s=b.timeout_s, ca_file=b.ca_file or None,
+                                         refresh_margin_s=max(b.refresh_margin_s, rt.connect_timeout_s + 5),
+                                         request_fields={"model": rt.deployment or rt.model,
+                                                         "dialect": rt.dialect})
+            else:
+                from voxbox.broker import StaticKey
+
+                self._keys = StaticKey(self.api_key)
+        return self._keys
 
     async def _wait_for_credential(self) -> None:
         """Unprovisioned: look for the credential every CREDENTIAL_POLL_S seconds (the
@@ -740,7 +761,12 @@ class Daemon:
         while self._unprovisioned():
             await asyncio.sleep(CREDENTIAL_POLL_S)
             try:
-                key = load_api_key(required=False)
+                if self.cfg.broker.url:
+                    from voxbox.broker import load_unit_secret
+
+                    key = load_unit_secret(required=False)
+                else:
+                    key = load_api_key(required=False)
             except CredentialError as exc:
                 log.warning("%s", exc, extra={"VOXBOX_EVENT": "unprovisioned"})
                 continue
@@ -763,9 +789,26 @@ class Daemon:
         rt = self.cfg.realtime
         sup = self.link
         conn_no = 0
+        from voxbox.broker import BrokerError
+
+        keys = self._credentials()
         while not self._stop.is_set():
             url = build_url(rt, self._local_url() if rt.url == "local" else rt.url)
-            headers = auth_headers(rt, self.api_key.value, url)
+            try:
+                key = await keys.token()
+            except BrokerError as exc:
+                delay = sup.failed(time.monotonic(), str(exc), exc.fatal)
+                if exc.retry_after:
+                    delay = max(delay, exc.retry_after)
+                self._link_lost(str(exc))
+                if exc.fatal:
+                    self._fatal(str(exc))
+                try:
+                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            headers = auth_headers(rt, key.value, url)
             t_try = time.monotonic()
             try:
                 async with connect(url, additional_headers=headers, max_size=MAX_MESSAGE_BYTES,
@@ -797,6 +840,9 @@ class Daemon:
                     cause = self._stall_cause or _close_cause(exc)
                     self._stall_cause = None
                     fatal = _fatal_close(exc) or self._fatal_code is not None
+                    if fatal and self.cfg.broker.url and not keys.fresh:
+                        keys.invalidate()  # a cached token refused: try a fresh one before giving up
+                        fatal, self._fatal_code = False, None
                     if self._fatal_code:
                         cause = f"{self._fatal_code} ({cause})"
                     self._fatal_code = None
@@ -813,6 +859,9 @@ class Daemon:
                 code = exc.response.status_code
                 cause = f"HTTP {code} at handshake"
                 fatal = code in (401, 403)
+                if fatal and self.cfg.broker.url and not keys.fresh:
+                    keys.invalidate()
+                    fatal = False
                 delay = sup.failed(time.monotonic(), cause, fatal)
                 self._link_lost(cause)
                 if fatal:

@@ -18,7 +18,17 @@ import os
 import sys
 import time
 
+from voxbox.journal_ids import message_id  # noqa: E402  (stable MESSAGE_ID per event kind)
+
 _SECRETS: list[str] = []
+
+
+def forget(secret: str) -> None:
+    """Stop redacting ``secret`` (a short-lived token that expired)."""
+    try:
+        _SECRETS.remove(secret)
+    except ValueError:
+        pass
 
 
 def redact(secret: str) -> None:
@@ -85,6 +95,8 @@ class JournalHandler(logging.Handler):
             if record.exc_info:
                 msg += "\n" + logging.Formatter().formatException(record.exc_info)
             fields = {k: _scrub(str(v)) for k, v in _fields(record).items()}
+            if "MESSAGE_ID" not in fields and (mid := message_id(fields.get("VOXBOX_EVENT"))):
+                fields["MESSAGE_ID"] = mid
             self._send(msg, PRIORITY=str(self._PRIORITY.get(record.levelno, 6)),
                        SYSLOG_IDENTIFIER="voxbox", LOGGER=record.name, **fields)
         except Exception:
