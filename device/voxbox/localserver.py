@@ -20,6 +20,10 @@ Layout (sans-I/O where practical):
   ``SessionCore.step_response``).
 - ``LocalRealtimeServer`` / ``ServerThread``: websockets adapter and the thread-safe
   ``ServerRecord`` used by tests.
+- ``FaultControls`` (``server.faults``): fault injection at run time (drop, audio delay and
+  jitter, stall without pongs, auth/quota rejections, expiry, malformed JSON, unknown events
+  and fields, oversized audio deltas); the same faults as ``LocalServerConfig`` options.
+  Injected faults are listed in ``ServerRecord.faults`` with their times.
 
 Facts and their sources are in ``docs``-style comments next to each decision; the digest
 is /work/shared/reference/realtime-device-notes.md ("digest" below).
@@ -116,6 +120,9 @@ class HandshakeDecision:
     http_body: str = ""
     # Accept the upgrade, send one error event, close: (type, code, message, close_code).
     fatal: tuple[str, str, str, int] | None = None
+    http_json: bool = False                # http_body is JSON (Content-Type: application/json)
+    # Accept, but every response fails with this error (SessionCore.response_failure).
+    response_failure: dict | None = None
 
 
 def classify_request(
@@ -200,6 +207,47 @@ class LocalServerConfig:
     # Scripted function calls, consumed in order across the server's connections: each
     # ``{"name": str, "arguments": dict | str, "call_id": str (optional)}``. See ToolScript.
     tool_calls: list[dict] | None = None
+    # ---- fault injection (see ``FaultControls`` for the runtime controls and the wire) ----
+    drop_after_events: int | None = None       # abort every connection (no close frame) after N events
+    audio_jitter: "AudioJitter | dict | None" = None   # extra delay on reply audio chunks
+    stall_after_events: int | None = None      # every connection stalls after N events ...
+    stall_s: float | None = None               # ... for stall_s seconds (None: until faults.release())
+    # "http-401" | "http-403" | "http-429" | "invalid_api_key" | "insufficient_quota"
+    reject_auth: str | None = None
+    reject_auth_count: int | None = None       # reject this many handshakes, then accept (None: all)
+    unknown_fields: dict | None = None         # extra fields in every server event
+    unknown_event_every: int | None = None     # an unknown server event type after every N events
+    malformed_json_after_events: int | None = None  # one truncated JSON frame after N events
+    oversized_audio_delta_bytes: int | None = None  # first audio delta of every response: this many bytes
+
+
+@dataclass
+class AudioJitter:
+    """Extra delay of reply audio chunks on the wire (in order, like a congested TCP path).
+
+    Before each audio delta is written the sender waits ``delay_s`` plus a random extra from
+    ``dist``: ``"uniform"`` in [0, jitter_s], ``"exponential"`` with mean ``jitter_s``,
+    ``"normal"`` as |N(0, jitter_s)|; the RNG is ``random.Random(seed)``. Burst then gap:
+    with ``burst`` > 0, after every ``burst`` audio chunks the stream is held ``gap_s``;
+    what the server produced meanwhile then goes out back to back. Every event queued
+    behind a delayed chunk waits too (one ordered stream).
+    """
+
+    delay_s: float = 0.0
+    jitter_s: float = 0.0
+    dist: str = "uniform"
+    burst: int = 0
+    gap_s: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dist not in ("uniform", "exponential", "normal"):
+            raise ValueError(f"audio jitter dist {self.dist!r}: expected uniform, exponential or normal")
+        if self.delay_s < 0 or self.jitter_s < 0 or self.gap_s < 0 or self.burst < 0:
+            raise ValueError("audio jitter: delays and burst must be >= 0")
+
+
+REJECT_AUTH_MODES = ("http-401", "http-403", "http-429", "invalid_api_key", "insufficient_quota")
 
 
 class ToolScript:
@@ -574,6 +622,9 @@ class SessionCore:
         # (status "skipped"), and function_call_output items received, in order
         self.function_calls: list[dict] = []
         self.function_outputs: list[dict] = []
+        # Set (to an error {type, code, message}) and every response fails at once:
+        # response.created, then response.done with status "failed" (e.g. insufficient_quota).
+        self.response_failure: dict | None = None
         self._rebuild_vad()
 
     # ---- session accessors (dialect-shaped session dict) --------------------------------
@@ -1232,6 +1283,16 @@ class SessionCore:
         if self.dialect.ga_names:
             modalities = ["audio"] if with_audio else ["text"]   # GA: audio implies its transcript
         in_conversation = params.get("conversation", "auto") != "none"
+        if self.response_failure is not None:
+            # A response the service refuses (e.g. insufficient_quota): created, then done
+            # with status "failed" and status_details.error; the session stays open.
+            r = ResponseStream(id=new_id("resp"), item_id=new_id("item"), audio=None, transcript="",
+                               chunks=[], pace=[], metadata=params.get("metadata"),
+                               in_conversation=in_conversation, modalities=modalities,
+                               voice=copy.deepcopy(self.voice), input_item_ms=0.0)
+            self.active = r
+            out = [self._ev("response.created", response=self._response_obj(r, "in_progress", [], None, None))]
+            return out + self._finish(r, "failed", None, error=dict(self.response_failure))
         # the turn being answered: the newest user message or function_call_output
         turn = None
         for it in reversed(self.items):
@@ -1445,7 +1506,8 @@ class SessionCore:
                 out.append(self._ev("conversation.item.done", previous_item_id=prev, item=it.wire()))
         return out, [final]
 
-    def _finish(self, r: ResponseStream, status: str, reason: str | None) -> list[dict]:
+    def _finish(self, r: ResponseStream, status: str, reason: str | None,
+                error: dict | None = None) -> list[dict]:
         """Close the response: done events for the started item, then response.done."""
         r.finished = True
         r.status = status
@@ -1479,9 +1541,11 @@ class SessionCore:
                     out.append(self._ev("conversation.item.done", previous_item_id=prev, item=it.wire()))
             output = [final]
         details = None if status == "completed" else {"type": status, "reason": reason}
+        if error is not None:
+            details = {"type": status, "error": error}
         out.append(self._ev("response.done",
                             response=self._response_obj(r, status, output, self._usage(r), details)))
-        if self.dialect.sends_rate_limits:
+        if self.dialect.sends_rate_limits and error is None:
             out.append(self._ev("rate_limits.updated", rate_limits=[
                 {"name": "requests", "limit": 10000, "remaining": 9999, "reset_seconds": 0.006},
                 {"name": "tokens", "limit": 2_000_000, "remaining": 1_999_000, "reset_seconds": 0.03}]))
@@ -1555,6 +1619,17 @@ class ConnectionRecord:
     close_code: int | None = None       # close code the server sent; None if aborted / client closed
     closed: bool = False
     aborted: bool = False
+    t_open: float = 0.0                 # time.monotonic() when the handler started (after HTTP 101)
+    t_closed: float | None = None       # time.monotonic() when the connection ended (or was aborted)
+    closed_at: float | None = None      # time.time() of the same
+    close_rcvd: int | None = None       # close code the client sent, if any
+
+    def session_created_t(self) -> float | None:
+        """time.monotonic() when session.created was sent on this connection."""
+        for e in self.server_events:
+            if e["type"] == "session.created":
+                return e["t"]
+        return None
 
     def server_types(self) -> list[str]:
         return [e["type"] for e in self.server_events]
@@ -1573,10 +1648,37 @@ class ServerRecord:
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self._conns: list[ConnectionRecord] = []
+        self._faults: list[dict] = []
+
+    def _fault(self, kind: str, connection: int | None = None, **detail: Any) -> None:
+        entry = {"kind": kind, "t": time.monotonic(), "wall": time.time(), "connection": connection, **detail}
+        with self._lock:
+            self._faults.append(entry)
+            self._lock.notify_all()
+
+    @property
+    def faults(self) -> list[dict]:
+        """Faults injected, in order: ``{kind, t (time.monotonic()), wall (time.time()),
+        connection (index or None), ...detail}``. Kinds: drop, stall, release, audio_delay,
+        audio_gap, reject_auth, expire, malformed_json, unknown_event, unknown_fields,
+        oversized_audio_delta, raw."""
+        with self._lock:
+            return copy.deepcopy(self._faults)
+
+    def reconnect_time(self, since: float) -> float | None:
+        """Seconds from ``since`` (time.monotonic(), e.g. a drop fault's ``t``) to the first
+        session.created sent on a connection opened after it; None if none yet."""
+        with self._lock:
+            for c in self._conns:
+                if c.t_open >= since:
+                    for e in c.server_events:
+                        if e["type"] == "session.created":
+                            return e["t"] - since
+        return None
 
     def _open(self, dialect: str | None, path: str, auth: str) -> ConnectionRecord:
         with self._lock:
-            rec = ConnectionRecord(len(self._conns), dialect, path, auth, time.time())
+            rec = ConnectionRecord(len(self._conns), dialect, path, auth, time.time(), t_open=time.monotonic())
             self._conns.append(rec)
             self._lock.notify_all()
             return rec
@@ -1630,6 +1732,7 @@ class ServerRecord:
     def clear(self) -> None:
         with self._lock:
             self._conns.clear()
+            self._faults.clear()
 
     def wait_for(self, pred: Callable[[list[ConnectionRecord]], bool], timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -1647,6 +1750,68 @@ class ServerRecord:
 # websockets adapter
 # --------------------------------------------------------------------------------------
 _CLOSE = object()
+_RAW = object()
+
+# A frame cut off mid-string: what a client sees if a proxy or a buggy server truncates one.
+MALFORMED_JSON = '{"type": "response.output_audio.delta", "event_id": "event_malformed", "response_id": "resp_'
+UNKNOWN_EVENT_TYPE = "x_local.unknown_event"
+OVERSIZED_AUDIO_BYTES = 3 * 1024 * 1024
+
+# The OpenAI API's quota error (HTTP 429 on the REST API). Realtime reports it in band: the
+# session opens, and each response ends in response.done with status "failed" and
+# status_details.error {type, code} (the shape of openai.types.realtime.RealtimeResponseStatus).
+INSUFFICIENT_QUOTA = {
+    "type": "insufficient_quota", "code": "insufficient_quota",
+    "message": "You exceeded your current quota, please check your plan and billing details. For more "
+               "information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.",
+}
+_INVALID_KEY_MESSAGE = ("Incorrect API key provided. You can find your API key at "
+                        "https://platform.openai.com/account/api-keys.")
+
+
+def _http_error(message: str, type_: str, code: str | None) -> str:
+    return json.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}})
+
+
+# HTTP rejections before the upgrade (digest: "Proxies and Azure may answer HTTP 401/403").
+_HTTP_REJECTS = {
+    "http-401": (401, _http_error(_INVALID_KEY_MESSAGE, "invalid_request_error", "invalid_api_key")),
+    "http-403": (403, _http_error("You are not allowed to access this resource.", "invalid_request_error",
+                                  "permission_denied")),
+    "http-429": (429, _http_error(INSUFFICIENT_QUOTA["message"], "insufficient_quota", "insufficient_quota")),
+}
+
+
+def _enlarge_audio_chunk(r: ResponseStream, nbytes: int) -> int:
+    """Make the next audio chunk of ``r`` ``nbytes`` of PCM16 (the reply's own audio, then
+    silence); later chunks keep their sizes and the delay after the chunk is unchanged.
+    Returns the new chunk's sample count."""
+    assert r.audio is not None
+    i = max(r.step - 1, 0)
+    n = max(1, nbytes // 2)
+    a = r.samples_sent
+    old = r.chunks[i]
+    old_delay = (old / OUTPUT_RATE) / r.pace[i] if r.pace and r.pace[i] else 0.0
+    need = a + n - len(r.audio)
+    if need > 0:
+        r.audio = np.concatenate([r.audio, np.zeros(need, np.int16)])
+    rest = len(r.audio) - (a + n)
+    tail: list[int] = []
+    for c in r.chunks[i + 1:]:
+        if rest <= 0:
+            break
+        c = min(c, rest)
+        tail.append(c)
+        rest -= c
+    if rest > 0:
+        tail.append(rest)
+    default_pace = r.pace[-1] if r.pace else 3.0
+    pace = list(r.pace[:i]) + [(n / OUTPUT_RATE) / old_delay if old_delay > 0 else 1e9]
+    pace += list(r.pace[i + 1:i + 1 + len(tail)])
+    pace += [default_pace] * (len(tail) + i + 1 - len(pace))
+    r.chunks = r.chunks[:i] + [n] + tail
+    r.pace = pace
+    return n
 
 
 class _Connection:
@@ -1660,6 +1825,19 @@ class _Connection:
         self._driven: ResponseStream | None = None
         self._n_outputs = 0
         self._n_calls = 0
+        # fault state (touched on the server's loop only)
+        self.n_sent = 0                          # frames sent (events, injected frames)
+        self.drop_at: int | None = None          # abort once n_sent reaches this
+        self.stall_at: int | None = None         # stall once n_sent reaches this ...
+        self.stall_s: float | None = None        # ... for this long (None: until released)
+        self.malformed_at: int | None = None     # send one truncated JSON frame at this n_sent
+        self._running = asyncio.Event()
+        self._running.set()
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._held: list[bytes] = []
+        self._audio_sent = 0
+        self._n_since_unknown = 0
+        self._expired = False
 
     def _spawn(self, coro) -> asyncio.Task:
         t = asyncio.ensure_future(coro)
@@ -1674,33 +1852,157 @@ class _Connection:
     def close(self, code: int, reason: str) -> None:
         self.out.put_nowait((_CLOSE, code, reason))
 
+    # ---- faults ------------------------------------------------------------------------
+    @property
+    def stalled(self) -> bool:
+        return not self._running.is_set()
+
+    def stall(self, seconds: float | None) -> None:
+        """Stop sending and reading: events queue up, nothing is written (no pongs, no
+        keepalive pings, no close frame), incoming bytes are held unread. The TCP
+        connection stays open. Ends after ``seconds`` or at ``release``."""
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        if not self.stalled:
+            self._running.clear()
+            ws = self.ws
+            # websockets answers pings inside data_received and writes via send_data:
+            # shadow both on the instance so the protocol layer is frozen too.
+            ws.send_data = lambda: None                          # type: ignore[method-assign]
+            ws.data_received = self._held.append                 # type: ignore[method-assign]
+            ws.eof_received = self._eof_while_stalled            # type: ignore[method-assign]
+        self.record._fault("stall", self.rec.index, seconds=seconds)
+        if seconds is not None:
+            self._stall_timer = asyncio.get_running_loop().call_later(seconds, self.release, "timer")
+
+    def _eof_while_stalled(self) -> None:
+        # the peer gave up (closed its side): end the stall and let websockets see it all
+        self.release("peer eof")
+        return self.ws.eof_received()
+
+    def release(self, why: str = "released") -> bool:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        if not self.stalled:
+            return False
+        ws = self.ws
+        for name in ("send_data", "data_received", "eof_received"):
+            ws.__dict__.pop(name, None)
+        self._running.set()
+        self.record._fault("release", self.rec.index, why=why)
+        held, self._held = self._held, []
+        transport = ws.transport
+        if transport is not None and not transport.is_closing():
+            try:
+                for data in held:
+                    ws.data_received(data)
+                ws.send_data()
+            except Exception as e:  # noqa: BLE001 - the peer may be gone
+                log.debug("release: %s", e)
+        return True
+
+    def expire_now(self) -> None:
+        """error session_expired, then close 1001 (queued behind what is already queued)."""
+        if self._expired or self.core is None:
+            return
+        self._expired = True
+        self.record._fault("expire", self.rec.index, session_id=self.core.session_id)
+        self.enqueue(self.core.expire_events())
+        self.close(1001, "session expired")
+
+    def send_raw(self, data: str | bytes) -> None:
+        self.out.put_nowait((_RAW, data))
+
+    async def _audio_pacing(self) -> None:
+        faults = self.server.faults
+        j = faults.jitter
+        if j is None:
+            return
+        if j.burst and j.gap_s > 0 and self._audio_sent and self._audio_sent % j.burst == 0:
+            self.record._fault("audio_gap", self.rec.index, seconds=j.gap_s, after_chunks=self._audio_sent)
+            await asyncio.sleep(j.gap_s)
+        d = faults._jitter_delay()
+        if d > 0:
+            self.record._fault("audio_delay", self.rec.index, seconds=d, chunk=self._audio_sent)
+            await asyncio.sleep(d)
+
+    async def _send_event(self, e: dict) -> None:
+        summary = summarize_server_event(e)
+        summary["t"] = time.monotonic()
+        is_audio = str(e.get("type", "")).endswith("audio.delta")
+        delta = e.get("delta") if is_audio else None
+
+        def upd(summary=summary, delta=delta, item=e.get("item_id")) -> None:
+            self.rec.server_events.append(summary)
+            if delta:
+                self.rec.item_audio[item] = self.rec.item_audio.get(item, b"") + base64.b64decode(delta)
+        self.record._update(upd)
+        await self.ws.send(json.dumps(e))
+        self.n_sent += 1
+        if is_audio:
+            self._audio_sent += 1
+
+    async def _after_send(self, normal: bool) -> bool:
+        """Faults due after a frame went out; True once the connection was dropped."""
+        faults = self.server.faults
+        if normal and faults.unknown_every:
+            self._n_since_unknown += 1
+            if self._n_since_unknown >= faults.unknown_every:
+                self._n_since_unknown = 0
+                ev = faults._unknown_event()
+                self.record._fault("unknown_event", self.rec.index, event_type=ev["type"])
+                await self._send_event(ev)
+        if self.malformed_at is not None and self.n_sent >= self.malformed_at:
+            self.malformed_at = None
+            self.record._fault("malformed_json", self.rec.index)
+            await self.ws.send(MALFORMED_JSON)
+            self.n_sent += 1
+        if self.stall_at is not None and self.n_sent >= self.stall_at:
+            self.stall_at = None
+            self.stall(self.stall_s)
+        if self.drop_at is not None and self.n_sent >= self.drop_at:
+            # let what was written reach the socket, then abort: the client gets exactly
+            # the events before the drop and no close frame
+            transport = self.ws.transport
+            for _ in range(200):
+                if transport.is_closing() or transport.get_write_buffer_size() == 0:
+                    break
+                await asyncio.sleep(0.005)
+            self.server._abort(self.ws, self.rec, after_events=self.n_sent)
+            return True
+        return False
+
     async def _sender(self) -> None:
         try:
             while True:
                 e = await self.out.get()
                 if isinstance(e, tuple) and e and e[0] is _CLOSE:
+                    await self._running.wait()
                     _, code, reason = e
                     self.record._update(lambda: setattr(self.rec, "close_code", code))
                     await self.ws.close(code, reason)
                     return
-                summary = summarize_server_event(e)
-                summary["t"] = time.monotonic()
-                delta = e.get("delta") if str(e.get("type", "")).endswith("audio.delta") else None
-
-                def upd(summary=summary, delta=delta, item=e.get("item_id")) -> None:
-                    self.rec.server_events.append(summary)
-                    if delta:
-                        self.rec.item_audio[item] = self.rec.item_audio.get(item, b"") + base64.b64decode(delta)
-                self.record._update(upd)
-                await self.ws.send(json.dumps(e))
+                if isinstance(e, tuple) and e and e[0] is _RAW:
+                    await self._running.wait()
+                    await self.ws.send(e[1])
+                    self.n_sent += 1
+                    if await self._after_send(False):
+                        return
+                    continue
+                if str(e.get("type", "")).endswith("audio.delta"):
+                    await self._audio_pacing()
+                await self._running.wait()
+                await self._send_event(self.server.faults._decorate(e))
+                if await self._after_send(True):
+                    return
         except ConnectionClosed:
             return
 
     async def _expiry(self, after: float) -> None:
         await asyncio.sleep(after)
-        if self.core is not None:
-            self.enqueue(self.core.expire_events())
-        self.close(1001, "session expired")
+        self.expire_now()
 
     async def _drive(self, r: ResponseStream) -> None:
         core = self.core
@@ -1709,8 +2011,22 @@ class _Connection:
             await asyncio.sleep(r.next_delay())
             if core.active is not r or r.finished:
                 return
+            self._maybe_oversize(r)
             self.enqueue(core.step_response())
             self._after_core()
+
+    def _maybe_oversize(self, r: ResponseStream) -> None:
+        if r.audio is None or r.call is not None or max(r.step - 1, 0) >= len(r.chunks):
+            return
+        faults = self.server.faults
+        n = faults._oversize_pending
+        if n is not None:
+            faults._oversize_pending = None
+        elif r.samples_sent == 0 and self.server.config.oversized_audio_delta_bytes:
+            n = self.server.config.oversized_audio_delta_bytes
+        if n:
+            samples = _enlarge_audio_chunk(r, n)
+            self.record._fault("oversized_audio_delta", self.rec.index, bytes=samples * 2, response_id=r.id)
 
     def _after_core(self) -> None:
         core = self.core
@@ -1745,6 +2061,8 @@ class _Connection:
         assert d.dialect is not None
         cfg = self.server.config
         self.core = core = SessionCore(d.dialect, model=d.model, config=cfg, tool_script=self.server.tool_script)
+        if d.response_failure is not None:
+            core.response_failure = dict(d.response_failure)
         self.record._update(lambda: setattr(self.rec, "session_id", core.session_id))
         self.enqueue(core.open_events())
         self._spawn(self._expiry(core.max_session_s))
@@ -1782,12 +2100,291 @@ class _Connection:
                     sender.cancel()
 
 
+def _as_jitter(j: "AudioJitter | dict | None") -> AudioJitter | None:
+    if j is None or isinstance(j, AudioJitter):
+        return j
+    if isinstance(j, dict):
+        return AudioJitter(**j)
+    raise TypeError(f"audio_jitter: expected AudioJitter, dict or None, got {type(j).__name__}")
+
+
+class FaultControls:
+    """Fault injection: what a real Realtime service (or the network to it) does to a client.
+
+    ``LocalRealtimeServer.faults`` / ``ServerThread.faults``. Every method is thread-safe:
+    called from another thread it runs on the server's loop and waits for it; called on the
+    loop (async tests) it runs at once. "Current" connections are the open ones. Each
+    injected fault is appended to ``record.faults`` with its time. The constructor options
+    of the same faults are fields of ``LocalServerConfig`` (``drop_after_events``,
+    ``audio_jitter``, ``stall_after_events``/``stall_s``, ``reject_auth``/
+    ``reject_auth_count``, ``max_session_s``, ``unknown_fields``, ``unknown_event_every``,
+    ``malformed_json_after_events``, ``oversized_audio_delta_bytes``).
+    """
+
+    def __init__(self, server: "LocalRealtimeServer") -> None:
+        self._server = server
+        cfg = server.config
+        self.jitter: AudioJitter | None = _as_jitter(cfg.audio_jitter)
+        self._rng = random.Random(self.jitter.seed if self.jitter else 0)
+        for name in ("drop_after_events", "stall_after_events", "unknown_event_every",
+                     "malformed_json_after_events"):
+            v = getattr(cfg, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
+        if cfg.reject_auth is not None and cfg.reject_auth not in REJECT_AUTH_MODES:
+            raise ValueError(f"reject_auth {cfg.reject_auth!r}: expected one of {', '.join(REJECT_AUTH_MODES)}")
+        self.reject_mode: str | None = cfg.reject_auth
+        self.reject_left: int | None = cfg.reject_auth_count
+        self.unknown_fields: dict | None = dict(cfg.unknown_fields) if cfg.unknown_fields else None
+        self.unknown_every: int | None = cfg.unknown_event_every
+        self._drop_every: int | None = cfg.drop_after_events
+        self._drop_next: int | None = None
+        self._oversize_pending: int | None = None
+
+    # ---- plumbing ----------------------------------------------------------------------
+    def _call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        loop = self._server._loop
+        if loop is None or not loop.is_running():
+            return fn(*args, **kw)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            return fn(*args, **kw)
+
+        async def job() -> Any:
+            return fn(*args, **kw)
+        return asyncio.run_coroutine_threadsafe(job(), loop).result(5)
+
+    def _live(self) -> list[_Connection]:
+        return list(self._server._live.values())
+
+    def _on_open(self, conn: _Connection) -> None:
+        cfg = self._server.config
+        if self._drop_every is not None:
+            conn.drop_at = self._drop_every
+        if self._drop_next is not None:
+            conn.drop_at, self._drop_next = self._drop_next, None
+        if cfg.stall_after_events is not None:
+            conn.stall_at, conn.stall_s = cfg.stall_after_events, cfg.stall_s
+        if cfg.malformed_json_after_events is not None:
+            conn.malformed_at = cfg.malformed_json_after_events
+
+    def _jitter_delay(self) -> float:
+        j = self.jitter
+        if j is None:
+            return 0.0
+        x = j.delay_s
+        if j.jitter_s > 0:
+            if j.dist == "uniform":
+                x += self._rng.uniform(0.0, j.jitter_s)
+            elif j.dist == "exponential":
+                x += self._rng.expovariate(1.0 / j.jitter_s)
+            else:
+                x += abs(self._rng.gauss(0.0, j.jitter_s))
+        return x
+
+    def _decorate(self, e: dict) -> dict:
+        f = self.unknown_fields
+        if not f:
+            return e
+        out = dict(e)
+        for k, v in f.items():
+            out.setdefault(k, copy.deepcopy(v))
+        for key in ("session", "response", "item"):
+            if isinstance(out.get(key), dict):
+                out[key] = {**out[key], **{k: copy.deepcopy(v) for k, v in f.items() if k not in out[key]}}
+        return out
+
+    def _unknown_event(self, type_: str = UNKNOWN_EVENT_TYPE, **fields: Any) -> dict:
+        return {"type": type_, "event_id": new_id("event"), **fields}
+
+    def _apply_reject(self, d: HandshakeDecision, path: str) -> HandshakeDecision:
+        """The handshake under an armed ``reject_auth`` (consumes one of its count)."""
+        mode = self.reject_mode
+        if mode is None or d.http_status is not None or d.dialect is None or d.fatal is not None:
+            return d
+        if self.reject_left is not None:
+            if self.reject_left <= 0:
+                return d
+            self.reject_left -= 1
+        self._server.record._fault("reject_auth", None, mode=mode, path=path)
+        if mode in _HTTP_REJECTS:
+            status, body = _HTTP_REJECTS[mode]
+            return replace(d, http_status=status, http_body=body, http_json=True)
+        if mode == "invalid_api_key":
+            return replace(d, fatal=("invalid_request_error", "invalid_api_key", _INVALID_KEY_MESSAGE, 3000))
+        return replace(d, response_failure=dict(INSUFFICIENT_QUOTA))
+
+    # ---- 1. drop ------------------------------------------------------------------------
+    def drop_connections(self) -> int:
+        """Abort every current connection's TCP stream, no close frame. Returns how many."""
+        return self._call(self._server._abort_all)
+
+    def drop_after_events(self, n: int, *, scope: str = "current") -> int:
+        """Abort after ``n`` more server events: ``scope`` "current" (open connections),
+        "next" (the next connection to open, counting from its session.created) or "all"
+        (open ones and every later one). Returns the number of open connections armed."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError("n: expected an integer >= 1")
+        if scope not in ("current", "next", "all"):
+            raise ValueError("scope: expected current, next or all")
+
+        def go() -> int:
+            armed = 0
+            if scope in ("current", "all"):
+                for c in self._live():
+                    c.drop_at = c.n_sent + n
+                    armed += 1
+            if scope == "next":
+                self._drop_next = n
+            if scope == "all":
+                self._drop_every = n
+            return armed
+        return self._call(go)
+
+    def clear_drops(self) -> None:
+        """Disarm every pending drop_after_events (and the drop_after_events option)."""
+        def go() -> None:
+            self._drop_every = self._drop_next = None
+            for c in self._live():
+                c.drop_at = None
+        self._call(go)
+
+    # ---- 2. audio delay / jitter --------------------------------------------------------
+    def set_audio_jitter(self, jitter: AudioJitter | dict | None = None, **fields: Any) -> None:
+        """``set_audio_jitter(delay_s=0, jitter_s=0, dist="uniform", burst=0, gap_s=0, seed=0)``
+        or ``set_audio_jitter(AudioJitter(...))``; reseeds the RNG. See ``AudioJitter``."""
+        j = _as_jitter(jitter) if jitter is not None else AudioJitter(**fields)
+
+        def go() -> None:
+            self.jitter = j
+            self._rng = random.Random(j.seed)
+        self._call(go)
+
+    def clear_audio_jitter(self) -> None:
+        self._call(setattr, self, "jitter", None)
+
+    # ---- 3. stall -----------------------------------------------------------------------
+    def stall(self, seconds: float | None = None) -> int:
+        """Stall every current connection for ``seconds`` (None: until ``release``): the
+        server sends nothing (events, pings, pongs) and reads nothing; TCP stays open.
+        Returns how many connections stalled."""
+        def go() -> int:
+            conns = self._live()
+            for c in conns:
+                c.stall(seconds)
+            return len(conns)
+        return self._call(go)
+
+    def release(self) -> int:
+        """End every stall: held input is read (pings answered), queued events go out."""
+        return self._call(lambda: sum(c.release() for c in self._live()))
+
+    # ---- 4. auth / quota rejections -----------------------------------------------------
+    def reject_auth(self, mode: str = "invalid_api_key", count: int | None = None) -> None:
+        """Reject the next ``count`` handshakes (None: all until ``accept_auth``), whatever
+        the key: "http-401" / "http-403" / "http-429" (HTTP status and a JSON error body,
+        no upgrade), "invalid_api_key" (101, error invalid_api_key, close 3000),
+        "insufficient_quota" (101 and session.created; every response fails:
+        response.created, response.done status "failed", status_details.error
+        insufficient_quota; the session stays open)."""
+        if mode not in REJECT_AUTH_MODES:
+            raise ValueError(f"mode {mode!r}: expected one of {', '.join(REJECT_AUTH_MODES)}")
+
+        def go() -> None:
+            self.reject_mode, self.reject_left = mode, count
+        self._call(go)
+
+    def accept_auth(self) -> None:
+        def go() -> None:
+            self.reject_mode, self.reject_left = None, None
+        self._call(go)
+
+    # ---- 5. expiry ----------------------------------------------------------------------
+    def expire_sessions(self, after_s: float = 0.0) -> int:
+        """Expire every current session now (or in ``after_s``): error session_expired, then
+        close 1001. Returns how many sessions."""
+        def go() -> int:
+            conns = [c for c in self._live() if c.core is not None]
+            loop = asyncio.get_running_loop()
+            for c in conns:
+                if after_s > 0:
+                    loop.call_later(after_s, c.expire_now)
+                else:
+                    c.expire_now()
+            return len(conns)
+        loop = self._server._loop
+        if loop is None:
+            raise RuntimeError("server not started")
+        return self._call(go)
+
+    def set_max_session_s(self, seconds: float | None) -> None:
+        """Maximum session duration of connections opened from now on (None: dialect default)."""
+        def go() -> None:
+            self._server.config = replace(self._server.config, max_session_s=seconds)
+        self._call(go)
+
+    # ---- 6. malformed and unknown -------------------------------------------------------
+    def send_malformed_json(self, text: str = MALFORMED_JSON) -> int:
+        """Queue one text frame that is not valid JSON on every current session."""
+        def go() -> int:
+            conns = [c for c in self._live() if c.core is not None]
+            for c in conns:
+                self._server.record._fault("malformed_json", c.rec.index)
+                c.send_raw(text)
+            return len(conns)
+        return self._call(go)
+
+    def send_unknown_event(self, type_: str = UNKNOWN_EVENT_TYPE, **fields: Any) -> int:
+        """Queue an event of a type no SDK knows (well-formed: type, event_id, ``fields``)."""
+        def go() -> int:
+            conns = [c for c in self._live() if c.core is not None]
+            for c in conns:
+                ev = self._unknown_event(type_, **fields)
+                self._server.record._fault("unknown_event", c.rec.index, event_type=type_)
+                c.enqueue([ev])
+            return len(conns)
+        return self._call(go)
+
+    def set_unknown_fields(self, fields: dict | None) -> None:
+        """Add ``fields`` to every server event from now on (top level and inside its
+        session / response / item object); existing fields are never overwritten."""
+        def go() -> None:
+            self.unknown_fields = dict(fields) if fields else None
+            self._server.record._fault("unknown_fields", None, fields=sorted(fields or {}))
+        self._call(go)
+
+    def set_unknown_events(self, every: int | None) -> None:
+        """Send an unknown event type after every ``every`` server events (None: stop)."""
+        self._call(setattr, self, "unknown_every", every)
+
+    def send_raw(self, data: str | bytes) -> int:
+        """Queue one raw frame (text for str, binary for bytes) on every current session."""
+        def go() -> int:
+            conns = [c for c in self._live() if c.core is not None]
+            for c in conns:
+                self._server.record._fault("raw", c.rec.index, size=len(data))
+                c.send_raw(data)
+            return len(conns)
+        return self._call(go)
+
+    # ---- 7. oversized -------------------------------------------------------------------
+    def oversize_next_audio_delta(self, nbytes: int = OVERSIZED_AUDIO_BYTES) -> None:
+        """The next reply audio delta the server sends (any connection) carries ``nbytes``
+        of PCM16 in one event: the reply's audio, padded with silence."""
+        if nbytes < 2:
+            raise ValueError("nbytes: expected >= 2")
+        self._call(setattr, self, "_oversize_pending", int(nbytes))
+
+
 class LocalRealtimeServer:
     """Local Realtime server on ``websockets.asyncio.server``.
 
     ``await start(host, port) -> port``; ``url`` is the OpenAI GA URL
     ``ws://HOST:PORT/v1/realtime?model=gpt-realtime``; ``url_for(dialect)`` gives the URL
-    for any dialect; ``record`` is the ``ServerRecord``.
+    for any dialect; ``record`` is the ``ServerRecord``; ``faults`` the ``FaultControls``.
     """
 
     def __init__(self, config: LocalServerConfig | None = None, **overrides: Any) -> None:
@@ -1799,6 +2396,9 @@ class LocalRealtimeServer:
         self._server = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conns: dict[ServerConnection, ConnectionRecord] = {}
+        self._live: dict[ServerConnection, _Connection] = {}
+        self._decisions: dict[ServerConnection, HandshakeDecision] = {}
+        self.faults = FaultControls(self)
 
     @property
     def url(self) -> str:
@@ -1822,20 +2422,37 @@ class LocalRealtimeServer:
                                 openai_beta_allowed=self.config.openai_beta_allowed)
 
     def _process_request(self, connection: ServerConnection, request):
-        d = self._decide(request)
+        d = self.faults._apply_reject(self._decide(request), request.path)
         if d.http_status is not None:
-            return connection.respond(HTTPStatus(d.http_status), d.http_body + "\n")
+            resp = connection.respond(HTTPStatus(d.http_status), d.http_body + "\n")
+            if d.http_json:
+                del resp.headers["Content-Type"]
+                resp.headers["Content-Type"] = "application/json"
+            return resp
+        self._decisions[connection] = d
         return None
 
     async def _handler(self, ws: ServerConnection) -> None:
-        d = self._decide(ws.request)
+        d = self._decisions.pop(ws, None) or self._decide(ws.request)
         rec = self.record._open(d.dialect.name if d.dialect else None, ws.request.path, d.auth)
         self._conns[ws] = rec
+        conn = _Connection(self, ws, d, rec)
+        self.faults._on_open(conn)
+        self._live[ws] = conn
         try:
-            await _Connection(self, ws, d, rec).run()
+            await conn.run()
         finally:
+            conn.release("connection ended")
             self._conns.pop(ws, None)
-            self.record._update(lambda: setattr(rec, "closed", True))
+            self._live.pop(ws, None)
+            rcvd = ws.protocol.close_rcvd.code if ws.protocol.close_rcvd is not None else None
+
+            def upd() -> None:
+                rec.closed = True
+                rec.close_rcvd = rcvd
+                if rec.t_closed is None:
+                    rec.t_closed, rec.closed_at = time.monotonic(), time.time()
+            self.record._update(upd)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         self._loop = asyncio.get_running_loop()
@@ -1847,35 +2464,35 @@ class LocalRealtimeServer:
         return self.port
 
     async def stop(self) -> None:
+        for c in list(self._live.values()):
+            c.release("server stopping")
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
 
-    def _abort_all(self) -> int:
+    def _abort(self, ws: ServerConnection, rec: ConnectionRecord, fault: bool = True, **detail: Any) -> None:
+        def upd() -> None:
+            rec.aborted = True
+            if rec.t_closed is None:
+                rec.t_closed, rec.closed_at = time.monotonic(), time.time()
+        self.record._update(upd)
+        if fault:
+            self.record._fault("drop", rec.index, **detail)
+        ws.transport.abort()
+
+    def _abort_all(self, fault: bool = True) -> int:
         n = 0
         for ws, rec in list(self._conns.items()):
-            self.record._update(lambda rec=rec: setattr(rec, "aborted", True))
-            ws.transport.abort()
+            self._abort(ws, rec, fault)
             n += 1
         return n
 
     def drop_all_connections(self) -> int:
         """Abort every connection's TCP stream without a close frame. Thread-safe."""
-        loop = self._loop
-        if loop is None:
+        if self._loop is None:
             return 0
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            return self._abort_all()
-        fut = asyncio.run_coroutine_threadsafe(self._abort_async(), loop)
-        return fut.result(5)
-
-    async def _abort_async(self) -> int:
-        return self._abort_all()
+        return self.faults.drop_connections()
 
 
 class ServerThread:
@@ -1942,7 +2559,7 @@ class ServerThread:
             try:
                 fut.result(timeout)
             except TimeoutError:  # a client that never answers the close: abort it
-                loop.call_soon_threadsafe(self.server._abort_all)
+                loop.call_soon_threadsafe(self.server._abort_all, False)
             finally:
                 loop.call_soon_threadsafe(loop.stop)
         self._thread.join(timeout)
@@ -1950,6 +2567,11 @@ class ServerThread:
 
     def drop_all_connections(self) -> int:
         return self.server.drop_all_connections()
+
+    @property
+    def faults(self) -> FaultControls:
+        """Runtime fault injection (thread-safe); see ``FaultControls``."""
+        return self.server.faults
 
     def __enter__(self) -> "ServerThread":
         self.start()
