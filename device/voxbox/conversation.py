@@ -419,11 +419,13 @@ class Conversation:
             return self._go(t, State.SPEAKING, "reply audio")
         return []
 
-    def response_done(self, t: float, status: str) -> list[Action]:
+    def response_done(self, t: float, status: str, audio_queued: bool = False) -> list[Action]:
+        """``response.done``. ``audio_queued``: reply audio is buffered but not playing yet
+        (a large chunk, the prebuffer): the reply is still to come."""
         self._response_done = True
         if self._paused_at is not None:
             return []  # the paused reply's response may end (cancelled): decided later
-        if self.state is State.THINKING and not self._playing:
+        if self.state is State.THINKING and not self._playing and not audio_queued:
             return self._end_reply(t, f"response {status} without audio")
         if self.state is State.SPEAKING and not self._playing:
             return self._end_reply(t, "reply finished")

@@ -201,6 +201,7 @@ class Daemon:
         self._stall_cause: str | None = None
         self._turn_lost = False  # the link went down during a turn
         self._t_link_lost: float | None = None
+        self.turn_rtt_ms: float | None = None  # last ping round trip during a turn
         #: recent conversation as text, replayed into a new session: (role, text)
         self.history: deque[tuple[str, str]] = deque()
         self.stats = {"uplink_samples": 0, "truncates": 0, "reconnects": 0, "tool_calls": 0}
@@ -910,6 +911,7 @@ class Daemon:
         for msg in session.data_to_send():
             await ws.send(msg)
         sender = asyncio.create_task(self._uplink_sender(ws, session))
+        pinger = asyncio.create_task(self._turn_pinger(ws))
         try:
             async for message in ws:
                 self.link.event(time.monotonic())
@@ -923,6 +925,31 @@ class Daemon:
                 self._flush_session()
         finally:
             sender.cancel()
+            pinger.cancel()
+
+    async def _turn_pinger(self, ws) -> None:
+        """During a turn, ping every second and require the pong within ``stall_s``: a
+        stalled service (TCP open, nothing coming back) is replaced in seconds, not after
+        the idle keepalive's ~20 s."""
+        stall_s = self.cfg.realtime.stall_s
+        while True:
+            await asyncio.sleep(1.0)
+            if self.conv.state not in (State.LISTENING, State.THINKING, State.SPEAKING, State.FOLLOW_UP):
+                continue
+            t0 = time.monotonic()
+            try:
+                pong = await ws.ping()
+                await asyncio.wait_for(pong, timeout=stall_s)
+            except asyncio.TimeoutError:
+                self._stall_cause = f"stalled: no pong within {stall_s:.1f} s during a turn"
+                log.warning("%s; replacing the socket", self._stall_cause, extra={"VOXBOX_EVENT": "stall"})
+                transport = getattr(ws, "transport", None)
+                if transport is not None:
+                    transport.abort()
+                return
+            except Exception:  # closed meanwhile: the receive loop handles it
+                return
+            self.turn_rtt_ms = (time.monotonic() - t0) * 1000
 
     async def _uplink_sender(self, ws, session: RealtimeSession) -> None:
         while True:
@@ -1009,7 +1036,7 @@ class Daemon:
             self.jitter.mark_complete()
             log.info("response %s %s", ev.response_id, ev.status,
                      extra={"VOXBOX_EVENT": "response_done", "VOXBOX_STATUS": ev.status})
-            self._apply(conv.response_done(now, ev.status))
+            self._apply(conv.response_done(now, ev.status, audio_queued=self.jitter.queued_samples > 0))
             if not self.jitter.active and self.conv.state is State.SPEAKING:
                 self._apply(conv.playback_drained(now))
         elif isinstance(ev, FunctionCallRequested):
