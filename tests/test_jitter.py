@@ -1,5 +1,7 @@
-"""Jitter buffer core: prebuffer, exact per-item accounting, underrun, flush."""
+"""Jitter buffer core: prebuffer, exact per-item accounting, underrun, flush; the plain
+(``stretch=False``) behaviour first, then time-stretching (expand/accelerate)."""
 import numpy as np
+import pytest
 
 from voxbox.jitter import JitterBuffer
 
@@ -10,7 +12,7 @@ def pull(jb, n=240):
 
 
 def test_prebuffer_then_exact_accounting():
-    jb = JitterBuffer(prebuffer_ms=60)
+    jb = JitterBuffer(prebuffer_ms=60, stretch=False)
     jb.push("a", np.arange(1, 1001, dtype=np.int16))  # 1000 samples < 1440 prebuffer
     r, out = pull(jb)
     assert r.samples == 0 and not out.any()
@@ -26,7 +28,7 @@ def test_prebuffer_then_exact_accounting():
 
 
 def test_complete_plays_below_prebuffer_and_drains():
-    jb = JitterBuffer(prebuffer_ms=60)
+    jb = JitterBuffer(prebuffer_ms=60, stretch=False)
     jb.push("a", np.ones(300, dtype=np.int16))
     jb.mark_complete()
     r1, _ = pull(jb)
@@ -37,7 +39,7 @@ def test_complete_plays_below_prebuffer_and_drains():
 
 
 def test_underrun_counts_and_fades():
-    jb = JitterBuffer(prebuffer_ms=10)
+    jb = JitterBuffer(prebuffer_ms=10, stretch=False)
     jb.push("a", np.full(300, 10000, dtype=np.int16))
     pull(jb)
     r, out = pull(jb)
@@ -47,7 +49,7 @@ def test_underrun_counts_and_fades():
 
 
 def test_flush_drops_everything_and_reports_played():
-    jb = JitterBuffer(prebuffer_ms=0)
+    jb = JitterBuffer(prebuffer_ms=0, stretch=False)
     jb.push("a", np.ones(2400, dtype=np.int16))
     pull(jb)
     pull(jb)
@@ -58,7 +60,7 @@ def test_flush_drops_everything_and_reports_played():
 
 
 def test_two_items_accounted_separately():
-    jb = JitterBuffer(prebuffer_ms=0)
+    jb = JitterBuffer(prebuffer_ms=0, stretch=False)
     jb.push("a", np.ones(100, dtype=np.int16))
     jb.push("b", np.ones(500, dtype=np.int16))
     r, _ = pull(jb)
@@ -105,7 +107,7 @@ def jittery_reply(rng, n=20, speed=3.0):
 
 def test_target_grows_under_jitter_and_shrinks_when_calm():
     rng = np.random.default_rng(1)
-    jb = JitterBuffer(prebuffer_ms=60, min_ms=20, max_ms=600)
+    jb = JitterBuffer(prebuffer_ms=60, min_ms=20, max_ms=600, stretch=False)
     t = 0.0
     for _ in range(3):
         _, _, t = play_reply(jb, t, *calm_reply(rng))
@@ -119,7 +121,7 @@ def test_target_grows_under_jitter_and_shrinks_when_calm():
     assert grown >= 100, grown
     assert calm_underruns == 0
     # deeper target: later jittery replies underrun less than a fixed 20 ms buffer would
-    fixed = JitterBuffer(prebuffer_ms=20, min_ms=20, max_ms=20)
+    fixed = JitterBuffer(prebuffer_ms=20, min_ms=20, max_ms=20, stretch=False)
     u0 = jb.underruns
     rng_a, rng_b = np.random.default_rng(7), np.random.default_rng(7)
     ta = tb = t
@@ -138,7 +140,7 @@ def test_target_grows_under_jitter_and_shrinks_when_calm():
 
 def test_target_bounded_by_min_and_max():
     rng = np.random.default_rng(2)
-    jb = JitterBuffer(prebuffer_ms=60, min_ms=40, max_ms=200)
+    jb = JitterBuffer(prebuffer_ms=60, min_ms=40, max_ms=200, stretch=False)
     sizes, _ = calm_reply(rng)
     stalled = np.concatenate([[0.0], np.full(len(sizes) - 1, 3.0)])  # 3 s outage after chunk 0
     _, _, t = play_reply(jb, 0.0, sizes, stalled)
@@ -146,13 +148,13 @@ def test_target_bounded_by_min_and_max():
     for _ in range(15):
         _, _, t = play_reply(jb, t + 1.0, *calm_reply(rng))
     assert jb.target_ms == 40
-    fixed = JitterBuffer(prebuffer_ms=60, min_ms=60, max_ms=60)
+    fixed = JitterBuffer(prebuffer_ms=60, min_ms=60, max_ms=60, stretch=False)
     play_reply(fixed, 0.0, sizes, stalled)
     assert fixed.target_ms == 60
 
 
 def test_first_observation_replaces_initial_prebuffer():
-    jb = JitterBuffer(prebuffer_ms=300, min_ms=20, max_ms=600)
+    jb = JitterBuffer(prebuffer_ms=300, min_ms=20, max_ms=600, stretch=False)
     assert jb.target_ms == 300
     play_reply(jb, 0.0, [2400] * 5, [0.0, 0.03, 0.06, 0.09, 0.12])
     assert jb.target_ms == 20 and jb.observations == 1
@@ -162,7 +164,7 @@ def test_requirement_of_a_late_chunk():
     # real-time-paced sender, second chunk 200 ms late: the segment needed the first chunk
     # (100 ms) buffered; the target follows (rounded up to 5 ms) as soon as the late chunk
     # arrives, and playback rebuffers to it.
-    jb = JitterBuffer(prebuffer_ms=20, min_ms=20, max_ms=600)
+    jb = JitterBuffer(prebuffer_ms=20, min_ms=20, max_ms=600, stretch=False)
     outs, res, _ = play_reply(jb, 0.0, [2400, 2400, 2400], [0.0, 0.3, 0.31])
     assert jb.underruns == 1 and jb.observations == 2  # the stalled segment, the resumed one
     assert jb.target_ms == 105
@@ -177,7 +179,7 @@ def _jumps(outs):
 
 def test_underrun_at_period_boundary_fades_out_without_click():
     a, f = 20000, 96
-    jb = JitterBuffer(prebuffer_ms=0, fade_samples=f)
+    jb = JitterBuffer(prebuffer_ms=0, fade_samples=f, stretch=False)
     jb.push("a", np.full(480, a, dtype=np.int16), t=0.0)  # ends exactly on a period
     outs = [pull(jb)[1] for _ in range(2)]
     r, out = pull(jb)
@@ -191,7 +193,7 @@ def test_underrun_at_period_boundary_fades_out_without_click():
 def test_underrun_mid_period_fades_out_without_click():
     a, f = 20000, 96
     for n in (250, 300, 440):  # runs dry 10, 60 (< fade) and 200 (> fade) into a period
-        jb = JitterBuffer(prebuffer_ms=0, fade_samples=f)
+        jb = JitterBuffer(prebuffer_ms=0, fade_samples=f, stretch=False)
         jb.push("a", np.full(n, a, dtype=np.int16), t=0.0)
         outs = [pull(jb)[1] for _ in range(2)]
         assert jb.underruns == 1 and jb.played == {"a": n}
@@ -201,7 +203,7 @@ def test_underrun_mid_period_fades_out_without_click():
 
 def test_resume_after_underrun_fades_in_fresh_start_does_not():
     a, f = 20000, 96
-    jb = JitterBuffer(prebuffer_ms=0, fade_samples=f, min_ms=0, max_ms=600)
+    jb = JitterBuffer(prebuffer_ms=0, fade_samples=f, min_ms=0, max_ms=600, stretch=False)
     jb.push("a", np.full(480, a, dtype=np.int16), t=0.0)
     r, out = pull(jb)
     assert out[0] == a  # fresh start: untouched
@@ -223,7 +225,7 @@ def test_exact_accounting_across_underruns_and_flushes():
     model exactly, and (without fades) so does every sample handed out."""
     for fade in (1, 96):
         rng = np.random.default_rng(3)
-        jb = JitterBuffer(prebuffer_ms=40, fade_samples=fade, min_ms=20, max_ms=300)
+        jb = JitterBuffer(prebuffer_ms=40, fade_samples=fade, min_ms=20, max_ms=300, stretch=False)
         ref: list[tuple[str, np.ndarray]] = []  # reference queue
         ref_played: dict[str, int] = {}
         t, nxt, item_no = 0.0, 0, 0
@@ -267,8 +269,9 @@ def test_exact_accounting_across_underruns_and_flushes():
         assert jb.underruns >= 3 and jb.epoch > 10
 
 
-def test_pause_takes_back_unplayed_samples_and_resume_plays_them_in_order():
-    jb = JitterBuffer(rate=24000, period=240, prebuffer_ms=0)
+@pytest.mark.parametrize("stretch", [False, True])
+def test_pause_takes_back_unplayed_samples_and_resume_plays_them_in_order(stretch):
+    jb = JitterBuffer(rate=24000, period=240, prebuffer_ms=0, stretch=stretch)
     audio = np.arange(1, 24001, dtype=np.int16)  # 1 s, every sample distinct
     jb.push("a", audio, t=0.0)
     jb.mark_complete()
@@ -298,10 +301,215 @@ def test_pause_takes_back_unplayed_samples_and_resume_plays_them_in_order():
 
 
 def test_flush_while_paused_reports_played_without_the_take_back():
-    jb = JitterBuffer(rate=24000, period=240, prebuffer_ms=0)
+    jb = JitterBuffer(rate=24000, period=240, prebuffer_ms=0, stretch=False)
     jb.push("a", np.ones(4800, np.int16), t=0.0)
     out = np.zeros(240, np.int16)
     for _ in range(5):
         jb.pull(out)
     jb.pause(unplayed=480)
     assert jb.flush() == {"a": 720} and not jb.paused
+
+
+# ---- time-stretching (WSOLA expand / accelerate) -----------------------------------------
+def voiced(n, seed=0, amp=8000.0):
+    """Speech-like voiced signal: harmonics of a pitch gliding 110-230 Hz, syllable envelope."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / RATE
+    f0 = 170 + 60 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6))
+    ph = 2 * np.pi * np.cumsum(f0) / RATE
+    x = sum(np.sin(k * ph) / k for k in range(1, 6))
+    env = 0.3 + 0.7 * np.sin(2 * np.pi * 3.0 * t + rng.uniform(0, 6)) ** 2
+    return (amp / 1.5 * x * env).astype(np.int16)
+
+
+def drive(jb, audio, chunk_ms, arrivals, item="a", timed=True):
+    """Push ``audio`` in chunks of ``chunk_ms`` arriving at ``arrivals`` (s); pull on a 10 ms
+    clock (passing it to pull when ``timed``) until drained. Returns (outputs, results)."""
+    c = RATE * chunk_ms // 1000
+    chunks = [audio[i:i + c] for i in range(0, audio.size, c)]
+    outs, res, i, k = [], [], 0, 0
+    while i < len(chunks) or jb.active:
+        t = k * 0.01
+        while i < len(chunks) and arrivals[i] <= t:
+            jb.push(item, chunks[i], t=float(arrivals[i]))
+            i += 1
+            if i == len(chunks):
+                jb.mark_complete()
+        out = np.empty(PERIOD, dtype=np.int16)
+        res.append(jb.pull(out, t=t) if timed else jb.pull(out))
+        outs.append(out)
+        k += 1
+    return outs, res
+
+
+def gappy_arrivals(n_chunks, chunk_ms, gap_ms, every, speed=1.0):
+    t, arr = 0.0, []
+    for k in range(n_chunks):
+        arr.append(t)
+        t += chunk_ms / 1000 / speed
+        if (k + 1) % every == 0:
+            t += gap_ms / 1000
+    return np.array(arr)
+
+
+def test_expand_bridges_a_short_gap_the_plain_buffer_underruns_on():
+    audio = voiced(RATE * 2)
+    arr = gappy_arrivals(20, 100, 25, 5)  # real-time paced, a 25 ms gap every 0.5 s
+    plain = JitterBuffer(RATE, PERIOD, 0, min_ms=0, max_ms=0, stretch=False)
+    drive(plain, audio, 100, arr)
+    jb = JitterBuffer(RATE, PERIOD, 0, min_ms=0, max_ms=0)
+    outs, res = drive(jb, audio, 100, arr)
+    assert plain.underruns >= 3 and jb.underruns == 0 and jb.expands > 0
+    assert jb.played == {"a": audio.size} == plain.played
+    # every period is whole audio until the last one: stretching never shortens a pull
+    assert all(r.device == PERIOD for r in res if r.samples and not r.drained)
+    assert sum(r.samples for r in res) == audio.size
+
+
+def late_start_arrivals(n_chunks, chunk_ms=25):
+    """Four chunks paced in real time (a buffer with a 100 ms start waits ~75 ms behind the
+    earliest player), then the rest at 3x real time."""
+    d = chunk_ms / 1000
+    return np.array([k * d if k < 4 else 4 * d + (k - 4) * d / 3 for k in range(n_chunks)])
+
+
+def feed(jb, audio, arr, pulls, c=RATE * 25 // 1000):
+    """Push ``audio`` in chunks of ``c`` at ``arr``; ``pulls`` timed pulls. Returns results
+    and our lag behind the earliest player after each pull (source samples)."""
+    out = np.empty(PERIOD, dtype=np.int16)
+    res, lags, i = [], [], 0
+    for k in range(pulls):
+        t = k * 0.01
+        while i < len(arr) and arr[i] <= t:
+            jb.push("a", audio[i * c:(i + 1) * c], t=float(arr[i]))
+            i += 1
+        res.append(jb.pull(out, t=t))
+        lags.append(jb._e_pos - jb._r_pos)
+    return res, lags
+
+
+def test_accelerate_catches_up_and_never_overshoots_the_earliest_player():
+    audio = voiced(RATE * 3, seed=1)
+    arr = late_start_arrivals(120)
+    jb = JitterBuffer(RATE, PERIOD, 100, min_ms=100, max_ms=100, start_ms=100)
+    outs, res = drive(jb, audio, 25, arr)
+    assert jb.accelerates > 0 and jb.underruns == 0 and jb.expands == 0
+    accel = [r for r in res if r.samples > r.device]
+    assert accel and all(r.device == PERIOD and r.samples <= PERIOD * 1.5 for r in accel)
+    assert jb.played == {"a": audio.size}
+    jb = JitterBuffer(RATE, PERIOD, 100, min_ms=100, max_ms=100, start_ms=100)
+    _, lags = feed(jb, audio, arr, 200)
+    assert max(lags) > 0.06 * RATE  # the late start: ~75 ms behind
+    assert lags[-1] < 0.0025 * RATE  # caught up (to within the shortest pitch lag)
+    assert min(lags) > -PERIOD  # never more than the pull granularity ahead
+
+
+def test_exact_accounting_under_stretching_with_pauses_and_flushes():
+    """Random pushes (gappy and bursty), pulls, pauses with take-back, resumes, completes
+    and flushes, stretching on: each pull moves ``played`` by exactly its ``samples``
+    (source samples consumed), a pause moves it back by exactly what it re-queued,
+    played + queued == received (until a flush drops the queue), and every whole pull is
+    one period of device audio."""
+    rng = np.random.default_rng(5)
+    jb = JitterBuffer(RATE, PERIOD, 20, min_ms=0, max_ms=200)
+    src = voiced(RATE * 60, seed=2)
+    pos, t, item_no, dropped = 0, 0.0, 0, 0
+    for _ in range(6000):
+        t += 0.01
+        u = rng.random()
+        if u < 0.25:
+            n = int(rng.integers(240, 4000))
+            jb.push(f"i{item_no}", src[pos:pos + n], t=t)
+            pos = (pos + n) % (src.size - 4000)
+            if rng.random() < 0.05:
+                item_no += 1
+        elif u < 0.27:
+            jb.mark_complete()
+        elif u < 0.28 and not jb.paused:
+            q, p = jb.queued_samples, sum(jb.played.values())
+            after = jb.pause(unplayed=int(rng.integers(0, 2000)))
+            assert jb.queued_samples - q == p - sum(after.values()) >= 0
+            if rng.random() < 0.5:
+                jb.resume()
+        elif u < 0.29 and jb.paused:
+            jb.resume()
+        elif u < 0.295:
+            dropped += jb.queued_samples
+            played = jb.flush()
+            assert played == jb.played and jb.queued_samples == 0
+            item_no += 1
+        before = dict(jb.played)
+        out = np.empty(PERIOD, dtype=np.int16)
+        r = jb.pull(out, t=t)
+        assert r.device == PERIOD or r.underrun or r.drained or r.samples == 0
+        delta = {k: v - before.get(k, 0) for k, v in jb.played.items() if v != before.get(k, 0)}
+        assert sum(delta.values()) == r.samples and all(v > 0 for v in delta.values())
+        assert r.item_id in delta if r.samples else r.item_id is None
+        assert sum(jb.played.values()) + jb.queued_samples + dropped == \
+            sum(jb.received.values())
+        assert all(0 <= v <= jb.received[k] for k, v in jb.played.items())
+    assert jb.expands > 10 and jb.accelerates > 10 and jb.underruns > 0
+
+
+def test_take_back_maps_device_samples_to_source_samples():
+    """A pause's take-back of stretched periods gives back exactly the source samples
+    those periods consumed; the resumed stream continues at ``played``."""
+    audio = voiced(RATE * 3, seed=3)
+    arr = late_start_arrivals(120)
+    jb = JitterBuffer(RATE, PERIOD, 100, min_ms=100, max_ms=100, start_ms=100)
+    res, _ = feed(jb, audio, arr, 30)
+    assert jb.accelerates > 0
+    out = np.empty(PERIOD, dtype=np.int16)
+    for m in (4, 3):  # whole periods handed out (some of them stretched)
+        assert any(r.samples != r.device for r in res[-m:])
+        before = jb.played["a"]
+        back = sum(r.samples for r in res[-m:])
+        played = jb.pause(unplayed=m * PERIOD)
+        assert played["a"] == before - back
+        assert jb.queued_samples == jb.received["a"] - played["a"]
+        jb.resume()
+        jb._e_pos += 2000  # behind again: accelerate on re-playing the taken-back audio
+        res = [jb.pull(out) for _ in range(6)]
+    jb.stretch = False  # plain from here, to compare sample by sample
+    played = jb.pause(unplayed=0)["a"]
+    jb.resume()
+    rest = []
+    for _ in range(20):
+        r = jb.pull(out)
+        rest.append(out[:r.samples].copy())
+    rest = np.concatenate(rest)
+    f = 96
+    assert np.array_equal(rest[f:], audio[played + f:played + rest.size])
+    # partial take-back: linear within a stretched period, total exact
+    jb2 = JitterBuffer(RATE, PERIOD, 100, min_ms=100, max_ms=100, start_ms=100)
+    feed(jb2, audio, arr, 30)
+    p0 = jb2.played["a"]
+    p1 = jb2.pause(unplayed=100)["a"]
+    assert 0 < p0 - p1 <= 100 / (1 - 0.5) and p1 + jb2.queued_samples == jb2.received["a"]
+
+
+def test_no_clicks_at_stretch_boundaries_and_deterministic():
+    a = voiced(RATE * 4, seed=4)
+    arr = gappy_arrivals(40, 100, 30, 4, speed=1.5)
+    runs = []
+    for _ in range(2):
+        jb = JitterBuffer(RATE, PERIOD, 0, min_ms=0, max_ms=0, start_ms=0)
+        outs, res = drive(jb, a, 100, arr)
+        runs.append(np.concatenate(outs))
+        assert jb.expands > 0 and jb.underruns == 0
+    assert np.array_equal(runs[0], runs[1])  # deterministic
+    y = runs[0].astype(np.int32)
+    src_jump = np.abs(np.diff(a.astype(np.int32))).max()
+    assert np.abs(np.diff(y)).max() <= 1.5 * src_jump
+
+
+def test_stretch_off_is_the_plain_buffer():
+    audio = voiced(RATE * 2, seed=6)
+    arr = gappy_arrivals(20, 100, 25, 5)
+    a = JitterBuffer(RATE, PERIOD, 0, stretch=False)
+    oa, ra = drive(a, audio, 100, arr)
+    b = JitterBuffer(RATE, PERIOD, 0, stretch=False)
+    ob, rb = drive(b, audio, 100, arr, timed=False)
+    assert all(r.samples == r.device for r in ra)
+    assert np.array_equal(np.concatenate(oa), np.concatenate(ob))
+    assert a.expands == a.accelerates == 0

@@ -61,19 +61,28 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 BUCKET_MS = 5  # histogram resolution of the target
 
 
 @dataclass
 class PullResult:
-    """What one :meth:`JitterBuffer.pull` produced."""
+    """What one :meth:`JitterBuffer.pull` produced.
+
+    ``samples`` counts SOURCE samples of reply audio consumed by this period (what
+    ``played`` grew by); ``device`` counts the samples of the period that carry that audio
+    (before a fade tail). Without time-stretching the two are equal; an expanded period
+    has ``device > samples`` and an accelerated one ``device < samples``. Both are
+    informational: the daemon uses ``item_id``/``drained``/``underrun``/``epoch``.
+    """
 
     item_id: str | None  # the item whose audio is (mostly) in this period, None for silence
-    samples: int  # reply samples in this period (the rest is silence or a fade tail)
+    samples: int  # source samples of reply audio consumed by this period
     drained: bool  # the buffer just ran empty at the end of the expected audio
     underrun: bool  # the buffer ran empty while more audio was expected
     epoch: int = 0  # flush count when pulled: results from before a flush are stale
+    device: int = 0  # samples of this period carrying reply audio (stretched or not)
 
 
 class JitterBuffer:
@@ -89,16 +98,35 @@ class JitterBuffer:
     quantile: the target is this quantile of the recent segments' requirements.
     forget: per-observation forgetting factor of the requirement histogram.
     history_ms: how much of the audio last handed out is kept so :meth:`pause` can take
-        back what the device had not yet played (ms).
+        back what the device had not yet played (ms of device audio).
+    stretch: time-stretch (WSOLA) to bridge short gaps (expand) and to catch up with
+        the earliest possible playout (accelerate). ``False`` gives the plain buffer.
+    max_expand: largest slow-down of one expand operation (1.0 = +100 %: one pitch
+        period inserted per pitch period consumed).
+    max_accelerate: largest speed-up of one accelerate operation (0.25 = one pitch
+        period removed per four consumed, i.e. -25 % duration).
+    expand_ms: expand while less than this much audio is queued and more is expected.
+    max_expand_ms: at most this much audio is inserted per gap (then it underruns).
+    accelerate_ms: accelerate only while at least this much audio stays queued (so the
+        lag that expand built up stays as a cushion when the sender is only real-time
+        paced, instead of expand and accelerate taking turns).
+    start_ms: with ``stretch``, playback starts once ``min(target, start_ms)`` is queued
+        (expand covers a shallow start); without, at the target.
     """
 
     def __init__(self, rate: int = 24000, period: int = 240, prebuffer_ms: int = 60,
                  fade_samples: int = 96, min_ms: float = 20, max_ms: float = 600,
-                 quantile: float = 0.95, forget: float = 0.8, history_ms: int = 300):
+                 quantile: float = 0.95, forget: float = 0.8, history_ms: int = 300,
+                 stretch: bool = True, max_expand: float = 1.0,
+                 max_accelerate: float = 0.25, expand_ms: float = 60,
+                 max_expand_ms: float = 80, start_ms: float = 0,
+                 accelerate_ms: float = 200):
         if not 0 <= min_ms <= max_ms:
             raise ValueError(f"need 0 <= min_ms <= max_ms, got {min_ms}, {max_ms}")
         if not 0 < quantile < 1 or not 0 < forget < 1:
             raise ValueError("quantile and forget must be in (0, 1)")
+        if not 0 < max_expand <= 1 or not 0 < max_accelerate <= 0.5:
+            raise ValueError("need 0 < max_expand <= 1 and 0 < max_accelerate <= 0.5")
         self.rate = rate
         self.period = period
         self.prebuffer = rate * prebuffer_ms // 1000  # current target (samples)
@@ -111,7 +139,12 @@ class JitterBuffer:
         self._lock = threading.Lock()
         self._chunks: deque[tuple[str, np.ndarray]] = deque()
         self._offset = 0  # samples already taken from _chunks[0]
-        self._queued = 0
+        self._inq = 0  # source samples in _chunks
+        self._queued = 0  # source samples not yet handed out (_chunks + _ready)
+        # pieces made from the queue, not yet (fully) handed out: [item, src, dev, done];
+        # ``dev`` is what the device gets for the source ``src`` (the same array when
+        # not stretched), ``done`` the device samples of it already handed out
+        self._ready: deque[list] = deque()
         self._playing = False
         self._complete = False  # all audio of the current response has arrived
         self._stalled = False  # ran dry while audio was expected; cleared by the next push
@@ -131,14 +164,38 @@ class JitterBuffer:
         nb = int(math.ceil(self.max_ms / BUCKET_MS)) + 1
         self._hist = np.zeros(nb, dtype=np.float64)
         self._hist_cs = np.empty(nb, dtype=np.float64)
-        # the last samples handed out, so a pause can take back what the device still held
-        self._hist_pcm = np.zeros(max(history_ms * rate // 1000, period), dtype=np.int16)
-        self._hist_w = 0  # absolute samples written to _hist_pcm
-        self._hist_runs: deque[list] = deque()  # [item_id, samples], oldest first
-        self._hist_len = 0
+        # what was handed out lately, so a pause can take back what the device still held:
+        # [item, source samples, device samples], oldest first
+        self._hist_cap = max(history_ms * rate // 1000, period)
+        self._hist_frags: deque[list] = deque()
+        self._hist_len = 0  # device samples in _hist_frags
         self._paused = False
         self.observations = 0  # segments observed
         self.last_requirement_ms: float | None = None  # the last segment's observation
+        # time-stretching
+        self.stretch = stretch
+        self.max_expand, self.max_accelerate = float(max_expand), float(max_accelerate)
+        self._expand_below = int(expand_ms * rate / 1000)
+        self._expand_cap = int(max_expand_ms * rate / 1000)
+        self._start = int(start_ms * rate / 1000)
+        self._accel_above = int(accelerate_ms * rate / 1000)
+        self._tmin = max(8, int(0.0025 * rate))  # pitch lags searched: 2.5-15 ms
+        self._tmax = max(self._tmin + 1, int(0.015 * rate))
+        self._expanded = 0  # device samples inserted since the last push
+        # the earliest possible player of the current response (what a no-prebuffer,
+        # non-stretching player would have played): accelerate catches up with it
+        self._resp_open = False
+        self._arrivals: list[tuple[float, int]] = []  # pushed since the last pull
+        self._e_pos = 0.0  # its position (source samples of the response)
+        self._e_t: float | None = None  # ... at this time
+        self._e_avail = 0  # source samples of the response pushed
+        self._r_pos = 0  # our position: source samples of the response handed out
+        # statistics (device samples handed out)
+        self.audio_out = 0
+        self.expand_out = 0  # device samples made by expand operations
+        self.accelerate_out = 0  # device samples made by accelerate operations
+        self.expands = 0
+        self.accelerates = 0
 
     # ---- network side --------------------------------------------------------------------
     def push(self, item_id: str, pcm: np.ndarray, t: float | None = None) -> None:
@@ -159,10 +216,17 @@ class JitterBuffer:
                     self._close_segment()
             elif self._seg_n:
                 self._seg_peak = max(self._seg_peak, self._requirement(t))
+            if not self._resp_open:  # first audio of a response: earliest player starts
+                self._resp_open = True
+                self._arrivals.clear()
+                self._e_pos, self._e_t, self._e_avail, self._r_pos = 0.0, None, 0, 0
+            self._arrivals.append((t, pcm.size))
             self._stalled = False
+            self._expanded = 0
             self._seg_append(t, pcm.size)
             self._chunks.append((item_id, pcm))
             self._queued += pcm.size
+            self._inq += pcm.size
             self.received[item_id] = self.received.get(item_id, 0) + pcm.size
             self._complete = False
 
@@ -174,35 +238,34 @@ class JitterBuffer:
 
     def pause(self, unplayed: int = 0) -> dict[str, int]:
         """Stop handing out reply audio but keep it queued (tentative barge-in). The last
-        ``unplayed`` samples handed out (those the device had not played when it was
-        stopped; at most ``history_ms``) go back to the head of the queue and leave
-        ``played``. :meth:`pull` returns silence until :meth:`resume` or :meth:`flush`.
-        Returns ``played`` per item after the take-back."""
+        ``unplayed`` samples handed out (device samples the device had not played when it
+        was stopped; at most ``history_ms``) go back to the head of the queue as the
+        source samples they were made from, and leave ``played``. :meth:`pull` returns
+        silence until :meth:`resume` or :meth:`flush`. Returns ``played`` per item after
+        the take-back."""
         with self._lock:
+            self._unready()
             n = min(max(0, unplayed), self._hist_len)
-            if n:
-                if self._offset and self._chunks:
-                    item, chunk = self._chunks[0]
-                    self._chunks[0] = (item, chunk[self._offset:])
-                    self._offset = 0
-                cap = self._hist_pcm.shape[0]
-                end = self._hist_w
-                left = n
-                while left:
-                    run = self._hist_runs[-1]
-                    k = min(left, run[1])
-                    idx = np.arange(end - k, end) % cap
-                    self._chunks.appendleft((run[0], self._hist_pcm[idx]))
-                    self.played[run[0]] = self.played.get(run[0], 0) - k
-                    run[1] -= k
-                    if run[1] == 0:
-                        self._hist_runs.pop()
-                    end -= k
-                    left -= k
-                self._hist_w = end
-                self._hist_len -= n
-                self._queued += n
+            left = n
+            while left:
+                frag = self._hist_frags[-1]
+                item, src, dev = frag
+                k = min(left, dev)
+                keep = _src_at(dev - k, src.size, dev)
+                back = src[keep:]
+                if k == dev:
+                    self._hist_frags.pop()
+                else:
+                    frag[1], frag[2] = src[:keep], dev - k
+                if back.size:
+                    self._requeue(item, back)
+                    self.played[item] = self.played.get(item, 0) - back.size
+                    self._queued += back.size
+                    self._r_pos -= back.size
+                self._hist_len -= k
+                left -= k
             self._paused = True
+            self._e_pos = float(self._r_pos)  # a pause is not latency to catch up on
             return dict(self.played)
 
     def resume(self) -> None:
@@ -220,14 +283,17 @@ class JitterBuffer:
         """Drop all queued audio (barge-in). Returns ``played`` per item at this moment."""
         with self._lock:
             self._paused = False
-            self._hist_runs.clear()
+            self._hist_frags.clear()
             self._hist_len = 0
             self._chunks.clear()
+            self._ready.clear()
             self._offset = 0
             self._queued = 0
+            self._inq = 0
             self._playing = False
             self._complete = True
             self._stalled = False
+            self._resp_open = False
             self._fade_in_pos = self._fade_in.size
             if self._seg_n:
                 self._close_segment()
@@ -236,6 +302,7 @@ class JitterBuffer:
 
     @property
     def queued_samples(self) -> int:
+        """Source samples queued (not yet handed out)."""
         return self._queued
 
     @property
@@ -282,43 +349,211 @@ class JitterBuffer:
         target_ms = min(max(b * BUCKET_MS, self.min_ms), self.max_ms)
         self.prebuffer = int(math.ceil(target_ms * self.rate / 1000))
 
+    def _lag(self, t: float | None) -> float:
+        """Advance the earliest player to this pull and return how far (source samples)
+        we are behind it. With ``t`` (same clock as ``push``) it plays in continuous time
+        from the response's first arrival; without, on the pull grid (one period a pull)."""
+        n = 0 if self._paused else self.period  # the earliest player waits while paused
+        if self._paused and t is not None and self._e_t is not None:
+            self._e_t = max(self._e_t, t)
+        if t is None:
+            for _, k in self._arrivals:
+                self._e_avail += k
+            self._arrivals.clear()
+            lag = self._e_pos - self._r_pos
+            self._e_pos = min(float(self._e_avail), self._e_pos + n)
+            return lag
+        for a, k in self._arrivals:
+            if self._e_t is not None:
+                a = max(a, self._e_t)
+                self._e_pos = min(float(self._e_avail), self._e_pos + (a - self._e_t) * self.rate)
+            self._e_t = a
+            self._e_avail += k
+        self._arrivals.clear()
+        if self._e_t is not None:
+            t = max(t, self._e_t)
+            self._e_pos = min(float(self._e_avail), self._e_pos + (t - self._e_t) * self.rate)
+            self._e_t = t
+        return self._e_pos - self._r_pos
+
+    # ---- queue helpers (lock held) -------------------------------------------------------
+    def _requeue(self, item: str, src: np.ndarray) -> None:
+        """Put ``src`` back at the head of the queue."""
+        if self._offset and self._chunks:
+            it, chunk = self._chunks[0]
+            self._chunks[0] = (it, chunk[self._offset:])
+            self._offset = 0
+        self._chunks.appendleft((item, src))
+        self._inq += src.size
+
+    def _unready(self) -> None:
+        """Return the not yet handed out source of the ready pieces to the queue."""
+        while self._ready:
+            item, src, dev, done = self._ready.pop()
+            rest = src[_src_at(done, src.size, dev.size):]
+            if rest.size:
+                self._requeue(item, rest)
+
+    def _peek(self, limit: int) -> tuple[str, np.ndarray]:
+        """Up to ``limit`` queued source samples of the head item (contiguous copy)."""
+        item = self._chunks[0][0]
+        parts, got, off = [], 0, self._offset
+        for it, chunk in self._chunks:
+            if it != item or got >= limit:
+                break
+            take = min(limit - got, chunk.size - off)
+            parts.append(chunk[off:off + take])
+            got += take
+            off = 0
+        return item, (parts[0] if len(parts) == 1 else np.concatenate(parts))
+
+    def _consume(self, s: int) -> None:
+        while s:
+            item, chunk = self._chunks[0]
+            take = min(s, chunk.size - self._offset)
+            self._offset += take
+            s -= take
+            self._inq -= take
+            if self._offset >= chunk.size:
+                self._chunks.popleft()
+                self._offset = 0
+
+    # ---- time-stretching (lock held) -----------------------------------------------------
+    def _best_lag(self, x: np.ndarray, tmax: int) -> tuple[int, float]:
+        """Pitch lag ``T`` in [tmin, tmax] maximising the normalised cross-correlation of
+        ``x[:w]`` and ``x[T:T + w]`` (``x`` float, at least ``tmax + w`` long), and it."""
+        tmin = self._tmin
+        w = min(tmax, x.size - tmax)
+        ref = x[:w]
+        win = sliding_window_view(x[tmin:tmax + w], w)
+        c = win @ ref
+        e2 = np.cumsum(np.concatenate([[0.0], x[tmin:tmax + w] ** 2]))
+        ew = e2[w:] - e2[:-w]
+        nc = c / np.sqrt(ew * float(ref @ ref) + 1e-9)
+        i = int(np.argmax(nc))
+        return tmin + i, float(nc[i])
+
+    def _expand_piece(self) -> bool:
+        """Insert one pitch period into the head of the queue (preemptive expand)."""
+        tmax = min(self._tmax, self._inq // 2, self._expand_cap - self._expanded)
+        if tmax < self._tmin or self._chunks[0][1].size == 0:
+            return False
+        item, xi = self._peek(2 * tmax)
+        tmax = min(tmax, xi.size // 2)
+        if tmax < self._tmin:
+            return False
+        x = xi.astype(np.float32)
+        T, _ = self._best_lag(x, tmax)
+        s = max(T, min(int(round(T / self.max_expand)), self._inq))
+        # y = x[:T] ++ crossfade(x[T:2T] -> x[:T]) ++ x[T:s]: one period more, continuous
+        # at both ends (the crossfade starts on x[T] and ends on x[T-1], followed by x[T])
+        fi = _ramp(T)
+        ola = x[T:2 * T] * (1.0 - fi) + x[:T] * fi
+        src = xi[:s].copy() if s <= xi.size else self._peek(s)[1].copy()
+        dev = np.concatenate([src[:T], _to16(ola), src[T:s]])
+        self._consume(s)
+        self._ready.append([item, src, dev, 0])
+        self._expanded += T
+        self.expands += 1
+        return True
+
+    def _accelerate_piece(self, lag: float) -> bool:
+        """Remove one pitch period (where the audio is periodic or quiet) from the head of
+        the queue, no more than ``lag`` samples, keeping enough queued."""
+        tmax = min(self._tmax, int(lag))
+        if tmax < self._tmin:
+            return False
+        need = max(2 * tmax, int(math.ceil(tmax / self.max_accelerate)))
+        if self._inq < need + self._accel_above:
+            return False
+        item, xi = self._peek(need)
+        if xi.size < need:
+            return False
+        x = xi.astype(np.float32)
+        T, corr = self._best_lag(x[:2 * tmax], tmax)
+        quiet = float(np.mean(x[:2 * T] ** 2)) < 300.0 ** 2
+        if corr < 0.8 and not quiet:
+            return False
+        s = max(2 * T, int(round(T / self.max_accelerate)))
+        # y = crossfade(x[:T] -> x[T:2T]) ++ x[2T:s]: one period less, continuous at both
+        # ends (starts on x[0], ends on x[2T-1], followed by x[2T])
+        fi = _ramp(T)
+        ola = x[:T] * (1.0 - fi) + x[T:2 * T] * fi
+        src = xi[:s].copy()
+        dev = np.concatenate([_to16(ola), src[2 * T:s]])
+        self._consume(s)
+        self._ready.append([item, src, dev, 0])
+        self.accelerates += 1
+        return True
+
+    def _make_piece(self, need: int, lag: float) -> None:
+        """Move the next audio from the queue to the ready pieces (lock held)."""
+        if self.stretch:
+            if not self._complete and self._inq < self._expand_below:
+                if self._expand_piece():
+                    return
+            elif lag >= self._tmin and self._accelerate_piece(lag):
+                return
+        item, chunk = self._chunks[0]
+        take = min(need, chunk.size - self._offset)
+        piece = chunk[self._offset:self._offset + take]
+        self._consume(take)
+        self._ready.append([item, piece, piece, 0])
+
     # ---- playback side -----------------------------------------------------------------
-    def pull(self, out: np.ndarray) -> PullResult:
+    def pull(self, out: np.ndarray, t: float | None = None) -> PullResult:
         """Fill ``out`` (int16, shape (period,)) with the next period; silence if none.
 
+        ``t``: when this period starts playing, on ``push``'s clock (optional: it only
+        refines how far accelerate catches up; without it the pull grid is the clock).
         Never blocks on anything but the short internal lock.
         """
         n = out.shape[0]
         with self._lock:
+            lag = self._lag(t) if self._resp_open else 0.0
             if self._paused:
                 out[:] = 0
                 self._last_sample = 0
                 return PullResult(None, 0, False, False, self.epoch)
             if not self._playing:
-                if self._queued and (self._queued >= self.prebuffer or self._complete):
+                start = min(self.prebuffer, self._start) if self.stretch else self.prebuffer
+                if self._queued and (self._queued >= start or self._complete):
                     self._playing = True
                 else:
                     out[:] = 0
                     self._last_sample = 0
                     return PullResult(None, 0, False, False, self.epoch)
-            filled = 0
-            main_item: str | None = None
-            main_count = 0
-            while filled < n and self._chunks:
-                item_id, chunk = self._chunks[0]
-                take = min(n - filled, chunk.size - self._offset)
-                out[filled:filled + take] = chunk[self._offset:self._offset + take]
-                self.played[item_id] = self.played.get(item_id, 0) + take
-                if take > main_count:
-                    main_item, main_count = item_id, take
-                filled += take
-                self._offset += take
-                if self._offset >= chunk.size:
-                    self._chunks.popleft()
-                    self._offset = 0
-            self._queued -= filled
-            if filled and main_item is not None:
-                self._remember(out, filled, main_item)
+            filled = consumed = 0
+            per_item: dict[str, int] = {}
+            while filled < n:
+                if not self._ready:
+                    if not self._chunks:
+                        break
+                    self._make_piece(n - filled, lag)
+                    continue
+                piece = self._ready[0]
+                item, src, dev, done = piece
+                k = min(n - filled, dev.size - done)
+                s0, s1 = _src_at(done, src.size, dev.size), _src_at(done + k, src.size, dev.size)
+                out[filled:filled + k] = dev[done:done + k]
+                if s1 > s0:
+                    self.played[item] = self.played.get(item, 0) + (s1 - s0)
+                self._remember(item, src[s0:s1], k)
+                if dev is not src:
+                    if dev.size > src.size:
+                        self.expand_out += k
+                    else:
+                        self.accelerate_out += k
+                per_item[item] = per_item.get(item, 0) + k
+                consumed += s1 - s0
+                filled += k
+                piece[3] = done + k
+                if piece[3] >= dev.size:
+                    self._ready.popleft()
+            self._queued -= consumed
+            self._r_pos += consumed
+            self.audio_out += filled
+            main_item = max(per_item, key=per_item.get) if per_item else None
             f = self._fade_in.size
             if self._fade_in_pos < f and filled:  # resuming after an underrun
                 k = min(filled, f - self._fade_in_pos)
@@ -334,6 +569,7 @@ class JitterBuffer:
                     drained = True
                     out[filled:] = 0
                     self._fade_in_pos = f
+                    self._resp_open = False
                     if self._seg_n:  # played out in one go: observe it now
                         self._close_segment()
                 else:
@@ -343,32 +579,34 @@ class JitterBuffer:
                     self._fade_out_tail(out, filled)
                     self._fade_in_pos = 0
             self._last_sample = int(out[n - 1])
-            return PullResult(main_item, filled, drained, underrun, self.epoch)
+            return PullResult(main_item, consumed, drained, underrun, self.epoch, filled)
 
-    def _remember(self, out: np.ndarray, filled: int, item_id: str) -> None:
-        """Keep the samples just handed out for :meth:`pause` (lock held). A period that
-        spans two items is attributed to the one with most samples (a take-back of a few
-        samples across an item boundary is off by at most one period's remainder)."""
-        cap = self._hist_pcm.shape[0]
-        w = self._hist_w % cap
-        first = min(filled, cap - w)
-        self._hist_pcm[w:w + first] = out[:first]
-        if first < filled:
-            self._hist_pcm[:filled - first] = out[first:filled]
-        self._hist_w += filled
-        if self._hist_runs and self._hist_runs[-1][0] == item_id:
-            self._hist_runs[-1][1] += filled
+    def _remember(self, item_id: str, src: np.ndarray, dev: int) -> None:
+        """Keep what was just handed out (``dev`` device samples made from ``src``) for
+        :meth:`pause` (lock held), at most ``history_ms`` of device samples."""
+        frags = self._hist_frags
+        if frags and frags[-1][0] == item_id and frags[-1][2] == frags[-1][1].size \
+                and src.size == dev and _adjacent(frags[-1][1], src):
+            last = frags[-1]  # unstretched continuation of the same array: extend the view
+            base = last[1]
+            last[1] = np.lib.stride_tricks.as_strided(
+                base, shape=(base.size + src.size,), strides=base.strides, writeable=False)
+            last[2] += dev
         else:
-            self._hist_runs.append([item_id, filled])
-        self._hist_len += filled
-        while self._hist_len > cap:
-            extra = self._hist_len - cap
-            run = self._hist_runs[0]
-            k = min(extra, run[1])
-            run[1] -= k
-            self._hist_len -= k
-            if run[1] == 0:
-                self._hist_runs.popleft()
+            frags.append([item_id, src, dev])
+        self._hist_len += dev
+        over = self._hist_len - self._hist_cap
+        while over > 0:
+            frag = frags[0]
+            if frag[2] <= over:
+                frags.popleft()
+                self._hist_len -= frag[2]
+                over -= frag[2]
+            else:
+                cut = _src_at(over, frag[1].size, frag[2])
+                frag[1], frag[2] = frag[1][cut:], frag[2] - over
+                self._hist_len -= over
+                over = 0
 
     def _fade_out_tail(self, out: np.ndarray, filled: int) -> None:
         """Ramp the period down to silence from the audio that ran out at ``filled``: the
@@ -385,3 +623,28 @@ class JitterBuffer:
         seg *= self._fade_out[:end - start]
         out[start:end] = seg
         out[end:] = 0
+
+
+def _src_at(d: int, s: int, dtot: int) -> int:
+    """Source samples accounted for by the first ``d`` of ``dtot`` device samples made from
+    ``s`` source samples: exact integers, monotone, 0 at 0 and ``s`` at ``dtot``."""
+    return d if s == dtot else (d * s) // dtot
+
+
+def _ramp(n: int) -> np.ndarray:
+    """Raised-cosine 0 -> 1 crossfade weights (float32), n samples, ends excluded."""
+    return (0.5 - 0.5 * np.cos(np.pi * (np.arange(n, dtype=np.float32) + 0.5) / n)).astype(
+        np.float32)
+
+
+def _to16(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x), -32768, 32767).astype(np.int16)
+
+
+def _adjacent(a: np.ndarray, b: np.ndarray) -> bool:
+    """``b`` is a view continuing ``a`` in memory (same dtype and stride)."""
+    if a.strides != b.strides or a.dtype != b.dtype:
+        return False
+    pa = a.__array_interface__["data"][0]
+    pb = b.__array_interface__["data"][0]
+    return pb == pa + a.size * a.strides[0]

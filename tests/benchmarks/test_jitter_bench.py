@@ -131,7 +131,7 @@ def simulate(jb: JitterBuffer, trace: Trace) -> dict:
     is_last[last] = True
     chunk = np.zeros(int(sizes.max()), dtype=np.int16) + 1000
     out = np.empty(PERIOD, dtype=np.int16)
-    pulls_t, pulls_n = [], []
+    pulls_t, pulls_n, pulls_d = [], [], []
     i, k, n_chunks = 0, 0, len(sizes)
     while i < n_chunks or jb.active:
         t = k * TICK
@@ -140,17 +140,19 @@ def simulate(jb: JitterBuffer, trace: Trace) -> dict:
             if is_last[i]:
                 jb.mark_complete()
             i += 1
-        r = jb.pull(out)
+        r = jb.pull(out, t=t)
         if r.samples:
             pulls_t.append(t)
             pulls_n.append(r.samples)
+            pulls_d.append(r.device)
         k += 1
     pulls_t, pulls_n = np.array(pulls_t), np.array(pulls_n)
+    spacing = np.array(pulls_d) / pulls_n / RATE  # device time per source sample
     # per sample: playout time, arrival time, ideal time (reply's first arrival + media pos)
     starts = np.concatenate([[0], np.cumsum(pulls_n)[:-1]])
     idx = np.arange(int(pulls_n.sum()))
     which = np.repeat(np.arange(len(pulls_n)), pulls_n)
-    playout = pulls_t[which] + (idx - starts[which]) / RATE
+    playout = pulls_t[which] + (idx - starts[which]) * spacing[which]
     arrival = np.repeat(arrivals, sizes)
     ideal_parts, reply_first = [], []
     pos = 0
