@@ -134,6 +134,7 @@ class Daemon:
         # threads wake at different times, and a shorter backlog starves the reference
         self._ref_floor = MIN_REF_DELAY_PERIODS * self.cap_period
         self._ref_delay = max(self._ref_floor, a.capture_rate * cfg.frontend.reference_delay_ms // 1000)
+        self._line_from_alsa = False
         # reference alignment (capture thread) and drift compensation (playback thread)
         self.delay_tracker = None
         self.aligner = None
@@ -1159,6 +1160,22 @@ class Daemon:
     def _audio_alive(self, now: float, within_s: float) -> bool:
         return self.capture_frames > 0 and now - self.last_capture_t < within_s
 
+    def _init_reference_line(self) -> None:
+        """Start the far-end delay line from what ALSA reports: the playback ring's fill
+        (written, not yet played) plus one capture period (a frame is read a period after
+        its first sample), plus ``frontend.reference_delay_ms`` for buffering ALSA cannot
+        see (USB, Bluetooth, a rig's pipes). The echo-delay tracker then refines it."""
+        a = self.cfg.audio
+        play = self.playback.delay_samples() if self.playback is not None else 0
+        play16 = play * a.capture_rate // a.playback_rate
+        extra = a.capture_rate * self.cfg.frontend.reference_delay_ms // 1000
+        line = max(self._ref_floor, play16 + self.cap_period + extra)
+        self._ref_delay = line
+        log.info("reference delay line %.1f ms = ALSA playback delay %.1f ms + capture period %.1f ms "
+                 "+ reference_delay_ms %d", line * 1000 / a.capture_rate, play16 * 1000 / a.capture_rate,
+                 self.cap_period * 1000 / a.capture_rate, self.cfg.frontend.reference_delay_ms,
+                 extra={"VOXBOX_EVENT": "echo_delay", "VOXBOX_REFERENCE_DELAY_MS": round(line * 1000 / a.capture_rate, 2)})
+
     async def _ready_gate(self) -> None:
         """READY=1 once audio flows and the session is up; after the connect timeout READY=1
         anyway (offline) so a unit booting in a tunnel is not killed by its start timeout."""
@@ -1166,6 +1183,9 @@ class Daemon:
         while True:
             now = time.monotonic()
             audio = self._audio_alive(now, 1.0)
+            if audio and not self._line_from_alsa:
+                self._line_from_alsa = True
+                self._init_reference_line()
             if audio and (self._session_ready or now - t0 > self.cfg.realtime.connect_timeout_s):
                 self.notifier.ready(self._status_text())
                 log.info("ready (session %s)", "up" if self._session_ready else "not up yet",
