@@ -3,9 +3,9 @@
 Realtime services send reply audio faster than real time, in bursts of chunks of varying
 size, and over a mobile link with gaps. The network side :meth:`JitterBuffer.push` es
 chunks (with their arrival time); the playback thread :meth:`JitterBuffer.pull` s exactly
-one period per call and never waits: when nothing is ready it gets silence. Playback of a
-response starts once ``prebuffer`` samples (the current *target*) are queued, or the
-response's audio is complete.
+one period per call and never waits: when nothing is ready it gets silence. Without
+time-stretching, playback of a response starts once ``prebuffer`` samples (the current
+*target*) are queued, or the response's audio is complete (with it, see below).
 
 Target depth (in the manner of WebRTC NetEq's delay manager): every chunk's arrival is
 compared with the ideal media clock of its *playback segment* (a stretch of continuous
@@ -45,9 +45,38 @@ number a ``conversation.item.truncate`` needs (realtime-device-notes.md, "Barge-
 truncation"). Fade ramps scale samples but never add or drop any. :meth:`flush` drops
 everything queued at once (barge-in).
 
+Time-stretching (``stretch=True``, the default; in the manner of NetEq's preemptive
+expand and accelerate, by WSOLA on whole numpy frames: the pitch lag ``T`` (2.5-15 ms) is
+the best normalised cross-correlation, one period is inserted or removed by a
+raised-cosine overlap-add that starts and ends on the original waveform, so there is no
+step at either end):
+
+- expand: while less than ``expand_ms`` is queued and more audio is expected, the head of
+  the queue plays slower (one period inserted per ``T / max_expand`` consumed; at most
+  ``max_expand_ms`` inserted per gap): a short gap is bridged instead of underrunning. It
+  stops as soon as new audio lifts the queue (a real underrun still fades as above).
+- accelerate: the buffer follows the *earliest possible player* of the response (plays
+  every sample as soon as it has arrived; in continuous time when :meth:`pull` gets the
+  playout time ``t``, else on the pull grid). While we are behind it (after a prebuffer,
+  an expand or a rebuffer) and at least ``accelerate_ms`` stays queued, one period per
+  ``T / max_accelerate`` is removed where the audio is periodic (correlation >= 0.8) or
+  quiet, never more than the lag. With a real-time-paced sender the queue stays short,
+  so the lag an expand built up stays as a cushion instead of expand and accelerate
+  taking turns.
+- playback starts at ``min(target, start_ms)`` (0 by default: expand covers the start).
+
+Accounting stays in SOURCE samples: ``played[item]`` and ``PullResult.samples`` count
+the samples of the queued audio consumed (what ``conversation.item.truncate`` needs);
+``PullResult.device`` the device samples they filled. Stretched audio is handed out from
+"pieces" (source samples -> device samples); within a piece source samples are accounted
+as the integer floor of the linear map, so the totals are exact. :meth:`pause` maps the
+``unplayed`` device samples back to the source samples they were made from (per
+handed-out fragment) and re-queues those, and the pieces made but not yet handed out.
+
 Thread safety: one lock, held for queue bookkeeping, the estimator's O(log n) update per
 push, one period's copy and, once per segment (at its end), a ~120-bucket histogram
-update: a few microseconds. ``push``/``mark_complete``/``flush`` come from the network
+update: a few microseconds; a stretch operation adds a ~(300 x 360) correlation
+(tens of microseconds), only on the periods that stretch. ``push``/``mark_complete``/``flush`` come from the network
 thread, ``pull`` from the playback thread. Cores never read a clock, except ``push``'s
 default arrival time.
 """
