@@ -60,7 +60,8 @@ def test_drop_mid_reply_reconnects_and_says_the_turn_was_lost(tmp_path):
 
 def test_audio_jitter_bursts_and_gaps_still_play_the_whole_reply(tmp_path):
     opts = {"audio_jitter": {"jitter_s": 0.05, "burst": 8, "gap_s": 0.25, "seed": 3}}
-    with DaemonHarness(tmp_path, echo_db=-30, server_options=opts) as h:
+    cfg = {"audio": {"jitter_stretch": True}}  # the product default: expand bridges short gaps
+    with DaemonHarness(tmp_path, echo_db=-30, server_options=opts, config=cfg) as h:
         h.start()
         tap_turn(h)
         conn = h.server.record.connection(-1)

@@ -106,6 +106,10 @@ class Audio(_Section):
     period_ms: Literal[10] = 10
     periods: Annotated[int, Field(ge=2, le=16)] = 4
     jitter_prebuffer_ms: Annotated[int, Field(ge=0, le=1000)] = 60
+    #: reply-audio time-stretching in the jitter buffer (WSOLA expand to bridge short
+    #: network gaps, accelerate to catch up): playback starts on the first chunk and
+    #: jitter_prebuffer_ms is not used; false = the adaptive-prebuffer buffer, bit-exact audio
+    jitter_stretch: bool = True
     #: a capture stream of nothing but digital zeros for this long is a "deaf" microphone
     #: (unplugged USB mic, dead codec): the watchdog is withheld so systemd restarts the
     #: unit (s; 0 = off)

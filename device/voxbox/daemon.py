@@ -128,7 +128,8 @@ class Daemon:
         self._cue: np.ndarray | None = None
         self._prompts: dict[str, np.ndarray] = {}
         self._cue_pos = 0
-        self.jitter = JitterBuffer(a.playback_rate, self.play_period, a.jitter_prebuffer_ms)
+        self.jitter = JitterBuffer(a.playback_rate, self.play_period, a.jitter_prebuffer_ms,
+                                   stretch=a.jitter_stretch)
         self.ref_ring = SampleRing(a.capture_rate)  # 1 s
         # the delay line never runs shorter than MIN_REF_DELAY_PERIODS periods: the two audio
         # threads wake at different times, and a shorter backlog starves the reference

@@ -101,8 +101,9 @@ class DaemonHarness:
                          else "marin"},
             # volume 100 %: the software gain is then exactly 1 and reply audio reaches the
             # speaker bit-exact (the tests compare it with what the server sent)
+            # and no time-stretching in the jitter buffer, for the same reason
             "audio": {"capture_device": FileDeviceRig.MIC, "playback_device": FileDeviceRig.SPEAKER,
-                      "volume": 100},
+                      "volume": 100, "jitter_stretch": False},
             "gpio": {"pin_factory": "mock"},
             # cues off by default: tests compare the speaker stream with the reply bit for bit
             "earcons": {"wake": "off", "end": "off", "error": "off", "mute": "off", "unmute": "off"},
