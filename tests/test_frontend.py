@@ -253,3 +253,65 @@ def test_benchmark_cpu_per_audio_second() -> None:
         stream(fe, mic, ref)
         cpu = time.process_time() - t0
     print(f"CaptureFrontEnd: {cpu / 60:.5f} CPU s per audio s ({BLOCK}-sample blocks)")
+
+
+# -- wake tap (second output before the residual echo suppressor) ------------------------
+def stream_tap(fe: CaptureFrontEnd, mic: np.ndarray, ref: np.ndarray,
+               blocks: tuple[int, ...] = (BLOCK,)) -> tuple[np.ndarray, np.ndarray]:
+    outs, taps, i, j = [], [], 0, 0
+    while i < mic.shape[0]:
+        n = blocks[j % len(blocks)]
+        outs.append(fe.process(mic[i : i + n], ref[i : i + n]))
+        assert fe.wake_tap is not None and fe.wake_tap.dtype == np.int16
+        assert fe.wake_tap.shape == outs[-1].shape
+        taps.append(fe.wake_tap)
+        i += n
+        j += 1
+    return np.concatenate(outs), np.concatenate(taps)
+
+
+@pytest.mark.parametrize("tap", ["aec", "pp"])
+def test_wake_tap_leaves_main_output_unchanged(tap: str) -> None:
+    mic, ref, _ = echo_scene(5, seed=70, near_from_s=2.0)
+    with CaptureFrontEnd() as plain, CaptureFrontEnd(wake_tap=tap) as tapped:
+        assert plain.wake_tap is None
+        main = stream(plain, mic, ref)
+        out, _ = stream_tap(tapped, mic, ref)
+        assert tapped.latency_samples == plain.latency_samples
+    assert np.array_equal(main, out)
+
+
+@pytest.mark.parametrize("tap, kw", [("aec", {}), ("pp", {}), ("aec", {"residual_echo": False}),
+                                     ("pp", {"residual_echo": False}), ("aec", {"highpass_hz": 100})])
+def test_wake_tap_block_size_independent_and_deterministic(tap: str, kw: dict) -> None:
+    mic, ref, _ = echo_scene(4, seed=71, near_from_s=2.0)
+    s = FrontEndSettings(**kw)
+    with CaptureFrontEnd(s, wake_tap=tap) as a, CaptureFrontEnd(s, wake_tap=tap) as b:
+        o1, t1 = stream_tap(a, mic, ref)
+        o2, t2 = stream_tap(b, mic, ref, blocks=(1, 7, 333, 160, 4096, 255))
+        a.reset()
+        assert a.wake_tap is None
+        o3 = a.process(mic, ref)
+        t3 = a.wake_tap
+    assert np.array_equal(o1, o2) and np.array_equal(o1, o3)
+    assert np.array_equal(t1, t2) and np.array_equal(t1, t3)
+    assert not np.array_equal(t1, o1) or not s.residual_echo and tap == "pp"
+
+
+@pytest.mark.parametrize("tap", ["aec", "pp"])
+def test_wake_tap_latency_matches_main_output(tap: str) -> None:
+    """The tap is delayed to the main output's latency: the two streams are aligned."""
+    mic = (speechlike(SR * 3, seed=72) * 8000).astype(np.int16)  # near end only
+    with CaptureFrontEnd(wake_tap=tap) as fe:
+        out, t = stream_tap(fe, mic, np.zeros_like(mic))
+        lat = fe.latency_samples
+    assert best_lag(t, mic) == lat
+    assert not t[: fe.reframe_latency_samples].any()
+    if tap == "aec":  # no far end: the canceller passes the microphone through (DC notch aside)
+        seg = slice(lat + SR, lat + 2 * SR)
+        assert np.corrcoef(t[seg].astype(float), mic[SR : 2 * SR].astype(float))[0, 1] > 0.95
+
+
+def test_wake_tap_rejects_unknown_mode() -> None:
+    with pytest.raises(ValueError, match="wake_tap"):
+        CaptureFrontEnd(wake_tap="res")

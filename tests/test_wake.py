@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from voxbox import speech, wake
-from voxbox.wake import Detection, WakeModelError, WakeWordDetector, find_model
+from voxbox.wake import Detection, PlaybackAwareWake, WakeModelError, WakeWordDetector, find_model
 
 FRAME = 160  # the daemon's 10 ms capture period
 SR = 16_000
@@ -226,6 +226,103 @@ def test_rejects_bad_arguments():
     det = WakeWordDetector()
     with pytest.raises(TypeError):
         det.process(np.zeros(160, np.float32), 0.0)
+
+
+# ------------------------------------------------------------ playback-aware wake
+
+
+def feed2(det: PlaybackAwareWake, x: np.ndarray, ref: np.ndarray, frame: int = FRAME, t0: float = 0.0,
+          playing=None) -> list[Detection]:
+    out = []
+    for i in range(0, x.size, frame):
+        d = det.process(x[i : i + frame], ref[i : i + frame], t0 + i / SR, playing)
+        if d is not None:
+            out.append(d)
+    return out
+
+
+def echo_of(ref: np.ndarray, delay_s: float = 0.06, gain: float = 0.5) -> np.ndarray:
+    """A crude echo: the reference delayed and attenuated, plus a little noise."""
+    d = int(delay_s * SR)
+    e = np.concatenate([np.zeros(d), ref[: ref.size - d].astype(np.float64) * gain])
+    e += np.random.default_rng(5).standard_normal(e.size) * 30
+    return np.clip(np.round(e), -32768, 32767).astype(np.int16)
+
+
+def test_playback_aware_gates_own_reply(hey_jarvis):
+    """The unit itself saying the wake word (reference and its echo) does not wake it."""
+    reply = pad(np.concatenate([hey_jarvis["en-us+f3"], np.zeros(SR, np.int16), hey_jarvis["en-gb"]]))
+    mic = echo_of(reply)
+    plain = WakeWordDetector()
+    assert feed(plain, mic) != []  # the echo alone wakes a plain detector
+    det = PlaybackAwareWake()
+    assert feed2(det, mic, reply) == []
+    assert det.gated >= 1
+
+
+def test_playback_aware_hears_user_over_other_reply(hey_jarvis, other_speech):
+    """The user's wake word while the unit plays ordinary speech is detected."""
+    user = pad(hey_jarvis["en-us"], lead_s=3.0)
+    reply = other_speech[: user.size]
+    mic = np.clip(echo_of(reply, gain=0.1).astype(np.int32) + user, -32768, 32767).astype(np.int16)
+    det = PlaybackAwareWake()
+    dets = feed2(det, mic, reply)
+    assert len(dets) == 1 and det.gated == 0
+    assert 3.0 < dets[0].t < 3.0 + hey_jarvis["en-us"].size / SR + 1.0 + det.gate_after_s
+    # The detection is returned gate_after_s after its chunk ended, at most.
+    assert dets[0].model == "hey_jarvis_v0.1"
+
+
+def test_playback_threshold_applies_while_playing(hey_jarvis):
+    """A wake word scoring between the two thresholds wakes the unit only while it plays."""
+    x = pad(hey_jarvis["en-gb"])
+    peak = WakeWordDetector()
+    feed(peak, x)
+    lo = max(0.05, peak.peak_score - 0.05)  # below the peak: detects
+    silent = np.zeros_like(x)
+    assert feed2(PlaybackAwareWake(threshold=1.0, threshold_playback=lo), x, silent) == []
+    assert feed2(PlaybackAwareWake(threshold=1.0, threshold_playback=lo), x, silent, playing=True) != []
+    # playing=None: derived from the reference level (a quiet hum counts as playing)
+    hum = (np.sin(np.arange(x.size) * 2 * np.pi * 200 / SR) * 300).astype(np.int16)
+    det = PlaybackAwareWake(threshold=1.0, threshold_playback=lo)
+    assert feed2(det, x, hum) != [] and det.playing
+
+
+def test_playback_threshold_waits_for_warmup():
+    """Right after construction/reset openWakeWord scores ~0.3 on plain noise for about a
+    second; the lower threshold must not apply then."""
+    noise = np.round(np.random.default_rng(5).standard_normal(2 * SR) * 30).astype(np.int16)
+    ref = np.zeros_like(noise)
+    np.random.seed(0)
+    assert feed2(PlaybackAwareWake(warmup_s=0.0), noise, ref, playing=True) != []  # the artefact
+    np.random.seed(0)
+    det = PlaybackAwareWake()
+    assert feed2(det, noise, ref, playing=True) == []
+    det.reset()
+    assert feed2(det, noise, ref, t0=5.0, playing=True) == []
+
+
+def test_playback_aware_frame_length_and_reset(hey_jarvis):
+    x = pad(hey_jarvis["en-us"], lead_s=2.5)
+    ref = np.zeros_like(x)
+    ts = []
+    for frame in (160, 997, 1280):
+        np.random.seed(0)
+        dets = feed2(PlaybackAwareWake(), x, ref, frame=frame)
+        assert len(dets) == 1
+        ts.append(dets[0].t)
+    assert max(ts) - min(ts) < 1e-6
+    det = PlaybackAwareWake(refractory_s=0.0)
+    feed2(det, x[: int(3.3 * SR)], ref[: int(3.3 * SR)])
+    det.reset()
+    assert det.last_score == 0.0 and det.last_ref_score == 0.0
+    assert feed2(det, np.zeros(2 * SR, np.int16), np.zeros(2 * SR, np.int16), t0=10.0) == []
+    with pytest.raises(ValueError):
+        det.process(np.zeros(160, np.int16), np.zeros(80, np.int16), 0.0)
+    with pytest.raises(ValueError):
+        PlaybackAwareWake(threshold_playback=0.0)
+    with pytest.raises(ValueError):
+        PlaybackAwareWake(gate_after_s=-1.0)
 
 
 # ------------------------------------------------------------------- benchmark

@@ -26,6 +26,17 @@ So output sample ``k`` is cleaned input sample ``k - (3 * frame_size - 1)`` (767
 47.9 ms at the defaults; ``2 * frame_size - 1`` = 511 samples with ``residual_echo`` off). Because the delay does not depend on the block size, the
 output stream is independent of how the input stream is cut into blocks: an offline
 tool feeding whole files and the daemon feeding 10 ms blocks get identical samples.
+
+Wake tap (optional second output, ``CaptureFrontEnd(settings, wake_tap="aec"|"pp")``):
+``process`` also sets ``self.wake_tap`` to a new int16 array of the same ``n`` samples
+holding the signal *before* the residual echo suppressor -- the echo canceller's output
+(``"aec"``) or the preprocessor's output (``"pp"``) -- delayed to the same
+``latency_samples`` as the main output, so both streams are sample-aligned. The RES
+is tuned for the uplink (it removes everything that looks like echo, which in double
+talk includes part of the user's wake word); the wake-word detector does better on the
+tap. The tap never changes the main output (it only copies frames), and it is
+block-size independent and deterministic like the main output. ``None`` (default):
+no tap, ``wake_tap`` stays ``None``.
 """
 
 from __future__ import annotations
@@ -123,7 +134,11 @@ class CaptureFrontEnd(NativeState):
     Not thread-safe: call from one thread (the capture loop) at a time.
     """
 
-    def __init__(self, settings: FrontEndSettings | None = None) -> None:
+    WAKE_TAPS = ("aec", "pp")
+
+    def __init__(self, settings: FrontEndSettings | None = None, wake_tap: str | None = None) -> None:
+        if wake_tap is not None and wake_tap not in self.WAKE_TAPS:
+            raise ValueError(f"wake_tap must be None, 'aec' or 'pp', got {wake_tap!r}")
         self._ec: EchoCanceller | None = None
         self._pp: Preprocessor | None = None
         self.settings = settings if settings is not None else FrontEndSettings()
@@ -154,6 +169,18 @@ class CaptureFrontEnd(NativeState):
         else:
             self._sos = None
         self._hp_in = np.zeros(f)
+        # Wake tap: the tapped frame waits ``_tap_delay`` frames so that it leaves at the
+        # main output's latency (natural latency: f - 1 for the AEC output, 2f - 1 for the
+        # preprocessor's); then it goes through a ring mirroring the main ring.
+        self.wake_tap_mode: str | None = wake_tap
+        #: The latest block's wake-tap samples (int16, same length and latency as the
+        #: main output), or ``None`` without a tap.
+        self.wake_tap: Int16Array | None = None
+        if wake_tap is not None:
+            natural = f - 1 if wake_tap == "aec" else 2 * f - 1
+            self._tap_delay = (self.latency_samples - natural) // f
+            self._tap_hist = np.zeros((self._tap_delay + 1, f), dtype=np.int16)
+            self._tap_ring = np.zeros(2 * f, dtype=np.int16)
         self._open_states()
         self._clear_buffers()
 
@@ -193,6 +220,11 @@ class CaptureFrontEnd(NativeState):
         self._zi = np.zeros((self._sos.shape[0], 2)) if self._sos is not None else None
         self._fill = 0  # samples collected in _mic/_ref
         self._ring[:] = 0
+        if self.wake_tap_mode is not None:
+            self._tap_hist[:] = 0
+            self._tap_ring[:] = 0
+            self._tap_idx = 0
+            self.wake_tap = None
         self._rd = 0  # ring read index
         self._count = self.reframe_latency_samples  # samples in the ring (primed zeros)
         self.frames_processed = 0  # Speex frames run
@@ -254,6 +286,10 @@ class CaptureFrontEnd(NativeState):
         size = self._ring.shape[0]
         ring, mbuf, rbuf, frame = self._ring, self._mic, self._ref, self._frame
         out = np.empty(n, dtype=np.int16)
+        tap_mode = self.wake_tap_mode
+        if tap_mode is not None:
+            tap_out = np.empty(n, dtype=np.int16)
+            tap_ring, tap_hist = self._tap_ring, self._tap_hist
         pos = 0
         while pos < n:
             k = min(f - self._fill, n - pos)
@@ -268,7 +304,11 @@ class CaptureFrontEnd(NativeState):
                 res = self._res
                 if res is not None:
                     self._e[:] = frame
+                if tap_mode == "aec":
+                    tap_hist[self._tap_idx] = frame
                 pp._run_addr(self._frame_addr)
+                if tap_mode == "pp":
+                    tap_hist[self._tap_idx] = frame
                 if res is not None:
                     y = res.process_frame(frame, self._e, mbuf, rbuf)
                     np.rint(y, out=y)
@@ -282,6 +322,13 @@ class CaptureFrontEnd(NativeState):
                 ring[wr : wr + first] = frame[:first]
                 if first < f:
                     ring[: f - first] = frame[first:]
+                if tap_mode is not None:
+                    d = self._tap_delay
+                    tf = tap_hist[(self._tap_idx - d) % (d + 1)]
+                    self._tap_idx = (self._tap_idx + 1) % (d + 1)
+                    tap_ring[wr : wr + first] = tf[:first]
+                    if first < f:
+                        tap_ring[: f - first] = tf[first:]
                 self._count += f
             # pop k samples; invariant before a chunk: count == (frame_size - 1) - fill,
             # so count >= k here and the ring never holds more than 2 * frame_size - 1
@@ -290,10 +337,16 @@ class CaptureFrontEnd(NativeState):
             out[pos : pos + first] = ring[rd : rd + first]
             if first < k:
                 out[pos + first : pos + k] = ring[: k - first]
+            if tap_mode is not None:
+                tap_out[pos : pos + first] = tap_ring[rd : rd + first]
+                if first < k:
+                    tap_out[pos + first : pos + k] = tap_ring[: k - first]
             self._rd = (rd + k) % size
             self._count -= k
             pos += k
         self.samples_processed += n
+        if tap_mode is not None:
+            self.wake_tap = tap_out
         return out
 
     def _highpass(self, mbuf: Int16Array) -> None:
