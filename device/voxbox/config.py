@@ -158,6 +158,11 @@ class Wake(_Section):
     model: str = "hey_jarvis"
     threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
     refractory_s: Annotated[float, Field(ge=0.0, le=30.0)] = 1.5
+    #: while the unit talks: listen on the echo canceller's output before the residual
+    #: suppressor, ignore wake words the unit itself is saying (a second detector on the
+    #: far-end reference), and accept a lower score confirmed over 2 chunks
+    playback_aware: bool = True
+    threshold_playback: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
 
 
 class Gpio(_Section):

@@ -136,6 +136,7 @@ class Daemon:
         self._ref_floor = MIN_REF_DELAY_PERIODS * self.cap_period
         self._ref_delay = max(self._ref_floor, a.capture_rate * cfg.frontend.reference_delay_ms // 1000)
         self._line_from_alsa = False
+        self._wake_aware = cfg.wake.enabled and cfg.wake.playback_aware
         # reference alignment (capture thread) and drift compensation (playback thread)
         self.delay_tracker = None
         self.aligner = None
@@ -320,7 +321,8 @@ class Daemon:
         cfg = self.cfg
         from voxbox.dsp import build_frontend
 
-        self.frontend = build_frontend(cfg)  # the same builder as `voxbox dsp`
+        # the same builder as `voxbox dsp`; the wake-word tap does not change the uplink output
+        self.frontend = build_frontend(cfg, wake_tap="aec" if cfg.wake.enabled and cfg.wake.playback_aware else None)
         if cfg.frontend.record_s > 0:
             from voxbox.recorder import CaptureRecorder
 
@@ -336,7 +338,14 @@ class Daemon:
         if cfg.wake.enabled:
             from voxbox.wake import WakeWordDetector
 
-            self.wake = WakeWordDetector(cfg.wake.model, cfg.wake.threshold, cfg.wake.refractory_s)
+            if cfg.wake.playback_aware:
+                from voxbox.wake import PlaybackAwareWake
+
+                self.wake = PlaybackAwareWake(cfg.wake.model, cfg.wake.threshold,
+                                              threshold_playback=cfg.wake.threshold_playback,
+                                              refractory_s=cfg.wake.refractory_s)
+            else:
+                self.wake = WakeWordDetector(cfg.wake.model, cfg.wake.threshold, cfg.wake.refractory_s)
 
     def _build_gpio(self) -> None:
         g = self.cfg.gpio
@@ -405,7 +414,12 @@ class Daemon:
             if self._wake_reset:
                 self._wake_reset = False
                 wake.reset()
-            det = wake.process(clean, t)
+            if self._wake_aware:
+                fe = self.frontend
+                tap = fe.wake_tap if fe is not None and fe.wake_tap is not None else clean
+                det = wake.process(tap, ref, t)
+            else:
+                det = wake.process(clean, t)
             if det is not None:
                 self._loop.call_soon_threadsafe(self._on_wake, det.score, det.t)
         if self.conv.push_to_talk:

@@ -48,14 +48,17 @@ def frontend_settings(cfg: Config):
     return FrontEndSettings(**kw)
 
 
-def build_frontend(cfg: Config):
+def build_frontend(cfg: Config, wake_tap: str | None = None):
     """The capture front end exactly as the daemon runs it, or None when
-    ``frontend.echo_cancel`` is false."""
+    ``frontend.echo_cancel`` is false. ``wake_tap`` (the daemon: ``"aec"``) adds the
+    wake-word tap output; it does not change the main output."""
     if not cfg.frontend.echo_cancel:
         return None
     from voxbox.frontend import CaptureFrontEnd
 
-    return CaptureFrontEnd(frontend_settings(cfg))
+    if wake_tap is None:
+        return CaptureFrontEnd(frontend_settings(cfg))
+    return CaptureFrontEnd(frontend_settings(cfg), wake_tap=wake_tap)
 
 
 def read_wav(path: Path, rate: int, what: str) -> np.ndarray:
