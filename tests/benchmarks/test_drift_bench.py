@@ -6,7 +6,7 @@ Run (about a minute on 2 cores; not part of the default test run):
     .venv/bin/python -m pytest -o addopts="-ra --timeout=1200" -m benchmark -s \\
         tests/benchmarks/test_drift_bench.py
 
-Simulation (per room, car and kiosk from ``rooms``, nominal placement), 60 s of far-end
+Simulation (per room, car and kiosk from ``rooms``, nominal placement), 240 s (VOXBOX_DRIFT_SECONDS) of far-end
 single talk (espeak-ng replies back to back, the room's levels and background noise):
 
 - playback clock = true time. Every 10 ms the playback thread writes 160 reference
@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import os
 import time
 
 import numpy as np
@@ -62,7 +63,7 @@ from .rooms import (FAR_TEXTS, FAR_VOICE, FRAME, ROOMS, SR, _echo, _room_noise, 
 
 pytestmark = pytest.mark.benchmark
 
-SECONDS = 60.0
+SECONDS = float(os.environ.get("VOXBOX_DRIFT_SECONDS", "240"))
 PERIOD = 160  # samples, both threads (10 ms at 16 kHz on the reference side)
 REF_DELAY_MS = 80  # configured reference delay (ring backlog)
 PPMS = (100.0, -100.0)
@@ -227,6 +228,8 @@ def test_drift_table(bench) -> None:
             # the closed loop ends within 15 ppm of the truth and does not lose ERLE
             assert b["drift + tracker"]["updates"], (r, ppm)
             assert abs(b["drift + tracker"]["comp"].ppm - ppm) < 15, (r, ppm)
-            assert b["drift + tracker"]["erle_last"] > b["drift"]["erle_last"] - 1.0, (r, ppm)
+            # compensated, the front end does as well as with no drift at all (uncompensated, a
+            # reference drifting late by 24 ms over 240 s breaks the canceller: -100 ppm rows)
+            assert b["drift + tracker"]["erle_2"] > b["no drift"]["erle_2"] - 1.5, (r, ppm)
             for name in SYSTEMS:
                 assert b[name]["ring"][1:] == (0, 0), (r, ppm, name, b[name]["ring"])
