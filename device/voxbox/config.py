@@ -110,6 +110,9 @@ class Audio(_Section):
     #: network gaps, accelerate to catch up): playback starts on the first chunk and
     #: jitter_prebuffer_ms is not used; false = the adaptive-prebuffer buffer, bit-exact audio
     jitter_stretch: bool = True
+    #: a fixed-depth jitter buffer of this many ms (no adaptation, no stretching); unset =
+    #: adaptive
+    jitter_fixed_ms: Annotated[int, Field(ge=0, le=1000)] | None = None
     #: a capture stream of nothing but digital zeros for this long is a "deaf" microphone
     #: (unplugged USB mic, dead codec): the watchdog is withheld so systemd restarts the
     #: unit (s; 0 = off)

@@ -128,14 +128,19 @@ class Daemon:
         self._cue: np.ndarray | None = None
         self._prompts: dict[str, np.ndarray] = {}
         self._cue_pos = 0
-        self.jitter = JitterBuffer(a.playback_rate, self.play_period, a.jitter_prebuffer_ms,
-                                   stretch=a.jitter_stretch)
+        if a.jitter_fixed_ms is not None:  # a fixed-depth buffer (a baseline, or a known link)
+            self.jitter = JitterBuffer(a.playback_rate, self.play_period, a.jitter_fixed_ms, stretch=False,
+                                       min_ms=a.jitter_fixed_ms, max_ms=a.jitter_fixed_ms)
+        else:
+            self.jitter = JitterBuffer(a.playback_rate, self.play_period, a.jitter_prebuffer_ms,
+                                       stretch=a.jitter_stretch)
         self.ref_ring = SampleRing(a.capture_rate)  # 1 s
         # the delay line never runs shorter than MIN_REF_DELAY_PERIODS periods: the two audio
         # threads wake at different times, and a shorter backlog starves the reference
         self._ref_floor = MIN_REF_DELAY_PERIODS * self.cap_period
         self._ref_delay = max(self._ref_floor, a.capture_rate * cfg.frontend.reference_delay_ms // 1000)
         self._line_from_alsa = False
+        self._underruns_at_turn = 0
         self._wake_aware = cfg.wake.enabled and cfg.wake.playback_aware
         # reference alignment (capture thread) and drift compensation (playback thread)
         self.delay_tracker = None
@@ -461,6 +466,7 @@ class Daemon:
             old = self._ref_delay
             self._ref_delay = new
             tr.reset()
+            self.echo["delay_ms"] = None  # turn records show only estimates on the current line
             self._loop.call_soon_threadsafe(self._log_alignment, est.delay_ms, old, new, est.erl_db)
             return
         if self._drift_comp is not None:
@@ -588,6 +594,7 @@ class Daemon:
     def _apply(self, actions: list[Action]) -> None:
         if self.conv.turn != self.turn.turn:
             self.turn = TurnTimes(self.conv.turn)
+            self._underruns_at_turn = self.jitter.underruns
         for a in actions:
             if isinstance(a, Interrupt):
                 self._interrupt(a)
@@ -1128,6 +1135,7 @@ class Daemon:
         fields.update(t.latencies_ms())
         if t.wake_score is not None:
             fields["VOXBOX_WAKE_SCORE"] = round(t.wake_score, 4)
+        fields["VOXBOX_JITTER_UNDERRUNS"] = self.jitter.underruns - self._underruns_at_turn
         if self.echo["delay_ms"] is not None:
             fields["VOXBOX_ECHO_DELAY_MS"] = self.echo["delay_ms"]
             fields["VOXBOX_ERL_DB"] = self.echo["erl_db"]

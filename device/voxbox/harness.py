@@ -53,11 +53,13 @@ class DaemonHarness:
     echo_delay_ms: acoustic delay from speaker to microphone (ms).
     config: extra config sections merged over the harness defaults.
     server_options: keyword arguments for the local server.
+    pipe_bytes: the rig's speaker FIFO size (bytes).
     """
 
     def __init__(self, workdir: Path, dialect: str = "openai-ga", echo_db: float | None = None,
                  echo_delay_ms: float = 25.0, config: dict[str, dict[str, Any]] | None = None,
-                 server_options: dict[str, Any] | None = None, api_key: str = API_KEY):
+                 server_options: dict[str, Any] | None = None, api_key: str = API_KEY,
+                 pipe_bytes: int = 4096):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.dialect = dialect
@@ -65,6 +67,9 @@ class DaemonHarness:
         self.echo_delay_ms = echo_delay_ms
         self.api_key = api_key
         self.extra_config = config or {}
+        #: speaker FIFO size; 8192 avoids the one-page pipe's silence gaps at page boundaries,
+        #: which make the echo path wander (see voxbox.rig)
+        self.pipe_bytes = pipe_bytes
         self.server_options = server_options or {}
         self.logs: list[dict[str, Any]] = []
         self.stderr_text: list[str] = []
@@ -126,7 +131,7 @@ class DaemonHarness:
         """Start server, rig and daemon; wait for ``READY=1``."""
         if self.server is None:
             self.start_server()
-        self.rig = FileDeviceRig(self.workdir / "rig")
+        self.rig = FileDeviceRig(self.workdir / "rig", pipe_bytes=self.pipe_bytes)
         self.speaker = self.rig.speaker()
         echo = {}
         if self.echo_db is not None:

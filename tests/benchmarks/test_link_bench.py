@@ -16,12 +16,8 @@ with the profile applied through the local server's fault controls:
   per chunk) and a connection drop 0.5 s into the reply of turn 4.
 
 Buffers: ``adaptive+stretch`` is the product default (``audio.jitter_stretch = true``);
-the baseline is ``audio.jitter_stretch = false, audio.jitter_prebuffer_ms = 60``. The
-daemon cannot be configured to a truly fixed depth: it builds
-``JitterBuffer(rate, period, jitter_prebuffer_ms, stretch=jitter_stretch)`` with the
-default adaptive bounds ``min_ms = 20, max_ms = 600``; 60 ms is only the initial target.
-The table says so (``~fixed 60``); a config key such as ``audio.jitter_min_ms`` /
-``audio.jitter_max_ms`` (or ``audio.jitter_fixed_ms``) would be needed for ``min = max``.
+the baseline is a fixed 60 ms buffer (``audio.jitter_fixed_ms = 60``: min = max = 60 ms,
+no time-stretching).
 
 Figures (per profile and buffer):
 
@@ -81,7 +77,7 @@ PROFILES = {
 }
 BUFFERS = {
     "adaptive+stretch": {"jitter_stretch": True},
-    "~fixed 60 (adaptive 20-600, no stretch)": {"jitter_stretch": False, "jitter_prebuffer_ms": 60},
+    "fixed 60 ms": {"jitter_fixed_ms": 60},
 }
 
 _Q = None
@@ -251,8 +247,8 @@ def test_link_profiles(tmp_path):
     print(f"\nlink benchmark: real daemon + local server, {TURNS} tap turns per run "
           f"(~3 s espeak question), reconnect backoff 0.2-1.0 s; total {time.monotonic() - t_bench:.0f} s")
     print("buffers: 'adaptive+stretch' = product default (jitter_stretch=true); baseline = "
-          "jitter_stretch=false, jitter_prebuffer_ms=60: NOT truly fixed (the daemon's buffer "
-          "adapts its target in [20, 600] ms; no config key for min_ms = max_ms)")
+          "audio.jitter_fixed_ms = 60 (min = max = 60 ms, no stretching) "
+          "")
     head = (f"{'profile':<12} {'buffer':<40} {'underr/min':>10} {'(n / reply s)':>13} {'added mean':>10} "
             f"{'added p95':>9} {'start':>6} {'recon drop':>10} {'recon return':>12} {'lost':>5}")
     print(head)
