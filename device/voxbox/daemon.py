@@ -421,6 +421,8 @@ class Daemon:
                 wake.reset()
             if self._wake_aware:
                 fe = self.frontend
+                # the canceller's output before the residual suppressor, which would also eat
+                # the user's wake word in double talk (the path the wake bench measures)
                 tap = fe.wake_tap if fe is not None and fe.wake_tap is not None else clean
                 det = wake.process(tap, ref, t)
             else:

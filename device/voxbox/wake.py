@@ -494,7 +494,11 @@ class PlaybackAwareWake:
         """Return the pending detection once ``gate_after_s`` has passed, unless the
         reference said the wake word around it."""
         p = self._pending
-        if p is None or t_end < p.t + self.gate_after_s - 1e-9:
+        if p is None:
+            return None
+        # the look-ahead is only needed while the unit talks: idle, a wake word is released
+        # at once (no added latency)
+        if self.playing and t_end < p.t + self.gate_after_s - 1e-9:
             return None
         self._pending = None
         lo, hi = p.t - self.gate_before_s - 1e-9, p.t + self.gate_after_s + 1e-9
