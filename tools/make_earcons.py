@@ -20,10 +20,11 @@ Usage: ``python tools/make_earcons.py [OUT_DIR]`` (default: the package director
 from __future__ import annotations
 
 import sys
-import wave
 from pathlib import Path
 
 import numpy as np
+
+from voxbox.wavfile import write_wav as _write_wav
 
 RATE = 24000
 PEAK_DBFS = -12.0
@@ -93,11 +94,7 @@ def synthesize() -> dict[str, np.ndarray]:
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int = RATE) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(samples.astype("<i2").tobytes())
+    _write_wav(path, samples, rate)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,7 +84,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from voxbox import __version__, sd
-from voxbox.credentials import CredentialError, Secret
+from voxbox.credentials import CredentialError, Secret, load_credential
 
 log = logging.getLogger("voxbox.broker")
 
@@ -129,33 +129,8 @@ def load_unit_secret(environ: Mapping[str, str] | None = None, required: bool = 
     Raises:
         CredentialError: no secret (when ``required``), an empty or unreadable credential file.
     """
-    env = os.environ if environ is None else environ
-    cred_dir = env.get("CREDENTIALS_DIRECTORY")
-    looked = []
-    if cred_dir:
-        path = Path(cred_dir) / UNIT_SECRET_CREDENTIAL
-        looked.append(str(path))
-        try:
-            value = path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            value = None
-        except OSError as exc:
-            raise CredentialError(f"cannot read credential {path}: {exc.strerror}") from None
-        if value is not None:
-            if not value:
-                raise CredentialError(f"credential {path} is empty")
-            return Secret(value, f"credential:{UNIT_SECRET_CREDENTIAL}")
-    looked.append(f"${UNIT_SECRET_ENV}")
-    value = env.get(UNIT_SECRET_ENV, "").strip()
-    if value:
-        return Secret(value, f"env:{UNIT_SECRET_ENV}")
-    if not required:
-        return Secret("", "none")
-    raise CredentialError(
-        "no unit secret for the token broker: set LoadCredential=" + UNIT_SECRET_CREDENTIAL
-        + f":<file> in the unit or the environment variable {UNIT_SECRET_ENV} "
-        f"(looked in: {', '.join(looked)})"
-    )
+    return load_credential(UNIT_SECRET_CREDENTIAL, UNIT_SECRET_ENV, "unit secret for the token broker",
+                           None if environ is None else dict(environ), required)
 
 
 def load_unit_id(path: Path | str = DEFAULT_IDENTITY_PATH) -> str:

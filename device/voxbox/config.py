@@ -303,12 +303,18 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 
-def load_config(path: Path | str) -> Config:
-    """Read and validate the TOML file at ``path``.
+def load_config(path: Path | str | None, overrides: list[str] = ()) -> Config:
+    """Read and validate the TOML file at ``path`` (None: the defaults), with
+    ``section.key=value`` overrides applied on top (see :func:`apply_overrides`) and
+    validated like the file.
 
     Raises:
-        ConfigError: the file is missing, unreadable, not TOML, or has bad keys/values.
+        ConfigError: the file is missing, unreadable, not TOML, or has bad keys/values
+            (including an override's).
     """
+    if path is None:
+        source = "defaults" + (" with " + " ".join(overrides) if overrides else "")
+        return parse_config(apply_overrides({}, list(overrides)), source)
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -320,6 +326,8 @@ def load_config(path: Path | str) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if overrides:
+        return parse_config(apply_overrides(data, list(overrides)), f"{path} with {' '.join(overrides)}")
     return parse_config(data, str(path))
 
 

@@ -32,21 +32,24 @@ class Secret:
     __str__ = __repr__
 
 
-def load_api_key(environ: dict[str, str] | None = None, required: bool = True) -> Secret:
-    """Find the API key.
+def load_credential(name: str, env_var: str, what: str, environ: dict[str, str] | None = None,
+                    required: bool = True) -> Secret:
+    """A secret from ``$CREDENTIALS_DIRECTORY/<name>`` (systemd ``LoadCredential=``), else
+    from the environment variable ``env_var``.
 
     Args:
-        environ: the environment to read (defaults to ``os.environ``).
-        required: when False, a missing key returns an empty :class:`Secret`.
+        what: how the error names the secret (e.g. "Realtime API key").
+        required: when False, a missing secret returns an empty :class:`Secret`.
 
     Raises:
-        CredentialError: no key, an empty key file, or an unreadable credential file.
+        CredentialError: none found (when ``required``), an empty or unreadable credential
+            file; the message says where Voxbox looked.
     """
     env = os.environ if environ is None else environ
     cred_dir = env.get("CREDENTIALS_DIRECTORY")
     looked = []
     if cred_dir:
-        path = Path(cred_dir) / CREDENTIAL_NAME
+        path = Path(cred_dir) / name
         looked.append(str(path))
         try:
             value = path.read_text(encoding="utf-8").strip()
@@ -57,14 +60,23 @@ def load_api_key(environ: dict[str, str] | None = None, required: bool = True) -
         if value is not None:
             if not value:
                 raise CredentialError(f"credential {path} is empty")
-            return Secret(value, f"credential:{CREDENTIAL_NAME}")
-    looked.append(f"${ENV_VAR}")
-    value = env.get(ENV_VAR, "").strip()
+            return Secret(value, f"credential:{name}")
+    looked.append(f"${env_var}")
+    value = env.get(env_var, "").strip()
     if value:
-        return Secret(value, f"env:{ENV_VAR}")
+        return Secret(value, f"env:{env_var}")
     if not required:
         return Secret("", "none")
     raise CredentialError(
-        "no Realtime API key: set LoadCredential=" + CREDENTIAL_NAME + ":<file> in the unit or "
-        f"the environment variable {ENV_VAR} (looked in: {', '.join(looked)})"
+        f"no {what}: set LoadCredential={name}:<file> in the unit or the environment variable "
+        f"{env_var} (looked in: {', '.join(looked)})"
     )
+
+
+def load_api_key(environ: dict[str, str] | None = None, required: bool = True) -> Secret:
+    """The Realtime API key (credential ``voxbox-api-key``, env ``VOXBOX_API_KEY``).
+
+    Raises:
+        CredentialError: see :func:`load_credential`.
+    """
+    return load_credential(CREDENTIAL_NAME, ENV_VAR, "Realtime API key", environ, required)

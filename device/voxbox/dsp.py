@@ -22,13 +22,12 @@ import dataclasses
 import json
 import sys
 import time
-import tomllib
-import wave
 from pathlib import Path
 
 import numpy as np
 
-from voxbox.config import DEFAULT_CONFIG_PATH, Config, ConfigError, apply_overrides, parse_config
+from voxbox import wavfile
+from voxbox.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 
 __all__ = ["DspError", "frontend_settings", "build_frontend", "read_wav", "run_frontend", "add_parser"]
 
@@ -69,30 +68,20 @@ def read_wav(path: Path, rate: int, what: str) -> np.ndarray:
             Hz; the message names ``what`` (the option) and the file.
     """
     try:
-        with wave.open(str(path), "rb") as w:
-            width, channels, fr, n = w.getsampwidth(), w.getnchannels(), w.getframerate(), w.getnframes()
-            raw = w.readframes(n)
-    except FileNotFoundError:
-        raise DspError(f"{what} {path}: file not found") from None
-    except (OSError, EOFError, wave.Error) as exc:
-        raise DspError(f"{what} {path}: not a readable WAV file ({exc})") from None
-    if width != 2:
-        raise DspError(f"{what} {path}: expected 16-bit PCM, got {8 * width}-bit samples")
-    if channels != 1:
-        raise DspError(f"{what} {path}: expected mono, got {channels} channels")
-    if fr != rate:
-        raise DspError(f"{what} {path}: expected {rate} Hz (audio.capture_rate), got {fr} Hz; "
+        w = wavfile.read_wav(path, f"{what} {path}")
+    except wavfile.WavError as exc:
+        raise DspError(str(exc).replace(": not found", ": file not found")) from None
+    if w.width != 2:
+        raise DspError(f"{what} {path}: expected 16-bit PCM, got {8 * w.width}-bit samples")
+    if w.channels != 1:
+        raise DspError(f"{what} {path}: expected mono, got {w.channels} channels")
+    if w.rate != rate:
+        raise DspError(f"{what} {path}: expected {rate} Hz (audio.capture_rate), got {w.rate} Hz; "
                        f"convert with: sox IN -r {rate} -c 1 -b 16 OUT.wav")
-    return np.frombuffer(raw, dtype="<i2").astype(np.int16)
+    return w.pcm[:, 0].copy()
 
 
-def write_wav(path: Path, x: np.ndarray, rate: int) -> None:
-    """Write int16 samples, shape ``(n,)``, as a 16-bit mono WAV file."""
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(np.asarray(x, dtype="<i2").tobytes())
+write_wav = wavfile.write_wav
 
 
 def run_frontend(frontend, mic: np.ndarray, ref: np.ndarray, block: int) -> np.ndarray:
@@ -124,17 +113,8 @@ def _erle_db(mic: np.ndarray, out: np.ndarray, ref: np.ndarray, rate: int, laten
 
 def cmd_dsp(args: argparse.Namespace) -> int:
     try:
-        data: dict = {}
-        if args.config is not None:
-            try:
-                data = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                raise ConfigError(f"{args.config}: configuration file not found") from None
-            except tomllib.TOMLDecodeError as exc:
-                raise ConfigError(f"{args.config}: not valid TOML: {exc}") from None
         sets = [s if "." in s.partition("=")[0] else f"frontend.{s}" for s in args.set]
-        cfg = parse_config(apply_overrides(data, sets), str(args.config or "defaults") +
-                           (" with --set " + " ".join(args.set) if args.set else ""))
+        cfg = load_config(args.config, sets)
         rate = cfg.audio.capture_rate
         mic = read_wav(args.mic, rate, "--mic")
         ref = read_wav(args.ref, rate, "--ref")

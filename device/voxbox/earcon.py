@@ -14,12 +14,13 @@ A missing, unreadable or unsuitable file raises :class:`EarconError` naming the 
 from __future__ import annotations
 
 import os
-import wave
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
+from voxbox.wavfile import WavError, read_wav
 
 #: the rate the packaged WAVs are stored at (= the playback rate)
 EARCON_RATE = 24000
@@ -43,43 +44,15 @@ def _package_file(name: str):
 def _read_wav(src, label: str) -> tuple[np.ndarray, int]:
     """(float samples in -1..1, mono; sample rate)."""
     try:
-        with wave.open(src, "rb") as w:
-            ch, width, rate, n = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
-            raw = w.readframes(n)
-    except FileNotFoundError:
-        raise EarconError(f"earcon file {label}: not found") from None
-    except IsADirectoryError:
-        raise EarconError(f"earcon file {label}: is a directory") from None
-    except PermissionError:
-        raise EarconError(f"earcon file {label}: permission denied") from None
-    except (wave.Error, EOFError) as exc:
-        raise EarconError(f"earcon file {label}: not a PCM WAV file ({exc}); "
-                          "use 16-bit PCM, e.g. `sox in.wav -b 16 out.wav`") from None
-    except OSError as exc:
-        raise EarconError(f"earcon file {label}: cannot read ({exc})") from None
-    if n == 0 or rate <= 0 or ch <= 0:
+        w = read_wav(src, f"earcon file {label}")
+    except WavError as exc:
+        raise EarconError(str(exc)) from None
+    if w.frames == 0 or w.rate <= 0:
         raise EarconError(f"earcon file {label}: no audio")
-    if n / rate > MAX_S:
-        raise EarconError(f"earcon file {label}: {n / rate:.1f} s long; an earcon must be "
+    if w.frames / w.rate > MAX_S:
+        raise EarconError(f"earcon file {label}: {w.frames / w.rate:.1f} s long; an earcon must be "
                           f"at most {MAX_S:g} s")
-    buf = np.frombuffer(raw, dtype=np.uint8)
-    frames = len(buf) // (width * ch)
-    buf = buf[: frames * width * ch]
-    if width == 1:  # unsigned 8-bit
-        x = (buf.astype(np.float64) - 128.0) / 128.0
-    elif width == 2:
-        x = buf.view("<i2") / 32768.0
-    elif width == 3:
-        b = buf.reshape(-1, 3).astype(np.int32)
-        v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
-        v = np.where(v & 0x800000, v - 0x1000000, v)
-        x = v / 8388608.0
-    elif width == 4:
-        x = buf.view("<i4") / 2147483648.0
-    else:
-        raise EarconError(f"earcon file {label}: unsupported sample width {width} bytes")
-    x = x.reshape(-1, ch).mean(axis=1) if ch > 1 else x
-    return x, rate
+    return w.float_mono(), w.rate
 
 
 def load_earcon(name_or_path: str | os.PathLike, rate: int = EARCON_RATE) -> np.ndarray:

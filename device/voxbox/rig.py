@@ -58,7 +58,6 @@ import fcntl
 import os
 import threading
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -299,12 +298,9 @@ class Speaker:
             return list(new), len(self._played)
 
     def write_wav(self, path: Path | str) -> None:
-        data = self.samples
-        with wave.open(str(path), "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(self.rate)
-            w.writeframes(data.tobytes())
+        from voxbox.wavfile import write_wav
+
+        write_wav(path, self.samples, self.rate)
 
     def close(self) -> None:
         self._stop.set()

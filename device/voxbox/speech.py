@@ -1,7 +1,7 @@
 """Synthetic speech for the demo and the tests (espeak-ng).
 
 ``render_speech`` renders text with the ``espeak-ng`` command (Debian package
-``espeak-ng``) to a temporary WAV, reads it with the stdlib ``wave`` module and
+``espeak-ng``) to a temporary WAV, reads it with :mod:`voxbox.wavfile` and
 resamples espeak-ng's 22 050 Hz output to the 16 kHz capture rate with soxr. Results are
 cached as 16 kHz WAV files in ``$XDG_CACHE_HOME/voxbox/speech`` (default
 ``~/.cache/voxbox/speech``), keyed by text, voice, rate and the espeak-ng version, so
@@ -20,10 +20,11 @@ import os
 import shutil
 import subprocess
 import tempfile
-import wave
 from pathlib import Path
 
 import numpy as np
+
+from voxbox.wavfile import WavError, read_wav, write_wav  # noqa: F401  (write_wav: re-exported)
 
 __all__ = [
     "SAMPLE_RATE",
@@ -72,23 +73,13 @@ def _espeak_version(path: str) -> str:
 
 
 def _read_wav(path: Path) -> tuple[np.ndarray, int]:
-    with wave.open(str(path), "rb") as w:
-        if w.getsampwidth() != 2:
-            raise SpeechError(f"{path}: expected 16-bit PCM, got {8 * w.getsampwidth()}-bit")
-        rate, channels = w.getframerate(), w.getnchannels()
-        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-    if channels > 1:
-        data = data.reshape(-1, channels)[:, 0]
-    return data.astype(np.int16), rate
-
-
-def write_wav(path: Path, x: np.ndarray, rate: int) -> None:
-    """Write mono int16 samples as a 16-bit WAV file."""
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(np.asarray(x, dtype="<i2").tobytes())
+    try:
+        w = read_wav(path, str(path))
+    except WavError as exc:
+        raise SpeechError(str(exc)) from None
+    if w.width != 2:
+        raise SpeechError(f"{path}: expected 16-bit PCM, got {8 * w.width}-bit")
+    return w.pcm[:, 0].copy(), w.rate
 
 
 def render_speech(text: str, voice: str = "en-us", rate_wpm: int = 150) -> np.ndarray:
@@ -110,7 +101,7 @@ def render_speech(text: str, voice: str = "en-us", rate_wpm: int = 150) -> np.nd
             x, rate = _read_wav(cached)
             if rate == SAMPLE_RATE and x.size:
                 return x
-        except (wave.Error, EOFError, SpeechError):
+        except SpeechError:
             pass  # corrupt cache entry: render again
 
     import soxr
