@@ -160,10 +160,24 @@ def _positive_int(name: str, value: int) -> int:
 
 class NativeState:
     """Context manager and finaliser for objects that own native state: both call
-    :meth:`close`, which subclasses make idempotent."""
+    :meth:`close`, which subclasses make idempotent. Subclasses keep the native pointer
+    in ``_state`` (None once closed)."""
+
+    _state: int | None = None
 
     def close(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    @property
+    def closed(self) -> bool:
+        return self._state is None
+
+    def _handle(self) -> int:
+        """The native pointer. Raises ValueError naming the class when closed."""
+        state = self._state
+        if state is None:
+            raise ValueError(f"{type(self).__name__} is closed")
+        return state
 
     def __enter__(self):
         return self
@@ -209,16 +223,6 @@ class EchoCanceller(NativeState):
             raise SpeexDSPError("speex_echo_ctl(SPEEX_ECHO_SET_SAMPLING_RATE) failed")
 
     # -- lifecycle -------------------------------------------------------------------
-    @property
-    def closed(self) -> bool:
-        return self._state is None
-
-    def _handle(self) -> int:
-        state = self._state
-        if state is None:
-            raise ValueError("EchoCanceller is closed")
-        return state
-
     def close(self) -> None:
         """Free the native state (idempotent). Unlinks any linked :class:`Preprocessor`."""
         state = self._state
@@ -308,16 +312,6 @@ class Preprocessor(NativeState):
         self._echo: EchoCanceller | None = None
 
     # -- lifecycle -------------------------------------------------------------------
-    @property
-    def closed(self) -> bool:
-        return self._state is None
-
-    def _handle(self) -> int:
-        state = self._state
-        if state is None:
-            raise ValueError("Preprocessor is closed")
-        return state
-
     def close(self) -> None:
         """Free the native state (idempotent). The linked canceller stays open."""
         state = self._state
