@@ -160,17 +160,34 @@ def open_check(device: str, kind: str, rate: int | None = None, period: int | No
 
 
 class _Loop:
-    """Shared thread plumbing for the two loops."""
+    """Shared thread and device plumbing for the two loops: ``stream`` is "capture" or
+    "playback", opened in ``pcm_mode`` (``alsaaudio.PCM_NONBLOCK`` / ``PCM_NORMAL``)."""
 
-    def __init__(self, name: str):
+    stream = ""
+    pcm_mode = 0
+
+    def __init__(self, name: str, device: str, rate: int, period: int, periods: int,
+                 on_xrun: Callable[[str], None] | None, reopen_backoff: float,
+                 pcm_factory: Callable[[], object] | None):
         self.name = name
+        self.device = device
+        self.rate = rate
+        self.period = period
+        self.periods = periods
+        self.on_xrun = on_xrun
+        self.reopen_backoff = reopen_backoff
+        self._pcm_factory = pcm_factory  # tests inject a fake PCM here
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._opened = threading.Event()
         self.error: BaseException | None = None
         self.xruns = 0
         self.reopens = 0
-        self.on_xrun: Callable[[str], None] | None = None
+
+    def _open(self):
+        if self._pcm_factory is not None:
+            return self._pcm_factory()
+        return _open_pcm(self.device, self.stream, self.pcm_mode, self.rate, self.period, self.periods)
 
     def _reopen(self, pcm, exc: Exception, drop: bool):
         """After an unexpected device error: count it, close the PCM and reopen it after
@@ -251,32 +268,22 @@ class CaptureLoop(_Loop):
     re-prepares the PCM in place. Other errors close and reopen the device.
     """
 
+    stream = "capture"
+    pcm_mode = alsaaudio.PCM_NONBLOCK
+
     def __init__(self, device: str, on_frame: Callable[[np.ndarray, float], None],
                  rate: int = 16000, period: int = 160, periods: int = 4, name: str = "capture",
                  on_xrun: Callable[[str], None] | None = None, poll_timeout: float = 0.1,
                  reopen_backoff: float = 0.5, pcm_factory: Callable[[], object] | None = None):
-        super().__init__(name)
-        self.device = device
+        super().__init__(name, device, rate, period, periods, on_xrun, reopen_backoff, pcm_factory)
         self.on_frame = on_frame
-        self.rate = rate
-        self.period = period
-        self.periods = periods
-        self.on_xrun = on_xrun
         self.poll_timeout = poll_timeout
-        self.reopen_backoff = reopen_backoff
-        self._pcm_factory = pcm_factory  # tests inject a fake PCM here
         self.frames_delivered = 0
         self.last_frame_time: float | None = None
         self.partial_reads = 0
         self._frame_bytes = period * 2
         self._buf = bytearray(self._frame_bytes * 2)
         self._fill = 0
-
-    def _open(self):
-        if self._pcm_factory is not None:
-            return self._pcm_factory()
-        return _open_pcm(self.device, "capture", alsaaudio.PCM_NONBLOCK, self.rate,
-                         self.period, self.periods)
 
     def _run(self) -> None:
         pcm = self._open()  # first open: errors propagate to start()
@@ -357,21 +364,17 @@ class PlaybackLoop(_Loop):
     the PCM in place. :meth:`drop` discards what is queued in the device (barge-in).
     """
 
+    stream = "playback"
+    pcm_mode = alsaaudio.PCM_NORMAL
+
     def __init__(self, device: str, source: Callable[[], np.ndarray],
                  on_written: Callable[[np.ndarray, float], None] | None = None,
                  rate: int = 24000, period: int = 240, periods: int = 4,
                  name: str = "playback", on_xrun: Callable[[str], None] | None = None,
                  reopen_backoff: float = 0.5, pcm_factory: Callable[[], object] | None = None):
-        super().__init__(name)
-        self.device = device
+        super().__init__(name, device, rate, period, periods, on_xrun, reopen_backoff, pcm_factory)
         self.source = source
         self.on_written = on_written
-        self.rate = rate
-        self.period = period
-        self.periods = periods
-        self.on_xrun = on_xrun
-        self.reopen_backoff = reopen_backoff
-        self._pcm_factory = pcm_factory
         self._drop = threading.Event()
         self.frames_written = 0
         self.samples_written = 0
@@ -402,12 +405,6 @@ class PlaybackLoop(_Loop):
         (see :mod:`voxbox.rig`).
         """
         return self._delay
-
-    def _open(self):
-        if self._pcm_factory is not None:
-            return self._pcm_factory()
-        return _open_pcm(self.device, "playback", alsaaudio.PCM_NORMAL, self.rate,
-                         self.period, self.periods)
 
     def _run(self) -> None:
         pcm = self._open()
