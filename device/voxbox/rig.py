@@ -171,7 +171,29 @@ class FileDeviceRig:
         self.close()
 
 
-class Speaker:
+class _FifoWorker:
+    """A thread serving one FIFO end (``fd``) until :meth:`close`."""
+
+    fd: int
+    _stop: threading.Event
+    _thread: threading.Thread
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2.0)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Speaker(_FifoWorker):
     """Drains ``speaker.fifo`` at real-time rate and records what the device "played".
 
     Opens the FIFO ``O_RDONLY | O_NONBLOCK`` at construction (so the daemon's open of the
@@ -302,22 +324,8 @@ class Speaker:
 
         write_wav(path, self.samples, self.rate)
 
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(2.0)
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
-    def __enter__(self) -> "Speaker":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class MicFeeder:
+class MicFeeder(_FifoWorker):
     """Writes a 16 kHz int16 signal into ``mic.fifo`` at real-time pace, then a tail.
 
     The FIFO is opened ``O_RDWR | O_NONBLOCK`` at construction: this never blocks (no need
@@ -475,16 +483,5 @@ class MicFeeder:
             k += 1
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(2.0)
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        super().close()
         self._resampler = None  # free the soxr stream now, not at interpreter exit
-
-    def __enter__(self) -> "MicFeeder":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
