@@ -19,11 +19,12 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import soxr
@@ -37,7 +38,7 @@ from voxbox.dialects import PCM_RATE, auth_headers, build_url
 from voxbox.gestures import ButtonGestures, Gesture
 from voxbox.jitter import JitterBuffer, PullResult
 from voxbox.led import pattern_for
-from voxbox.ring import SampleRing
+from voxbox.ring import FrameQueue, SampleRing
 from voxbox.sd import Notifier
 from voxbox.session import (AudioDelta, AudioDone, FunctionCallRequested, InputCommitted, ProtocolError, RealtimeSession,
                             ResponseDone, ResponseStarted, ServerError, SessionCreated,
@@ -144,6 +145,8 @@ class Daemon:
         self._wake_aware = cfg.wake.enabled and cfg.wake.playback_aware
         # reference alignment (capture thread) and drift compensation (playback thread)
         self.delay_tracker = None
+        self._echo_q: FrameQueue | None = None
+        self._echo_stop = threading.Event()
         self.aligner = None
         self._drift_target_ppm = 0.0  # published by the capture thread
         self._drift_comp = None  # used by the playback thread only
@@ -151,6 +154,8 @@ class Daemon:
             from voxbox.align import DriftCompensator, EchoDelayTracker, ReferenceAligner
 
             self.delay_tracker = EchoDelayTracker(a.capture_rate)
+            # 1 s of (reference, microphone) periods for the echo worker thread
+            self._echo_q = FrameQueue(a.capture_rate // self.cap_period, self.cap_period)
             self.aligner = ReferenceAligner(a.capture_rate, lead_ms=cfg.frontend.reference_lead_ms)
             if cfg.frontend.drift_compensation:
                 self._drift_comp = DriftCompensator(0.0)
@@ -169,6 +174,7 @@ class Daemon:
         self._uplink_q: asyncio.Queue[bytes] = asyncio.Queue(maxsize=500)
         # capture-thread state (touched only by the capture thread)
         self._ref_frame = np.zeros(self.cap_period, dtype=np.int16)
+        self._cap_f32 = np.zeros(self.cap_period, dtype=np.float32)  # voice-level scratch
         self._up_resampler: soxr.ResampleStream | None = None
         self._up_parts: list[np.ndarray] = []
         self._up_samples = 0
@@ -178,6 +184,7 @@ class Daemon:
         self.last_nonsilent_t = 0.0
         # playback-thread state
         self._play_buf = np.zeros(self.play_period, dtype=np.int16)
+        self._mix_i32 = np.zeros(self.play_period, dtype=np.int32)  # earcon mixing scratch
         self._last_pull = PullResult(None, 0, False, False, 0)
         self._ref_resampler = (None if a.playback_rate == a.capture_rate else
                                soxr.ResampleStream(a.playback_rate, a.capture_rate, 1, dtype="int16"))
@@ -297,6 +304,9 @@ class Daemon:
                                    periods=cfg.audio.periods)
         self.playback.start()
         self.capture.start()
+        if self._echo_q is not None:
+            self._echo_thread = threading.Thread(target=self._echo_worker, name="echo-delay", daemon=True)
+            self._echo_thread.start()
         tasks = [asyncio.create_task(self._link(), name="link"),
                  asyncio.create_task(self._ticker(), name="ticker"),
                  asyncio.create_task(self._watchdog(), name="watchdog"),
@@ -309,6 +319,7 @@ class Daemon:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self.capture.stop()
+            self._echo_stop.set()
             self.playback.stop()
             if self.server is not None:
                 # off the loop: the server's close handshake needs this loop's client side
@@ -408,8 +419,8 @@ class Daemon:
         self.ref_ring.read_into(ref, max_backlog=self._ref_delay + 2 * self.cap_period,
                                 min_backlog=max(0, self._ref_delay - 2 * self.cap_period))
         clean = self.frontend.process(frame, ref) if self.frontend is not None else frame
-        if self.delay_tracker is not None:
-            self._track_echo(ref, frame)
+        if self._echo_q is not None:  # analysed by the echo worker, never on this thread
+            self._echo_q.put(ref, frame)
         if self.recorder is not None:
             self.recorder.write(frame, ref, clean)
         if self.muted:
@@ -430,9 +441,10 @@ class Daemon:
             if det is not None:
                 self._loop.call_soon_threadsafe(self._on_wake, det.score, det.t)
         if self.conv.push_to_talk:
-            # int64 dot product over the whole period: no per-sample Python
-            e = int(np.dot(clean.astype(np.int64), clean))
-            if e > VOICE_POWER * clean.shape[0]:
+            # float32 dot product over the whole period, in a preallocated buffer
+            f = self._cap_f32
+            np.copyto(f, clean)
+            if float(np.dot(f, f)) > VOICE_POWER * f.shape[0]:
                 self._ptt_voiced_frames += 1
         if self.uplink_open:
             if self._up_resampler is None:
@@ -451,14 +463,23 @@ class Daemon:
             self._up_parts.clear()
             self._up_samples = 0
 
+    def _echo_worker(self) -> None:
+        """Echo-delay worker thread: drains the periods the capture thread queued and runs
+        the tracker (a GCC-PHAT over 2 s windows once a second: milliseconds of FFTs that
+        must not delay the capture loop)."""
+        pair = np.zeros((2, self.cap_period), dtype=np.int16)
+        while not self._echo_stop.wait(0.05):
+            while self._echo_q.get_into(pair):
+                self._track_echo(pair[0], pair[1])
+
     def _track_echo(self, ref: np.ndarray, mic: np.ndarray) -> None:
-        """Capture thread: feed the echo-delay tracker; move the reference delay line and
-        retune the drift compensator when the aligner says so (see voxbox.align)."""
+        """Echo worker: feed the echo-delay tracker; move the reference delay line and
+        retune the drift compensator when the aligner says so (see voxbox.align). The
+        audio threads read the two results (an int and a float) without a lock."""
         tr = self.delay_tracker
         est = tr.push(ref, mic)
         if est is None:
             return
-        rate = self.cfg.audio.capture_rate
         self.echo["delay_ms"] = round(est.delay_ms, 2)
         self.echo["erl_db"] = round(est.erl_db, 1)
         new = self.aligner.on_delay(est.delay_ms, self._ref_delay)
@@ -500,7 +521,8 @@ class Daemon:
         if cue is not None:  # mix the earcon over whatever plays (whole-frame numpy)
             buf = self._play_buf
             k = min(buf.shape[0], cue.shape[0] - self._cue_pos)
-            mixed = buf[:k].astype(np.int32) + cue[self._cue_pos:self._cue_pos + k]
+            mixed = self._mix_i32[:k]
+            np.add(buf[:k], cue[self._cue_pos:self._cue_pos + k], out=mixed, dtype=np.int32)
             np.clip(mixed, -32768, 32767, out=mixed)
             buf[:k] = mixed
             self._cue_pos += k

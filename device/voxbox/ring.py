@@ -86,3 +86,45 @@ class SampleRing:
     def clear(self) -> None:
         with self._lock:
             self._r = self._w
+
+
+class FrameQueue:
+    """A bounded single-producer/single-consumer queue of fixed-size frame tuples, to hand
+    audio from a real-time thread to a worker without the real-time side ever waiting or
+    allocating: :meth:`put` copies into a preallocated slot (or drops the frames when the
+    worker is behind, counted in ``dropped``), :meth:`get_into` copies the oldest out.
+
+    Args:
+        slots: frames kept.
+        width: samples per frame.
+        channels: arrays per frame (e.g. 2: reference and microphone).
+    """
+
+    def __init__(self, slots: int, width: int, channels: int = 2):
+        self._buf = np.zeros((slots, channels, width), dtype=np.int16)
+        self._slots = slots
+        self._r = 0
+        self._w = 0
+        self._lock = threading.Lock()
+        self.dropped = 0
+
+    def put(self, *frames: np.ndarray) -> bool:
+        """Copy one frame per channel (int16, shape ``(width,)``); False if dropped."""
+        with self._lock:
+            if self._w - self._r >= self._slots:
+                self.dropped += 1
+                return False
+            slot = self._buf[self._w % self._slots]
+            for i, f in enumerate(frames):
+                slot[i] = f
+            self._w += 1
+        return True
+
+    def get_into(self, out: np.ndarray) -> bool:
+        """Copy the oldest frame into ``out`` (shape ``(channels, width)``); False if empty."""
+        with self._lock:
+            if self._r == self._w:
+                return False
+            out[:] = self._buf[self._r % self._slots]
+            self._r += 1
+        return True
