@@ -120,7 +120,6 @@ class Daemon:
                                  resume_false_interruptions=cc.resume_false_interruptions,
                                  min_interruption_ms=cc.min_interruption_ms,
                                  barge_in_on_speech=cfg.realtime.turn_detection.interrupt_response)
-        self.muted = False  # read by the capture thread: no frame reaches wake word or uplink
         self._state_path = Path(os.environ.get("STATE_DIRECTORY", "/var/lib/voxbox").split(":")[0]) / cc.state_file
         self._ptt_samples = 0  # uplink samples streamed in the current push-to-talk hold
         self._ptt_voiced_frames = 0  # capture periods above VOICE_DBFS during the hold
@@ -159,7 +158,7 @@ class Daemon:
             self.aligner = ReferenceAligner(a.capture_rate, lead_ms=cfg.frontend.reference_lead_ms)
             if cfg.frontend.drift_compensation:
                 self._drift_comp = DriftCompensator(0.0)
-        self.echo = {"delay_ms": None, "erl_db": None, "drift_ppm": 0.0}
+        self.echo = {"delay_ms": None, "erl_db": None}
         self.notifier = Notifier()
         self.session: RealtimeSession | None = None
         self.turn = TurnTimes()
@@ -169,7 +168,6 @@ class Daemon:
         self._ws = None
         self._ready_sent = False
         self._led_name = ""
-        self._session_ready = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._uplink_q: asyncio.Queue[bytes] = asyncio.Queue(maxsize=500)
         # capture-thread state (touched only by the capture thread)
@@ -289,7 +287,6 @@ class Daemon:
         self._build_dsp()
         self._build_gpio()
         if self._load_muted():
-            self.muted = True
             self._apply(self.conv.restore_muted(time.monotonic()))
         if self._unprovisioned():
             self._apply(self.conv.unprovisioned(time.monotonic(), "no Realtime API key"))
@@ -423,7 +420,7 @@ class Daemon:
             self._echo_q.put(ref, frame)
         if self.recorder is not None:
             self.recorder.write(frame, ref, clean)
-        if self.muted:
+        if self.conv.muted:
             return  # the frame was captured (watchdog) but goes nowhere
         wake = self.wake
         if wake is not None:
@@ -496,7 +493,6 @@ class Daemon:
             ppm = self.aligner.on_drift(tr.drift_ppm, tr.drift_stderr_ppm, self._drift_target_ppm)
             if ppm is not None:
                 self._drift_target_ppm = ppm
-                self.echo["drift_ppm"] = round(ppm, 1)
                 tr.reset_drift()
                 self._loop.call_soon_threadsafe(self._log_drift, ppm)
 
@@ -666,7 +662,6 @@ class Daemon:
             log.warning("uplink queue full at push-to-talk release")
 
     def _set_muted(self, muted: bool) -> None:
-        self.muted = muted
         log.info("microphone %s", "muted" if muted else "unmuted",
                  extra={"VOXBOX_EVENT": "mute", "VOXBOX_MUTED": int(muted)})
         try:
@@ -737,7 +732,7 @@ class Daemon:
 
     def _show_state(self) -> None:
         state = self.conv.state
-        self.uplink_open = self.conv.uplink_open and self.session is not None and self._session_ready
+        self.uplink_open = self.conv.uplink_open and self._session_ready
         pattern = pattern_for(state)
         if pattern.name != self._led_name:
             self._led_name = pattern.name
@@ -776,6 +771,11 @@ class Daemon:
         if self.cfg.realtime.dialect == "azure-voicelive":
             return base + "/voice-live/realtime"
         return base + "/v1/realtime"
+
+    @property
+    def _session_ready(self) -> bool:
+        """The current session's configuration was acknowledged (``session.updated``)."""
+        return self.session is not None and self.session.ready
 
     def _unprovisioned(self) -> bool:
         """No credential yet. In broker mode ``api_key`` holds the per-unit secret."""
@@ -873,7 +873,6 @@ class Daemon:
                     finally:
                         self._ws = None
                         self.session = None
-                        self._session_ready = False
                         self._show_state()
             except asyncio.CancelledError:
                 raise
@@ -941,7 +940,6 @@ class Daemon:
             self._turn_lost = True
         log.warning("link lost: %s", cause, extra={"VOXBOX_EVENT": "link_down", "VOXBOX_CAUSE": cause})
         self.session = None
-        self._session_ready = False
         self._drain_uplink()
         self._apply(self.conv.link_down(time.monotonic(), cause))
 
@@ -1042,7 +1040,6 @@ class Daemon:
         if isinstance(ev, SessionCreated):
             log.info("session created", extra={"VOXBOX_EVENT": "session", "VOXBOX_SESSION_ID": ev.session_id})
         elif isinstance(ev, SessionReady):
-            self._session_ready = True
             log.info("session ready in %d ms", (now - t_open) * 1000,
                      extra={"VOXBOX_EVENT": "session_ready", "VOXBOX_SESSION_ID": ev.session_id,
                             "VOXBOX_CONNECT_MS": int((now - t_open) * 1000)})
@@ -1163,7 +1160,7 @@ class Daemon:
         if self.echo["delay_ms"] is not None:
             fields["VOXBOX_ECHO_DELAY_MS"] = self.echo["delay_ms"]
             fields["VOXBOX_ERL_DB"] = self.echo["erl_db"]
-            fields["VOXBOX_DRIFT_PPM"] = self.echo["drift_ppm"]
+            fields["VOXBOX_DRIFT_PPM"] = round(self._drift_target_ppm, 1)
         log.info("turn %d done: %s", t.turn,
                  " ".join(f"{k[7:].lower()}={v}" for k, v in fields.items() if "MS" in k), extra=fields)
 
@@ -1289,7 +1286,7 @@ class _DaemonToolContext:
 
     def device_status(self) -> dict[str, Any]:
         d = self._d
-        return {"state": d.conv.state.value, "muted": d.muted, "volume": d.volume.get(),
+        return {"state": d.conv.state.value, "muted": d.conv.muted, "volume": d.volume.get(),
                 "session_id": d.session.session_id if d.session is not None else None,
                 "uptime_s": round(time.monotonic() - d.t_start), "version": __version__,
                 "reconnects": d.stats["reconnects"]}
