@@ -31,8 +31,9 @@ import soxr
 
 from voxbox import __version__
 from voxbox.config import Config
-from voxbox.conversation import (Action, ClearInput, Conversation, Earcon, EndPushToTalk, Interrupt,
-                                 PauseReply, Prompt, ResetWake, ResumeReply, SetMuted, StartPushToTalk, State)
+from voxbox.conversation import (UPLINK_STATES, Action, ClearInput, Conversation, Earcon, EndPushToTalk,
+                                 Interrupt, PauseReply, Prompt, ResetWake, ResumeReply, SetMuted,
+                                 StartPushToTalk, State)
 from voxbox.credentials import Secret
 from voxbox.dialects import PCM_RATE, auth_headers, build_url
 from voxbox.gestures import ButtonGestures, Gesture
@@ -214,7 +215,6 @@ class Daemon:
         self._stall_cause: str | None = None
         self._turn_lost = False  # the link went down during a turn
         self._t_link_lost: float | None = None
-        self.turn_rtt_ms: float | None = None  # last ping round trip during a turn
         #: recent conversation as text, replayed into a new session: (role, text)
         self.history: deque[tuple[str, str]] = deque()
         self.stats = {"uplink_samples": 0, "truncates": 0, "reconnects": 0, "tool_calls": 0}
@@ -973,28 +973,19 @@ class Daemon:
             pinger.cancel()
 
     async def _turn_pinger(self, ws) -> None:
-        """During a turn, ping every second and require the pong within ``stall_s``: a
-        stalled service (TCP open, nothing coming back) is replaced in seconds, not after
-        the idle keepalive's ~20 s."""
-        stall_s = self.cfg.realtime.stall_s
+        """During a turn, ping every second; each pong is a sign of life for the link
+        supervisor, which calls the link stalled after ``stall_s`` without any (see
+        :meth:`_supervise_link`): a stalled service (TCP open, nothing coming back) is
+        replaced in seconds, not after the idle keepalive's ~20 s."""
         while True:
             await asyncio.sleep(1.0)
-            if self.conv.state not in (State.LISTENING, State.THINKING, State.SPEAKING, State.FOLLOW_UP):
+            if self.conv.state not in UPLINK_STATES:
                 continue
-            t0 = time.monotonic()
             try:
-                pong = await ws.ping()
-                await asyncio.wait_for(pong, timeout=stall_s)
-            except asyncio.TimeoutError:
-                self._stall_cause = f"stalled: no pong within {stall_s:.1f} s during a turn"
-                log.warning("%s; replacing the socket", self._stall_cause, extra={"VOXBOX_EVENT": "stall"})
-                transport = getattr(ws, "transport", None)
-                if transport is not None:
-                    transport.abort()
-                return
+                await (await ws.ping())
             except Exception:  # closed meanwhile: the receive loop handles it
                 return
-            self.turn_rtt_ms = (time.monotonic() - t0) * 1000
+            self.link.event(time.monotonic())
 
     async def _uplink_sender(self, ws, session: RealtimeSession) -> None:
         while True:
@@ -1191,10 +1182,9 @@ class Daemon:
                      now - self.link.session_started, extra={"VOXBOX_EVENT": "rollover"})
             asyncio.ensure_future(ws.close(1000, "session rollover"))
             return
-        waiting = self.conv.state is State.THINKING or (self.session.response_id is not None
-                                                          and not self.jitter.active)
-        if self.link.stalled(now, waiting):
-            self._stall_cause = f"stalled: no server event for {now - self.link.last_event:.1f} s during a turn"
+        if self.link.stalled(now, self.conv.state in UPLINK_STATES):
+            self._stall_cause = (f"stalled: no server event or pong for {now - self.link.last_event:.1f} s "
+                                 "during a turn")
             log.warning("%s; replacing the socket", self._stall_cause, extra={"VOXBOX_EVENT": "stall"})
             self.link.event(now)  # once
             transport = getattr(ws, "transport", None)

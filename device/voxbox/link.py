@@ -15,8 +15,9 @@ limits and faults"):
 - Session limit: the service ends a session after a maximum duration (15/30/60 min over
   its history). A session older than ``rollover_s`` is replaced by a fresh one, only when
   the conversation is idle, so a reply is never cut.
-- Stall: while a turn waits on the service (thinking, or a response active), no server
-  event for ``stall_s`` means the socket is dead even if TCP says otherwise: replace it.
+- Stall: during a turn, no sign of life from the service (a server event, or the pong
+  to a ping the adapter sends every second) for ``stall_s`` means the socket is dead even
+  if TCP says otherwise: replace it.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class LinkSupervisor:
         self.last_event = t
 
     def event(self, t: float) -> None:
-        """Any server message arrived."""
+        """Any server message, or a pong, arrived."""
         self.last_event = t
 
     def failed(self, t: float, cause: str, fatal: bool = False) -> float:
@@ -109,5 +110,5 @@ class LinkSupervisor:
                 and t - self.session_started >= self.rollover_s)
 
     def stalled(self, t: float, waiting_on_service: bool) -> bool:
-        """No server event for ``stall_s`` while a turn waits on the service."""
+        """No server event or pong for ``stall_s`` while a turn is on."""
         return waiting_on_service and self.session_started is not None and t - self.last_event >= self.stall_s
