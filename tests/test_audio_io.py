@@ -7,7 +7,6 @@ own rig with ``rig.apply_env()`` (measured: changing the variable between opens 
 from __future__ import annotations
 
 import errno
-import os
 import threading
 import time
 

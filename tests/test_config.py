@@ -1,5 +1,4 @@
 """Configuration: validation names the key and the allowed values; credentials."""
-import os
 
 import pytest
 

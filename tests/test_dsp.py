@@ -4,7 +4,6 @@ the daemon's front end."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

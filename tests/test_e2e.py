@@ -110,7 +110,7 @@ def test_tap_barge_in_truncates_to_the_audio_played(tmp_path):
         h.wait_state("listening", timeout=5)
         h.mic.play(question("Please tell me a long story about the sea, the wind and the ships "
                             "that sail across the ocean at night."))
-        start = h.wait_event("playback_start", timeout=30)
+        h.wait_event("playback_start", timeout=30)
         time.sleep(1.5)
         h.press()  # tap during the reply: barge-in
         barge = h.wait_event("barge_in", timeout=5)

@@ -42,7 +42,7 @@ def tap_turn(h: DaemonHarness, until: str = "playback_end", timeout: float = 40)
 def test_drop_mid_reply_reconnects_and_says_the_turn_was_lost(tmp_path):
     with DaemonHarness(tmp_path, echo_db=-30) as h:
         h.start()
-        start = tap_turn(h, until="playback_start")
+        tap_turn(h, until="playback_start")
         time.sleep(0.3)
         t_drop = time.monotonic()
         h.server.faults.drop_connections()
@@ -110,7 +110,7 @@ def test_rejected_auth_goes_to_error_and_retries_slowly(tmp_path, mode):
 def test_session_expired_mid_turn_recovers_and_tells_the_user(tmp_path):
     with DaemonHarness(tmp_path, echo_db=-30) as h:
         h.start()
-        start = tap_turn(h, until="playback_start")
+        tap_turn(h, until="playback_start")
         t_exp = time.monotonic()
         h.server.faults.expire_sessions()
         back = h.wait_event("reconnected", timeout=10, after=t_exp)

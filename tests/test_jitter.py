@@ -228,7 +228,7 @@ def test_exact_accounting_across_underruns_and_flushes():
         jb = JitterBuffer(prebuffer_ms=40, fade_samples=fade, min_ms=20, max_ms=300, stretch=False)
         ref: list[tuple[str, np.ndarray]] = []  # reference queue
         ref_played: dict[str, int] = {}
-        t, nxt, item_no = 0.0, 0, 0
+        t, item_no = 0.0, 0
         for step in range(3000):
             t += 0.01
             u = rng.random()

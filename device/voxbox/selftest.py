@@ -612,7 +612,7 @@ async def _probe(url: str, headers: dict[str, str], timeout: float) -> tuple[str
         if status in (401, 403):
             return "FAIL", f"auth: HTTP {status}, the API key is rejected (or lacks access)", ms(), {"http_status": status}
         if status == 404:
-            return "FAIL", f"HTTP 404: wrong realtime.url path, model or deployment", ms(), {"http_status": status}
+            return "FAIL", "HTTP 404: wrong realtime.url path, model or deployment", ms(), {"http_status": status}
         return "FAIL", f"HTTP {status} from the service", ms(), {"http_status": status}
     except ConnectionClosed as exc:
         rcvd = exc.rcvd

@@ -161,14 +161,12 @@ def simulate(jb: JitterBuffer, trace: Trace) -> dict:
     which = np.repeat(np.arange(len(pulls_n)), pulls_n)
     playout = pulls_t[which] + (idx - starts[which]) * spacing[which]
     arrival = np.repeat(arrivals, sizes)
-    ideal_parts, reply_first = [], []
+    reply_first = []
     pos = 0
     for s, a in zip(trace.sizes, trace.arrivals):
         m = int(s.sum())
-        ideal_parts.append(a[0] + np.arange(m) / RATE)
         reply_first.append(pos)
         pos += m
-    ideal = np.concatenate(ideal_parts)
     # earliest possible playout: g[i] = max(arrival[i], g[i-1] + 1/rate) per reply, i.e.
     # g[i] - m[i]/rate = running max of (arrival - m/rate) with m the media position
     offs = np.repeat(np.cumsum([0] + [int(s.sum()) for s in trace.sizes[:-1]]),
