@@ -15,8 +15,8 @@ import math
 import numpy as np
 import pytest
 
-pytest.importorskip("pyroomacoustics")
-soxr = pytest.importorskip("soxr")
+import pyroomacoustics  # noqa: F401,E402  (a test dependency: rooms for the delay tests)
+import soxr  # noqa: E402
 from scipy.signal import fftconvolve  # noqa: E402
 
 from benchmarks.rooms import FAR_TEXTS, FAR_VOICE, ROOMS, loudspeaker, room_irs, speech_track  # noqa: E402

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-alsaaudio = pytest.importorskip("alsaaudio")
+import alsaaudio  # noqa: E402
 
 from voxbox.audio_io import (  # noqa: E402
     AudioDeviceError,

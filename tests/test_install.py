@@ -64,14 +64,7 @@ def _why_not() -> str | None:
     except OSError as exc:
         return f"Debian mirror {MIRROR} not reachable: {exc}"
     if shutil.which("debootstrap") is None:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "-qq", "debootstrap"]
-        res = subprocess.run(install, capture_output=True, text=True, env=env)
-        if res.returncode != 0:  # no package lists yet on a fresh machine
-            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env)
-            res = subprocess.run(install, capture_output=True, text=True, env=env)
-        if res.returncode != 0 or shutil.which("debootstrap") is None:
-            return f"debootstrap missing and could not be installed: {res.stderr.strip()[-300:]}"
+        return "debootstrap not installed (./dev installs it)"
     return None
 
 
@@ -224,7 +217,9 @@ def unit():
     """A fresh root; install.sh --dry-run, then install.sh twice. Yields the root and results."""
     why = _why_not()
     if why:
-        pytest.skip(why)
+        # on a developer's machine without root or network this cannot run; in CI (the
+        # README's test command on a fresh Debian machine) it must, so there it fails
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(why)
     t0 = time.monotonic()
     tarball = _base_tarball()
     t_base = time.monotonic() - t0

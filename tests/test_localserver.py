@@ -30,9 +30,9 @@ RATE = 24_000
 # ---------------------------------------------------------------------------------------
 # official SDK validation
 # ---------------------------------------------------------------------------------------
-openai_rt = pytest.importorskip("openai.types.realtime")
-openai_beta_rt = pytest.importorskip("openai.types.beta.realtime")
-vl_models = pytest.importorskip("azure.ai.voicelive.models")
+import azure.ai.voicelive.models as vl_models  # noqa: E402  (test dependencies: the SDK types)
+import openai.types.beta.realtime as openai_beta_rt  # noqa: E402
+import openai.types.realtime as openai_rt  # noqa: E402
 
 
 def _type_map(union) -> dict[str, type]:

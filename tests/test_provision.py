@@ -331,7 +331,7 @@ def records(stderr: str) -> list[dict]:
     return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")
+@pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root to chown (runs, and must pass, in CI)")
 def test_firstboot_installs_modes_owners_and_wipes(card):
     src, boot, etc = card
     res = run_firstboot(boot, etc, "--config-group", "no-such-group-voxbox")
@@ -371,7 +371,7 @@ def test_firstboot_installs_modes_owners_and_wipes(card):
     assert before == {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in etc.rglob("*") if p.is_file()}
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")
+@pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root to chown (runs, and must pass, in CI)")
 def test_firstboot_config_group(card):
     src, boot, etc = card
     res = install(boot, etc, config_group="daemon")  # gid 1 on Debian
@@ -436,7 +436,6 @@ def test_wipe_overwrites_before_unlinking(tmp_path):
     assert len(data) == len(KEY1) and data != KEY1.encode()
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_firstboot_unit_verifies(tmp_path):
     unit = (REPO / "provisioning" / "voxbox-firstboot.service").read_text()
     assert "ConditionPathExists=/boot/firmware/voxbox" in unit

@@ -197,7 +197,6 @@ def test_no_mixer_configured_is_software():
 
 # ---- the real pyalsaaudio ---------------------------------------------------------------
 def test_real_pyalsaaudio_unknown_control_falls_back(tmp_path):
-    pytest.importorskip("alsaaudio")
     v = Volume(tmp_path, mixer="VoxboxNoSuchControl", mixer_device="default", default_percent=50)
     assert v.backend == "software" and v.gain == pytest.approx(0.125)
     assert v.mixer_error.startswith("ALSA mixer control 'VoxboxNoSuchControl' on device 'default': ")

@@ -364,96 +364,41 @@ class ToolRegistry:
 
 
 # ---- argument validation ----------------------------------------------------------------
-_JSON_TYPES: dict[str, Callable[[Any], bool]] = {
-    "object": lambda v: isinstance(v, dict),
-    "array": lambda v: isinstance(v, list),
-    "string": lambda v: isinstance(v, str),
-    "boolean": lambda v: isinstance(v, bool),
-    "null": lambda v: v is None,
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool))
-    or (isinstance(v, float) and v.is_integer()),
-}
-
-
 def _where(path: str) -> str:
     return f"argument {path!r}" if path else "arguments"
 
 
-def _check(schema: Mapping[str, Any], value: Any, path: str, errors: list[str]) -> None:
-    """The subset of JSON Schema tool declarations use: type, enum, const, properties,
-    required, additionalProperties, items, min/max (Length, Items, imum, exclusive)."""
-    if not isinstance(schema, Mapping):
-        return
-    types = schema.get("type")
-    if types is not None:
-        types = [types] if isinstance(types, str) else list(types)
-        if not any(_JSON_TYPES.get(t, lambda v: True)(value) for t in types):
-            errors.append(f"{_where(path)}: expected {' or '.join(types)}, got {type(value).__name__} {value!r:.40}")
-            return
-    if "enum" in schema and value not in schema["enum"]:
-        errors.append(f"{_where(path)}: {value!r:.40} is not one of {schema['enum']!r}")
-    if "const" in schema and value != schema["const"]:
-        errors.append(f"{_where(path)}: must be {schema['const']!r}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        for key, bad, word in (("minimum", lambda v, m: v < m, ">="), ("maximum", lambda v, m: v > m, "<="),
-                               ("exclusiveMinimum", lambda v, m: v <= m, ">"),
-                               ("exclusiveMaximum", lambda v, m: v >= m, "<")):
-            m = schema.get(key)
-            if isinstance(m, (int, float)) and not isinstance(m, bool) and bad(value, m):
-                errors.append(f"{_where(path)}: {value!r} must be {word} {m}")
-    if isinstance(value, str):
-        if isinstance(schema.get("minLength"), int) and len(value) < schema["minLength"]:
-            errors.append(f"{_where(path)}: shorter than {schema['minLength']} characters")
-        if isinstance(schema.get("maxLength"), int) and len(value) > schema["maxLength"]:
-            errors.append(f"{_where(path)}: longer than {schema['maxLength']} characters")
-    if isinstance(value, list):
-        if isinstance(schema.get("minItems"), int) and len(value) < schema["minItems"]:
-            errors.append(f"{_where(path)}: fewer than {schema['minItems']} items")
-        if isinstance(schema.get("maxItems"), int) and len(value) > schema["maxItems"]:
-            errors.append(f"{_where(path)}: more than {schema['maxItems']} items")
-        if isinstance(schema.get("items"), Mapping):
-            for i, v in enumerate(value):
-                _check(schema["items"], v, f"{path}[{i}]", errors)
-    if isinstance(value, dict):
-        props = schema.get("properties") or {}
-        for name in schema.get("required") or ():
-            if name not in value:
-                errors.append(f"{_where(f'{path}.{name}' if path else name)}: required")
-        extra = schema.get("additionalProperties", True)
-        for name, v in value.items():
-            sub = f"{path}.{name}" if path else name
-            if name in props:
-                _check(props[name], v, sub, errors)
-            elif extra is False:
-                errors.append(f"{_where(sub)}: unexpected (allowed: {', '.join(props) or 'none'})")
-            elif isinstance(extra, Mapping):
-                _check(extra, v, sub, errors)
+def validate_arguments(schema: Mapping[str, Any], args: Any) -> list[str]:
+    """Problems of ``args`` against the tool's JSON Schema (the ``jsonschema`` package,
+    the draft the schema names, 2020-12 by default), one message per problem naming the
+    argument (``argument 'tags[1]': expected string, got int 2``); empty list = valid."""
+    import jsonschema
 
-
-def validate_arguments(schema: Mapping[str, Any], args: Any, *, use_jsonschema: bool | None = None) -> list[str]:
-    """Problems of ``args`` against ``schema``, one message per problem naming the argument
-    (empty list = valid).
-
-    ``use_jsonschema``: None uses the ``jsonschema`` package when it is importable (full
-    JSON Schema), else the built-in subset (:func:`_check`); True/False forces one.
-    """
-    if use_jsonschema is not False:
-        try:
-            import jsonschema  # type: ignore[import-not-found]
-        except ImportError:
-            if use_jsonschema:
-                raise
+    cls = jsonschema.validators.validator_for(schema)
+    errors = []
+    for err in sorted(cls(schema).iter_errors(args), key=lambda e: [str(p) for p in e.absolute_path]):
+        base = ""
+        for part in err.absolute_path:  # tags[1].name
+            base = f"{base}[{part}]" if isinstance(part, int) else _join(base, str(part))
+        inst = err.instance if isinstance(err.instance, dict) else {}
+        # name the argument itself for a missing or an unexpected one
+        if err.validator == "required":
+            errors += [f"{_where(_join(base, n))}: required" for n in err.validator_value if n not in inst]
+        elif err.validator == "additionalProperties" and err.validator_value is False:
+            allowed = list((err.schema.get("properties") or {}))
+            errors += [f"{_where(_join(base, n))}: unexpected (allowed: {', '.join(allowed) or 'none'})"
+                       for n in inst if n not in allowed]
+        elif err.validator == "type":
+            types = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
+            errors.append(f"{_where(base)}: expected {' or '.join(types)}, "
+                          f"got {type(err.instance).__name__} {err.instance!r:.40}")
         else:
-            cls = jsonschema.validators.validator_for(schema)
-            errors = []
-            for err in sorted(cls(schema).iter_errors(args), key=lambda e: list(e.absolute_path)):
-                path = ".".join(str(p) for p in err.absolute_path)
-                errors.append(f"{_where(path)}: {err.message}")
-            return errors
-    errors: list[str] = []
-    _check(schema, args, "", errors)
+            errors.append(f"{_where(base)}: {err.message}")
     return errors
+
+
+def _join(base: str, name: str) -> str:
+    return f"{base}.{name}" if base else name
 
 
 # ---- runner -----------------------------------------------------------------------------
