@@ -767,10 +767,7 @@ class Daemon:
         if self.server is None:
             self.server = ServerThread(api_key=self.api_key.value or None)
             self.server.start()
-        base = f"ws://127.0.0.1:{self.server.port}"
-        if self.cfg.realtime.dialect == "azure-voicelive":
-            return base + "/voice-live/realtime"
-        return base + "/v1/realtime"
+        return self.server.client_url(self.cfg.realtime.dialect)
 
     @property
     def _session_ready(self) -> bool:

@@ -95,8 +95,7 @@ class DaemonHarness:
         self.server.start()
 
     def server_url(self) -> str:
-        base = f"ws://127.0.0.1:{self.server.port}"
-        return base + ("/voice-live/realtime" if self.dialect == "azure-voicelive" else "/v1/realtime")
+        return self.server.client_url(self.dialect)
 
     def config_sections(self) -> dict[str, dict[str, Any]]:
         sections: dict[str, dict[str, Any]] = {

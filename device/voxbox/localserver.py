@@ -2522,6 +2522,15 @@ class ServerThread:
     def url_for(self, dialect: str = "openai-ga", model: str = "gpt-realtime") -> str:
         return self.server.url_for(dialect, model)
 
+    def client_url(self, dialect: str) -> str:
+        """The URL a Voxbox client configured with ``realtime.dialect = dialect``
+        (``openai-ga``, ``openai-beta``, ``azure-voicelive``) connects to, without query
+        parameters (:func:`voxbox.dialects.build_url` adds the dialect's own)."""
+        if self.port is None:
+            raise RuntimeError("server not started")
+        path = "/voice-live/realtime" if dialect == "azure-voicelive" else "/v1/realtime"
+        return f"ws://{self.server.host}:{self.port}{path}"
+
     def start(self, timeout: float = 5.0) -> int:
         def run() -> None:
             loop = asyncio.new_event_loop()

@@ -574,8 +574,7 @@ def _local_url(cfg: Config, key: str):
 
     server = ServerThread(api_key=key or None)
     server.start()
-    base = f"ws://127.0.0.1:{server.port}"
-    return server, base + ("/voice-live/realtime" if cfg.realtime.dialect == "azure-voicelive" else "/v1/realtime")
+    return server, server.client_url(cfg.realtime.dialect)
 
 
 async def _probe(url: str, headers: dict[str, str], timeout: float) -> tuple[str, str, float, dict]:
