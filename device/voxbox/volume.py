@@ -115,6 +115,7 @@ class Volume:
     def __init__(self, state_dir: str | os.PathLike[str] | None, *, mixer: str | None = None,
                  mixer_device: str = "default", default_percent: int = DEFAULT_PERCENT,
                  alsa: Any = None):
+        self._scratch: np.ndarray | None = None  # playback-thread scaling buffer
         self.path = Path(state_dir) / STATE_FILE if state_dir is not None else None
         self.control = mixer or None
         self.mixer_device = mixer_device
@@ -176,10 +177,13 @@ class Volume:
         if g <= 0.0:
             frame.fill(0)
             return
-        scaled = frame * np.float32(g)
+        scaled = self._scratch
+        if scaled is None or scaled.shape != frame.shape:  # once per frame size
+            scaled = self._scratch = np.empty(frame.shape, dtype=np.float32)
+        np.multiply(frame, np.float32(g), out=scaled)
         np.clip(scaled, -32768.0, 32767.0, out=scaled)
         np.rint(scaled, out=scaled)
-        frame[...] = scaled.astype(np.int16)
+        np.copyto(frame, scaled, casting="unsafe")
 
     def close(self) -> None:
         with self._lock:
