@@ -92,6 +92,8 @@ def test_delay_through_room_with_noise(room: str, signal: str, delay: float) -> 
     est = measure_delay(np.round(x).astype(np.int16), mic, SR)
     assert isinstance(est, DelayEstimate)
     truth = delay + flight_samples(room)
+    print(f"{room} {signal} {delay} samples: error {est.delay_samples - truth:+.4f} samples "
+          f"({(est.delay_samples - truth) * 1e6 / SR:+.2f} us)")
     assert abs(est.delay_samples - truth) < 0.1, (est, truth)
     assert abs(est.delay_ms - truth * 1000 / SR) < 0.1 / SR * 1000
     assert est.confidence > 50 and 0.3 < est.peak <= 1.0
