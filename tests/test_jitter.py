@@ -391,13 +391,15 @@ def feed(jb, audio, arr, pulls, c=RATE * 25 // 1000):
 def test_accelerate_catches_up_and_never_overshoots_the_earliest_player():
     audio = voiced(RATE * 3, seed=1)
     arr = late_start_arrivals(120)
-    jb = JitterBuffer(RATE, PERIOD, 100, min_ms=100, max_ms=100, start_ms=100)
+    jb = JitterBuffer(RATE, PERIOD, 100, min_ms=100, max_ms=100, start_ms=100,
+                      expand_target_ms=60)  # accelerate alone: no expand below the target
     outs, res = drive(jb, audio, 25, arr)
     assert jb.accelerates > 0 and jb.underruns == 0 and jb.expands == 0
     accel = [r for r in res if r.samples > r.device]
     assert accel and all(r.device == PERIOD and r.samples <= PERIOD * 1.5 for r in accel)
     assert jb.played == {"a": audio.size}
-    jb = JitterBuffer(RATE, PERIOD, 100, min_ms=100, max_ms=100, start_ms=100)
+    jb = JitterBuffer(RATE, PERIOD, 100, min_ms=100, max_ms=100, start_ms=100,
+                      expand_target_ms=60)
     _, lags = feed(jb, audio, arr, 200)
     assert max(lags) > 0.06 * RATE  # the late start: ~75 ms behind
     assert lags[-1] < 0.0025 * RATE  # caught up (to within the shortest pitch lag)
@@ -513,3 +515,23 @@ def test_stretch_off_is_the_plain_buffer():
     assert all(r.samples == r.device for r in ra)
     assert np.array_equal(np.concatenate(oa), np.concatenate(ob))
     assert a.expands == a.accelerates == 0
+
+
+def test_expand_starts_below_the_learned_target_up_to_its_cap():
+    """Expand begins while less than max(expand_ms, min(target, expand_target_ms)) is
+    queued: with a 100 ms target, 90 ms queued and more audio expected, the buffer
+    stretches at once; with the threshold pinned at 60 ms it plays on unstretched; a
+    200 ms target (raised by outages) still expands only below the 100 ms cap."""
+    audio = voiced(RATE // 1000 * 90, seed=3)
+    out = np.empty(PERIOD, np.int16)
+    for target, cap, expands in ((100, 100, True), (100, 60, False), (200, 100, True)):
+        jb = JitterBuffer(RATE, PERIOD, target, min_ms=target, max_ms=target,
+                          expand_target_ms=cap)
+        jb.push("a", audio, t=0.0)  # 90 ms queued, not complete
+        r = jb.pull(out, t=0.0)
+        assert (jb.expands > 0) is expands, (target, cap)
+        assert (r.device > r.samples) is expands
+    jb = JitterBuffer(RATE, PERIOD, 200, min_ms=200, max_ms=200, expand_target_ms=100)
+    jb.push("a", voiced(RATE // 1000 * 150, seed=4), t=0.0)  # 150 ms: above the cap
+    jb.pull(out, t=0.0)
+    assert jb.expands == 0

@@ -261,6 +261,22 @@ def test_core_pacing_is_deterministic_with_a_seed():
     assert sum(sizes) == 2 * RATE and all(2.0 <= p <= 4.0 for p in pace)
 
 
+def test_core_scripted_reply_audio_in_turn():
+    """``reply_audio``: replies to audio input speak the clips in turn, not the input."""
+    clips = [np.full(RATE // 2, 100, np.int16), np.full(RATE, 200, np.int16)]
+    core = SessionCore(DIALECTS["openai-beta"], config=LocalServerConfig(seed=1, reply_audio=clips))
+    core.handle_event({"type": "session.update", "session": {"turn_detection": None}})
+    got = []
+    for _ in range(3):
+        core.handle_event({"type": "input_audio_buffer.append", "audio": b64(tone(2.0))})
+        core.handle_event({"type": "input_audio_buffer.commit"})
+        core.handle_event({"type": "response.create"})
+        got.append((core.active.audio, sum(core.active.chunks)))
+        core.handle_event({"type": "response.cancel"})
+    assert [(a.size, n) for a, n in got] == [(RATE // 2, RATE // 2), (RATE, RATE), (RATE // 2, RATE // 2)]
+    assert got[1][0][0] == 200
+
+
 def test_core_truncate_and_response_state_without_sockets():
     core = SessionCore(DIALECTS["openai-ga"], config=LocalServerConfig(seed=1))
     core.open_events()

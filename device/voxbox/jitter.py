@@ -51,10 +51,16 @@ the best normalised cross-correlation, one period is inserted or removed by a
 raised-cosine overlap-add that starts and ends on the original waveform, so there is no
 step at either end):
 
-- expand: while less than ``expand_ms`` is queued and more audio is expected, the head of
-  the queue plays slower (one period inserted per ``T / max_expand`` consumed; at most
+- expand: while less than ``max(expand_ms, min(target, expand_target_ms))`` is queued
+  and more audio is expected, the head of the queue plays slower (one period inserted per ``T / max_expand`` consumed; at most
   ``max_expand_ms`` inserted per gap): a short gap is bridged instead of underrunning. It
   stops as soon as new audio lifts the queue (a real underrun still fades as above).
+  The learned target sets the threshold (up to ``expand_target_ms``): on a link whose
+  segments needed 100 ms the buffer starts stretching while 100 ms is still queued, not
+  when 60 ms is left, so a gap of the size the link has shown is bridged more often. The
+  threshold is capped because a target raised by outages (segments that needed 500 ms)
+  would otherwise keep most of the reply stretched (``tests/benchmarks/test_jitter_bench.py``
+  has the figures with and without it: the ``server-*`` profiles gain most).
 - accelerate: the buffer follows the *earliest possible player* of the response (plays
   every sample as soon as it has arrived; in continuous time when :meth:`pull` gets the
   playout time ``t``, else on the pull grid). While we are behind it (after a prebuffer,
@@ -134,7 +140,8 @@ class JitterBuffer:
         period inserted per pitch period consumed).
     max_accelerate: largest speed-up of one accelerate operation (0.25 = one pitch
         period removed per four consumed, i.e. -25 % duration).
-    expand_ms: expand while less than this much audio is queued and more is expected.
+    expand_ms: expand while less than this much audio is queued and more is expected ...
+    expand_target_ms: ... or less than the current target, up to this much (ms).
     max_expand_ms: at most this much audio is inserted per gap (then it underruns).
     accelerate_ms: accelerate only while at least this much audio stays queued (so the
         lag that expand built up stays as a cushion when the sender is only real-time
@@ -149,7 +156,7 @@ class JitterBuffer:
                  stretch: bool = True, max_expand: float = 1.0,
                  max_accelerate: float = 0.25, expand_ms: float = 60,
                  max_expand_ms: float = 80, start_ms: float = 0,
-                 accelerate_ms: float = 200):
+                 accelerate_ms: float = 200, expand_target_ms: float = 100):
         if not 0 <= min_ms <= max_ms:
             raise ValueError(f"need 0 <= min_ms <= max_ms, got {min_ms}, {max_ms}")
         if not 0 < quantile < 1 or not 0 < forget < 1:
@@ -204,7 +211,8 @@ class JitterBuffer:
         # time-stretching
         self.stretch = stretch
         self.max_expand, self.max_accelerate = float(max_expand), float(max_accelerate)
-        self._expand_below = int(expand_ms * rate / 1000)
+        self._expand_floor = int(expand_ms * rate / 1000)
+        self._expand_ceiling = max(self._expand_floor, int(expand_target_ms * rate / 1000))
         self._expand_cap = int(max_expand_ms * rate / 1000)
         self._start = int(start_ms * rate / 1000)
         self._accel_above = int(accelerate_ms * rate / 1000)
@@ -518,7 +526,8 @@ class JitterBuffer:
     def _make_piece(self, need: int, lag: float) -> None:
         """Move the next audio from the queue to the ready pieces (lock held)."""
         if self.stretch:
-            if not self._complete and self._inq < self._expand_below:
+            below = max(self._expand_floor, min(self.prebuffer, self._expand_ceiling))
+            if not self._complete and self._inq < below:
                 if self._expand_piece():
                     return
             elif lag >= self._tmin and self._accelerate_piece(lag):

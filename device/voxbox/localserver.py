@@ -207,6 +207,9 @@ class LocalServerConfig:
     # Scripted function calls, consumed in order across the server's connections: each
     # ``{"name": str, "arguments": dict | str, "call_id": str (optional)}``. See ToolScript.
     tool_calls: list[dict] | None = None
+    # Scripted reply audio (benchmarks): 24 kHz int16 clips; a reply to audio input speaks
+    # the next clip (in turn, per connection) instead of parroting the input back.
+    reply_audio: list | None = None
     # ---- fault injection (see ``FaultControls`` for the runtime controls and the wire) ----
     drop_after_events: int | None = None       # abort every connection (no close frame) after N events
     audio_jitter: "AudioJitter | dict | None" = None   # extra delay on reply audio chunks
@@ -596,6 +599,7 @@ class SessionCore:
         self.dialect = dialect
         self.cfg = config or LocalServerConfig()
         self.tool_script = tool_script if tool_script is not None else ToolScript(self.cfg.tool_calls)
+        self._replies = 0  # audio replies from cfg.reply_audio so far
         self.max_session_s = max_session_s or self.cfg.max_session_s or dialect.default_max_session_s
         created = time.time() if now is None else now
         self.session_id = new_id("sess")
@@ -1314,6 +1318,12 @@ class SessionCore:
             transcript = self._spoken_output(turn.extra.get("output", ""))
             audio = self._speak(transcript) if with_audio else None
             source = turn
+        elif source is not None and source.samples is not None and len(source.samples) \
+                and self.cfg.reply_audio:
+            clips = self.cfg.reply_audio
+            audio = np.asarray(clips[self._replies % len(clips)], dtype=np.int16)
+            self._replies += 1
+            transcript = f"(scripted reply, {len(audio) / OUTPUT_RATE:.1f} s)"
         elif source is not None and source.samples is not None and len(source.samples):
             dur = len(source.samples) / source.rate
             transcript = f"You said: ({dur:.1f} s of audio)"
