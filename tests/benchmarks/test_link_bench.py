@@ -1,32 +1,39 @@
 """The link end to end under scripted network profiles: the real daemon, the local server,
 two jitter-buffer configurations side by side.
 
-On demand: ``pytest -m benchmark -s tests/benchmarks/test_link_bench.py``.
+On demand: ``pytest -m benchmark -s tests/benchmarks/test_link_bench.py``
+(``VOXBOX_LINK_TURNS``, default 20, sets the turns per run; 20 take about 45 min in all;
+``VOXBOX_LINK_PROFILES=steady,tunnel`` runs some profiles only).
 
 Per profile and buffer configuration, the real daemon (:class:`DaemonHarness`, ALSA file
-devices, tap turns of a ~3 s espeak question, ``follow_up_s = 0``) runs ``TURNS`` turns
-with the profile applied through the local server's fault controls:
+devices, tap turns of a short espeak question, ``follow_up_s = 0``) runs ``TURNS`` turns.
+The local server answers each with the next of six scripted spoken replies (espeak-ng,
+2.6-7.4 s, ``LocalServerConfig.reply_audio``) sent its usual way: chunks of 50-250 ms at
+2-4x real time. The profile is applied through the server's fault controls:
 
 - ``steady``: nothing (loopback);
-- ``4g-jitter``: every reply-audio chunk waits an extra Exp(80 ms) before it is written
-  (in order: a late chunk holds back the ones behind it);
-- ``tunnel``: Exp(15 ms) chunk jitter; during turn 3, 0.3 s into the reply, the server
+- ``4g-jitter``: the sender waits Exp(80 ms) before each reply-audio chunk, one chunk at a
+  time (a congested link: the delays add up, and throughput can drop below real time);
+- ``tunnel``: Exp(15 ms) per chunk; during turn 3, 0.3 s into the reply, the server
   disappears for 10 s (stopped, then restarted on the same port, as test_e2e_link does);
 - ``lossy-proxy``: bursty delivery (a 300 ms hold after every 6 chunks, plus Exp(20 ms)
   per chunk) and a connection drop 0.5 s into the reply of turn 4.
+
+``tests/benchmarks/test_jitter_bench.py`` replays the same send model and faults
+(``server-4g``, ``server-lossy``) offline over 100 replies, to check these figures against.
 
 Buffers: ``adaptive+stretch`` is the product default (``audio.jitter_stretch = true``);
 the baseline is a fixed 60 ms buffer (``audio.jitter_fixed_ms = 60``: min = max = 60 ms,
 no time-stretching).
 
-Figures (per profile and buffer):
+Figures (per profile and buffer), over the turns whose reply played to the end:
 
-- ``underr/min``: underruns per minute of reply audio. The daemon logs no underrun count
-  (the ``turn`` record has latencies only; ``JitterBuffer.underruns`` is never logged), so
-  it is derived from the speaker stream: runs of >= 2 ms of digital zeros inside a reply's
-  playback span, minus the runs of >= 2 ms of zeros in the audio the server sent for that
-  item (espeak's own pauses). An underrun inside one of the reply's own pauses is not
-  counted (inaudible anyway).
+- ``underr/min``: the daemon's own count, ``VOXBOX_JITTER_UNDERRUNS`` of each ``turn``
+  record (the jitter buffer ran dry while the reply's audio was still expected), per
+  minute of reply audio. ``spk``: a cross-check from the speaker stream: runs of >= 2 ms
+  of digital zeros inside a reply's playback span that the audio the server sent for the
+  item does not have (espeak's own pauses); a dry buffer inside one of the reply's own
+  pauses is inaudible and not seen there.
 - ``added mean/p95``: per sample of reply audio (outside its own pauses), daemon write
   time minus its earliest possible playout ``g`` (the jitter bench's reference:
   ``g[i] = max(arrival[i], g[i-1] + 1/rate)``, arrival = the server's send time of the
@@ -51,6 +58,7 @@ test_e2e_link); with the product default ``reconnect_max_s = 30`` the tunnel's
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -63,7 +71,7 @@ from voxbox.speech import render_speech
 pytestmark = pytest.mark.benchmark
 
 RATE = 24000
-TURNS = 5
+TURNS = int(os.environ.get("VOXBOX_LINK_TURNS", "20"))
 ZERO_RUN = 48  # 2 ms at 24 kHz: a run of digital zeros this long is a gap
 OUTAGE_S = 10.0
 
@@ -80,17 +88,38 @@ BUFFERS = {
     "fixed 60 ms": {"jitter_fixed_ms": 60},
 }
 
+REPLIES = [
+    "Lighthouses used clockwork to turn their lamps.",
+    "The tallest one in the world stands in Saudi Arabia, at one hundred and thirty three metres.",
+    "Fresnel lenses let a small flame be seen from more than twenty miles away.",
+    "Keepers lived on the rock for weeks at a time, and wrote the weather in a log every four hours.",
+    "Most are automatic now.",
+    "The oldest working lighthouse is the Tower of Hercules in Spain, built by the Romans almost two thousand years ago, and it still guides ships today.",
+]
 _Q = None
+_R = None
 
 
 def question() -> np.ndarray:
     global _Q
     if _Q is None:
-        x = render_speech("Tell me something interesting about lighthouses.")
+        x = render_speech("Tell me about lighthouses.")
         rng = np.random.default_rng(5)
         sig = np.concatenate([x, np.zeros(16000)])
         _Q = np.clip(sig + rng.normal(0, 20, sig.size), -32768, 32767).astype(np.int16)
     return _Q
+
+
+def replies() -> list[np.ndarray]:
+    """The scripted replies at 24 kHz (the server's output rate)."""
+    global _R
+    if _R is None:
+        import soxr
+        _R = []
+        for text in REPLIES:
+            y = soxr.resample(render_speech(text).astype(np.float32), 16000, RATE, quality="HQ")
+            _R.append(np.clip(np.round(y), -32768, 32767).astype(np.int16))
+    return _R
 
 
 def zero_runs(x: np.ndarray, min_len: int = ZERO_RUN) -> list[tuple[int, int]]:
@@ -116,11 +145,14 @@ def wait_idle(h: DaemonHarness, timeout: float = 30.0) -> None:
 
 def run_profile(tmp_path, profile: str, buf: str) -> dict:
     spec = PROFILES[profile]
-    opts = {"audio_jitter": spec["jitter"]} if spec["jitter"] is not None else {}
+    opts: dict = {"reply_audio": replies()}
+    if spec["jitter"] is not None:
+        opts["audio_jitter"] = spec["jitter"]
     cfg = {"conversation": {"follow_up_s": 0},
            "realtime": {"reconnect_initial_s": 0.2, "reconnect_max_s": 1.0},
            "audio": dict(BUFFERS[buf])}
-    res = {"turns": 0, "lost": 0, "recon_drop": [], "recon_return": [], "recon_ms_field": []}
+    res = {"turns": 0, "lost": 0, "und_daemon": 0, "recon_drop": [], "recon_return": [],
+           "recon_ms_field": []}
     records = []
     with DaemonHarness(tmp_path, echo_db=None, config=cfg, server_options=opts) as h:
         h.start()
@@ -172,6 +204,9 @@ def run_profile(tmp_path, profile: str, buf: str) -> dict:
         ended = any(r.get("VOXBOX_EVENT") == "playback_end" for r in win)
         lost = any(r.get("VOXBOX_EVENT") == "prompt" and r.get("VOXBOX_PROMPT") == "session_lost" for r in win)
         res["lost"] += int(lost or not ended)
+        if ended and not lost:  # the jitter buffer's own count for the played turns
+            res["und_daemon"] += sum(r.get("VOXBOX_JITTER_UNDERRUNS", 0) for r in win
+                                     if r.get("VOXBOX_EVENT") == "turn")
     # ---- per reply item: arrivals at the server, playout at the speaker
     arrivals: dict[str, list[tuple[float, int]]] = {}
     audio: dict[str, bytes] = {}
@@ -222,7 +257,7 @@ def run_profile(tmp_path, profile: str, buf: str) -> dict:
     turns = [r for r in logs if r.get("VOXBOX_EVENT") == "turn"]
     dp = [r["VOXBOX_DEVICE_PLAYOUT_MS"] for r in turns if "VOXBOX_DEVICE_PLAYOUT_MS" in r]
     res.update({
-        "underr/min": underruns / max(reply_s / 60, 1e-9), "underruns": underruns, "reply_s": reply_s,
+        "underr/min": res["und_daemon"] / max(reply_s / 60, 1e-9), "spk": underruns, "reply_s": reply_s,
         "added mean": float(np.nanmean(added)), "added p95": float(np.nanpercentile(added, 95)),
         "start": float(np.mean(dp)) if dp else float("nan"),
         "replies": len(starts),
@@ -233,7 +268,8 @@ def run_profile(tmp_path, profile: str, buf: str) -> dict:
 def test_link_profiles(tmp_path):
     t_bench = time.monotonic()
     results = []
-    for profile in PROFILES:
+    only = [p for p in os.environ.get("VOXBOX_LINK_PROFILES", "").split(",") if p]
+    for profile in (only or PROFILES):
         for buf in BUFFERS:
             t0 = time.monotonic()
             r = run_profile(tmp_path / f"{profile}-{buf[:5]}", profile, buf)
@@ -245,22 +281,23 @@ def test_link_profiles(tmp_path):
         return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.0f}"
 
     print(f"\nlink benchmark: real daemon + local server, {TURNS} tap turns per run "
-          f"(~3 s espeak question), reconnect backoff 0.2-1.0 s; total {time.monotonic() - t_bench:.0f} s")
+          f"(short espeak question, scripted 2.6-7.4 s replies), reconnect backoff 0.2-1.0 s; total {time.monotonic() - t_bench:.0f} s")
     print("buffers: 'adaptive+stretch' = product default (jitter_stretch=true); baseline = "
           "audio.jitter_fixed_ms = 60 (min = max = 60 ms, no stretching) "
           "")
-    head = (f"{'profile':<12} {'buffer':<40} {'underr/min':>10} {'(n / reply s)':>13} {'added mean':>10} "
+    head = (f"{'profile':<12} {'buffer':<17} {'underr/min':>10} {'(n / reply s)':>13} {'spk':>4} {'added mean':>10} "
             f"{'added p95':>9} {'start':>6} {'recon drop':>10} {'recon return':>12} {'lost':>5}")
     print(head)
     print("-" * len(head))
     for profile, buf, r in results:
         rd = "/".join(f(v) for v in r["recon_drop"]) or "-"
         rr = "/".join(f(v) for v in r["recon_return"]) or "-"
-        print(f"{profile:<12} {buf:<40} {r['underr/min']:>10.1f} {str(r['underruns']) + ' / ' + f(r['reply_s']):>13} "
-              f"{r['added mean']:>10.1f} {r['added p95']:>9.1f} {f(r['start']):>6} {rd:>10} {rr:>12} "
+        print(f"{profile:<12} {buf:<17} {r['underr/min']:>10.1f} {str(r['und_daemon']) + ' / ' + f(r['reply_s']):>13} "
+              f"{r['spk']:>4} {r['added mean']:>10.1f} {r['added p95']:>9.1f} {f(r['start']):>6} {rd:>10} {rr:>12} "
               f"{r['lost']:>3}/{r['turns']}")
-    print("underruns: derived from the speaker stream (zero runs >= 2 ms inside a reply that the "
-          "sent audio does not have); the daemon logs no jitter-underrun count. added: daemon write "
+    print("underr/min: the daemon's VOXBOX_JITTER_UNDERRUNS over the turns played to the end, per "
+          "minute of their reply audio; spk: zero runs >= 2 ms inside those replies at the speaker "
+          "that the sent audio does not have (cross-check). added: daemon write "
           "time - earliest possible playout, per reply sample (ms); start: mean VOXBOX_DEVICE_PLAYOUT_MS; "
           "recon drop: drop -> session ready (ms), recon return: link back -> session ready (ms)")
     # sanity only
