@@ -36,6 +36,14 @@ def test_wrong_type_is_named():
     assert "wake.threshold" in msg and "gpio.button" in msg
 
 
+def test_jitter_bounds_named():
+    cfg = parse_config({"audio": {"jitter_min_ms": 40, "jitter_max_ms": 300}})
+    assert (cfg.audio.jitter_min_ms, cfg.audio.jitter_max_ms) == (40, 300)
+    with pytest.raises(ConfigError) as e:
+        parse_config({"audio": {"jitter_min_ms": 400, "jitter_max_ms": 300}})
+    assert "audio.jitter_min_ms (400)" in str(e.value) and "audio.jitter_max_ms (300)" in str(e.value)
+
+
 def test_pin_factory_values():
     with pytest.raises(ConfigError) as e:
         parse_config({"gpio": {"pin_factory": "rpi"}})

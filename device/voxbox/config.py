@@ -113,6 +113,10 @@ class Audio(_Section):
     #: a fixed-depth jitter buffer of this many ms (no adaptation, no stretching); unset =
     #: adaptive
     jitter_fixed_ms: Annotated[int, Field(ge=0, le=1000)] | None = None
+    #: bounds of the adaptive target (ms): the 95th percentile of the recent playback
+    #: segments' requirements, clamped to [jitter_min_ms, jitter_max_ms]
+    jitter_min_ms: Annotated[int, Field(ge=0, le=2000)] = 20
+    jitter_max_ms: Annotated[int, Field(ge=0, le=2000)] = 600
     #: a capture stream of nothing but digital zeros for this long is a "deaf" microphone
     #: (unplugged USB mic, dead codec): the watchdog is withheld so systemd restarts the
     #: unit (s; 0 = off)
@@ -122,6 +126,13 @@ class Audio(_Section):
     mixer_device: str = "default"
     #: volume at first start (percent); afterwards the last volume set is kept
     volume: Annotated[int, Field(ge=0, le=100)] = 70
+
+    @model_validator(mode="after")
+    def _jitter_bounds(self) -> "Audio":
+        if self.jitter_min_ms > self.jitter_max_ms:
+            raise ValueError(f"audio.jitter_min_ms ({self.jitter_min_ms}) must not exceed "
+                             f"audio.jitter_max_ms ({self.jitter_max_ms})")
+        return self
 
 
 class FrontEnd(_Section):

@@ -134,7 +134,8 @@ class Daemon:
                                        min_ms=a.jitter_fixed_ms, max_ms=a.jitter_fixed_ms)
         else:
             self.jitter = JitterBuffer(a.playback_rate, self.play_period, a.jitter_prebuffer_ms,
-                                       stretch=a.jitter_stretch)
+                                       stretch=a.jitter_stretch, min_ms=a.jitter_min_ms,
+                                       max_ms=a.jitter_max_ms)
         self.ref_ring = SampleRing(a.capture_rate)  # 1 s
         # the delay line never runs shorter than MIN_REF_DELAY_PERIODS periods: the two audio
         # threads wake at different times, and a shorter backlog starves the reference
@@ -1145,6 +1146,7 @@ class Daemon:
         if t.wake_score is not None:
             fields["VOXBOX_WAKE_SCORE"] = round(t.wake_score, 4)
         fields["VOXBOX_JITTER_UNDERRUNS"] = self.jitter.underruns - self._underruns_at_turn
+        fields["VOXBOX_JITTER_TARGET_MS"] = round(self.jitter.target_ms)
         if self.echo["delay_ms"] is not None:
             fields["VOXBOX_ECHO_DELAY_MS"] = self.echo["delay_ms"]
             fields["VOXBOX_ERL_DB"] = self.echo["erl_db"]
