@@ -107,8 +107,9 @@ class Audio(_Section):
     periods: Annotated[int, Field(ge=2, le=16)] = 4
     jitter_prebuffer_ms: Annotated[int, Field(ge=0, le=1000)] = 60
     #: reply-audio time-stretching in the jitter buffer (WSOLA expand to bridge short
-    #: network gaps, accelerate to catch up): playback starts on the first chunk and
-    #: jitter_prebuffer_ms is not used; false = the adaptive-prebuffer buffer, bit-exact audio
+    #: network gaps, accelerate to catch up): playback starts once 60 ms is queued and
+    #: expand keeps the queue near the adaptive target; jitter_prebuffer_ms is not used.
+    #: false = the adaptive-prebuffer buffer, bit-exact audio
     jitter_stretch: bool = True
     #: a fixed-depth jitter buffer of this many ms (no adaptation, no stretching); unset =
     #: adaptive

@@ -59,6 +59,7 @@ PING_TIMEOUT_S = 10.0
 """websockets keepalive: a socket that answers no ping for ~20 s is replaced."""
 
 MIN_REF_DELAY_PERIODS = 3
+UNDERRUN_LOG_MAX = 5  # underrun events logged per turn (all are counted in the turn record)
 """Shortest far-end reference delay line, in capture periods (see Daemon.__init__)."""
 
 LONG_HOLD_TALK_S = 0.5
@@ -543,6 +544,8 @@ class Daemon:
             if res.drained:
                 self._playing_item = None
                 self._loop.call_soon_threadsafe(self._on_playback_drained, t)
+            else:
+                self._loop.call_soon_threadsafe(self._on_underrun, self._playing_item, t, res.epoch)
 
     # ------------------------------------------------------------------------ event loop
     def _queue_uplink(self, block: bytes) -> None:
@@ -602,6 +605,24 @@ class Daemon:
                  extra={"VOXBOX_EVENT": "playback_start", "VOXBOX_ITEM_ID": item_id,
                         "VOXBOX_T": round(t, 4)})
         self._apply(self.conv.playback_started(time.monotonic()))
+
+    def _on_underrun(self, item_id: str | None, t: float, epoch: int) -> None:
+        """The jitter buffer ran dry while the reply's audio was still expected (a gap the
+        user hears). Logged for the first ``UNDERRUN_LOG_MAX`` of a turn; the turn record
+        counts all of them (``VOXBOX_JITTER_UNDERRUNS``)."""
+        if epoch != self.jitter.epoch:
+            return
+        n = self.jitter.underruns - self._underruns_at_turn
+        if n > UNDERRUN_LOG_MAX:
+            return
+        rate = self.cfg.audio.playback_rate
+        at_ms = round(self.jitter.played.get(item_id, 0) * 1000 / rate) if item_id else 0
+        log.info("reply audio ran dry %d ms into item %s (target %d ms)%s", at_ms, item_id,
+                 self.jitter.target_ms, "; further underruns this turn not logged"
+                 if n == UNDERRUN_LOG_MAX else "",
+                 extra={"VOXBOX_EVENT": "underrun", "VOXBOX_ITEM_ID": item_id or "",
+                        "VOXBOX_AT_MS": at_ms, "VOXBOX_JITTER_TARGET_MS": round(self.jitter.target_ms),
+                        "VOXBOX_T": round(t, 4)})
 
     def _on_playback_drained(self, t: float) -> None:
         if self.conv.state is not State.SPEAKING:

@@ -60,6 +60,7 @@ MESSAGE_IDS: dict[str, str] = {
     "stop": "c0c616a6331d4b66a2fb3961e636899d",
     "tool_call": "b3d7517ca1e842bc87bf4444b20e7be8",
     "turn": "36d403fcafad491e84c2d965c07de959",
+    "underrun": "a8e1d98af2ab40a4a4c8745f078cb122",
     "unprovisioned": "84624fbc2ba342bd928712756f5de1e7",
     "uplink_start": "d33733ed66324910b02c13bcebaee08a",
     "user_transcript": "f89930f063934484b31368c547c4c026",

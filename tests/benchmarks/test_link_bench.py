@@ -256,6 +256,8 @@ def run_profile(tmp_path, profile: str, buf: str) -> dict:
         spk_t = t_start + (s_idx[j] - s_idx[0]) / RATE
         added.append((spk_t - g[r_idx]) * 1000)
     added = np.concatenate(added) if added else np.array([np.nan])
+    res["underrun_at"] = [r.get("VOXBOX_AT_MS") for r in logs if r.get("VOXBOX_EVENT") == "underrun"]
+    res["target"] = [r.get("VOXBOX_JITTER_TARGET_MS") for r in logs if r.get("VOXBOX_EVENT") == "turn"][-1:]
     turns = [r for r in logs if r.get("VOXBOX_EVENT") == "turn"]
     dp = [r["VOXBOX_DEVICE_PLAYOUT_MS"] for r in turns if "VOXBOX_DEVICE_PLAYOUT_MS" in r]
     res.update({
@@ -298,6 +300,9 @@ def test_link_profiles(tmp_path):
         print(f"{profile:<12} {buf:<17} {r['underr/min']:>10.1f} {str(r['und_daemon']) + ' / ' + f(r['reply_s']):>13} "
               f"{r['spk']:>4} {r['added mean']:>10.1f} {r['added p95']:>9.1f} {f(r['start']):>6} {rd:>10} {rr:>12} "
               f"{r['lost']:>3}/{r['turns']}")
+    for profile, buf, r in results:
+        print(f"  {profile} / {buf}: underruns at (ms of the reply played) {r['underrun_at']}, "
+              f"final target {r['target']} ms")
     print("underr/min: the daemon's VOXBOX_JITTER_UNDERRUNS over the turns played to the end, per "
           "minute of their reply audio; spk: zero runs >= 2 ms inside those replies at the speaker "
           "that the sent audio does not have (cross-check). added: daemon write "
