@@ -73,6 +73,12 @@ def test_audio_jitter_bursts_and_gaps_still_play_the_whole_reply(tmp_path):
         assert played.size > ref.size
         faults = [f for f in h.server.record.faults if f["kind"] in ("audio_delay", "audio_gap")]
         assert faults
+        # the turn record tells the field what the link did to the reply
+        h.wait_event("turn", timeout=10)
+        turn = [r for r in h.logs if r.get("VOXBOX_EVENT") == "turn"][-1]
+        assert turn["VOXBOX_JITTER_UNDERRUNS"] >= 0 and 20 <= turn["VOXBOX_JITTER_TARGET_MS"] <= 600
+        print(f"turn record: jitter underruns {turn['VOXBOX_JITTER_UNDERRUNS']}, "
+              f"target {turn['VOXBOX_JITTER_TARGET_MS']} ms, {len(faults)} audio faults")
 
 
 def test_stall_during_a_turn_replaces_the_socket(tmp_path):
