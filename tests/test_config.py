@@ -74,6 +74,12 @@ def test_load_errors(tmp_path):
     assert cfg.realtime.turn_detection.silence_duration_ms == 700
 
 
+def test_string_typed_override_stays_text_and_input_is_not_changed():
+    data = {"wake": {"threshold": 0.5}}
+    out = apply_overrides(data, ["wake.model=123", "wake.threshold=0.7"])
+    assert out["wake"] == {"threshold": 0.7, "model": "123"} and data == {"wake": {"threshold": 0.5}}
+
+
 def test_overrides():
     data = apply_overrides({"wake": {"model": "alexa"}}, ["wake.threshold=0.7", "audio.capture_device=hw:1"])
     cfg = parse_config(data)

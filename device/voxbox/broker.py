@@ -78,12 +78,12 @@ import os
 import socket
 import ssl
 import time
-import tomllib
 from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from voxbox import __version__, sd
+from voxbox.config import read_toml
 from voxbox.credentials import CredentialError, Secret, load_credential
 
 log = logging.getLogger("voxbox.broker")
@@ -141,14 +141,8 @@ def load_unit_id(path: Path | str = DEFAULT_IDENTITY_PATH) -> str:
         CredentialError: the file is missing, unreadable, not TOML or has no serial.
     """
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CredentialError(f"{path}: no unit identity (set broker.unit_id or provision the unit)") from None
-    except OSError as exc:
-        raise CredentialError(f"{path}: cannot read unit identity: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise CredentialError(f"{path}: unit identity is not valid TOML: {exc}") from None
+    data = read_toml(path, "unit identity", CredentialError,
+                     missing="no unit identity (set broker.unit_id or provision the unit)")
     serial = data.get("serial")
     if not isinstance(serial, str) or not serial.strip():
         raise CredentialError(f"{path}: unit identity has no serial")

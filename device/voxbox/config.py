@@ -12,7 +12,9 @@ The API key is never part of this file: see :mod:`voxbox.credentials`.
 
 from __future__ import annotations
 
+import copy
 import tomllib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -328,42 +330,88 @@ def load_config(path: Path | str | None, overrides: list[str] = ()) -> Config:
         source = "defaults" + (" with " + " ".join(overrides) if overrides else "")
         return parse_config(apply_overrides({}, list(overrides)), source)
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: configuration file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = read_toml(path, "configuration file")
     if overrides:
         return parse_config(apply_overrides(data, list(overrides)), f"{path} with {' '.join(overrides)}")
     return parse_config(data, str(path))
 
 
+def read_toml(path: str | Path, what: str, error: type[Exception] = ConfigError,
+              missing: str | None = None) -> dict[str, Any]:
+    """The TOML file at ``path`` as a dict (the configuration, a fleet file, a unit
+    identity: every TOML file Voxbox reads goes through here).
+
+    Raises:
+        error (``ConfigError`` unless given): naming the file and ``what`` it is, when it
+            is missing (``missing`` replaces the message then), unreadable or not TOML.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: {missing or what + ' not found'}") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what}: {exc.strerror}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path}: {what} is not valid TOML: {exc}") from None
+
+
+def key_annotation(key: str) -> Any:
+    """The annotation of config key ``a.b.c``, or None when there is no such key (or it
+    names a whole table)."""
+    model: Any = Config
+    for part in key.split("."):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        f = model.model_fields.get(part)
+        if f is None:
+            return None
+        model = f.annotation
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return None
+    return model
+
+
+def _is_stringy(ann: Any) -> bool:
+    if ann is str:
+        return True
+    if typing.get_origin(ann) is Literal:
+        return all(isinstance(a, str) for a in typing.get_args(ann))
+    return False
+
+
+def set_key(data: dict[str, Any], key: str, raw: str) -> None:
+    """Set ``data[a][b][c]`` for key ``a.b.c`` from the text ``raw``, in place: kept as
+    text for a string-typed key (``wake.model=123`` stays "123"), else parsed as a TOML
+    value, falling back to the text (validation then names the key and shows it)."""
+    value: Any = raw
+    if not _is_stringy(key_annotation(key)):
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            pass
+    node = data
+    parts = key.split(".")
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if not isinstance(nxt, dict):
+            nxt = node[p] = {}
+        node = nxt
+    node[parts[-1]] = value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides (value parsed as TOML, else a string).
+    """Apply ``section.key=value`` overrides (see :func:`set_key`) to a copy of ``data``.
 
     Raises:
         ConfigError: an override is not of the form ``key=value``.
     """
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    out = copy.deepcopy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected section.key=value")
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
-        parts = key.strip().split(".")
-        node = out
-        for p in parts[:-1]:
-            nxt = node.get(p)
-            nxt = dict(nxt) if isinstance(nxt, dict) else {}
-            node[p] = nxt
-            node = nxt
-        node[parts[-1]] = value
+        set_key(out, key.strip(), raw)
     return out

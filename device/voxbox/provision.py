@@ -67,6 +67,7 @@ and renamed into place, so a unit is never half written.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import datetime as _dt
 import hashlib
@@ -77,8 +78,6 @@ import secrets as _secrets
 import shutil
 import sys
 import tempfile
-import tomllib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -86,7 +85,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from voxbox import __version__
-from voxbox.config import Config, ConfigError, parse_config
+from voxbox.config import ConfigError, key_annotation, parse_config, read_toml, set_key
 from voxbox.credentials import CREDENTIAL_NAME
 import tomli_w
 
@@ -161,14 +160,7 @@ def load_fleet(path: Path | str) -> Fleet:
         ProvisionError: naming the file and every bad key.
     """
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ProvisionError(f"{path}: fleet file not found") from None
-    except OSError as exc:
-        raise ProvisionError(f"{path}: cannot read fleet file: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ProvisionError(f"{path}: not valid TOML: {exc}") from None
+    data = read_toml(path, "fleet file", ProvisionError)
     problems: list[str] = []
     meta_raw = data.pop("fleet", None)
     secrets_raw = data.pop("secrets", {})
@@ -232,30 +224,6 @@ class Unit:
         return f"{csv_name} line {self.line}, serial {self.serial}"
 
 
-def _leaf_annotation(key: str) -> Any:
-    """The annotation of config key ``a.b.c``, or None when there is no such key."""
-    model: Any = Config
-    parts = key.split(".")
-    for part in parts:
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return None
-        f = model.model_fields.get(part)
-        if f is None:
-            return None
-        model = f.annotation
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return None  # a whole table, not a key
-    return model
-
-
-def _is_stringy(ann: Any) -> bool:
-    if ann is str:
-        return True
-    if typing.get_origin(ann) is Literal:
-        return all(isinstance(a, str) for a in typing.get_args(ann))
-    return False
-
-
 def read_units(csv_path: Path | str, fleet: Fleet) -> list[Unit]:
     """Read and check the units CSV (header, serials; values are checked per unit later).
 
@@ -286,7 +254,7 @@ def read_units(csv_path: Path | str, fleet: Fleet) -> list[Unit]:
         elif col.startswith("#") or col in RESERVED_COLUMNS or col in secret_columns:
             continue
         elif "." in col:
-            if _leaf_annotation(col) is None:
+            if key_annotation(col) is None:
                 problems.append(f"column {col!r}: not a configuration key")
         else:
             problems.append(f"column {col!r}: unknown column (expected serial, name, site, "
@@ -351,36 +319,15 @@ def bundle_checksum(files: dict[str, bytes]) -> str:
     return "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
 
 
-def _typed(key: str, raw: str) -> Any:
-    if _is_stringy(_leaf_annotation(key)):
-        return raw
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw  # pydantic names the key and shows the value
-
-
-def _set(data: dict[str, Any], key: str, value: Any) -> None:
-    node = data
-    parts = key.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-
-
-def _deepcopy(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: (_deepcopy(v) if isinstance(v, dict) else v) for k, v in data.items()}
-
-
 def unit_config(fleet: Fleet, unit: Unit, csv_name: str) -> dict[str, Any]:
     """Fleet defaults with the unit's overrides, validated.
 
     Raises:
         ProvisionError: naming the CSV line, the serial and each bad key.
     """
-    data = _deepcopy(fleet.defaults)
+    data = copy.deepcopy(fleet.defaults)
     for key, raw in unit.overrides.items():
-        _set(data, key, _typed(key, raw))
+        set_key(data, key, raw)
     try:
         parse_config(data)
     except ConfigError as exc:
@@ -389,7 +336,7 @@ def unit_config(fleet: Fleet, unit: Unit, csv_name: str) -> dict[str, Any]:
             line = line.strip()
             key = line.split(":", 1)[0]
             origin = "CSV column" if key in unit.overrides else "fleet default"
-            lines.append(f"{line}  [{origin} {key}]" if _leaf_annotation(key) else line)
+            lines.append(f"{line}  [{origin} {key}]" if key_annotation(key) else line)
         raise ProvisionError(f"{unit.where(csv_name)}: invalid configuration:\n  " + "\n  ".join(lines)) from None
     return data
 
@@ -644,10 +591,9 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="voxbox")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["provision", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
+    """``python -m voxbox.provision [options]``: the same as ``voxbox provision``."""
+    from voxbox.cli import main as cli_main
+    return cli_main(["provision", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

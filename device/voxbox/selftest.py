@@ -882,10 +882,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m voxbox.selftest [options]``: the same as ``voxbox selftest``."""
-    parser = argparse.ArgumentParser(prog="voxbox")
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["selftest", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
+    from voxbox.cli import main as cli_main
+    return cli_main(["selftest", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
