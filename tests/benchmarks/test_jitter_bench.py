@@ -102,26 +102,39 @@ def _send_times(rng, sizes, t0, speed):
     return send
 
 
+def _reply_sizes(rng) -> tuple[np.ndarray, float]:
+    """One reply: its drawn length (2-8 s) and its chunk sizes (samples, 50-250 ms each)."""
+    dur = rng.uniform(2.0, 8.0)
+    sizes = []
+    while sum(sizes) < dur * RATE:
+        sizes.append(int(rng.integers(50, 251)) * RATE // 1000)
+    return np.array(sizes), dur
+
+
 def _server_trace(profile: str, seed: int) -> Trace:
-    """The local server's send model with its serial AudioJitter (see the module doc)."""
+    """The local server's send model (``LocalServerConfig``'s pacing and first-output
+    latency) with the link bench's ``AudioJitter`` of the same profile, applied as the
+    server's sender does: before each audio chunk, one chunk at a time."""
+    from .test_link_bench import PROFILES as LINK_PROFILES
+
+    from voxbox.localserver import LocalServerConfig
+    srv = LocalServerConfig()
+    j = LINK_PROFILES[{"server-4g": "4g-jitter", "server-lossy": "lossy-proxy"}[profile]]["jitter"]
+    assert j.dist == "exponential" and j.delay_s == 0
     rng = np.random.default_rng(seed)
-    jitter_s, burst, gap_s = (0.08, 0, 0.0) if profile == "server-4g" else (0.02, 6, 0.3)
     sizes_all, arr_all = [], []
     t0, sent = 0.5, 0
     for _ in range(REPLIES):
-        dur = rng.uniform(2.0, 8.0)
-        sizes = []
-        while sum(sizes) < dur * RATE:
-            sizes.append(int(rng.integers(50, 251)) * RATE // 1000)
-        sizes = np.array(sizes)
-        pace = rng.uniform(2.0, 4.0, len(sizes))
-        produced = t0 + 0.05 + np.concatenate([[0.0], np.cumsum(sizes[:-1] / RATE / pace[:-1])])
+        sizes, dur = _reply_sizes(rng)
+        pace = rng.uniform(srv.pace_min, srv.pace_max, len(sizes))
+        produced = t0 + srv.response_latency_s + np.concatenate(
+            [[0.0], np.cumsum(sizes[:-1] / RATE / pace[:-1])])
         arr, t = np.empty(len(sizes)), 0.0
         for k, p in enumerate(produced):
             t = max(t, p)
-            if burst and sent and sent % burst == 0:
-                t += gap_s
-            t += rng.exponential(jitter_s)
+            if j.burst and sent and sent % j.burst == 0:
+                t += j.gap_s
+            t += rng.exponential(j.jitter_s)
             arr[k] = t
             sent += 1
         sizes_all.append(sizes)
@@ -138,11 +151,7 @@ def make_trace(profile: str, seed: int) -> Trace:
     t0 = 0.5
     bad = False  # lossy proxy: Gilbert-Elliott state
     for _ in range(REPLIES):
-        dur = rng.uniform(2.0, 8.0)
-        sizes = []
-        while sum(sizes) < dur * RATE:
-            sizes.append(int(rng.integers(50, 251)) * RATE // 1000)
-        sizes = np.array(sizes)
+        sizes, dur = _reply_sizes(rng)
         speed = rng.uniform(2.0, 4.0)
         send = _send_times(rng, sizes, t0, speed)
         n = len(sizes)
