@@ -87,7 +87,8 @@ handed-out fragment) and re-queues those, and the pieces made but not yet handed
 Thread safety: one lock, held for queue bookkeeping, the estimator's O(log n) update per
 push, one period's copy and, once per segment (at its end), a ~120-bucket histogram
 update: a few microseconds; a stretch operation adds a ~(300 x 360) correlation
-(tens of microseconds), only on the periods that stretch. ``push``/``mark_complete``/``flush`` come from the network
+(tens of microseconds), only on the periods that stretch or try to (an accelerate search that
+finds the audio neither periodic nor quiet is not repeated on the same audio). ``push``/``mark_complete``/``flush`` come from the network
 thread, ``pull`` from the playback thread. Cores never read a clock, except ``push``'s
 default arrival time.
 """
@@ -224,6 +225,8 @@ class JitterBuffer:
         self._tmin = max(8, int(0.0025 * rate))  # pitch lags searched: 2.5-15 ms
         self._tmax = max(self._tmin + 1, int(0.015 * rate))
         self._expanded = 0  # device samples inserted since the last push
+        self._taken = 0  # source samples ever taken from the queue
+        self._accel_after = 0  # no accelerate search before _taken reaches this
         # the earliest possible player of the current response (what a no-prebuffer,
         # non-stretching player would have played): accelerate catches up with it
         self._resp_open = False
@@ -450,6 +453,7 @@ class JitterBuffer:
         return item, (parts[0] if len(parts) == 1 else np.concatenate(parts))
 
     def _consume(self, s: int) -> None:
+        self._taken += s
         while s:
             item, chunk = self._chunks[0]
             take = min(s, chunk.size - self._offset)
@@ -515,6 +519,8 @@ class JitterBuffer:
         T, corr = self._best_lag(x[:2 * tmax], tmax)
         quiet = float(np.mean(x[:2 * T] ** 2)) < 300.0 ** 2
         if corr < 0.8 and not quiet:
+            # neither periodic nor quiet: do not search this audio again on every pull
+            self._accel_after = self._taken + need
             return False
         s = max(2 * T, int(round(T / self.max_accelerate)))
         # y = crossfade(x[:T] -> x[T:2T]) ++ x[2T:s]: one period less, continuous at both
@@ -535,7 +541,8 @@ class JitterBuffer:
             if not self._complete and self._inq < below:
                 if self._expand_piece():
                     return
-            elif lag >= self._tmin and self._accelerate_piece(lag):
+            elif lag >= self._tmin and self._taken >= self._accel_after \
+                    and self._accelerate_piece(lag):
                 return
         item, chunk = self._chunks[0]
         take = min(need, chunk.size - self._offset)
@@ -567,7 +574,9 @@ class JitterBuffer:
                     self._last_sample = 0
                     return PullResult(None, 0, False, False, self.epoch)
             filled = consumed = 0
-            per_item: dict[str, int] = {}
+            # the item with the most device samples in this period (pieces of one item
+            # are consecutive): the current run and the best so far
+            main_item, main_k, run_item, run_k = None, 0, None, 0
             while filled < n:
                 if not self._ready:
                     if not self._chunks:
@@ -587,7 +596,11 @@ class JitterBuffer:
                         self.expand_out += k
                     else:
                         self.accelerate_out += k
-                per_item[item] = per_item.get(item, 0) + k
+                if item != run_item:
+                    if run_k > main_k:
+                        main_item, main_k = run_item, run_k
+                    run_item, run_k = item, 0
+                run_k += k
                 consumed += s1 - s0
                 filled += k
                 piece[3] = done + k
@@ -596,7 +609,8 @@ class JitterBuffer:
             self._queued -= consumed
             self._r_pos += consumed
             self.audio_out += filled
-            main_item = max(per_item, key=per_item.get) if per_item else None
+            if run_k > main_k:
+                main_item = run_item
             f = self._fade_in.size
             if self._fade_in_pos < f and filled:  # resuming after an underrun
                 k = min(filled, f - self._fade_in_pos)
@@ -628,15 +642,7 @@ class JitterBuffer:
         """Keep what was just handed out (``dev`` device samples made from ``src``) for
         :meth:`pause` (lock held), at most ``history_ms`` of device samples."""
         frags = self._hist_frags
-        if frags and frags[-1][0] == item_id and frags[-1][2] == frags[-1][1].size \
-                and src.size == dev and _adjacent(frags[-1][1], src):
-            last = frags[-1]  # unstretched continuation of the same array: extend the view
-            base = last[1]
-            last[1] = np.lib.stride_tricks.as_strided(
-                base, shape=(base.size + src.size,), strides=base.strides, writeable=False)
-            last[2] += dev
-        else:
-            frags.append([item_id, src, dev])
+        frags.append([item_id, src, dev])  # ~one period each: ~history_ms / 10 entries
         self._hist_len += dev
         over = self._hist_len - self._hist_cap
         while over > 0:
@@ -683,11 +689,3 @@ def _ramp(n: int) -> np.ndarray:
 def _to16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x), -32768, 32767).astype(np.int16)
 
-
-def _adjacent(a: np.ndarray, b: np.ndarray) -> bool:
-    """``b`` is a view continuing ``a`` in memory (same dtype and stride)."""
-    if a.strides != b.strides or a.dtype != b.dtype:
-        return False
-    pa = a.__array_interface__["data"][0]
-    pb = b.__array_interface__["data"][0]
-    return pb == pa + a.size * a.strides[0]
