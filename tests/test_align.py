@@ -391,3 +391,20 @@ def test_aligner_moves_the_line_to_the_wanted_lead_and_fixes_a_late_reference_at
     assert a3.target_ms == 20.0
     assert a.on_drift(float("nan"), 0.0, 0.0) is None and a.on_drift(1.0, 0.1, 0.0) is None
     assert a.on_drift(100.0, 1.0, 5.0) == 105.0
+
+
+def test_aligner_settles_in_one_move_on_a_steady_path():
+    """The estimates kept across a move are the ones the new line sees: on a constant
+    40 ms echo path the aligner moves once and then holds (it used to take the old line's
+    estimates for spread and make three more moves)."""
+    from voxbox.align import ReferenceAligner
+
+    rng = np.random.default_rng(3)
+    a = ReferenceAligner(16000, lead_ms=10.0, tolerance_ms=3.0, confirm=2)
+    line = 0
+    for _ in range(40):
+        lead_ms = 40.0 - line / 16 + rng.normal(0, 0.3)  # what the canceller would measure
+        new = a.on_delay(lead_ms, line)
+        if new is not None:
+            line = new
+    assert a.moves == 1 and abs((40.0 - line / 16) - 10.0) < 1.0

@@ -777,8 +777,11 @@ class ReferenceAligner:
             return None
         move = float(np.median(self._errors))
         self._errors.clear()
-        self._recent = self._recent[-4:]  # keep some memory of the spread across the move
         new = int(min(self.max_delay, max(0, line_samples + round(move * self.sample_rate / 1000))))
+        # keep some memory of the spread across the move, as the new line will see it (a
+        # longer line delays the reference: the echo lags it by that much less)
+        shift_ms = (new - line_samples) * 1000 / self.sample_rate
+        self._recent = [d - shift_ms for d in self._recent[-4:]]
         if new == line_samples:
             return None
         self.moves += 1
