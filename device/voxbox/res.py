@@ -235,10 +235,10 @@ class ResidualEchoSuppressor:
         # -- double-talk detector (leakage of the previous hop) ---------------------------
         # near-end presence: residual power over the estimated residual echo (dB),
         # speech band; single talk -> strong overdrive, double talk -> mild
-        r = self._leak[self._band] * py_eff if far else np.zeros_like(py)
-        r = np.maximum(r, self._decay * self._r_prev)
         k0, k1 = self._k_lo, self._k_hi
-        ratio = 10 * np.log10((pe[k0:k1].sum() + 1e-3) / (r[k0:k1].sum() + 1e-3))
+        r_prev = self._decay * self._r_prev[k0:k1]
+        r = np.maximum(self._leak[self._band[k0:k1]] * py_eff[k0:k1], r_prev) if far else r_prev
+        ratio = 10 * np.log10((pe[k0:k1].sum() + 1e-3) / (r.sum() + 1e-3))
         c = min(max((ratio - s.dt_lo_db) / (s.dt_hi_db - s.dt_lo_db), 0.0), 1.0)
 
         # -- leakage regression per band, slowed down in double talk ----------------------
