@@ -443,13 +443,18 @@ class PlaybackAwareWake:
         self._pending: Detection | None = None
         self._play_until = -math.inf
         self.last_detection: Detection | None = None
-        self.last_ref_score = 0.0
         self.playing = False
         self.gated = 0
+        self._rf = np.empty(0, np.float32)  # reference frame as float (energy), reused
 
     @property
     def last_score(self) -> float:
         return self.mic.last_score
+
+    @property
+    def last_ref_score(self) -> float:
+        """Score of the reference detector's latest chunk (the unit's own voice)."""
+        return self.ref.last_score
 
     def process(
         self, frame: np.ndarray, ref_frame: np.ndarray, t: float, playing: bool | None = None
@@ -460,7 +465,10 @@ class PlaybackAwareWake:
             raise ValueError(f"ref_frame must have the shape of frame {x.shape}, got {r.shape}")
         n = x.shape[0]
         if playing is None:
-            rf = r.astype(np.float64)
+            if self._rf.shape[0] != n:
+                self._rf = np.empty(n, np.float32)
+            rf = self._rf
+            np.copyto(rf, r, casting="unsafe")
             playing = n > 0 and float(np.dot(rf, rf)) > self._ref_floor * n
         if playing:
             self._play_until = t + n / SAMPLE_RATE + self.playing_hangover_s
@@ -468,7 +476,6 @@ class PlaybackAwareWake:
         ref_scores = self.ref.scores(r, t)
         found: Detection | None = None
         for (t_end, m), (_, rs) in zip(mic_scores, ref_scores):
-            self.last_ref_score = rs
             hist = self._ref_hist
             hist.append((t_end, rs))
             while hist and hist[0][0] < t_end - self.gate_before_s - self.gate_after_s - 1e-9:
@@ -519,4 +526,3 @@ class PlaybackAwareWake:
         self.playing = False
         self._run = 0
         self._since_reset = 0
-        self.last_ref_score = 0.0
