@@ -85,6 +85,17 @@ def test_link_down_while_speaking_interrupts_and_goes_offline():
     assert c.state is State.IDLE
 
 
+def test_link_lost_during_a_turn_is_told_once_when_the_link_is_back():
+    c = up()
+    c.wake(0)
+    c.speech_stopped(1)
+    c.link_down(2, "session expired")
+    c.link_down(3, "connect failed")  # a failed attempt later keeps the lost turn
+    assert c.link_up(4)[-1] == Prompt("session_lost") and c.state is State.IDLE
+    c.link_down(5, "connection dropped")  # idle: no turn lost
+    assert Prompt("session_lost") not in c.link_up(6)
+
+
 def test_response_without_audio_ends_turn():
     c = Conversation(follow_up_s=0)
     c.link_up(0)

@@ -172,3 +172,19 @@ def test_set_errors_name_the_cue_and_file(tmp_path):
         EarconSet({"end": str(tmp_path / "missing.wav")})
     with pytest.raises(EarconError, match="unknown cue.*'wakeup'"):
         EarconSet({"wakeup": "wake"})
+
+
+def test_packaged_spoken_prompts_load_at_the_playback_rate():
+    import importlib.util
+    from pathlib import Path
+
+    from voxbox.earcon import PROMPT_NAMES, load_prompts
+    prompts = load_prompts(24000)
+    assert set(prompts) == set(PROMPT_NAMES)
+    assert all(p.dtype == np.int16 and p.size > 24000 and np.abs(p).max() > 1000 for p in prompts.values())
+    # the build tool renders exactly these
+    spec = importlib.util.spec_from_file_location(
+        "make_prompts", Path(__file__).resolve().parents[1] / "tools" / "make_prompts.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert set(mod.PROMPTS) == set(PROMPT_NAMES)

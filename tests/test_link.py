@@ -55,3 +55,16 @@ def test_stall_only_while_waiting_on_the_service():
 def test_bad_arguments_named():
     with pytest.raises(ValueError, match="stall_s"):
         LinkSupervisor(stall_s=0)
+
+
+def test_service_ended_session_is_not_a_failure_and_down_since_marks_the_outage():
+    sup = LinkSupervisor(initial_s=1.0, cap_s=8.0, rng=random.Random(1))
+    sup.session_ready(0.0)
+    assert sup.ended_by_service(10.0, "session expired") == 0.0
+    assert sup.failures == 0 and sup.down_since == 10.0 and sup.session_started is None
+    sup.failed(11.0, "connection refused")  # a failed attempt later: the outage began at 10
+    assert sup.failures == 1 and sup.down_since == 10.0
+    sup.session_ready(12.0)
+    assert sup.down_since is None
+    sup.start_rollover()
+    assert sup.rolling and sup.ended_for_rollover() == 0.0 and not sup.rolling and sup.down_since is None

@@ -170,6 +170,7 @@ class Conversation:
     _response_done: bool = True
     _playing: bool = False
     _paused_at: float | None = None  # tentative barge-in pending since
+    _turn_lost: bool = False  # the link went down during a turn (told at the next link_up)
     _speech_start_ms: int | None = None
     _close_after_reply: bool = False
 
@@ -218,17 +219,21 @@ class Conversation:
 
     # ---- link ----------------------------------------------------------------------------
     def link_up(self, t: float) -> list[Action]:
+        """A session is ready. If the link went down during a turn (a drop, a stall,
+        ``session_expired``, close 1001), the turn is gone: the user is told in one short
+        sentence (``Prompt("session_lost")``)."""
         self.link = State.IDLE
+        actions: list[Action] = []
         if self.state in (State.OFFLINE, State.ERROR, State.UNPROVISIONED):
-            return self._go(t, State.IDLE, "session ready")
-        return []
-
-    def session_lost(self, t: float, cause: str) -> list[Action]:
-        """The service ended the session mid-turn (``session_expired``, close 1001) and a
-        new one is ready: the turn is gone; tell the user in one short sentence."""
-        return [Prompt("session_lost")]
+            actions = self._go(t, State.IDLE, "session ready")
+        if self._turn_lost:
+            self._turn_lost = False
+            actions.append(Prompt("session_lost"))
+        return actions
 
     def link_down(self, t: float, cause: str) -> list[Action]:
+        if self.state in (State.LISTENING, State.THINKING, State.SPEAKING) or self.interruption_pending:
+            self._turn_lost = True  # until the next link_up (later failed attempts keep it)
         actions: list[Action] = []
         if self.state is State.SPEAKING or self._playing or self._paused_at is not None:
             actions.append(Interrupt("link lost", by_server=True))

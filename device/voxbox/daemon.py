@@ -161,7 +161,6 @@ class Daemon:
             self.aligner = ReferenceAligner(a.capture_rate, lead_ms=cfg.frontend.reference_lead_ms)
             if cfg.frontend.drift_compensation:
                 self._drift_comp = DriftCompensator(0.0)
-        self.echo = {"delay_ms": None, "erl_db": None}
         self.notifier = Notifier()
         self.session: RealtimeSession | None = None
         self.turn = TurnTimes()
@@ -211,12 +210,9 @@ class Daemon:
                                                else default_rollover_s(rt.dialect)),
                                    stall_s=rt.stall_s)
         self._keys = None  # StaticKey or TokenBroker (see _credentials)
-        self._rolling = False  # we are closing the session to roll over
         self._expired = False  # the service said session_expired
         self._fatal_code: str | None = None  # a fatal error event preceded the close
         self._stall_cause: str | None = None
-        self._turn_lost = False  # the link went down during a turn
-        self._t_link_lost: float | None = None
         #: recent conversation as text, replayed into a new session: (role, text)
         self.history: deque[tuple[str, str]] = deque()
         self.stats = {"uplink_samples": 0, "truncates": 0, "reconnects": 0, "tool_calls": 0}
@@ -342,7 +338,7 @@ class Daemon:
             from voxbox.recorder import CaptureRecorder
 
             self.recorder = CaptureRecorder(cfg.frontend.record_s, cfg.audio.capture_rate)
-        from voxbox.earcon import EarconError, EarconSet
+        from voxbox.earcon import EarconError, EarconSet, load_prompts
 
         try:
             es = EarconSet(self.cfg.earcons.model_dump(), rate=cfg.audio.playback_rate)
@@ -350,6 +346,11 @@ class Daemon:
         except (EarconError, KeyError, ValueError) as exc:  # a bad cue file must not stop the unit
             log.error("earcons off: %s", exc, extra={"VOXBOX_EVENT": "config_error"})
             self._earcons = {}
+        try:  # loaded now, not when the link fails: a broken file shows at start
+            self._prompts = load_prompts(cfg.audio.playback_rate)
+        except EarconError as exc:
+            log.error("spoken prompts off: %s", exc, extra={"VOXBOX_EVENT": "config_error"})
+            self._prompts = {}
         if cfg.wake.enabled:
             from voxbox.wake import WakeWordDetector
 
@@ -479,16 +480,13 @@ class Daemon:
         est = tr.push(ref, mic)
         if est is None:
             return
-        self.echo["delay_ms"] = round(est.delay_ms, 2)
-        self.echo["erl_db"] = round(est.erl_db, 1)
         new = self.aligner.on_delay(est.delay_ms, self._ref_delay)
         if new is not None:
             new = max(new, self._ref_floor)
         if new is not None and new != self._ref_delay:
             old = self._ref_delay
             self._ref_delay = new
-            tr.reset()
-            self.echo["delay_ms"] = None  # turn records show only estimates on the current line
+            tr.reset()  # turn records show only estimates on the current line
             self._loop.call_soon_threadsafe(self._log_alignment, est.delay_ms, old, new, est.erl_db)
             return
         if self._drift_comp is not None:
@@ -716,14 +714,8 @@ class Daemon:
         """A spoken prompt rendered at build time (voxbox/prompts/*.wav, tools/make_prompts.py)."""
         cue = self._prompts.get(name)
         if cue is None:
-            from voxbox.earcon import EarconError, load_earcon
-
-            path = Path(__file__).resolve().parent / "prompts" / f"{name}.wav"
-            try:
-                cue = self._prompts[name] = load_earcon(str(path), self.cfg.audio.playback_rate)
-            except EarconError as exc:
-                log.error("prompt %s unavailable: %s", name, exc, extra={"VOXBOX_EVENT": "prompt"})
-                return
+            log.error("prompt %s unavailable (see the start-up log)", name, extra={"VOXBOX_EVENT": "prompt"})
+            return
         log.info("prompt %s", name, extra={"VOXBOX_EVENT": "prompt", "VOXBOX_PROMPT": name})
         self._cue_pos = 0
         self._cue = cue
@@ -855,7 +847,6 @@ class Daemon:
             await self._wait_for_credential()
         rt = self.cfg.realtime
         sup = self.link
-        conn_no = 0
         from voxbox.broker import BrokerError
 
         keys = self._credentials()
@@ -881,12 +872,11 @@ class Daemon:
                 async with connect(url, additional_headers=headers, max_size=MAX_MESSAGE_BYTES,
                                    open_timeout=rt.connect_timeout_s, ping_interval=PING_INTERVAL_S,
                                    ping_timeout=PING_TIMEOUT_S, close_timeout=2, compression=None) as ws:
-                    conn_no += 1
                     t_open = time.monotonic()
                     sup.connected(t_open)
                     self._ws = ws
                     try:
-                        await self._serve(ws, conn_no, t_open)
+                        await self._serve(ws, sup.connects, t_open)
                         # the stream ended with a normal close (1000/1001): keep its code
                         raise ConnectionClosed(Close(ws.close_code or 1006, ws.close_reason or ""), None)
                     finally:
@@ -896,8 +886,7 @@ class Daemon:
             except asyncio.CancelledError:
                 raise
             except ConnectionClosed as exc:
-                if self._rolling:
-                    self._rolling = False
+                if sup.rolling:
                     delay = sup.ended_for_rollover()
                     self._drain_uplink()
                     log.info("session rolled over after %.0f s", time.monotonic() - t_try,
@@ -914,8 +903,7 @@ class Daemon:
                     self._fatal_code = None
                     if self._expired:  # the service ended the session (limit): come back at once
                         self._expired = False
-                        delay = 0.0
-                        sup.failed(time.monotonic(), cause)
+                        delay = sup.ended_by_service(time.monotonic(), cause)
                     else:
                         delay = sup.failed(time.monotonic(), cause, fatal)
                     self._link_lost(cause)
@@ -953,10 +941,6 @@ class Daemon:
 
     def _link_lost(self, cause: str) -> None:
         self.stats["reconnects"] += 1
-        if self._t_link_lost is None:  # the outage started here (later failed attempts keep it)
-            self._t_link_lost = time.monotonic()
-        if self.conv.state in (State.LISTENING, State.THINKING, State.SPEAKING) or self.conv.interruption_pending:
-            self._turn_lost = True
         log.warning("link lost: %s", cause, extra={"VOXBOX_EVENT": "link_down", "VOXBOX_CAUSE": cause})
         self.session = None
         self._drain_uplink()
@@ -1053,18 +1037,15 @@ class Daemon:
             log.info("session ready in %d ms", (now - t_open) * 1000,
                      extra={"VOXBOX_EVENT": "session_ready", "VOXBOX_SESSION_ID": ev.session_id,
                             "VOXBOX_CONNECT_MS": int((now - t_open) * 1000)})
+            down_since = self.link.down_since
             self.link.session_ready(now)
-            if self._t_link_lost is not None:
+            if down_since is not None:
                 log.info("link back: session ready %d ms after the link was lost (outage)",
-                         (now - self._t_link_lost) * 1000,
+                         (now - down_since) * 1000,
                          extra={"VOXBOX_EVENT": "reconnected",
-                                "VOXBOX_RECONNECT_MS": int((now - self._t_link_lost) * 1000)})
-                self._t_link_lost = None
+                                "VOXBOX_RECONNECT_MS": int((now - down_since) * 1000)})
             self._replay_context()
             self._apply(conv.link_up(now))
-            if self._turn_lost:
-                self._turn_lost = False
-                self._apply(conv.session_lost(now, "session ended mid-turn"))
         elif isinstance(ev, SpeechStarted):
             self.turn.speech_started = now
             log.info("service heard speech start", extra={"VOXBOX_EVENT": "speech_started",
@@ -1168,9 +1149,10 @@ class Daemon:
             fields["VOXBOX_WAKE_SCORE"] = round(t.wake_score, 4)
         fields["VOXBOX_JITTER_UNDERRUNS"] = self.jitter.underruns - self._underruns_at_turn
         fields["VOXBOX_JITTER_TARGET_MS"] = round(self.jitter.target_ms)
-        if self.echo["delay_ms"] is not None:
-            fields["VOXBOX_ECHO_DELAY_MS"] = self.echo["delay_ms"]
-            fields["VOXBOX_ERL_DB"] = self.echo["erl_db"]
+        est = self.delay_tracker.last if self.delay_tracker is not None else None
+        if est is not None:  # one attribute, replaced whole by the echo worker
+            fields["VOXBOX_ECHO_DELAY_MS"] = round(est.delay_ms, 2)
+            fields["VOXBOX_ERL_DB"] = round(est.erl_db, 1)
             fields["VOXBOX_DRIFT_PPM"] = round(self._drift_target_ppm, 1)
         log.info("turn %d done: %s", t.turn,
                  " ".join(f"{k[7:].lower()}={v}" for k, v in fields.items() if "MS" in k), extra=fields)
@@ -1192,12 +1174,12 @@ class Daemon:
 
     def _supervise_link(self, now: float) -> None:
         ws = self._ws
-        if ws is None or self.session is None or self._rolling:
+        if ws is None or self.session is None or self.link.rolling:
             return
         idle = (self.conv.state is State.IDLE and not self.jitter.active and self._cue is None
                 and self.session.response_id is None)
         if self.link.should_roll_over(now, idle):
-            self._rolling = True
+            self.link.start_rollover()
             log.info("session is %.0f s old: rolling over to a fresh one between turns",
                      now - self.link.session_started, extra={"VOXBOX_EVENT": "rollover"})
             asyncio.ensure_future(ws.close(1000, "session rollover"))

@@ -37,8 +37,8 @@ class EarconError(ValueError):
     """An earcon could not be loaded; the message names the file (and the cue)."""
 
 
-def _package_file(name: str):
-    return resources.files("voxbox").joinpath("earcons", f"{name}.wav")
+def _package_file(name: str, folder: str = "earcons"):
+    return resources.files("voxbox").joinpath(folder, f"{name}.wav")
 
 
 def _read_wav(src, label: str) -> tuple[np.ndarray, int]:
@@ -75,6 +75,24 @@ def load_earcon(name_or_path: str | os.PathLike, rate: int = EARCON_RATE) -> np.
 
         x = soxr.resample(x.astype(np.float32), src_rate, rate, quality="HQ")
     return np.clip(np.round(np.asarray(x, dtype=np.float64) * 32768.0), -32768, 32767).astype(np.int16)
+
+
+#: spoken prompts shipped with the package (voxbox/prompts/<name>.wav, tools/make_prompts.py)
+PROMPT_NAMES = ("offline", "error", "session_lost")
+
+
+def load_prompts(rate: int = EARCON_RATE) -> dict[str, np.ndarray]:
+    """The packaged spoken prompts by name, as mono ``numpy.int16`` at ``rate`` Hz.
+
+    Raises:
+        EarconError: a prompt file is missing or unreadable (named).
+    """
+    out = {}
+    for name in PROMPT_NAMES:
+        res = _package_file(name, "prompts")
+        with resources.as_file(res) as p:
+            out[name] = load_earcon(p, rate)
+    return out
 
 
 class EarconSet:

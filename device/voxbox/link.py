@@ -57,6 +57,10 @@ class LinkSupervisor:
     session_started: float | None = None
     last_event: float = 0.0
     connects: int = 0
+    #: when the link went down (the first failure since the last ready session), or None
+    down_since: float | None = None
+    #: we are closing the session ourselves to roll over (see :meth:`start_rollover`)
+    rolling: bool = False
 
     def __post_init__(self) -> None:
         for name in ("initial_s", "cap_s", "fatal_retry_s", "stall_s"):
@@ -78,6 +82,7 @@ class LinkSupervisor:
         self.cause = ""
         self.session_started = t
         self.last_event = t
+        self.down_since = None
 
     def event(self, t: float) -> None:
         """Any server message, or a pong, arrived."""
@@ -86,8 +91,7 @@ class LinkSupervisor:
     def failed(self, t: float, cause: str, fatal: bool = False) -> float:
         """The attempt failed or the session ended. Returns how long to wait (s) before
         the next attempt."""
-        self.session_started = None
-        self.cause = cause
+        self._down(t, cause)
         if fatal:
             self.fatal = True
             return self.fatal_retry_s
@@ -96,9 +100,26 @@ class LinkSupervisor:
         self.failures += 1
         return self.rng.uniform(0.0, bound)
 
-    def ended_for_rollover(self) -> float:
-        """We closed the session ourselves to roll over: reconnect at once."""
+    def ended_by_service(self, t: float, cause: str) -> float:
+        """The service ended the session at its limit (``session_expired``, close 1001):
+        reconnect at once. Not a failure: the backoff does not grow."""
+        self._down(t, cause)
+        return 0.0
+
+    def _down(self, t: float, cause: str) -> None:
         self.session_started = None
+        self.cause = cause
+        if self.down_since is None:
+            self.down_since = t
+
+    def start_rollover(self) -> None:
+        """We are closing the session to roll over (after :meth:`should_roll_over`)."""
+        self.rolling = True
+
+    def ended_for_rollover(self) -> float:
+        """The session we closed to roll over has ended: reconnect at once."""
+        self.session_started = None
+        self.rolling = False
         self.cause = "session rollover"
         return 0.0
 
