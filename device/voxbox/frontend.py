@@ -157,8 +157,10 @@ class CaptureFrontEnd(NativeState):
         self._mic_addr = self._mic.ctypes.data
         self._ref_addr = self._ref.ctypes.data
         self._frame_addr = self._frame.ctypes.data
-        # Output ring: holds at most (frame_size - 1) + frame_size samples.
-        self._ring = np.zeros(2 * f, dtype=np.int16)
+        # Output ring: holds at most (frame_size - 1) + frame_size samples; row 0 the
+        # output, row 1 (with a wake tap) the tapped signal at the same positions.
+        self._ring = np.zeros((2 if wake_tap is not None else 1, 2 * f), dtype=np.int16)
+        self._push = np.zeros((self._ring.shape[0], f), dtype=np.int16)  # the frame(s) entering
         s = self.settings
         self._res = ResidualEchoSuppressor(f, s.sample_rate, s.res) if s.residual_echo else None
         self._e = np.zeros(f)  # echo canceller output (float copy for the RES)
@@ -171,7 +173,7 @@ class CaptureFrontEnd(NativeState):
         self._hp_in = np.zeros(f)
         # Wake tap: the tapped frame waits ``_tap_delay`` frames so that it leaves at the
         # main output's latency (natural latency: f - 1 for the AEC output, 2f - 1 for the
-        # preprocessor's); then it goes through a ring mirroring the main ring.
+        # preprocessor's); then it goes through row 1 of the ring.
         self.wake_tap_mode: str | None = wake_tap
         #: The latest block's wake-tap samples (int16, same length and latency as the
         #: main output), or ``None`` without a tap.
@@ -180,7 +182,6 @@ class CaptureFrontEnd(NativeState):
             natural = f - 1 if wake_tap == "aec" else 2 * f - 1
             self._tap_delay = (self.latency_samples - natural) // f
             self._tap_hist = np.zeros((self._tap_delay + 1, f), dtype=np.int16)
-            self._tap_ring = np.zeros(2 * f, dtype=np.int16)
         self._open_states()
         self._clear_buffers()
 
@@ -222,7 +223,6 @@ class CaptureFrontEnd(NativeState):
         self._ring[:] = 0
         if self.wake_tap_mode is not None:
             self._tap_hist[:] = 0
-            self._tap_ring[:] = 0
             self._tap_idx = 0
             self.wake_tap = None
         self._rd = 0  # ring read index
@@ -283,13 +283,12 @@ class CaptureFrontEnd(NativeState):
             raise ValueError(f"ref: expected shape ({n},) like mic, got {ref.shape}")
 
         f = self.frame_size
-        size = self._ring.shape[0]
-        ring, mbuf, rbuf, frame = self._ring, self._mic, self._ref, self._frame
-        out = np.empty(n, dtype=np.int16)
+        ring, mbuf, rbuf, frame, push = self._ring, self._mic, self._ref, self._frame, self._push
+        size = ring.shape[1]
+        out = np.empty((ring.shape[0], n), dtype=np.int16)  # row 1: the wake tap
         tap_mode = self.wake_tap_mode
         if tap_mode is not None:
-            tap_out = np.empty(n, dtype=np.int16)
-            tap_ring, tap_hist = self._tap_ring, self._tap_hist
+            tap_hist = self._tap_hist
         pos = 0
         while pos < n:
             k = min(f - self._fill, n - pos)
@@ -316,38 +315,32 @@ class CaptureFrontEnd(NativeState):
                     frame[:] = y
                 self._fill = 0
                 self.frames_processed += 1
-                # push the frame into the ring (at most two slices)
-                wr = (self._rd + self._count) % size
-                first = min(f, size - wr)
-                ring[wr : wr + first] = frame[:first]
-                if first < f:
-                    ring[: f - first] = frame[first:]
+                push[0] = frame
                 if tap_mode is not None:
                     d = self._tap_delay
-                    tf = tap_hist[(self._tap_idx - d) % (d + 1)]
+                    push[1] = tap_hist[(self._tap_idx - d) % (d + 1)]
                     self._tap_idx = (self._tap_idx + 1) % (d + 1)
-                    tap_ring[wr : wr + first] = tf[:first]
-                    if first < f:
-                        tap_ring[: f - first] = tf[first:]
+                # push the frame(s) into the ring (at most two slices)
+                wr = (self._rd + self._count) % size
+                first = min(f, size - wr)
+                ring[:, wr : wr + first] = push[:, :first]
+                if first < f:
+                    ring[:, : f - first] = push[:, first:]
                 self._count += f
             # pop k samples; invariant before a chunk: count == (frame_size - 1) - fill,
             # so count >= k here and the ring never holds more than 2 * frame_size - 1
             rd = self._rd
             first = min(k, size - rd)
-            out[pos : pos + first] = ring[rd : rd + first]
+            out[:, pos : pos + first] = ring[:, rd : rd + first]
             if first < k:
-                out[pos + first : pos + k] = ring[: k - first]
-            if tap_mode is not None:
-                tap_out[pos : pos + first] = tap_ring[rd : rd + first]
-                if first < k:
-                    tap_out[pos + first : pos + k] = tap_ring[: k - first]
+                out[:, pos + first : pos + k] = ring[:, : k - first]
             self._rd = (rd + k) % size
             self._count -= k
             pos += k
         self.samples_processed += n
         if tap_mode is not None:
-            self.wake_tap = tap_out
-        return out
+            self.wake_tap = out[1]
+        return out[0]
 
     def _highpass(self, mbuf: Int16Array) -> None:
         """High-pass the assembled microphone frame in place (carried filter state)."""
