@@ -1,4 +1,4 @@
-"""Synthetic test signals shared by the DSP tests (numpy only)."""
+"""Synthetic test signals shared by the tests (numpy; ``speech`` also needs espeak-ng)."""
 
 from __future__ import annotations
 
@@ -32,3 +32,16 @@ def room_ir(seed: int, delay_ms: float = 5.0, tail_ms: float = 60.0, gain: float
 
 def power(x: np.ndarray) -> float:
     return float(np.mean(x.astype(np.float64) ** 2))
+
+
+def speech(text: str, lead_s: float = 0.0, tail_s: float = 1.0, *, voice: str = "en-us",
+           seed: int = 5) -> np.ndarray:
+    """A spoken microphone signal: espeak-ng ``text`` (16 kHz, ``voxbox.speech``) between
+    ``lead_s`` and ``tail_s`` of silence, plus N(0, 20) noise from ``default_rng(seed)``,
+    int16 (what the end-to-end tests and the link benchmark play into the rig's mic)."""
+    from voxbox.speech import render_speech
+
+    x = render_speech(text, voice)
+    rng = np.random.default_rng(seed)
+    sig = np.concatenate([np.zeros(int(SR * lead_s)), x, np.zeros(int(SR * tail_s))])
+    return np.clip(sig + rng.normal(0, 20, sig.size), -32768, 32767).astype(np.int16)

@@ -11,10 +11,10 @@ import socket
 import pytest
 
 from voxbox import sd
-from voxbox.broker import (BrokerError, StaticKey, TokenBroker, _forget, load_unit_id,
-                           load_unit_secret)
+from voxbox.broker import (BrokerError, StaticKey, TokenBroker, check_broker_url, credential_source,
+                           load_connect_secret, load_unit_id, load_unit_secret)
 from voxbox.brokerserver import BrokerServer, make_test_pki
-from voxbox.config import Realtime
+from voxbox.config import Realtime, parse_config
 from voxbox.credentials import CredentialError, Secret
 
 UNIT = "vx-0042"
@@ -247,7 +247,7 @@ def test_nested_client_secret_shape_accepted():
     tb = TokenBroker("http://127.0.0.1:9/t", UNIT, SECRET, timeout_s=1, wall_clock=lambda: 2000.0)
     value, lifetime = tb._parse(b'{"client_secret": {"value": "ek_n", "expires_at": 2060}}', None, 200)
     assert value == "ek_n" and lifetime == 60
-    _forget("ek_n")
+    sd.forget("ek_n")
 
 
 def test_constructor_refuses_unsafe_urls_and_empty_values():
@@ -263,6 +263,96 @@ def test_constructor_refuses_unsafe_urls_and_empty_values():
         TokenBroker("https://fleet.example.com/token", "", SECRET, timeout_s=1)
     tb = TokenBroker("https://fleet.example.com/token?x=secretquery", UNIT, Secret(SECRET), timeout_s=1)
     assert tb.url == "https://fleet.example.com/token" and SECRET not in repr(tb)
+
+
+@pytest.mark.parametrize("url", [
+    "https://fleet.example.com/token", "https://fleet.example.com:8443/t?x=1", "http://127.0.0.1:8080/t",
+    "http://127.9.8.7/t", "http://localhost/t", "http://[::1]:9/t",
+])
+def test_check_broker_url_accepts(url):
+    assert check_broker_url(url) is None
+    TokenBroker(url, UNIT, SECRET, timeout_s=1)  # the constructor agrees
+
+
+@pytest.mark.parametrize("url, needle", [
+    ("http://localhost.example.com/t", "loopback"),       # a prefix check accepted these
+    ("http://127.0.0.1@evil.example/t", "loopback"),
+    ("http://127.0.0.1.evil.example/t", "loopback"),
+    ("https://user:pw@b.example/t", "user info"),
+    ("https://@b.example/t", "user info"),
+    ("ftp://b.example/t", "https"),
+    ("https:///t", "https"),
+    ("", "https"),
+    ("https://b.example:99999/t", "not a valid URL"),
+    ("https://u:pw123456@b.example:abc/t?k=v", "not a valid URL"),
+    ("http://[::1/t", "not a valid URL"),
+])
+def test_check_broker_url_refuses(url, needle):
+    why = check_broker_url(url)
+    assert why and needle in why, why
+    assert "pw123456" not in why and "k=v" not in why and "pw@" not in why
+    with pytest.raises(ValueError) as exc:
+        TokenBroker(url, UNIT, SECRET, timeout_s=1)
+    assert str(exc.value) == why
+
+
+def test_error_detail_scrubs_the_unit_secret():
+    tb = TokenBroker("http://127.0.0.1:9/t", UNIT, SECRET, timeout_s=1)
+    detail = tb._error_detail(json.dumps({"error": {"message": f"bad secret {SECRET} for {UNIT}"}}).encode())
+    assert SECRET not in detail and "<redacted>" in detail and UNIT in detail
+
+
+# ---- the connect credential for the configured mode --------------------------------------
+def test_load_connect_secret_direct_mode():
+    cfg = parse_config({"realtime": {"url": "wss://api.example.com/v1/realtime"}})
+    key = load_connect_secret(cfg, {"VOXBOX_API_KEY": "sk-k", "VOXBOX_UNIT_SECRET": SECRET})
+    assert key.value == "sk-k" and key.source == "env:VOXBOX_API_KEY"
+    with pytest.raises(CredentialError, match="VOXBOX_API_KEY"):
+        load_connect_secret(cfg, {"VOXBOX_UNIT_SECRET": SECRET})
+    assert load_connect_secret(cfg, {}, required=False) == Secret("", "none")
+    local = parse_config({"realtime": {"url": "local"}})
+    assert load_connect_secret(local, {}).value == ""  # the local server needs no key
+
+
+def test_load_connect_secret_broker_mode(monkeypatch, tmp_path):
+    url = "https://fleet.example.com/token"
+    cfg = parse_config({"realtime": {"url": "local"}, "broker": {"url": url, "unit_id": UNIT}})
+    s = load_connect_secret(cfg, {"VOXBOX_API_KEY": "sk-k", "VOXBOX_UNIT_SECRET": SECRET})
+    assert s.value == SECRET and s.source == "env:VOXBOX_UNIT_SECRET"
+    # the unit secret is required even with url = "local"; the API key does not stand in
+    with pytest.raises(CredentialError, match="VOXBOX_UNIT_SECRET"):
+        load_connect_secret(cfg, {"VOXBOX_API_KEY": "sk-k"})
+    assert load_connect_secret(cfg, {"VOXBOX_API_KEY": "sk-k"}, required=False) == Secret("", "none")
+    # no broker.unit_id: the identity file must name the unit (when required)
+    no_id = parse_config({"broker": {"url": url}})
+    seen = []
+
+    def missing_identity(path=None):
+        seen.append(path)
+        raise CredentialError("no unit identity (set broker.unit_id or provision the unit)")
+
+    monkeypatch.setattr("voxbox.broker.load_unit_id", missing_identity)
+    with pytest.raises(CredentialError, match="no unit identity"):
+        load_connect_secret(no_id, {"VOXBOX_UNIT_SECRET": SECRET})
+    assert load_connect_secret(no_id, {"VOXBOX_UNIT_SECRET": SECRET}, required=False).value == SECRET
+    monkeypatch.setattr("voxbox.broker.load_unit_id", lambda: "vx-from-identity")
+    assert load_connect_secret(no_id, {"VOXBOX_UNIT_SECRET": SECRET}).value == SECRET
+
+
+def test_credential_source(monkeypatch):
+    key = Secret("sk-k", "env")
+    direct = credential_source(parse_config({}), key)
+    assert isinstance(direct, StaticKey) and run(direct.token()) is key
+    cfg = parse_config({"realtime": {"connect_timeout_s": 40, "model": "gpt-x", "dialect": "openai-beta"},
+                        "broker": {"url": "https://fleet.example.com/t", "unit_id": UNIT, "timeout_s": 3,
+                                   "refresh_margin_s": 10}})
+    tb = credential_source(cfg, Secret(SECRET, "env"))
+    assert isinstance(tb, TokenBroker) and tb.unit_id == UNIT and tb.timeout_s == 3
+    assert tb.refresh_margin_s == 45  # at least connect_timeout_s + 5
+    assert tb._fields == {"model": "gpt-x", "dialect": "openai-beta"}
+    monkeypatch.setattr("voxbox.broker.load_unit_id", lambda: "vx-from-identity")
+    cfg2 = parse_config({"broker": {"url": "https://fleet.example.com/t"}})
+    assert credential_source(cfg2, Secret(SECRET, "env")).unit_id == "vx-from-identity"
 
 
 # ---- TLS ----------------------------------------------------------------------------------
@@ -393,7 +483,7 @@ def test_broker_token_opens_a_local_realtime_session(tls_broker, pki, clocks):
         return first["type"], None
 
     async def go():
-        server = LocalRealtimeServer(api_key=tls_broker.as_expected_key())
+        server = LocalRealtimeServer(accept_key=tls_broker.accept)
         await server.start()
         try:
             tb = client(tls_broker, clocks, ca_file=pki.ca_file, refresh_margin_s=10)

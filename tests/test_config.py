@@ -102,3 +102,11 @@ def test_api_key_from_env_and_missing(tmp_path):
         load_api_key({"CREDENTIALS_DIRECTORY": str(tmp_path)})
     assert "VOXBOX_API_KEY" in str(e.value) and "LoadCredential" in str(e.value)
     assert load_api_key({}, required=False) == Secret("", "none")
+
+
+def test_broker_url_checked_by_the_rule_the_token_broker_applies():
+    assert parse_config({"broker": {"url": "http://[::1]:8/t"}}).broker.url
+    for bad in ("http://localhost.example.com/t", "http://127.0.0.1@evil.example/t",
+                "https://user:pw@b.example/t"):
+        with pytest.raises(ConfigError, match="broker.url"):
+            parse_config({"broker": {"url": bad}})

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voxbox.dsp import DspError, read_wav, write_wav
+from voxbox.dsp import DspError, read_wav
 from voxbox.harness import DaemonHarness
 from voxbox.recorder import CaptureRecorder
 from voxbox.speech import demo_utterance
+from voxbox.wavfile import write_wav
 
 from synth import speechlike
 
@@ -63,7 +64,7 @@ def test_dsp_rejects_bad_input_naming_it(tmp_path):
     write_wav(wrong_rate, np.zeros(1600, np.int16), 48000)
     with pytest.raises(DspError, match=r"--ref .*rate\.wav: expected 16000 Hz .*got 48000 Hz"):
         read_wav(wrong_rate, 16000, "--ref")
-    with pytest.raises(DspError, match=r"--mic .*nope\.wav: file not found"):
+    with pytest.raises(DspError, match=r"--mic .*nope\.wav: not found"):
         read_wav(tmp_path / "nope.wav", 16000, "--mic")
     p = voxbox("dsp", "--mic", str(ok), "--ref", str(wrong_rate), "--out", str(tmp_path / "o.wav"))
     assert p.returncode == 2 and "--ref" in p.stderr and "48000 Hz" in p.stderr

@@ -5,22 +5,19 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 
 import numpy as np
 import pytest
 
 from voxbox.harness import DaemonHarness
-from voxbox.speech import render_speech
+
+import synth
 
 pytestmark = pytest.mark.e2e
 
 
-def speech(text: str, lead_s: float = 0.2, tail_s: float = 1.0, voice: str = "en-us") -> np.ndarray:
-    x = render_speech(text, voice)
-    rng = np.random.default_rng(7)
-    sig = np.concatenate([np.zeros(int(16000 * lead_s)), x, np.zeros(int(16000 * tail_s))])
-    sig = sig + rng.normal(0, 20, sig.size)
-    return np.clip(sig, -32768, 32767).astype(np.int16)
+speech = partial(synth.speech, lead_s=0.2, seed=7)  # this file's lead and noise seed
 
 
 def types(h: DaemonHarness, conn: int = -1) -> list[str]:

@@ -9,16 +9,10 @@ import numpy as np
 import pytest
 
 from voxbox.harness import DaemonHarness
-from voxbox.speech import render_speech
+
+from synth import speech
 
 pytestmark = pytest.mark.e2e
-
-
-def speech(text: str) -> np.ndarray:
-    x = render_speech(text)
-    rng = np.random.default_rng(5)
-    sig = np.concatenate([x, np.zeros(16000)])
-    return np.clip(sig + rng.normal(0, 20, sig.size), -32768, 32767).astype(np.int16)
 
 
 Q = None

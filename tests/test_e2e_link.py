@@ -4,21 +4,19 @@ audio captured offline sent later, fatal auth retried slowly (real daemon, local
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import numpy as np
 import pytest
 
 from voxbox.harness import DaemonHarness
-from voxbox.speech import render_speech
+
+import synth
 
 pytestmark = pytest.mark.e2e
 
 
-def speech(text: str, lead_s: float = 0.0, tail_s: float = 1.0) -> np.ndarray:
-    x = render_speech(text)
-    rng = np.random.default_rng(3)
-    sig = np.concatenate([np.zeros(int(16000 * lead_s)), x, np.zeros(int(16000 * tail_s))])
-    return np.clip(sig + rng.normal(0, 20, sig.size), -32768, 32767).astype(np.int16)
+speech = partial(synth.speech, seed=3)  # this file's noise seed
 
 
 def tap_turn(h: DaemonHarness, sig: np.ndarray) -> dict:
@@ -137,7 +135,7 @@ def test_token_broker_mode_end_to_end(tmp_path):
         cfg = {"broker": {"url": broker.url, "unit_id": "VX-0001"},
                "realtime": {"url": "ws://127.0.0.1:1/v1/realtime"}}  # replaced below
         h = DaemonHarness(tmp_path, echo_db=None, config=cfg)
-        h.server = ServerThread(api_key=broker.as_expected_key())
+        h.server = ServerThread(accept_key=broker.accept)
         h.server.start()
         h.extra_config["realtime"] = {"url": h.server_url()}
         with h:

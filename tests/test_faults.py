@@ -9,6 +9,7 @@ import json
 import statistics
 import time
 
+import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -209,6 +210,16 @@ def test_audio_jitter_distributions_are_seeded():
         AudioJitter(dist="pareto")
 
 
+def test_audio_jitter_gap_and_draw_are_what_the_sender_uses():
+    j = AudioJitter(delay_s=0.01, jitter_s=0.05, dist="exponential", burst=3, gap_s=0.2, seed=9)
+    assert [j.gap_before(n) for n in range(8)] == [0.0, 0.0, 0.0, 0.2, 0.0, 0.0, 0.2, 0.0]
+    assert AudioJitter(burst=3).gap_before(3) == 0.0 and AudioJitter(gap_s=1.0).gap_before(3) == 0.0
+    server = LocalRealtimeServer(audio_jitter=j)             # not started: no loop needed
+    rng = np.random.default_rng(9)
+    assert [server.faults._jitter_delay() for _ in range(50)] == [j.draw(rng) for _ in range(50)]
+    assert AudioJitter(delay_s=0.2).draw(np.random.default_rng(0)) == 0.2    # no jitter: no draw
+
+
 def test_audio_burst_then_gap():
     async def go():
         server, ws, _ = await started(audio_jitter={"burst": 4, "gap_s": 0.4}, **FAST)
@@ -395,6 +406,39 @@ def test_max_session_duration_set_at_runtime_for_new_sessions():
         assert err["error"]["message"].endswith("0.5 seconds.")
         assert 0.4 <= time.monotonic() - t0 < 1.5
         assert (await closed_exc(ws)).rcvd.code == 1001
+        await server.stop()
+    run(go())
+
+
+def test_fault_settings_read_once_and_owned_by_the_fault_controls():
+    """The config's fault options seed ``server.faults``; from then on the connections read
+    the fault settings there only (a config replaced afterwards changes nothing), and the
+    runtime setters never touch ``server.config``."""
+    async def go():
+        cfg = LocalServerConfig(max_session_s=0.4, malformed_json_after_events=1, stall_after_events=50,
+                                stall_s=0.1, oversized_audio_delta_bytes=4096, unknown_event_every=1000)
+        server = LocalRealtimeServer(cfg)
+        f = server.faults
+        assert (f.max_session_s, f.malformed_json_after_events, f.stall_after_events, f.stall_s,
+                f.oversized_audio_delta_bytes, f.unknown_every) == (0.4, 1, 50, 0.1, 4096, 1000)
+        server.config = LocalServerConfig()       # not read by connections: faults stay armed
+        await server.start()
+        ws = await open_client(server)
+        created = await until(ws, "session.created")
+        assert created["session"]["expires_at"] <= time.time() + 1
+        with pytest.raises(json.JSONDecodeError):                  # malformed_json_after_events=1
+            json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert (await until(ws, "error", timeout=3))["error"]["code"] == "session_expired"
+        # set_max_session_s(None): the dialect's default, whatever the config said
+        f.set_max_session_s(None)
+        assert f.max_session_s is None and server.config.max_session_s is None
+        server.config = cfg
+        ws2 = await open_client(server)
+        created2 = await until(ws2, "session.created")
+        assert created2["session"]["expires_at"] >= time.time() + 3000   # GA: 60 min
+        f.set_max_session_s(0.5)
+        assert server.config is cfg and cfg.max_session_s == 0.4
+        await ws2.close()
         await server.stop()
     run(go())
 

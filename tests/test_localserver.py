@@ -20,9 +20,11 @@ from voxbox.localserver import (
     EnergyVad,
     LocalRealtimeServer,
     LocalServerConfig,
+    ServerRecord,
     ServerThread,
     SessionCore,
     classify_request,
+    speak_24k,
 )
 
 RATE = 24_000
@@ -232,6 +234,64 @@ def test_classify_request_table():
     assert beta_on_ga.fatal[1] == "beta_api_shape_disabled" and beta_on_ga.fatal[3] == 4000
     ga_only = classify_request("/v1/realtime?model=m", {**h, "openai-beta": "realtime=v1"}, openai_beta_allowed=False)
     assert ga_only.fatal[3] == 4000
+
+
+def test_classify_request_accept_key_predicate():
+    seen: list = []
+
+    def accept(key):
+        seen.append(key)
+        return key == "ek_good"
+
+    path = "/v1/realtime?model=m"
+    assert classify_request(path, {"authorization": "Bearer ek_good"}, accept_key=accept).fatal is None
+    bad = classify_request(path, {"authorization": "Bearer ek_other"}, accept_key=accept)
+    assert bad.fatal[1] == "invalid_api_key" and bad.fatal[3] == 3000
+    assert classify_request("/openai/v1/realtime?model=m", {"api-key": "ek_good"}, accept_key=accept).fatal is None
+    assert classify_request(path, {}, accept_key=accept).fatal[1] == "invalid_api_key"
+    assert seen == ["ek_good", "ek_other", "ek_good", None]       # the presented key, None if none
+    # with an expected key too, both must pass
+    assert classify_request(path, {"authorization": "Bearer ek_good"}, expected_key="k",
+                            accept_key=accept).fatal[1] == "invalid_api_key"
+    assert classify_request("/nope", {}, accept_key=accept).http_status == 404
+
+
+def test_accept_key_option_at_the_handshake():
+    from websockets.sync.client import connect as sync_connect
+
+    def first(ws):
+        return json.loads(ws.recv(timeout=5))
+
+    with ServerThread(accept_key=lambda k: k == "ek_1") as st:
+        with sync_connect(st.url, additional_headers={"Authorization": "Bearer ek_1"}) as ws:
+            assert first(ws)["type"] == "session.created"
+        with sync_connect(st.url, additional_headers={"Authorization": "Bearer ek_2"}) as ws:
+            ev = first(ws)
+            assert ev["type"] == "error" and ev["error"]["code"] == "invalid_api_key"
+
+
+def test_reconnect_time_is_the_first_session_created_after_a_time():
+    rec = ServerRecord()
+    a = rec._open("openai-ga", "/v1/realtime", "bearer")
+    a.server_events.append({"type": "session.created", "t": a.t_open + 0.01})
+    since = time.monotonic()
+    assert rec.reconnect_time(since) is None
+    b = rec._open("openai-ga", "/v1/realtime", "bearer")
+    assert rec.reconnect_time(since) is None                   # open, no session.created yet
+    b.server_events += [{"type": "x", "t": b.t_open}, {"type": "session.created", "t": since + 0.25}]
+    c = rec._open("openai-ga", "/v1/realtime", "bearer")
+    c.server_events.append({"type": "session.created", "t": since + 0.5})
+    assert rec.reconnect_time(since) == pytest.approx(0.25)
+    assert rec.connection(1).session_created_t() == since + 0.25
+
+
+def test_speak_24k_is_espeak_at_the_output_rate():
+    from voxbox.speech import render_speech
+
+    x = speak_24k("Hello there.")
+    src = render_speech("Hello there.")
+    assert x.dtype == np.int16 and abs(x.size - src.size * 3 // 2) <= 2
+    assert np.max(np.abs(x.astype(np.int32))) > 1000
 
 
 def test_energy_vad_honours_prefix_and_silence():
@@ -760,6 +820,33 @@ def test_server_thread_sync_use():
 
 def threading_drop(st: ServerThread) -> int:
     return st.drop_all_connections()
+
+
+def test_handshake_decisions_do_not_outlive_their_connections():
+    """A decision is taken by the handler; an upgrade the websockets layer rejects after
+    process_request (here: no Upgrade headers) leaves none behind once it is gone."""
+    import gc
+
+    async def go():
+        server, c, _ = await started("openai-ga")
+        assert len(server._decisions) == 0 and len(server._live) == 1
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(b"GET /v1/realtime?model=m HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), 5)
+        assert status.split()[1] in (b"400", b"426")
+        await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        for _ in range(50):
+            gc.collect()
+            if len(server._decisions) == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert len(server._decisions) == 0
+        assert len(server.record.connections()) == 1              # the handler never ran
+        await c.close()
+        await server.stop()
+    run(go())
 
 
 # ---------------------------------------------------------------------------------------

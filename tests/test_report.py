@@ -311,3 +311,38 @@ def test_every_logged_field_is_documented():
     doc = (REPO / "docs" / "journald.md").read_text()
     undocumented = sorted(f for f in fields if f not in doc)
     assert not undocumented, f"document these journal fields in docs/journald.md: {undocumented}"
+
+
+def test_packages_follow_the_installed_metadata(monkeypatch):
+    """versions.json lists voxbox's own declared dependencies, not a hand-kept list."""
+    import importlib.metadata
+
+    declared = importlib.metadata.requires("voxbox")
+    pkgs = report.PACKAGES
+    assert pkgs[0] == "voxbox" and {"jsonschema", "tqdm", "lgpio", "numpy", "systemd-python"} <= set(pkgs)
+    assert not {"pytest", "openai", "pesq"} & set(pkgs)  # test and bench extras are not the unit's
+    assert all(not re.search(r"[<>=!;\[ ]", p) for p in pkgs) and len(set(pkgs)) == len(pkgs)
+    assert all(any(r.startswith(p) for r in declared) for p in pkgs[1:])
+
+    def fake(dist):
+        assert dist == "voxbox"
+        return ['numpy>=1.26', 'foo-bar[x,y] (>=2); python_version >= "3.11"', "Baz_Q==1",
+                'lgpio>=0.2; extra == "pi"', 'pytest>=8; extra == "test"', 'numpy; extra == "pi"']
+
+    monkeypatch.setattr(importlib.metadata, "requires", fake)
+    assert report._runtime_packages() == ("voxbox", "numpy", "foo-bar", "Baz_Q", "lgpio")
+
+    def missing(dist):
+        raise importlib.metadata.PackageNotFoundError(dist)
+
+    monkeypatch.setattr(importlib.metadata, "requires", missing)
+    assert report._runtime_packages() == report._FALLBACK_PACKAGES
+    monkeypatch.setattr(importlib.metadata, "requires", lambda dist: None)
+    assert report._runtime_packages() == report._FALLBACK_PACKAGES
+
+
+def test_selftest_state_file_comes_from_the_state_directory(tmp_path):
+    from voxbox import sd, selftest
+
+    assert report.SELFTEST_STATE_FILE == selftest.STATE_FILE
+    assert sd.state_dir({"STATE_DIRECTORY": f"{tmp_path}:/other"}) == tmp_path

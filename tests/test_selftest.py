@@ -230,6 +230,141 @@ def test_network_http_401_is_auth():
     assert r.result == "FAIL" and "auth: HTTP 401" in r.hint and r.details["http_status"] == 401
 
 
+def test_network_fatal_answers_follow_the_daemon_rule():
+    """Error codes in session.FATAL_ERROR_CODES and close 3000/4000 are marked fatal."""
+    from voxbox.localserver import ServerThread
+
+    s = ServerThread(openai_beta_allowed=False)  # a GA-only endpoint: beta shape -> error, close 4000
+    s.start()
+    try:
+        cfg = parse_config({"realtime": {"url": f"ws://127.0.0.1:{s.port}/v1/realtime",
+                                         "dialect": "openai-beta"}})
+        r = selftest.check_network(cfg, {"VOXBOX_API_KEY": KEY})
+    finally:
+        s.stop()
+    assert r.result == "FAIL" and r.hint.startswith("refused: beta_api_shape_disabled"), r
+    assert r.details["code"] == "beta_api_shape_disabled" and r.details["fatal"] is True
+    s = ServerThread(api_key=KEY)
+    s.start()
+    try:
+        cfg = parse_config({"realtime": {"url": f"ws://127.0.0.1:{s.port}/v1/realtime"}})
+        r = selftest.check_network(cfg, {"VOXBOX_API_KEY": "sk-wrong-key-9876543210"})
+    finally:
+        s.stop()
+    assert r.hint.startswith("auth") and r.details["fatal"] is True, r
+    assert selftest.FATAL_CLOSE_CODES == {3000, 4000}
+
+
+@pytest.mark.parametrize("code, fatal, needle", [(3000, True, "auth: closed 3000"),
+                                                  (4000, True, "closed 4000 (invalid model"),
+                                                  (1011, False, "connection closed (1011)")])
+def test_network_close_codes(code, fatal, needle):
+    """A close without an error event: 3000/4000 are fatal (the daemon's _fatal_close rule)."""
+    import asyncio
+
+    from websockets.asyncio.server import serve
+
+    async def main():
+        async def handler(ws):
+            await ws.close(code, "bye")
+
+        async with serve(handler, "127.0.0.1", 0) as srv:
+            port = srv.sockets[0].getsockname()[1]
+            return await selftest._probe(f"ws://127.0.0.1:{port}/v1/realtime", {}, 5.0)
+
+    result, cause, _, det = asyncio.run(main())
+    assert result == "FAIL" and cause.startswith(needle), cause
+    assert det["close_code"] == code and det["fatal"] is fatal
+
+
+UNIT_ID = "vx-0042"
+UNIT_SECRET = "unit-secret-selftest-Zq8wYq3L"
+
+
+def test_network_in_token_broker_mode():
+    """Only the unit secret is provisioned: the check gets a token from the broker and
+    connects with it (the service accepts exactly the tokens the broker issued)."""
+    from voxbox.brokerserver import BrokerServer
+    from voxbox.localserver import ServerThread
+
+    with BrokerServer({UNIT_ID: UNIT_SECRET}, ttl_s=600) as broker:
+        service = ServerThread(accept_key=broker.accept)
+        service.start()
+        try:
+            cfg = parse_config({"realtime": {"url": f"ws://127.0.0.1:{service.port}/v1/realtime"},
+                                "broker": {"url": broker.url, "unit_id": UNIT_ID}})
+            ok = selftest.check_network(cfg, {"VOXBOX_UNIT_SECRET": UNIT_SECRET})
+            assert ok.result == "PASS" and ok.details["session_id"], ok
+            assert broker.count == 1 and broker.requests[0].unit_id == UNIT_ID
+            assert ok.details["broker"] == broker.url and ok.details["key_source"] == "env:VOXBOX_UNIT_SECRET"
+            text = json.dumps(selftest.to_json([ok]))
+            assert UNIT_SECRET not in text and all(t not in text for t in broker.issued)
+            # the account key alone does not do in broker mode
+            none = selftest.check_network(cfg, {"VOXBOX_API_KEY": KEY})
+            assert none.result == "FAIL" and none.hint.startswith("unprovisioned") \
+                and "VOXBOX_UNIT_SECRET" in none.hint, none
+            # a refused unit secret: fatal, and no connection was tried
+            conns = len(service.record.connections())
+            bad = selftest.check_network(cfg, {"VOXBOX_UNIT_SECRET": "wrong-" + UNIT_SECRET})
+            assert bad.result == "FAIL" and bad.hint.startswith("broker:") and "HTTP 401" in bad.hint, bad
+            assert bad.details["fatal"] is True and bad.details["broker_status"] == 401
+            assert "wrong-" + UNIT_SECRET not in json.dumps(selftest.to_json([bad]))
+            # a broker in trouble: transient
+            broker.fail_status = 503
+            down = selftest.check_network(cfg, {"VOXBOX_UNIT_SECRET": UNIT_SECRET})
+            assert down.result == "FAIL" and "HTTP 503" in down.hint and down.details["fatal"] is False, down
+            assert len(service.record.connections()) == conns
+        finally:
+            service.stop()
+        # the service refuses the broker's token
+        broker.fail_status = None
+        other = ServerThread(api_key="sk-only-this-key")
+        other.start()
+        try:
+            cfg = parse_config({"realtime": {"url": f"ws://127.0.0.1:{other.port}/v1/realtime"},
+                                "broker": {"url": broker.url, "unit_id": UNIT_ID}})
+            r = selftest.check_network(cfg, {"VOXBOX_UNIT_SECRET": UNIT_SECRET})
+        finally:
+            other.stop()
+        assert r.result == "FAIL" and r.hint.startswith("auth: the service rejected the broker token"), r
+
+
+def test_network_broker_mode_without_unit_id(monkeypatch):
+    from voxbox.credentials import CredentialError
+
+    def no_identity(path=None):
+        raise CredentialError("no unit identity (set broker.unit_id or provision the unit)")
+
+    monkeypatch.setattr("voxbox.broker.load_unit_id", no_identity)
+    cfg = parse_config({"realtime": {"url": "local"}, "broker": {"url": "http://127.0.0.1:9/t"}})
+    r = selftest.check_network(cfg, {"VOXBOX_UNIT_SECRET": UNIT_SECRET})
+    assert r.result == "FAIL" and "no unit identity" in r.hint, r
+
+
+def test_pink_noise_is_the_shared_generator():
+    """The burst is speech.pink_noise band-limited, faded, at NOISE_DBFS RMS."""
+    from voxbox.speech import pink_noise
+
+    n = 48000
+    x = selftest._pink(n, -20.0)
+    assert abs(20 * np.log10(np.sqrt(np.mean(x**2)) / 32768) + 20.0) < 1e-9
+    ref = pink_noise(n, -20.0, 1, rate=16000, band=(200.0, 7000.0))
+    mid = slice(320, n - 320)  # outside the 20 ms fades only the gain differs
+    g = np.dot(x[mid], ref[mid]) / np.dot(ref[mid], ref[mid])
+    assert np.allclose(x[mid], g * ref[mid]) and abs(g - 1) < 0.01
+    assert abs(x[0]) < abs(ref[0]) * 0.01 + 1e-9 and abs(x[-1]) < abs(ref[-1]) * 0.01 + 1e-9
+    spec = np.abs(np.fft.rfft(ref))
+    f = np.fft.rfftfreq(n, 1 / 16000)
+    assert spec[(f > 0) & (f < 200)].max() < 1e-6 and spec[f > 7000].max() < 1e-6
+
+
+def test_shared_constants():
+    from voxbox import cli, report
+
+    assert selftest.EXIT_CONFIG is cli.EXIT_CONFIG == 78
+    assert report.SELFTEST_STATE_FILE == selftest.STATE_FILE == "selftest.json"
+
+
 # -- button and LED -------------------------------------------------------------------------
 def _mock_factory():
     from gpiozero.pins.mock import MockFactory, MockPWMPin

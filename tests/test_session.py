@@ -147,3 +147,18 @@ def test_interrupt_never_truncates_past_received_and_deletes_unheard():
     res2 = s2.interrupt({}, cancel=False)
     msgs = [json.loads(m) for m in s2.data_to_send()]
     assert [m["type"] for m in msgs] == ["conversation.item.delete"] and res2.deleted == ["a1"]
+
+
+@pytest.mark.parametrize("dialect, part_type", [("openai-ga", "output_text"), ("openai-beta", "text"),
+                                                ("azure-voicelive", "text")])
+def test_add_text_item_content_types_per_dialect(dialect, part_type):
+    s = RealtimeSession(rt(dialect=dialect))
+    s.add_text_item("user", "hello")
+    s.add_text_item("assistant", "hi there")
+    user, assistant = (json.loads(m) for m in s.data_to_send())
+    assert user["type"] == assistant["type"] == "conversation.item.create"
+    assert user["item"]["content"] == [{"type": "input_text", "text": "hello"}]
+    assert assistant["item"] == {"type": "message", "role": "assistant",
+                                 "content": [{"type": part_type, "text": "hi there"}]}
+    with pytest.raises(ValueError, match="role"):
+        s.add_text_item("system", "x")

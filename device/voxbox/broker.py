@@ -75,16 +75,19 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import socket
 import ssl
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from voxbox import __version__, sd
-from voxbox.config import read_toml
-from voxbox.credentials import CredentialError, Secret, load_credential
+from voxbox.credentials import CredentialError, Secret, load_api_key, load_credential
+
+if TYPE_CHECKING:  # voxbox.config imports check_broker_url from here: no import at run time
+    from voxbox.config import Config
 
 log = logging.getLogger("voxbox.broker")
 
@@ -140,6 +143,8 @@ def load_unit_id(path: Path | str = DEFAULT_IDENTITY_PATH) -> str:
     Raises:
         CredentialError: the file is missing, unreadable, not TOML or has no serial.
     """
+    from voxbox.config import read_toml  # here, not at module level: config imports this module
+
     path = Path(path)
     data = read_toml(path, "unit identity", CredentialError,
                      missing="no unit identity (set broker.unit_id or provision the unit)")
@@ -147,6 +152,81 @@ def load_unit_id(path: Path | str = DEFAULT_IDENTITY_PATH) -> str:
     if not isinstance(serial, str) or not serial.strip():
         raise CredentialError(f"{path}: unit identity has no serial")
     return serial.strip()
+
+
+def load_connect_secret(cfg: Config, environ: Mapping[str, str] | None = None,
+                        required: bool = True) -> Secret:
+    """The credential the unit connects with, for the configured mode.
+
+    - Token-broker mode (``broker.url`` set): the per-unit secret (:func:`load_unit_secret`).
+      With ``required``, a missing secret raises, and so does a missing unit id when
+      ``broker.unit_id`` is empty (:func:`load_unit_id` reads ``identity.toml``), checked
+      first: a secret without an id cannot get a token.
+    - Otherwise: the Realtime API key (:func:`voxbox.credentials.load_api_key`). With
+      ``required`` it raises when missing, except for ``realtime.url = "local"`` (the local
+      server needs no key).
+
+    With ``required=False`` (the daemon polling for a credential delivered later) nothing
+    missing raises: the result is then an empty ``Secret("", "none")``. Never returns None.
+
+    Raises:
+        CredentialError: see above; also an empty or unreadable credential file (always).
+    """
+    env = None if environ is None else dict(environ)
+    if cfg.broker.url:
+        if required and not cfg.broker.unit_id:
+            load_unit_id()  # raises naming /etc/voxbox/identity.toml
+        return load_unit_secret(env, required=required)
+    return load_api_key(env, required=required and cfg.realtime.url != "local")
+
+
+def credential_source(cfg: Config, secret: Secret) -> StaticKey | TokenBroker:
+    """What to connect with, as one interface (``await .token()``, ``.invalidate()``,
+    ``.fresh``): ``secret`` as is (:class:`StaticKey`), or in token-broker mode a
+    :class:`TokenBroker` for ``broker.url`` that holds ``secret`` as the unit secret and asks
+    for a token per session (unit id ``broker.unit_id``, else :func:`load_unit_id`).
+
+    The broker's refresh margin is at least ``realtime.connect_timeout_s + 5`` so a cached
+    token cannot expire during a handshake; the request carries ``model`` (the deployment
+    when set) and ``dialect``. Nothing is fetched here.
+
+    Raises:
+        CredentialError: broker mode, no ``broker.unit_id`` and no usable identity file.
+        ValueError: broker mode with an unusable URL (:func:`check_broker_url`), an empty
+            secret or unit id.
+    """
+    b = cfg.broker
+    if not b.url:
+        return StaticKey(secret)
+    rt = cfg.realtime
+    return TokenBroker(b.url, b.unit_id or load_unit_id(), secret,
+                       timeout_s=b.timeout_s, ca_file=b.ca_file or None,
+                       refresh_margin_s=max(b.refresh_margin_s, rt.connect_timeout_s + 5),
+                       request_fields={"model": rt.deployment or rt.model, "dialect": rt.dialect})
+
+
+def check_broker_url(url: str) -> str | None:
+    """Why ``url`` cannot be a token-broker URL, or None when it can. Pure (no I/O).
+
+    The rule :class:`TokenBroker` enforces (and the configuration validates with): scheme
+    ``https``, or ``http`` only to a loopback host (``localhost``, 127.0.0.0/8, ``::1``);
+    a host; a valid port; no user info (it would be a second secret, in clear in the
+    config). The message names the URL without user info or query.
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+        shown = _public_url(url)
+    except ValueError as exc:
+        shown = re.sub(r"//[^/?#@]*@", "//", re.split(r"[?#]", url, maxsplit=1)[0])
+        return f"broker url {shown!r} is not a valid URL: {exc}"
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return f"broker url must be https://host/...: {shown!r}"
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        return f"broker url {shown}: plain http is allowed only to a loopback address"
+    if parts.username is not None or parts.password is not None:
+        return f"broker url {shown}: user info in the URL is not allowed"
+    return None
 
 
 def _public_url(url: str) -> str:
@@ -222,14 +302,11 @@ class TokenBroker:
                  wall_clock: Callable[[], float] = time.time,
                  refresh_margin_s: float = 30.0,
                  request_fields: Mapping[str, Any] | None = None):
+        problem = check_broker_url(url)
+        if problem:
+            raise ValueError(problem)
         parts = urlsplit(url)
         self.url = _public_url(url)
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise ValueError(f"broker url must be https://host/...: {self.url!r}")
-        if parts.scheme == "http" and not _is_loopback(parts.hostname):
-            raise ValueError(f"broker url {self.url}: plain http is allowed only to a loopback address")
-        if parts.username or parts.password:
-            raise ValueError(f"broker url {self.url}: user info in the URL is not allowed")
         if not unit_id:
             raise ValueError("broker: empty unit_id")
         secret = unit_secret if isinstance(unit_secret, Secret) else Secret(unit_secret, "argument")
@@ -289,7 +366,7 @@ class TokenBroker:
         # the last REDACT_KEEP tokens registered (older ones have long expired).
         self._redacted.append(value)
         while len(self._redacted) > REDACT_KEEP:
-            _forget(self._redacted.pop(0))
+            sd.forget(self._redacted.pop(0))
 
     async def token(self) -> Secret:
         """A Realtime token valid for at least the refresh margin, from cache or the broker.
@@ -382,8 +459,8 @@ class TokenBroker:
             if isinstance(err, dict):
                 err = err.get("message") or err.get("code")
             text = str(err or obj.get("message") or "")
-        text = " ".join(text.split())[:120]
-        return text.replace(self._secret.value, "<redacted>")
+        # the unit secret was registered with sd.redact in __init__, tokens before logging
+        return sd.scrub(" ".join(text.split())[:120])
 
     def _parse(self, data: bytes, date: str | None, status: int) -> tuple[str, float]:
         try:
@@ -409,15 +486,7 @@ class TokenBroker:
                 server_now = None
         lifetime = float(expires_at) - (server_now if server_now is not None else self._wall())
         if lifetime <= 0:
-            _forget(value)
+            sd.forget(value)
             raise BrokerError(self.url, f"token already expired (expires_at {expires_at})", status=status)
         return value, lifetime
 
-
-def _forget(value: str) -> None:
-    """Stop scrubbing an old token from log records (sd keeps a list that each record is
-    scanned against; one token per session would make it grow for the unit's lifetime)."""
-    try:
-        sd._SECRETS.remove(value)  # noqa: SLF001 - sd has no public "forget"
-    except ValueError:
-        pass

@@ -12,8 +12,9 @@ plus a ``Date`` header), counts requests and can be told to fail:
 - ``ttl_s`` sets the token lifetime; ``clock`` (unix seconds) is the broker's clock.
 
 Tokens it issued are checked with :meth:`BrokerServer.accept` (issued and not expired at the
-broker's clock), the check a Realtime service makes at the WebSocket handshake.
-:meth:`BrokerServer.as_expected_key` wraps it for ``voxbox.localserver`` (see there).
+broker's clock), the check a Realtime service makes at the WebSocket handshake: pass it
+to the local Realtime server as ``LocalServerConfig.accept_key``
+(``ServerThread(accept_key=broker.accept)``).
 """
 
 from __future__ import annotations
@@ -188,12 +189,6 @@ class BrokerServer:
             exp = self.state.issued.get(token)
         return exp is not None and self.state.clock() < exp
 
-    def as_expected_key(self) -> "AcceptingKey":
-        """An object to pass as ``voxbox.localserver.LocalServerConfig.api_key`` so that the
-        local Realtime server accepts exactly the tokens this broker issued (see
-        :class:`AcceptingKey`)."""
-        return AcceptingKey(self.accept)
-
     @property
     def url(self) -> str:
         if self._httpd is None:
@@ -230,30 +225,6 @@ class BrokerServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-class AcceptingKey:
-    """Stands in for the expected key of ``voxbox.localserver`` and matches any token the
-    predicate accepts.
-
-    ``localserver.classify_request`` rejects when ``presented != expected_key``; for a
-    ``str`` on the left that comparison falls back to this object's ``__ne__``. A stopgap
-    until the local server has an ``accept_key`` predicate option of its own.
-    """
-
-    def __init__(self, accept: Callable[[str | None], bool]):
-        self._accept = accept
-
-    def __eq__(self, other: object) -> bool:
-        return (other is None or isinstance(other, str)) and self._accept(other)  # type: ignore[arg-type]
-
-    def __ne__(self, other: object) -> bool:
-        return not self.__eq__(other)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return "AcceptingKey(<predicate>)"
 
 
 @dataclass(frozen=True)

@@ -30,28 +30,24 @@ def _load(path: Path) -> Config:
 
 
 def _preflight(cfg: Config, *, allow_unprovisioned: bool = False):
-    """Everything that can be checked before touching audio. Returns the API key (an
-    empty Secret when ``allow_unprovisioned`` and there is none yet: the daemon then runs
+    """Everything that can be checked before touching audio. Returns the credential
+    (:func:`voxbox.broker.load_connect_secret`: the API key, or the unit secret in
+    token-broker mode; an empty Secret when ``allow_unprovisioned`` and there is none yet: the daemon then runs
     in the ``unprovisioned`` state and waits for the credential).
 
     Raises:
         ConfigError / CredentialError / AudioDeviceError naming the problem.
     """
-    from voxbox.credentials import CredentialError, Secret, load_api_key
+    from voxbox.broker import load_connect_secret
+    from voxbox.credentials import CredentialError, Secret
     from voxbox.dialects import check_features
 
     log = logging.getLogger("voxbox")
     for warning in check_features(cfg.realtime):  # raises UnsupportedFeature naming the key
         log.warning("%s", warning, extra={"VOXBOX_EVENT": "config_warning"})
     try:
-        if cfg.broker.url:  # token-broker mode: the unit holds its own secret, not the key
-            from voxbox.broker import load_unit_id, load_unit_secret
-
-            if not cfg.broker.unit_id:
-                load_unit_id()  # raises naming /etc/voxbox/identity.toml
-            key = load_unit_secret(required=True)
-        else:
-            key = load_api_key(required=cfg.realtime.url != "local")
+        # the API key, or in token-broker mode the unit's own secret (and its unit id)
+        key = load_connect_secret(cfg, required=True)
     except CredentialError as exc:
         if not allow_unprovisioned:
             raise

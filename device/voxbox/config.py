@@ -250,9 +250,11 @@ class Broker(_Section):
 
     @model_validator(mode="after")
     def _url(self) -> "Broker":
-        if self.url and not self.url.startswith(("https://", "http://127.", "http://localhost",
-                                                 "http://[::1]")):
-            raise ValueError(f"broker.url must start with https:// (http:// only to loopback), got {self.url!r}")
+        from voxbox.broker import check_broker_url  # the rule TokenBroker applies
+
+        why = check_broker_url(self.url) if self.url else None
+        if why:
+            raise ValueError(f"broker.url: {why}")
         return self
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import soxr
 
-from voxbox import __version__
+from voxbox import __version__, sd
 from voxbox.config import Config
 from voxbox.conversation import (UPLINK_STATES, Action, ClearInput, Conversation, Earcon, EndPushToTalk,
                                  Interrupt, PauseReply, Prompt, ResetWake, ResumeReply, SetMuted,
@@ -41,7 +41,7 @@ from voxbox.jitter import JitterBuffer, PullResult
 from voxbox.led import pattern_for
 from voxbox.ring import FrameQueue, SampleRing
 from voxbox.sd import Notifier
-from voxbox.session import (AudioDelta, AudioDone, FunctionCallRequested, InputCommitted, ProtocolError, RealtimeSession,
+from voxbox.session import (FATAL_CLOSE_CODES, AudioDelta, AudioDone, FunctionCallRequested, InputCommitted, ProtocolError, RealtimeSession,
                             ResponseDone, ResponseStarted, ServerError, SessionCreated,
                             SessionReady, SpeechStarted, SpeechStopped, TranscriptDone,
                             UserTranscript)
@@ -122,7 +122,7 @@ class Daemon:
                                  resume_false_interruptions=cc.resume_false_interruptions,
                                  min_interruption_ms=cc.min_interruption_ms,
                                  barge_in_on_speech=cfg.realtime.turn_detection.interrupt_response)
-        self._state_path = Path(os.environ.get("STATE_DIRECTORY", "/var/lib/voxbox").split(":")[0]) / cc.state_file
+        self._state_path = sd.state_dir() / cc.state_file
         self._ptt_samples = 0  # uplink samples streamed in the current push-to-talk hold
         self._ptt_voiced_frames = 0  # capture periods above VOICE_DBFS during the hold
         # earcons: the playback thread mixes the current cue into the reply (whole frames)
@@ -244,13 +244,13 @@ class Daemon:
                         extra={"VOXBOX_EVENT": "recording"})
             return
         rec = self.recorder.snapshot()
-        state_dir = os.environ.get("STATE_DIRECTORY", "/var/lib/voxbox").split(":")[0]
-        directory = Path(state_dir) / "recordings"
+        state_dir = sd.state_dir()
+        directory = state_dir / "recordings"
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         settings = None if self.frontend is None else dataclasses.asdict(self.frontend.settings)
 
         def write() -> None:
-            from voxbox.dsp import write_wav
+            from voxbox.wavfile import write_wav
 
             directory.mkdir(parents=True, exist_ok=True)
             base = directory / f"voxbox-{stamp}"
@@ -779,7 +779,8 @@ class Daemon:
         from voxbox.localserver import ServerThread
 
         if self.server is None:
-            self.server = ServerThread(api_key=self.api_key.value or None)
+            # in broker mode the unit presents broker tokens, not its secret: accept any key
+            self.server = ServerThread(api_key=None if self.cfg.broker.url else (self.api_key.value or None))
             self.server.start()
         return self.server.client_url(self.cfg.realtime.dialect)
 
@@ -793,39 +794,25 @@ class Daemon:
         return not self.api_key.value and (self.cfg.realtime.url != "local" or bool(self.cfg.broker.url))
 
     def _credentials(self):
-        """What to connect with: the API key as is, or a token broker (token per session)."""
+        """What to connect with: the API key as is, or a token broker (token per session);
+        see :func:`voxbox.broker.credential_source`."""
         if self._keys is None:
-            b = self.cfg.broker
-            if b.url:
-                from voxbox.broker import TokenBroker, load_unit_id
+            from voxbox.broker import credential_source
 
-                rt = self.cfg.realtime
-                self._keys = TokenBroker(b.url, b.unit_id or load_unit_id(), self.api_key,
-                                         timeout_s=b.timeout_s, ca_file=b.ca_file or None,
-                                         refresh_margin_s=max(b.refresh_margin_s, rt.connect_timeout_s + 5),
-                                         request_fields={"model": rt.deployment or rt.model,
-                                                         "dialect": rt.dialect})
-            else:
-                from voxbox.broker import StaticKey
-
-                self._keys = StaticKey(self.api_key)
+            self._keys = credential_source(self.cfg, self.api_key)
         return self._keys
 
     async def _wait_for_credential(self) -> None:
         """Unprovisioned: look for the credential every CREDENTIAL_POLL_S seconds (the
         first-boot service or an installer may deliver it while the unit runs)."""
-        from voxbox.credentials import CredentialError, load_api_key
+        from voxbox.broker import load_connect_secret
+        from voxbox.credentials import CredentialError
         from voxbox.sd import redact
 
         while self._unprovisioned():
             await asyncio.sleep(CREDENTIAL_POLL_S)
             try:
-                if self.cfg.broker.url:
-                    from voxbox.broker import load_unit_secret
-
-                    key = load_unit_secret(required=False)
-                else:
-                    key = load_api_key(required=False)
+                key = load_connect_secret(self.cfg, required=False)
             except CredentialError as exc:
                 log.warning("%s", exc, extra={"VOXBOX_EVENT": "unprovisioned"})
                 continue
@@ -1298,4 +1285,4 @@ def _close_cause(exc) -> str:
 
 def _fatal_close(exc) -> bool:
     rcvd = getattr(exc, "rcvd", None)
-    return rcvd is not None and rcvd.code in (3000, 4000)
+    return rcvd is not None and rcvd.code in FATAL_CLOSE_CODES

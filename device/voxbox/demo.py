@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from voxbox.harness import DaemonHarness
-from voxbox.speech import write_wav as _write_wav
+from voxbox.wavfile import write_wav as _write_wav
 
 
 def _first(h: DaemonHarness, event: str, after: float = 0.0) -> dict | None:
@@ -49,13 +49,12 @@ def run_demo(out_dir: Path = Path("out/demo"), dialect: str = "openai-ga", echo_
             time.sleep(0.3)
             h.stop_daemon()
             spk = h.speaker
-            played = spk.samples
+            played, times = spk.snapshot()  # times: consume time of every sample received
             _write_wav(out_dir / "speaker.wav", played, spk.rate)
             t_first_play = spk.first_nonsilent_time()
             reply_path = out_dir / "reply.wav"
             start = stop = 0
             if t_first_play is not None:
-                times = spk.times  # consume time of every sample the speaker received
                 start = max(0, int(np.searchsorted(times, t_first_play)) - spk.rate // 10)
                 stop = min(len(played), int(np.searchsorted(times, end["VOXBOX_T"] + 0.3)))
                 _write_wav(reply_path, played[start:stop], spk.rate)

@@ -55,8 +55,6 @@ def build_frontend(cfg: Config, wake_tap: str | None = None):
         return None
     from voxbox.frontend import CaptureFrontEnd
 
-    if wake_tap is None:
-        return CaptureFrontEnd(frontend_settings(cfg))
     return CaptureFrontEnd(frontend_settings(cfg), wake_tap=wake_tap)
 
 
@@ -68,20 +66,15 @@ def read_wav(path: Path, rate: int, what: str) -> np.ndarray:
             Hz; the message names ``what`` (the option) and the file.
     """
     try:
-        w = wavfile.read_wav(path, f"{what} {path}")
+        x, got = wavfile.read_pcm16_mono(path, f"{what} {path}")
     except wavfile.WavError as exc:
-        raise DspError(str(exc).replace(": not found", ": file not found")) from None
-    if w.width != 2:
-        raise DspError(f"{what} {path}: expected 16-bit PCM, got {8 * w.width}-bit samples")
-    if w.channels != 1:
-        raise DspError(f"{what} {path}: expected mono, got {w.channels} channels")
-    if w.rate != rate:
-        raise DspError(f"{what} {path}: expected {rate} Hz (audio.capture_rate), got {w.rate} Hz; "
+        raise DspError(str(exc)) from None
+    if got != rate:
+        raise DspError(f"{what} {path}: expected {rate} Hz (audio.capture_rate), got {got} Hz; "
                        f"convert with: sox IN -r {rate} -c 1 -b 16 OUT.wav")
-    return w.pcm[:, 0].copy()
+    return x
 
 
-write_wav = wavfile.write_wav
 
 
 def run_frontend(frontend, mic: np.ndarray, ref: np.ndarray, block: int) -> np.ndarray:
@@ -141,7 +134,7 @@ def cmd_dsp(args: argparse.Namespace) -> int:
         if fe is not None:
             fe.close()
     cpu = time.process_time() - t0
-    write_wav(args.out, out, rate)
+    wavfile.write_wav(args.out, out, rate)
     secs = mic.shape[0] / rate
     erle = _erle_db(mic, out, ref, rate, latency)
     summary = {

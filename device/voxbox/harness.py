@@ -88,10 +88,12 @@ class DaemonHarness:
         self.state_dir = self.workdir / "state"
 
     # ------------------------------------------------------------------ set-up
-    def start_server(self) -> None:
+    def start_server(self, port: int = 0) -> None:
+        """Start the local server (``server_options``, the harness's key) on ``port`` (0: any
+        free port); also to bring it back on the same port after ``server.stop()``."""
         from voxbox.localserver import ServerThread
 
-        self.server = ServerThread(api_key=self.api_key, **self.server_options)
+        self.server = ServerThread(api_key=self.api_key, port=port, **self.server_options)
         self.server.start()
 
     def server_url(self) -> str:

@@ -42,6 +42,7 @@ import random
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from typing import Any, Callable, Iterable, Mapping
@@ -131,8 +132,13 @@ def classify_request(
     *,
     expected_key: str | None = None,
     openai_beta_allowed: bool = True,
+    accept_key: Callable[[str | None], bool] | None = None,
 ) -> HandshakeDecision:
     """Decide dialect, auth and fatal handshake errors. ``headers`` keys are lower-case.
+
+    The presented key (bearer token or ``api-key``; None if neither) is rejected when it
+    differs from ``expected_key`` (if given) or when ``accept_key`` (if given) returns false
+    for it, e.g. a token broker's check of the tokens it issued.
 
     Sources: digest table "Dialects, URLs and auth"; fatal handshakes ("HTTP 101, then an
     error and close 3000 (invalid_api_key) or 4000 (invalid_model, beta_api_shape_disabled)").
@@ -169,7 +175,8 @@ def classify_request(
         return HandshakeDecision(http_status=404, http_body=f"Unknown path {route}")
 
     base = HandshakeDecision(dialect=dialect, model=model, auth=auth)
-    if expected_key is not None and presented != expected_key:
+    if (expected_key is not None and presented != expected_key) or (
+            accept_key is not None and not accept_key(presented)):
         # Observed on api.openai.com: HTTP 101, then error invalid_api_key, close 3000.
         return replace(base, fatal=(
             "invalid_request_error", "invalid_api_key",
@@ -192,6 +199,9 @@ def classify_request(
 @dataclass
 class LocalServerConfig:
     api_key: str | None = None                 # None: accept any or no key
+    # A predicate on the presented key (None if no key was presented): False rejects the
+    # handshake like a wrong api_key (e.g. ``BrokerServer.accept``). None: no check.
+    accept_key: Callable[[str | None], bool] | None = None
     max_session_s: float | None = None         # None: dialect default (GA 60 min, beta 30 min)
     openai_beta_allowed: bool = True           # False: beta header on /v1/realtime -> close 4000
     seed: int = 0                              # pacing / chunking RNG
@@ -210,7 +220,8 @@ class LocalServerConfig:
     # Scripted reply audio (benchmarks): 24 kHz int16 clips; a reply to audio input speaks
     # the next clip (in turn, per connection) instead of parroting the input back.
     reply_audio: list | None = None
-    # ---- fault injection (see ``FaultControls`` for the runtime controls and the wire) ----
+    # ---- fault injection (and max_session_s): read once into ``FaultControls``
+    # (``server.faults``), their only owner at run time; see there for the wire ----
     drop_after_events: int | None = None       # abort every connection (no close frame) after N events
     audio_jitter: "AudioJitter | dict | None" = None   # extra delay on reply audio chunks
     stall_after_events: int | None = None      # every connection stalls after N events ...
@@ -230,10 +241,11 @@ class AudioJitter:
 
     Before each audio delta is written the sender waits ``delay_s`` plus a random extra from
     ``dist``: ``"uniform"`` in [0, jitter_s], ``"exponential"`` with mean ``jitter_s``,
-    ``"normal"`` as |N(0, jitter_s)|; the RNG is ``random.Random(seed)``. Burst then gap:
-    with ``burst`` > 0, after every ``burst`` audio chunks the stream is held ``gap_s``;
-    what the server produced meanwhile then goes out back to back. Every event queued
-    behind a delayed chunk waits too (one ordered stream).
+    ``"normal"`` as |N(0, jitter_s)|; the RNG is ``numpy.random.default_rng(seed)``
+    (``draw``). Burst then gap: with ``burst`` > 0, after every ``burst`` audio chunks the
+    stream is held ``gap_s`` (``gap_before``); what the server produced meanwhile then goes
+    out back to back. Every event queued behind a delayed chunk waits too (one ordered
+    stream). The jitter benchmark replays the server's sender with the same two methods.
     """
 
     delay_s: float = 0.0
@@ -248,6 +260,26 @@ class AudioJitter:
             raise ValueError(f"audio jitter dist {self.dist!r}: expected uniform, exponential or normal")
         if self.delay_s < 0 or self.jitter_s < 0 or self.gap_s < 0 or self.burst < 0:
             raise ValueError("audio jitter: delays and burst must be >= 0")
+
+    def gap_before(self, n_sent: int) -> float:
+        """The hold (s) before the next audio chunk when ``n_sent`` audio chunks have gone
+        out on the connection: ``gap_s`` after every ``burst`` chunks, else 0."""
+        if self.burst and self.gap_s > 0 and n_sent and n_sent % self.burst == 0:
+            return self.gap_s
+        return 0.0
+
+    def draw(self, rng: np.random.Generator) -> float:
+        """The delay (s) before one audio chunk: ``delay_s`` plus one draw of ``dist`` from
+        ``rng`` (none when ``jitter_s`` is 0)."""
+        x = self.delay_s
+        if self.jitter_s > 0:
+            if self.dist == "uniform":
+                x += float(rng.uniform(0.0, self.jitter_s))
+            elif self.dist == "exponential":
+                x += float(rng.exponential(self.jitter_s))
+            else:
+                x += abs(float(rng.normal(0.0, self.jitter_s)))
+        return x
 
 
 REJECT_AUTH_MODES = ("http-401", "http-403", "http-429", "invalid_api_key", "insufficient_quota")
@@ -583,6 +615,17 @@ class ResponseStream:
             dur = (self.chunks[i] / OUTPUT_RATE) if self.audio is not None else 0.05 * self.chunks[i]
             return dur / self.pace[i]
         return 0.0
+
+
+def speak_24k(text: str) -> np.ndarray:
+    """``text`` spoken by espeak-ng (``voxbox.speech.render_speech``), resampled to the
+    server's output rate (24 kHz), int16. Raises what ``render_speech`` raises."""
+    import soxr
+
+    from voxbox.speech import SAMPLE_RATE, render_speech
+    x = render_speech(text)
+    y = soxr.resample(x.astype(np.float32), SAMPLE_RATE, OUTPUT_RATE, quality="HQ")
+    return np.clip(np.round(y), -32768, 32767).astype(np.int16)
 
 
 class SessionCore:
@@ -1245,12 +1288,7 @@ class SessionCore:
     def _speak(self, text: str) -> np.ndarray:
         """``text`` spoken by espeak-ng at 24 kHz (a tone if espeak-ng is unavailable)."""
         try:
-            import soxr
-
-            from voxbox.speech import SAMPLE_RATE, render_speech
-            x = render_speech(text)
-            y = soxr.resample(x.astype(np.float32), SAMPLE_RATE, OUTPUT_RATE, quality="HQ")
-            return np.clip(np.round(y), -32768, 32767).astype(np.int16)
+            return speak_24k(text)
         except Exception as e:  # noqa: BLE001 - a missing espeak-ng must not kill the session
             log.warning("could not render speech for %r: %s", text, e)
             t = np.arange(int(OUTPUT_RATE * 0.6)) / OUTPUT_RATE
@@ -1680,10 +1718,9 @@ class ServerRecord:
         session.created sent on a connection opened after it; None if none yet."""
         with self._lock:
             for c in self._conns:
-                if c.t_open >= since:
-                    for e in c.server_events:
-                        if e["type"] == "session.created":
-                            return e["t"] - since
+                t = c.session_created_t() if c.t_open >= since else None
+                if t is not None:
+                    return t - since
         return None
 
     def _open(self, dialect: str | None, path: str, auth: str) -> ConnectionRecord:
@@ -1930,9 +1967,10 @@ class _Connection:
         j = faults.jitter
         if j is None:
             return
-        if j.burst and j.gap_s > 0 and self._audio_sent and self._audio_sent % j.burst == 0:
-            self.record._fault("audio_gap", self.rec.index, seconds=j.gap_s, after_chunks=self._audio_sent)
-            await asyncio.sleep(j.gap_s)
+        gap = j.gap_before(self._audio_sent)
+        if gap > 0:
+            self.record._fault("audio_gap", self.rec.index, seconds=gap, after_chunks=self._audio_sent)
+            await asyncio.sleep(gap)
         d = faults._jitter_delay()
         if d > 0:
             self.record._fault("audio_delay", self.rec.index, seconds=d, chunk=self._audio_sent)
@@ -2032,8 +2070,8 @@ class _Connection:
         n = faults._oversize_pending
         if n is not None:
             faults._oversize_pending = None
-        elif r.samples_sent == 0 and self.server.config.oversized_audio_delta_bytes:
-            n = self.server.config.oversized_audio_delta_bytes
+        elif r.samples_sent == 0 and faults.oversized_audio_delta_bytes:
+            n = faults.oversized_audio_delta_bytes
         if n:
             samples = _enlarge_audio_chunk(r, n)
             self.record._fault("oversized_audio_delta", self.rec.index, bytes=samples * 2, response_id=r.id)
@@ -2069,8 +2107,10 @@ class _Connection:
             await sender
             return
         assert d.dialect is not None
-        cfg = self.server.config
-        self.core = core = SessionCore(d.dialect, model=d.model, config=cfg, tool_script=self.server.tool_script)
+        # the session limit is a fault setting: FaultControls owns it (set_max_session_s)
+        max_s = self.server.faults.max_session_s or d.dialect.default_max_session_s
+        self.core = core = SessionCore(d.dialect, model=d.model, config=self.server.config,
+                                       max_session_s=max_s, tool_script=self.server.tool_script)
         if d.response_failure is not None:
             core.response_failure = dict(d.response_failure)
         self.record._update(lambda: setattr(self.rec, "session_id", core.session_id))
@@ -2128,14 +2168,16 @@ class FaultControls:
     of the same faults are fields of ``LocalServerConfig`` (``drop_after_events``,
     ``audio_jitter``, ``stall_after_events``/``stall_s``, ``reject_auth``/
     ``reject_auth_count``, ``max_session_s``, ``unknown_fields``, ``unknown_event_every``,
-    ``malformed_json_after_events``, ``oversized_audio_delta_bytes``).
+    ``malformed_json_after_events``, ``oversized_audio_delta_bytes``): they are read once,
+    here, and from then on this object is the only owner of the fault settings (the
+    connections read them from here, never from the server's config).
     """
 
     def __init__(self, server: "LocalRealtimeServer") -> None:
         self._server = server
         cfg = server.config
         self.jitter: AudioJitter | None = _as_jitter(cfg.audio_jitter)
-        self._rng = random.Random(self.jitter.seed if self.jitter else 0)
+        self._rng = np.random.default_rng(self.jitter.seed if self.jitter else 0)
         for name in ("drop_after_events", "stall_after_events", "unknown_event_every",
                      "malformed_json_after_events"):
             v = getattr(cfg, name)
@@ -2147,6 +2189,11 @@ class FaultControls:
         self.reject_left: int | None = cfg.reject_auth_count
         self.unknown_fields: dict | None = dict(cfg.unknown_fields) if cfg.unknown_fields else None
         self.unknown_every: int | None = cfg.unknown_event_every
+        self.stall_after_events: int | None = cfg.stall_after_events
+        self.stall_s: float | None = cfg.stall_s
+        self.malformed_json_after_events: int | None = cfg.malformed_json_after_events
+        self.oversized_audio_delta_bytes: int | None = cfg.oversized_audio_delta_bytes
+        self.max_session_s: float | None = cfg.max_session_s      # None: the dialect's default
         self._drop_every: int | None = cfg.drop_after_events
         self._drop_next: int | None = None
         self._oversize_pending: int | None = None
@@ -2171,29 +2218,19 @@ class FaultControls:
         return list(self._server._live.values())
 
     def _on_open(self, conn: _Connection) -> None:
-        cfg = self._server.config
         if self._drop_every is not None:
             conn.drop_at = self._drop_every
         if self._drop_next is not None:
             conn.drop_at, self._drop_next = self._drop_next, None
-        if cfg.stall_after_events is not None:
-            conn.stall_at, conn.stall_s = cfg.stall_after_events, cfg.stall_s
-        if cfg.malformed_json_after_events is not None:
-            conn.malformed_at = cfg.malformed_json_after_events
+        if self.stall_after_events is not None:
+            conn.stall_at, conn.stall_s = self.stall_after_events, self.stall_s
+        if self.malformed_json_after_events is not None:
+            conn.malformed_at = self.malformed_json_after_events
 
     def _jitter_delay(self) -> float:
+        """The delay before the next reply-audio chunk (any connection; one RNG)."""
         j = self.jitter
-        if j is None:
-            return 0.0
-        x = j.delay_s
-        if j.jitter_s > 0:
-            if j.dist == "uniform":
-                x += self._rng.uniform(0.0, j.jitter_s)
-            elif j.dist == "exponential":
-                x += self._rng.expovariate(1.0 / j.jitter_s)
-            else:
-                x += abs(self._rng.gauss(0.0, j.jitter_s))
-        return x
+        return 0.0 if j is None else j.draw(self._rng)
 
     def _decorate(self, e: dict) -> dict:
         f = self.unknown_fields
@@ -2270,7 +2307,7 @@ class FaultControls:
 
         def go() -> None:
             self.jitter = j
-            self._rng = random.Random(j.seed)
+            self._rng = np.random.default_rng(j.seed)
         self._call(go)
 
     def clear_audio_jitter(self) -> None:
@@ -2332,9 +2369,7 @@ class FaultControls:
 
     def set_max_session_s(self, seconds: float | None) -> None:
         """Maximum session duration of connections opened from now on (None: dialect default)."""
-        def go() -> None:
-            self._server.config = replace(self._server.config, max_session_s=seconds)
-        self._call(go)
+        self._call(setattr, self, "max_session_s", seconds)
 
     # ---- 6. malformed and unknown -------------------------------------------------------
     def send_malformed_json(self, text: str = MALFORMED_JSON) -> int:
@@ -2405,9 +2440,11 @@ class LocalRealtimeServer:
         self.port: int | None = None
         self._server = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._conns: dict[ServerConnection, ConnectionRecord] = {}
         self._live: dict[ServerConnection, _Connection] = {}
-        self._decisions: dict[ServerConnection, HandshakeDecision] = {}
+        # process_request's decision, taken by the handler; weak keys: an upgrade rejected
+        # after process_request (a bad WebSocket handshake) never reaches the handler
+        self._decisions: weakref.WeakKeyDictionary[ServerConnection, HandshakeDecision] = \
+            weakref.WeakKeyDictionary()
         self.faults = FaultControls(self)
 
     @property
@@ -2429,7 +2466,8 @@ class LocalRealtimeServer:
     def _decide(self, request) -> HandshakeDecision:
         headers = {k.lower(): v for k, v in request.headers.raw_items()}
         return classify_request(request.path, headers, expected_key=self.config.api_key,
-                                openai_beta_allowed=self.config.openai_beta_allowed)
+                                openai_beta_allowed=self.config.openai_beta_allowed,
+                                accept_key=self.config.accept_key)
 
     def _process_request(self, connection: ServerConnection, request):
         d = self.faults._apply_reject(self._decide(request), request.path)
@@ -2443,9 +2481,8 @@ class LocalRealtimeServer:
         return None
 
     async def _handler(self, ws: ServerConnection) -> None:
-        d = self._decisions.pop(ws, None) or self._decide(ws.request)
+        d = self._decisions.pop(ws)     # process_request runs before every handler
         rec = self.record._open(d.dialect.name if d.dialect else None, ws.request.path, d.auth)
-        self._conns[ws] = rec
         conn = _Connection(self, ws, d, rec)
         self.faults._on_open(conn)
         self._live[ws] = conn
@@ -2453,7 +2490,6 @@ class LocalRealtimeServer:
             await conn.run()
         finally:
             conn.release("connection ended")
-            self._conns.pop(ws, None)
             self._live.pop(ws, None)
             rcvd = ws.protocol.close_rcvd.code if ws.protocol.close_rcvd is not None else None
 
@@ -2493,8 +2529,8 @@ class LocalRealtimeServer:
 
     def _abort_all(self, fault: bool = True) -> int:
         n = 0
-        for ws, rec in list(self._conns.items()):
-            self._abort(ws, rec, fault)
+        for ws, conn in list(self._live.items()):
+            self._abort(ws, conn.rec, fault)
             n += 1
         return n
 

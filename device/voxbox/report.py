@@ -57,8 +57,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from voxbox import __version__
+from voxbox import __version__, sd
 from voxbox.config import DEFAULT_CONFIG_PATH
+from voxbox.selftest import STATE_FILE as SELFTEST_STATE_FILE
 
 REDACTED = "<redacted>"
 DEFAULT_SINCE = "2 days ago"
@@ -71,8 +72,38 @@ MIN_SECRET_LEN = 4
 MAX_FILE_BYTES = 1 << 20
 """Files larger than this are not copied into the archive (noted as unavailable)."""
 TRANSCRIPT_EVENTS = ("user_transcript", "assistant_transcript")
-PACKAGES = ("voxbox", "numpy", "websockets", "openwakeword", "soxr", "pydantic", "pyalsaaudio",
-            "gpiozero", "systemd-python", "ai-edge-litert", "wyoming-openwakeword", "tomli-w")
+_FALLBACK_PACKAGES = ("voxbox", "numpy", "websockets", "openwakeword", "soxr", "pydantic", "pyalsaaudio",
+                      "gpiozero", "systemd-python", "ai-edge-litert", "wyoming-openwakeword", "tomli-w",
+                      "tqdm", "jsonschema", "lgpio")
+_DEV_EXTRAS = frozenset({"test", "bench", "dev", "docs", "lint"})
+
+
+def _runtime_packages(dist: str = "voxbox") -> tuple[str, ...]:
+    """``dist`` and its runtime requirements from the installed metadata
+    (``importlib.metadata.requires``): names only (no versions, extras or markers), every
+    extra except the development ones (:data:`_DEV_EXTRAS`; ``pi`` brings ``lgpio``).
+    Platform markers are ignored (a package missing here is reported as ``null``).
+    Falls back to a literal list when the metadata is missing."""
+    try:
+        reqs = importlib.metadata.requires(dist)
+    except importlib.metadata.PackageNotFoundError:
+        reqs = None
+    if reqs is None:
+        return _FALLBACK_PACKAGES
+    names = [dist]
+    for req in reqs:
+        spec, _, marker = req.partition(";")
+        extra = re.search(r"""\bextra\s*==\s*["']([^"']+)["']""", marker)
+        if extra and extra.group(1).lower() in _DEV_EXTRAS:
+            continue
+        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", spec)
+        if m and m.group(1).lower() not in (n.lower() for n in names):
+            names.append(m.group(1))
+    return tuple(names)
+
+
+PACKAGES = _runtime_packages()
+"""The distributions whose versions go into ``versions.json``."""
 SHOW_PROPERTIES = ("Id,LoadState,ActiveState,SubState,Result,NRestarts,ExecMainCode,ExecMainStatus,"
                    "ExecMainStartTimestamp,StateChangeTimestamp,ActiveEnterTimestamp,WatchdogUSec,"
                    "WatchdogTimestamp,StatusText,InvocationID,FragmentPath,DropInPaths,UnitFileState")
@@ -595,7 +626,7 @@ def build_report(out: Path | str, *, since: str = DEFAULT_SINCE, config_path: Pa
     run = run or run_command
     now = time.time() if now is None else now
     out = Path(out)
-    state_dir = paths.state_dir or Path(env.get("STATE_DIRECTORY", "/var/lib/voxbox").split(":")[0])
+    state_dir = paths.state_dir or sd.state_dir(env)
     host = socket.gethostname()
     b = _Bundle()
 
@@ -647,7 +678,7 @@ def build_report(out: Path | str, *, since: str = DEFAULT_SINCE, config_path: Pa
                   "raspberrypi-kernel*", "linux-image-*"], ok_codes=(0, 1))
 
     # self-test and ALSA
-    _add_file(b, "selftest.json", state_dir / "selftest.json", "selftest")
+    _add_file(b, "selftest.json", state_dir / SELFTEST_STATE_FILE, "selftest")
     _add_file(b, "alsa/asound.conf", paths.asound_conf)
     if paths.alsa_conf_d.is_dir():
         for f in sorted(paths.alsa_conf_d.iterdir()):

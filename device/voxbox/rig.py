@@ -204,6 +204,7 @@ class Speaker(_FifoWorker):
 
     ``samples``: all int16 received, in order (bit-exact with what the daemon wrote).
     ``times``: per received sample, the monotonic time of the 10 ms block that consumed it.
+    ``snapshot()``: both at once, the same length (while the thread runs, read them there).
     """
 
     def __init__(self, rig: FileDeviceRig, start: bool = True):
@@ -299,11 +300,19 @@ class Speaker(_FifoWorker):
 
     @property
     def times(self) -> np.ndarray:
+        return self.snapshot()[1]
+
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(samples, times)`` taken under one lock, so they have the same length (reading
+        ``samples`` then ``times`` may see a block more in the second)."""
         with self._lock:
-            pairs = list(zip(self._chunk_times, (len(c) for c in self._chunks)))
-        if not pairs:
-            return np.zeros(0)
-        return np.concatenate([np.full(n, t) for t, n in pairs])
+            chunks = list(self._chunks)
+            block_times = list(self._chunk_times)
+        if not chunks:
+            return np.zeros(0, np.int16), np.zeros(0)
+        samples = np.concatenate(chunks)
+        times = np.repeat(np.asarray(block_times, dtype=np.float64), [len(c) for c in chunks])
+        return samples, times
 
     def first_nonsilent_time(self, threshold: int = 0) -> float | None:
         """Monotonic time of the block that consumed the first sample with |x| > threshold."""

@@ -17,6 +17,8 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
+from typing import Mapping
 
 from voxbox.journal_ids import message_id  # noqa: E402  (stable MESSAGE_ID per event kind)
 
@@ -37,7 +39,8 @@ def redact(secret: str) -> None:
         _SECRETS.append(secret)
 
 
-def _scrub(text: str) -> str:
+def scrub(text: str) -> str:
+    """``text`` with every secret registered with :func:`redact` replaced by ``<redacted>``."""
     for s in _SECRETS:
         if s in text:
             text = text.replace(s, "<redacted>")
@@ -59,7 +62,7 @@ class TextFormatter(logging.Formatter):
         line = f"{ts}.{int(record.msecs):03d} {record.levelname:<7} {record.name.removeprefix('voxbox.')}: {msg}"
         if fields:
             line += f"  [{fields}]"
-        return _scrub(line)
+        return scrub(line)
 
 
 class JsonFormatter(logging.Formatter):
@@ -74,7 +77,7 @@ class JsonFormatter(logging.Formatter):
             out[k] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return _scrub(json.dumps(out))
+        return scrub(json.dumps(out))
 
 
 class JournalHandler(logging.Handler):
@@ -91,16 +94,26 @@ class JournalHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            msg = _scrub(record.getMessage())
+            msg = scrub(record.getMessage())
             if record.exc_info:
                 msg += "\n" + logging.Formatter().formatException(record.exc_info)
-            fields = {k: _scrub(str(v)) for k, v in _fields(record).items()}
+            fields = {k: scrub(str(v)) for k, v in _fields(record).items()}
             if "MESSAGE_ID" not in fields and (mid := message_id(fields.get("VOXBOX_EVENT"))):
                 fields["MESSAGE_ID"] = mid
             self._send(msg, PRIORITY=str(self._PRIORITY.get(record.levelno, 6)),
                        SYSLOG_IDENTIFIER="voxbox", LOGGER=record.name, **fields)
         except Exception:
             self.handleError(record)
+
+
+DEFAULT_STATE_DIR = "/var/lib/voxbox"
+
+
+def state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The unit's state directory: the first entry of ``$STATE_DIRECTORY`` (systemd
+    ``StateDirectory=``, colon-separated when several), else ``/var/lib/voxbox``."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("STATE_DIRECTORY", "").split(":")[0] or DEFAULT_STATE_DIR)
 
 
 def under_journal() -> bool:

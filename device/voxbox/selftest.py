@@ -41,8 +41,11 @@ Checks (in this order; ``--skip NAME`` leaves one out, it is then reported as SK
     the start of the connection to ``session.created``, ms. FAIL names the cause: DNS, TCP
     (refused/unreachable), TLS, HTTP status (401/403 = the API key is rejected), an
     ``error`` event (``invalid_api_key``), a close, or a timeout
-    (``realtime.connect_timeout_s``). ``url = "local"`` starts the local server as the
-    daemon does. The key is never printed or logged.
+    (``realtime.connect_timeout_s``); ``details.fatal`` is set when the daemon would treat
+    the answer as fatal (no quick retry). ``url = "local"`` starts the local server as the
+    daemon does. In token-broker mode (``broker.url`` set) the unit secret first gets a token
+    from the broker (FAIL ``broker: ...`` names its HTTP status or cause), and the token is
+    what connects. No key, secret or token is ever printed or logged.
 ``wake``
     Runs the wake-word detector (``wake.model``, ``wake.threshold``) over a stored sample:
     ``--wake-sample WAV`` (16-bit mono 16 kHz), else a packaged ``data/<model>.wav`` if one
@@ -76,7 +79,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from voxbox.cli import EXIT_CONFIG  # cli imports this module only inside build_parser(): no cycle
 from voxbox.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from voxbox.session import FATAL_CLOSE_CODES
 
 __all__ = [
     "CHECKS", "CheckResult", "AudioRun", "run_audio", "check_mic", "check_echo", "check_aec",
@@ -87,7 +92,9 @@ __all__ = [
 log = logging.getLogger("voxbox.selftest")
 
 CHECKS = ("mic", "echo", "aec", "button", "network", "wake")
-EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 78
+EXIT_OK, EXIT_FAIL = 0, 1  # and EXIT_CONFIG (78) from voxbox.cli
+STATE_FILE = "selftest.json"
+"""The last result, in :func:`voxbox.sd.state_dir` (read by ``voxbox report``)."""
 
 # -- limits ---------------------------------------------------------------------------------
 QUIET_S = 1.0  #: quiet recording for the noise floor, s
@@ -182,14 +189,11 @@ class AudioRun:
 
 def _pink(n: int, dbfs: float, rate: int = 16000, band: tuple[float, float] = (200.0, 7000.0),
           seed: int = 1) -> np.ndarray:
-    """Deterministic pink noise limited to ``band`` Hz, float64, RMS at ``dbfs``."""
-    rng = np.random.default_rng(seed)
-    spec = rng.standard_normal(n // 2 + 1) + 1j * rng.standard_normal(n // 2 + 1)
-    f = np.fft.rfftfreq(n, 1.0 / rate)
-    shape = np.zeros_like(f)
-    inb = (f >= band[0]) & (f <= band[1])
-    shape[inb] = 1.0 / np.sqrt(f[inb])
-    x = np.fft.irfft(spec * shape, n)
+    """Deterministic pink noise limited to ``band`` Hz (:func:`voxbox.speech.pink_noise`)
+    with 20 ms raised-cosine fades, float64, RMS (after the fades) at ``dbfs``."""
+    from voxbox.speech import pink_noise
+
+    x = pink_noise(n, dbfs, seed, rate=rate, band=band)
     fade = int(0.02 * rate)
     w = 0.5 - 0.5 * np.cos(np.pi * (np.arange(fade) + 0.5) / fade)
     x[:fade] *= w
@@ -577,14 +581,19 @@ def _local_url(cfg: Config, key: str):
     return server, server.client_url(cfg.realtime.dialect)
 
 
-async def _probe(url: str, headers: dict[str, str], timeout: float) -> tuple[str, str, float, dict]:
-    """Connect and wait for ``session.created``. Returns (result, cause, ms, details)."""
+async def _probe(url: str, headers: dict[str, str], timeout: float,
+                 what: str = "API key") -> tuple[str, str, float, dict]:
+    """Connect and wait for ``session.created``. Returns (result, cause, ms, details);
+    ``what`` names the credential in auth failures. ``details["fatal"]`` follows the
+    daemon's rule: :data:`voxbox.session.FATAL_ERROR_CODES`, :data:`FATAL_CLOSE_CODES`."""
     import asyncio
     import socket
     import ssl
 
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+    from voxbox.session import FATAL_ERROR_CODES
 
     t0 = time.monotonic()
     ms = lambda: (time.monotonic() - t0) * 1000  # noqa: E731
@@ -603,21 +612,30 @@ async def _probe(url: str, headers: dict[str, str], timeout: float) -> tuple[str
                     if typ == "error":
                         err = ev.get("error") or {}
                         code = str(err.get("code") or err.get("type") or "error")
-                        if "api_key" in code or code in ("invalid_api_key", "unauthorized", "forbidden"):
-                            return "FAIL", f"auth: the service rejected the API key ({code})", ms(), {"code": code}
-                        return "FAIL", f"service error {code}: {err.get('message', '')[:120]}", ms(), {"code": code}
+                        fatal = code in FATAL_ERROR_CODES
+                        det = {"code": code, "fatal": fatal}
+                        if "api_key" in code or code in ("unauthorized", "forbidden"):
+                            return "FAIL", f"auth: the service rejected the {what} ({code})", ms(), det
+                        msg = str(err.get("message") or "")[:120]
+                        if fatal:  # quota, model, API shape: the daemon would not retry soon
+                            return "FAIL", (f"refused: {code}: {msg}; check realtime.model/deployment/"
+                                            "dialect and the account"), ms(), det
+                        return "FAIL", f"service error {code}: {msg}", ms(), det
     except InvalidStatus as exc:
         status = exc.response.status_code
-        if status in (401, 403):
-            return "FAIL", f"auth: HTTP {status}, the API key is rejected (or lacks access)", ms(), {"http_status": status}
+        if status in (401, 403):  # fatal for the daemon too
+            return "FAIL", f"auth: HTTP {status}, the {what} is rejected (or lacks access)", ms(), \
+                {"http_status": status, "fatal": True}
         if status == 404:
             return "FAIL", "HTTP 404: wrong realtime.url path, model or deployment", ms(), {"http_status": status}
         return "FAIL", f"HTTP {status} from the service", ms(), {"http_status": status}
     except ConnectionClosed as exc:
         rcvd = exc.rcvd
         code = rcvd.code if rcvd is not None else None
-        why = "auth: closed 3000 (invalid API key)" if code == 3000 else f"connection closed ({code})"
-        return "FAIL", why, ms(), {"close_code": code}
+        why = (f"auth: closed 3000 (invalid {what})" if code == 3000
+               else f"closed {code} (invalid model or API shape: check realtime.model/dialect)" if code == 4000
+               else f"connection closed ({code})")
+        return "FAIL", why, ms(), {"close_code": code, "fatal": code in FATAL_CLOSE_CODES}
     except socket.gaierror as exc:
         return "FAIL", f"network: DNS lookup failed ({exc.strerror}); check DNS/the host name", ms(), {}
     except ssl.SSLError as exc:
@@ -634,37 +652,72 @@ async def _probe(url: str, headers: dict[str, str], timeout: float) -> tuple[str
 
 
 def check_network(cfg: Config, environ: dict[str, str] | None = None) -> CheckResult:
-    """Connect to the configured service and wait for ``session.created``: time in ms."""
-    import asyncio
-    from urllib.parse import urlsplit
+    """Connect to the configured service and wait for ``session.created``: time in ms.
 
-    from voxbox.credentials import CredentialError, load_api_key
-    from voxbox.dialects import auth_headers, build_url
+    The credential is the daemon's (:func:`voxbox.broker.load_connect_secret`): the API
+    key, or in token-broker mode the unit secret, with which a token is fetched from
+    ``broker.url`` first (:func:`voxbox.broker.credential_source`), so the broker is tested
+    too."""
+    import asyncio
+
+    from voxbox.broker import load_connect_secret
+    from voxbox.credentials import CredentialError
     from voxbox.sd import redact
 
     rt = cfg.realtime
     limit = f"session.created within {rt.connect_timeout_s:g} s"
     try:
-        key = load_api_key(environ, required=rt.url != "local")
+        secret = load_connect_secret(cfg, environ, required=True)
     except CredentialError as exc:
         return CheckResult("network", "FAIL", None, "ms", limit, f"unprovisioned: {exc}")
-    redact(key.value)
+    redact(secret.value)
+    result, cause, ms, det = asyncio.run(_connect(cfg, secret))
+    return CheckResult("network", result, _round(ms, 0), "ms", limit, cause, det)
+
+
+async def _connect(cfg: Config, secret) -> tuple[str, str, float | None, dict]:
+    """The network check in one event loop: credential (token from the broker), then
+    :func:`_probe`. Returns (result, cause, ms, details)."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    from voxbox.broker import BrokerError, credential_source
+    from voxbox.credentials import CredentialError
+    from voxbox.dialects import auth_headers, build_url
+
+    rt, b = cfg.realtime, cfg.broker
+    det: dict[str, Any] = {"dialect": rt.dialect, "key_source": secret.source}
+    what = "API key"
+    if b.url:
+        what = "broker token"
+        try:
+            source = credential_source(cfg, secret)
+        except (CredentialError, ValueError) as exc:  # no unit id, unusable broker.url
+            return "FAIL", f"broker: {exc}", None, det
+        det["broker"] = source.url
+        t0 = time.monotonic()
+        try:
+            key = await source.token()
+        except BrokerError as exc:
+            det.update(broker_status=exc.status, fatal=exc.fatal)
+            return "FAIL", f"broker: {exc}", None, det
+        det["broker_ms"] = round((time.monotonic() - t0) * 1000, 1)
+    else:
+        key = await credential_source(cfg, secret).token()
     server = None
     try:
         if rt.url == "local":
-            server, base = _local_url(cfg, key.value)
+            server, base = await asyncio.to_thread(_local_url, cfg, key.value)
             url = build_url(rt, base)
         else:
             url = build_url(rt, rt.url)
         headers = auth_headers(rt, key.value, url)
-        result, cause, ms, det = asyncio.run(_probe(url, headers, rt.connect_timeout_s))
+        result, cause, ms, pdet = await _probe(url, headers, rt.connect_timeout_s, what)
     finally:
         if server is not None:
-            server.stop()
+            await asyncio.to_thread(server.stop)
     parts = urlsplit(url)
-    det = {"host": parts.hostname, "port": parts.port, "path": parts.path, "dialect": rt.dialect,
-           "key_source": key.source, **det}
-    return CheckResult("network", result, _round(ms, 0), "ms", limit, cause, det)
+    return result, cause, ms, {"host": parts.hostname, "port": parts.port, "path": parts.path, **det, **pdet}
 
 
 def _wake_sample(cfg: Config, sample: Path | None) -> tuple[np.ndarray | None, str]:
@@ -819,8 +872,10 @@ def record(results: list[CheckResult], state_dir: Path | None = None) -> Path | 
     (log.warning if res == "FAIL" else log.info)(
         "selftest %s%s", res, f" (failed: {failed})" if failed else "", extra=fields)
     if state_dir is None:
-        state_dir = Path(os.environ.get("STATE_DIRECTORY", "/var/lib/voxbox").split(":")[0])
-    path = Path(state_dir) / "selftest.json"
+        from voxbox.sd import state_dir as default_state_dir
+
+        state_dir = default_state_dir()
+    path = Path(state_dir) / STATE_FILE
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

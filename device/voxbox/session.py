@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from voxbox.config import Realtime
-from voxbox.dialects import PCM_RATE, canonical_event_type, session_config
+from voxbox.dialects import PCM_RATE, canonical_event_type, session_config, uses_ga_names
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ FATAL_ERROR_CODES = frozenset(
     {"invalid_api_key", "insufficient_quota", "invalid_model", "beta_api_shape_disabled",
      "model_not_found", "unauthorized", "forbidden"}
 )
+#: WebSocket close codes that are fatal (a wrong key or a refused API shape): no fast retry
+FATAL_CLOSE_CODES = frozenset({3000, 4000})
 
 
 # ---- events handed to the application ---------------------------------------------------
@@ -244,7 +246,7 @@ class RealtimeSession:
         if role == "user":
             part = {"type": "input_text", "text": text}
         elif role == "assistant":
-            part = {"type": "output_text" if self.dialect == "openai-ga" else "text", "text": text}
+            part = {"type": "output_text" if uses_ga_names(self.dialect) else "text", "text": text}
         else:
             raise ValueError(f"add_text_item: role must be 'user' or 'assistant', got {role!r}")
         self._send({"type": "conversation.item.create",

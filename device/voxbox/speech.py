@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voxbox.wavfile import WavError, read_wav, write_wav  # noqa: F401  (write_wav: re-exported)
+from voxbox.wavfile import WavError, read_pcm16_mono, write_wav  # noqa: F401  (write_wav: re-exported)
 
 __all__ = [
     "SAMPLE_RATE",
@@ -74,12 +74,9 @@ def _espeak_version(path: str) -> str:
 
 def _read_wav(path: Path) -> tuple[np.ndarray, int]:
     try:
-        w = read_wav(path, str(path))
+        return read_pcm16_mono(path, str(path))
     except WavError as exc:
         raise SpeechError(str(exc)) from None
-    if w.width != 2:
-        raise SpeechError(f"{path}: expected 16-bit PCM, got {8 * w.width}-bit")
-    return w.pcm[:, 0].copy(), w.rate
 
 
 def render_speech(text: str, voice: str = "en-us", rate_wpm: int = 150) -> np.ndarray:
@@ -137,16 +134,26 @@ def render_speech(text: str, voice: str = "en-us", rate_wpm: int = 150) -> np.nd
     return x
 
 
-def pink_noise(n: int, dbfs: float, seed: int = 0) -> np.ndarray:
-    """Deterministic pink (1/f) noise, float64, RMS at ``dbfs`` re int16 full scale."""
+def pink_noise(n: int, dbfs: float, seed: int = 0, *, rate: int = SAMPLE_RATE,
+               band: tuple[float, float | None] = (20.0, None)) -> np.ndarray:
+    """Deterministic pink (1/f) noise, float64, RMS at ``dbfs`` re int16 full scale.
+
+    Args:
+        rate: sample rate, Hz (the band edges are in Hz at this rate).
+        band: (low, high) Hz, both inclusive; nothing outside. ``high = None``: up to
+            Nyquist. The default (20 Hz and up) is the demo's background noise.
+    """
     if n <= 0:
         return np.zeros(0)
     rng = np.random.default_rng(seed)
     spec = rng.standard_normal(n // 2 + 1) + 1j * rng.standard_normal(n // 2 + 1)
-    f = np.fft.rfftfreq(n, 1.0 / SAMPLE_RATE)
+    f = np.fft.rfftfreq(n, 1.0 / rate)
     shape = np.zeros_like(f)
-    band = f >= 20.0  # nothing below 20 Hz
-    shape[band] = 1.0 / np.sqrt(f[band])
+    lo, hi = band
+    inb = f >= lo
+    if hi is not None:
+        inb &= f <= hi
+    shape[inb] = 1.0 / np.sqrt(f[inb])
     x = np.fft.irfft(spec * shape, n)
     rms = float(np.sqrt(np.mean(x**2)))
     if rms == 0.0:

@@ -13,7 +13,7 @@ from typing import IO, Union
 
 import numpy as np
 
-__all__ = ["WavError", "Wav", "read_wav", "write_wav"]
+__all__ = ["WavError", "Wav", "read_wav", "read_pcm16_mono", "write_wav"]
 
 Source = Union[str, os.PathLike, IO[bytes]]
 
@@ -96,6 +96,21 @@ def read_wav(src: Source, what: str) -> Wav:
     else:
         raise WavError(f"{what}: unsupported sample width {width} bytes")
     return Wav(pcm.reshape(-1, ch), rate, width)
+
+
+def read_pcm16_mono(src: Source, what: str) -> tuple[np.ndarray, int]:
+    """Read a 16-bit PCM mono WAV file: its samples as int16, shape ``(n,)``, and its rate.
+
+    Raises:
+        WavError: as :func:`read_wav`, or ``"<what>: expected 16-bit PCM, got N-bit
+            samples"``, ``"<what>: expected mono, got N channels"``.
+    """
+    w = read_wav(src, what)
+    if w.width != 2:
+        raise WavError(f"{what}: expected 16-bit PCM, got {8 * w.width}-bit samples")
+    if w.channels != 1:
+        raise WavError(f"{what}: expected mono, got {w.channels} channels")
+    return w.pcm[:, 0].copy(), w.rate
 
 
 def write_wav(path: str | os.PathLike, x: np.ndarray, rate: int) -> None:

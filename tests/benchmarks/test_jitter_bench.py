@@ -102,39 +102,39 @@ def _send_times(rng, sizes, t0, speed):
     return send
 
 
-def _reply_sizes(rng) -> tuple[np.ndarray, float]:
-    """One reply: its drawn length (2-8 s) and its chunk sizes (samples, 50-250 ms each)."""
+def _reply_sizes(rng, chunk_ms_min: int = 50, chunk_ms_max: int = 250) -> tuple[np.ndarray, float]:
+    """One reply: its drawn length (2-8 s) and its chunk sizes (samples, each
+    ``chunk_ms_min``-``chunk_ms_max`` ms)."""
     dur = rng.uniform(2.0, 8.0)
     sizes = []
     while sum(sizes) < dur * RATE:
-        sizes.append(int(rng.integers(50, 251)) * RATE // 1000)
+        sizes.append(int(rng.integers(chunk_ms_min, chunk_ms_max + 1)) * RATE // 1000)
     return np.array(sizes), dur
 
 
 def _server_trace(profile: str, seed: int) -> Trace:
-    """The local server's send model (``LocalServerConfig``'s pacing and first-output
-    latency) with the link bench's ``AudioJitter`` of the same profile, applied as the
-    server's sender does: before each audio chunk, one chunk at a time."""
+    """The local server's send model (``LocalServerConfig``'s chunk sizes, pacing and
+    first-output latency) with the link bench's ``AudioJitter`` of the same profile, applied
+    as the server's sender does (``AudioJitter.gap_before`` and ``draw``): before each audio
+    chunk, one chunk at a time."""
     from .test_link_bench import PROFILES as LINK_PROFILES
 
     from voxbox.localserver import LocalServerConfig
     srv = LocalServerConfig()
     j = LINK_PROFILES[{"server-4g": "4g-jitter", "server-lossy": "lossy-proxy"}[profile]]["jitter"]
-    assert j.dist == "exponential" and j.delay_s == 0
     rng = np.random.default_rng(seed)
     sizes_all, arr_all = [], []
     t0, sent = 0.5, 0
     for _ in range(REPLIES):
-        sizes, dur = _reply_sizes(rng)
+        sizes, dur = _reply_sizes(rng, srv.chunk_ms_min, srv.chunk_ms_max)
         pace = rng.uniform(srv.pace_min, srv.pace_max, len(sizes))
         produced = t0 + srv.response_latency_s + np.concatenate(
             [[0.0], np.cumsum(sizes[:-1] / RATE / pace[:-1])])
         arr, t = np.empty(len(sizes)), 0.0
         for k, p in enumerate(produced):
             t = max(t, p)
-            if j.burst and sent and sent % j.burst == 0:
-                t += j.gap_s
-            t += rng.exponential(j.jitter_s)
+            t += j.gap_before(sent)
+            t += j.draw(rng)
             arr[k] = t
             sent += 1
         sizes_all.append(sizes)
