@@ -71,8 +71,18 @@ def test_audio_jitter_bursts_and_gaps_still_play_the_whole_reply(tmp_path):
         h.wait_event("turn", timeout=10)
         turn = [r for r in h.logs if r.get("VOXBOX_EVENT") == "turn"][-1]
         assert turn["VOXBOX_JITTER_UNDERRUNS"] >= 0 and 20 <= turn["VOXBOX_JITTER_TARGET_MS"] <= 600
+        # ... and what the buffer cost in latency (a gap bridged or rebuffered is behind
+        # the earliest possible playout from then on, until accelerate catches up)
+        assert 0 <= turn["VOXBOX_JITTER_ADDED_MS"] <= turn["VOXBOX_JITTER_ADDED_P95_MS"] + 1
         print(f"turn record: jitter underruns {turn['VOXBOX_JITTER_UNDERRUNS']}, "
-              f"target {turn['VOXBOX_JITTER_TARGET_MS']} ms, {len(faults)} audio faults")
+              f"target {turn['VOXBOX_JITTER_TARGET_MS']} ms, added {turn['VOXBOX_JITTER_ADDED_MS']} ms "
+              f"(p95 {turn['VOXBOX_JITTER_ADDED_P95_MS']}), {len(faults)} audio faults")
+        # the stop record sums up the reply audio since start
+        assert h.stop_daemon() == 0
+        stop = h.events("stop")[-1]
+        assert stop["VOXBOX_REPLY_S"] == pytest.approx(ref.size / 24000, abs=0.05)
+        assert stop["VOXBOX_JITTER_UNDERRUNS"] == turn["VOXBOX_JITTER_UNDERRUNS"]
+        assert stop["VOXBOX_JITTER_ADDED_MS"] == turn["VOXBOX_JITTER_ADDED_MS"]
 
 
 def test_stall_during_a_turn_replaces_the_socket(tmp_path):

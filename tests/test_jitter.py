@@ -535,3 +535,100 @@ def test_expand_starts_below_the_learned_target_up_to_its_cap():
     jb.push("a", voiced(RATE // 1000 * 150, seed=4), t=0.0)  # 150 ms: above the cap
     jb.pull(out, t=0.0)
     assert jb.expands == 0
+
+
+def _earliest(arrivals, sizes, rate=24000):
+    """g[i] = max(arrival[i], g[i-1] + 1/rate) per source sample of one response."""
+    arr = np.repeat(arrivals, sizes)
+    media = np.arange(arr.size) / rate
+    return np.maximum.accumulate(arr - media) + media
+
+
+@pytest.mark.parametrize("stretch", [False, True])
+def test_added_latency_is_pull_time_minus_earliest_playout(stretch):
+    """The buffer's own added-latency figure equals, per pull, its time minus the
+    earliest possible playout of the first source sample it hands out, weighted by the
+    source samples handed out (computed here from the arrival trace)."""
+    rng = np.random.default_rng(3)
+    sizes = rng.integers(1200, 6000, 40)  # 50-250 ms chunks
+    gaps = sizes / 24000 / rng.uniform(0.6, 3.0, sizes.size)  # sometimes slower than real time
+    gaps[[7, 20]] += 0.4  # two outages: rebuffering
+    arrivals = 0.013 + np.concatenate([[0], np.cumsum(gaps[:-1])])
+    g = _earliest(arrivals, sizes)
+    jb = JitterBuffer(stretch=stretch, prebuffer_ms=60)
+    out = np.empty(240, dtype=np.int16)
+    pcm = (3000 * np.sin(np.arange(6000) * 2 * np.pi / 96)).astype(np.int16)
+    i, k, pos, num, den = 0, 0, 0, 0.0, 0
+    while i < sizes.size or jb.active:
+        t = k * 0.01
+        while i < sizes.size and arrivals[i] <= t:
+            jb.push("a", pcm[:sizes[i]], t=float(arrivals[i]))
+            i += 1
+        if i == sizes.size:
+            jb.mark_complete()
+        r = jb.pull(out, t=t)
+        if r.samples:
+            num += (t - g[pos]) * 1000 * r.samples
+            den += r.samples
+            pos += r.samples
+        k += 1
+    assert pos == sizes.sum() == jb.added.samples
+    assert jb.added.mean_ms() == pytest.approx(num / den, abs=1e-6)
+    assert jb.added.mean_ms() > 0
+    h = jb.added_latency()
+    assert h.quantile_ms(0.95) >= h.mean_ms()
+    assert (h - h).samples == 0 and (h - h).mean_ms() is None
+
+
+def test_added_latency_not_measured_without_time_or_after_pause():
+    jb = JitterBuffer(stretch=False, prebuffer_ms=20)
+    jb.push("a", np.ones(2400, dtype=np.int16), t=0.0)
+    out = np.empty(240, dtype=np.int16)
+    jb.pull(out, t=0.0)
+    assert jb.added.samples == 240 and jb.added.mean_ms() == 0
+    jb.pull(out)  # no t: pull grid, not measured
+    assert jb.added.samples == 240
+    jb.pull(out, t=0.05)  # sample 480 was playable at 0.02 s
+    assert jb.added.samples == 480 and jb.added.mean_ms() == pytest.approx(15, abs=1e-9)
+    jb.pause(0)
+    jb.resume()
+    jb.pull(out, t=0.5)
+    assert jb.added.samples == 480  # resumed audio: no reference, not counted
+
+
+def test_latency_histogram_quantile_and_clamping():
+    from voxbox.jitter import LatencyHistogram
+    h = LatencyHistogram(max_ms=100)
+    assert h.mean_ms() is None and h.quantile_ms(0.5) is None
+    h.add(-2.0, 10)   # counts in the first bin, mean keeps the sign
+    h.add(4.5, 80)
+    h.add(500.0, 10)  # beyond max_ms: last bin
+    assert h.samples == 100
+    assert h.mean_ms() == pytest.approx((-20 + 360 + 5000) / 100)
+    assert h.quantile_ms(0.05) == 1 and h.quantile_ms(0.5) == 5 and h.quantile_ms(0.95) == 101
+
+
+def test_pull_clock_spaces_bursty_pulls_and_follows_the_device():
+    from voxbox.jitter import PullClock
+    step = 0.01
+    # a real card: one pull per period, up to 1 ms late at random -> about now, monotone
+    c = PullClock(24000, 240)
+    rng = np.random.default_rng(1)
+    now = 5.0 + np.arange(500) * step + rng.uniform(0, 0.001, 500)
+    t = np.array([c.next(x) for x in now])
+    assert np.all(t >= now - 1e-9) and np.all(t - now < 0.0011)
+    assert np.allclose(np.diff(t), step, atol=0.0011)
+    # the rig: 8 periods taken at once every 80 ms -> spaced one period apart
+    c = PullClock(24000, 240)
+    now = np.repeat(5.0 + np.arange(50) * 0.08, 8)
+    t = np.array([c.next(x) for x in now])
+    assert np.allclose(np.diff(t), step, atol=1e-4)  # the decay: 10 us a period
+    assert np.all(t >= now - 1e-9) and t[0] == now[0]
+    # starved for 200 ms (the device played silence): the clock restarts later
+    nxt = now[-1] + 0.08 + 0.2
+    assert c.next(nxt) == pytest.approx(nxt, abs=1e-9)
+    # a device 100 ppm fast (pulls come early): followed within the decay, never behind now
+    c = PullClock(24000, 240)
+    now = np.arange(100_000) * step * (1 - 1e-4)
+    t = np.array([c.next(x) for x in now])
+    assert np.all(t >= now - 1e-9) and (t - now)[-1] < 0.002

@@ -37,7 +37,7 @@ from voxbox.conversation import (UPLINK_STATES, Action, ClearInput, Conversation
 from voxbox.credentials import Secret
 from voxbox.dialects import PCM_RATE, auth_headers, build_url
 from voxbox.gestures import ButtonGestures, Gesture
-from voxbox.jitter import JitterBuffer, PullResult
+from voxbox.jitter import JitterBuffer, LatencyHistogram, PullClock, PullResult
 from voxbox.led import pattern_for
 from voxbox.ring import FrameQueue, SampleRing
 from voxbox.sd import Notifier
@@ -137,6 +137,7 @@ class Daemon:
             self.jitter = JitterBuffer(a.playback_rate, self.play_period, a.jitter_prebuffer_ms,
                                        stretch=a.jitter_stretch, min_ms=a.jitter_min_ms,
                                        max_ms=a.jitter_max_ms)
+        self._pull_clock = PullClock(a.playback_rate, self.play_period)
         self.ref_ring = SampleRing(a.capture_rate)  # 1 s
         # the delay line never runs shorter than MIN_REF_DELAY_PERIODS periods: the two audio
         # threads wake at different times, and a shorter backlog starves the reference
@@ -144,6 +145,7 @@ class Daemon:
         self._ref_delay = max(self._ref_floor, a.capture_rate * cfg.frontend.reference_delay_ms // 1000)
         self._line_from_alsa = False
         self._underruns_at_turn = 0
+        self._added_at_turn = self.jitter.added_latency()
         self._wake_aware = cfg.wake.enabled and cfg.wake.playback_aware
         # reference alignment (capture thread) and drift compensation (playback thread)
         self.delay_tracker = None
@@ -325,7 +327,13 @@ class Daemon:
                 self.button.close()
             # free the native resampler streams now rather than at interpreter exit
             self._up_resampler = self._ref_resampler = self._reply_resampler = None
-            log.info("voxbox stopped", extra={"VOXBOX_EVENT": "stop"})
+            # the reply audio since start, for the field and the link benchmark
+            added = self.jitter.added_latency()
+            rate = self.cfg.audio.playback_rate
+            log.info("voxbox stopped; since start: %.1f s of reply audio, %d jitter-buffer underruns",
+                     added.samples / rate, self.jitter.underruns,
+                     extra={"VOXBOX_EVENT": "stop", "VOXBOX_REPLY_S": round(added.samples / rate, 2),
+                            "VOXBOX_JITTER_UNDERRUNS": self.jitter.underruns, **_added_fields(added)})
         return 0
 
     def _build_dsp(self) -> None:
@@ -511,7 +519,9 @@ class Daemon:
 
     # ------------------------------------------------------------------ playback thread
     def _playback_source(self) -> np.ndarray:
-        self._last_pull = self.jitter.pull(self._play_buf)
+        # the pull time on the device's clock (the jitter buffer's accelerate and its added
+        # latency run on it): the loop pulls when a period fits in the device's buffer
+        self._last_pull = self.jitter.pull(self._play_buf, self._pull_clock.next(time.monotonic()))
         self.volume.apply(self._play_buf)
         cue = self._cue
         if cue is not None:  # mix the earcon over whatever plays (whole-frame numpy)
@@ -635,6 +645,7 @@ class Daemon:
         if self.conv.turn != self.turn.turn:
             self.turn = TurnTimes(self.conv.turn)
             self._underruns_at_turn = self.jitter.underruns
+            self._added_at_turn = self.jitter.added_latency()
         for a in actions:
             if isinstance(a, Interrupt):
                 self._interrupt(a)
@@ -1136,6 +1147,7 @@ class Daemon:
             fields["VOXBOX_WAKE_SCORE"] = round(t.wake_score, 4)
         fields["VOXBOX_JITTER_UNDERRUNS"] = self.jitter.underruns - self._underruns_at_turn
         fields["VOXBOX_JITTER_TARGET_MS"] = round(self.jitter.target_ms)
+        fields.update(_added_fields(self.jitter.added_latency() - self._added_at_turn))
         est = self.delay_tracker.last if self.delay_tracker is not None else None
         if est is not None:  # one attribute, replaced whole by the echo worker
             fields["VOXBOX_ECHO_DELAY_MS"] = round(est.delay_ms, 2)
@@ -1274,6 +1286,14 @@ class _DaemonToolContext:
         import datetime
 
         return datetime.datetime.now().astimezone()
+
+
+def _added_fields(h: LatencyHistogram) -> dict:
+    """Journald fields for the jitter buffer's added latency over ``h`` (none if no audio)."""
+    if not h.samples:
+        return {}
+    return {"VOXBOX_JITTER_ADDED_MS": round(h.mean_ms(), 1),
+            "VOXBOX_JITTER_ADDED_P95_MS": round(h.quantile_ms(0.95))}
 
 
 def _close_cause(exc) -> str:

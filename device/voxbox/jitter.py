@@ -76,6 +76,14 @@ step at either end):
   chunk, expand covering the start; on the real daemon that underran where the fixed
   60 ms buffer did not: 1 against 0 in 107 s of steady-link replies.)
 
+Added latency (:attr:`added`, a :class:`LatencyHistogram`; pulls that pass ``t`` only):
+per source sample handed out, ``t`` of its pull minus ``g``, the time the earliest
+possible player played it (``g[i] = max(arrival[i], g[i-1] + 1/rate)`` from the
+response's first arrival, arrivals as pushed): what this buffer's prebuffer, rebuffering
+and stretching cost on top of the network, on the device's own clock (the daemon pulls
+when a period fits in the device's buffer). ``tests/benchmarks/test_jitter_bench.py``
+computes the same figure from outside; audio resumed after :meth:`pause` is not measured.
+
 Accounting stays in SOURCE samples: ``played[item]`` and ``PullResult.samples`` count
 the samples of the queued audio consumed (what ``conversation.item.truncate`` needs);
 ``PullResult.device`` the device samples they filled. Stretched audio is handed out from
@@ -124,6 +132,82 @@ class PullResult:
     underrun: bool  # the buffer ran empty while more audio was expected
     epoch: int = 0  # flush count when pulled: results from before a flush are stale
     device: int = 0  # samples of this period carrying reply audio (stretched or not)
+
+
+class LatencyHistogram:
+    """Sample-weighted histogram of a latency: 1 ms bins from 0 to ``max_ms`` (values
+    below 0 count in the first bin, above ``max_ms`` in the last; the mean uses the exact
+    values). :meth:`add` is O(1), for the playback thread's once-per-period update."""
+
+    def __init__(self, max_ms: int = 2000):
+        self.counts = np.zeros(max_ms + 1, dtype=np.int64)  # samples per 1 ms bin
+        self.samples = 0
+        self.total_ms = 0.0  # sum over samples of their latency (ms x samples)
+
+    def add(self, ms: float, samples: int) -> None:
+        """``samples`` samples at a latency of ``ms``."""
+        i = min(max(int(ms), 0), self.counts.size - 1)
+        self.counts[i] += samples
+        self.samples += samples
+        self.total_ms += ms * samples
+
+    def copy(self) -> "LatencyHistogram":
+        h = LatencyHistogram.__new__(LatencyHistogram)
+        h.counts, h.samples, h.total_ms = self.counts.copy(), self.samples, self.total_ms
+        return h
+
+    def __sub__(self, other: "LatencyHistogram") -> "LatencyHistogram":
+        """What was added since ``other`` (an earlier copy of this histogram)."""
+        h = self.copy()
+        h.counts -= other.counts
+        h.samples -= other.samples
+        h.total_ms -= other.total_ms
+        return h
+
+    def mean_ms(self) -> float | None:
+        """Mean latency (ms) over the samples; None if there are none."""
+        return self.total_ms / self.samples if self.samples else None
+
+    def quantile_ms(self, q: float) -> float | None:
+        """The ``q`` quantile (ms, to the 1 ms bin's upper edge); None if no samples."""
+        if not self.samples:
+            return None
+        cs = np.cumsum(self.counts)
+        return float(np.searchsorted(cs, q * cs[-1], side="left") + 1)
+
+
+class PullClock:
+    """The paced time of each period the playback loop pulls, for :meth:`JitterBuffer.pull`'s
+    ``t``: period ``n`` at ``n * period / rate + offset`` (the device's sample clock), the
+    offset following ``now - n * period / rate`` up at once and down by at most
+    ``decay_ms_per_s`` (ms per second of audio).
+
+    A real card paces the loop itself (a write returns when a period fits), so ``now`` is
+    the paced time plus a little wake-up lateness; the offset settles on the latest, i.e.
+    a constant ~1 ms late. A device that takes audio in bursts (the test rig's FIFO moves
+    a 4 KiB page, 85 ms at 24 kHz, at a time) makes the loop pull several periods at once:
+    ``now`` is then early for all but the first of them, and the offset, held at the
+    burst's first pull, spaces them one period apart as the device will play them. A
+    starved device (the loop was late, the device played silence) restarts later: the
+    offset jumps with it. Clock drift (< 0.1 ms/s) is followed by the decay (1 ms/s).
+    """
+
+    def __init__(self, rate: int, period: int, decay_ms_per_s: float = 1.0):
+        self.step = period / rate  # seconds per period
+        self._decay = decay_ms_per_s / 1000 * self.step
+        self._n = 0
+        self._offset: float | None = None
+
+    def next(self, now: float) -> float:
+        """Paced time (s, ``now``'s clock) of the period pulled at ``now``; >= ``now``."""
+        raw = self._n * self.step
+        self._n += 1
+        off = now - raw
+        if self._offset is None or off > self._offset - self._decay:
+            self._offset = off
+        else:
+            self._offset -= self._decay
+        return raw + self._offset
 
 
 class JitterBuffer:
@@ -235,6 +319,10 @@ class JitterBuffer:
         self._e_t: float | None = None  # ... at this time
         self._e_avail = 0  # source samples of the response pushed
         self._r_pos = 0  # our position: source samples of the response handed out
+        # when the earliest player (re)started playing, as (source position, time): it
+        # plays source sample p at g(p) = t0 + (p - p0) / rate of the last run with p0 <= p
+        self._g_runs: deque[tuple[int, float]] = deque()
+        self.added = LatencyHistogram()  # added latency of the audio handed out (see pull)
         # statistics (device samples handed out)
         self.audio_out = 0
         self.expand_out = 0  # device samples made by expand operations
@@ -265,6 +353,7 @@ class JitterBuffer:
                 self._resp_open = True
                 self._arrivals.clear()
                 self._e_pos, self._e_t, self._e_avail, self._r_pos = 0.0, None, 0, 0
+                self._g_runs.clear()
             self._arrivals.append((t, pcm.size))
             self._stalled = False
             self._expanded = 0
@@ -311,6 +400,7 @@ class JitterBuffer:
                 left -= k
             self._paused = True
             self._e_pos = float(self._r_pos)  # a pause is not latency to catch up on
+            self._g_runs.clear()  # nor added latency: the resumed audio is not measured
             return dict(self.played)
 
     def resume(self) -> None:
@@ -354,6 +444,13 @@ class JitterBuffer:
     def active(self) -> bool:
         """True while there is reply audio queued or playing."""
         return self._queued > 0 or self._playing
+
+    def added_latency(self) -> LatencyHistogram:
+        """A copy of :attr:`added` (taken under the lock, so consistent): the latency this
+        buffer added to the reply audio handed out since it was made, per source sample
+        (ms). Subtract an earlier copy for an interval (a turn)."""
+        with self._lock:
+            return self.added.copy()
 
     @property
     def target_ms(self) -> float:
@@ -408,10 +505,19 @@ class JitterBuffer:
             lag = self._e_pos - self._r_pos
             self._e_pos = min(float(self._e_avail), self._e_pos + n)
             return lag
+        runs = self._g_runs
         for a, k in self._arrivals:
-            if self._e_t is not None:
+            if self._e_t is None:  # the response's first arrival: it starts playing
+                runs.append((self._e_avail, a))
+            else:
                 a = max(a, self._e_t)
-                self._e_pos = min(float(self._e_avail), self._e_pos + (a - self._e_t) * self.rate)
+                pos = self._e_pos + (a - self._e_t) * self.rate
+                if pos >= self._e_avail:  # it had played all it had: it resumes with this chunk
+                    self._e_pos = float(self._e_avail)
+                    if not self._paused:
+                        runs.append((self._e_avail, a))
+                else:
+                    self._e_pos = pos
             self._e_t = a
             self._e_avail += k
         self._arrivals.clear()
@@ -554,8 +660,9 @@ class JitterBuffer:
     def pull(self, out: np.ndarray, t: float | None = None) -> PullResult:
         """Fill ``out`` (int16, shape (period,)) with the next period; silence if none.
 
-        ``t``: when this period starts playing, on ``push``'s clock (optional: it only
-        refines how far accelerate catches up; without it the pull grid is the clock).
+        ``t``: when this period starts playing, on ``push``'s clock (optional: it
+        refines how far accelerate catches up, without it the pull grid is the clock; and
+        only pulls with ``t`` are measured in :attr:`added`).
         Never blocks on anything but the short internal lock.
         """
         n = out.shape[0]
@@ -606,6 +713,8 @@ class JitterBuffer:
                 piece[3] = done + k
                 if piece[3] >= dev.size:
                     self._ready.popleft()
+            if consumed and t is not None and self._g_runs:
+                self._measure(t, consumed)
             self._queued -= consumed
             self._r_pos += consumed
             self.audio_out += filled
@@ -637,6 +746,16 @@ class JitterBuffer:
                     self._fade_in_pos = 0
             self._last_sample = int(out[n - 1])
             return PullResult(main_item, consumed, drained, underrun, self.epoch, filled)
+
+    def _measure(self, t: float, n: int) -> None:
+        """Added latency of the ``n`` source samples this pull (at ``t``) hands out, from
+        the first of them: ``t - g(r)``, ``g`` the earliest player's playout (lock held)."""
+        r0, runs = self._r_pos, self._g_runs
+        while len(runs) > 1 and runs[1][0] <= r0:
+            runs.popleft()
+        p0, t0 = runs[0]
+        if p0 <= r0:
+            self.added.add((t - t0 - (r0 - p0) / self.rate) * 1000.0, n)
 
     def _remember(self, item_id: str, src: np.ndarray, dev: int) -> None:
         """Keep what was just handed out (``dev`` device samples made from ``src``) for

@@ -34,15 +34,22 @@ Figures (per profile and buffer), over the turns whose reply played to the end:
   of digital zeros inside a reply's playback span that the audio the server sent for the
   item does not have (espeak's own pauses); a dry buffer inside one of the reply's own
   pauses is inaudible and not seen there.
-- ``added mean/p95``: per sample of reply audio (outside its own pauses), daemon write
-  time minus its earliest possible playout ``g`` (the jitter bench's reference:
-  ``g[i] = max(arrival[i], g[i-1] + 1/rate)``, arrival = the server's send time of the
-  chunk, loopback). Playout of source sample ``i``: the samples outside long zero runs are
-  matched in order between the reference and the speaker stream (scaled by the length
-  ratio, so time-stretching is allowed for) and timed on the device's sample clock from
-  the reply's ``playback_start`` write time (``VOXBOX_T``) at 24 kHz. This excludes the
-  output latency (ALSA buffer + the rig's pipe) and the rig speaker's own consumption
-  jitter (its block times drift a few % late), the same for both buffers.
+- ``added mean/p95``: the daemon's own figure, from its ``stop`` record
+  (``VOXBOX_JITTER_ADDED_MS`` / ``VOXBOX_JITTER_ADDED_P95_MS``, over all reply audio of the
+  run, cut turns included): per source sample handed to the device, its pull time on the
+  device's clock (``PullClock``) minus its earliest possible playout ``g`` (the jitter
+  bench's reference: ``g[i] = max(arrival[i], g[i-1] + 1/rate)`` from the reply's first
+  arrival, arrival = when the daemon pushed the chunk). This is what the buffer itself
+  adds: the network, the event loop and the output path are outside it, the same for both
+  buffers.
+- ``spk mean/p95``: the same from outside, as a cross-check: per sample of reply audio
+  (outside its own pauses), daemon write time minus ``g`` computed from the *server's* send
+  times. Playout of source sample ``i``: the samples outside long zero runs are matched in
+  order between the reference and the speaker stream (scaled by the length ratio, so
+  time-stretching is allowed for) and timed on the device's sample clock from the reply's
+  ``playback_start`` write time (``VOXBOX_T``) at 24 kHz. It includes the path from the
+  server's send to the daemon's write (loopback, event loop, the rig's 85 ms pipe page),
+  which scatters by about +-10 ms between identical runs.
 - ``start``: mean ``VOXBOX_DEVICE_PLAYOUT_MS`` of the ``turn`` records (first reply audio
   received -> first sample written).
 - ``recon drop``: ms from the drop (the server stopped / connections dropped) to session
@@ -185,6 +192,7 @@ def run_profile(tmp_path, profile: str, buf: str) -> dict:
         wait_idle(h)
         time.sleep(0.5)
         records.append(h.server.record)
+        h.stop_daemon()  # its stop record sums up the reply audio of the run
         logs = list(h.logs)
         spk, times = h.speaker.snapshot()
     # ---- turns lost: per press window, no playback_end or a session_lost prompt
@@ -245,13 +253,19 @@ def run_profile(tmp_path, profile: str, buf: str) -> dict:
         spk_t = t_start + (s_idx[j] - s_idx[0]) / RATE
         added.append((spk_t - g[r_idx]) * 1000)
     added = np.concatenate(added) if added else np.array([np.nan])
+    stop = [r for r in logs if r.get("VOXBOX_EVENT") == "stop"]
+    assert stop, "no stop record"
+    stop = stop[-1]
     res["underrun_at"] = [r.get("VOXBOX_AT_MS") for r in logs if r.get("VOXBOX_EVENT") == "underrun"]
     res["target"] = [r.get("VOXBOX_JITTER_TARGET_MS") for r in logs if r.get("VOXBOX_EVENT") == "turn"][-1:]
     turns = [r for r in logs if r.get("VOXBOX_EVENT") == "turn"]
     dp = [r["VOXBOX_DEVICE_PLAYOUT_MS"] for r in turns if "VOXBOX_DEVICE_PLAYOUT_MS" in r]
     res.update({
         "underr/min": res["und_daemon"] / max(reply_s / 60, 1e-9), "spk": underruns, "reply_s": reply_s,
-        "added mean": float(np.nanmean(added)), "added p95": float(np.nanpercentile(added, 95)),
+        "added mean": stop.get("VOXBOX_JITTER_ADDED_MS", float("nan")),
+        "added p95": stop.get("VOXBOX_JITTER_ADDED_P95_MS", float("nan")),
+        "all reply s": stop.get("VOXBOX_REPLY_S", 0.0), "all underruns": stop.get("VOXBOX_JITTER_UNDERRUNS", 0),
+        "spk mean": float(np.nanmean(added)), "spk p95": float(np.nanpercentile(added, 95)),
         "start": float(np.mean(dp)) if dp else float("nan"),
         "replies": len(starts),
     })
@@ -280,22 +294,27 @@ def test_link_profiles(tmp_path):
           "audio.jitter_fixed_ms = 60 (min = max = 60 ms, no stretching) "
           "")
     head = (f"{'profile':<12} {'buffer':<17} {'underr/min':>10} {'(n / reply s)':>13} {'spk':>4} {'added mean':>10} "
-            f"{'added p95':>9} {'start':>6} {'recon drop':>10} {'recon return':>12} {'lost':>5}")
+            f"{'added p95':>9} {'spk mean':>8} {'spk p95':>7} {'start':>6} {'recon drop':>10} {'recon return':>12} "
+            f"{'lost':>5}")
     print(head)
     print("-" * len(head))
     for profile, buf, r in results:
         rd = "/".join(f(v) for v in r["recon_drop"]) or "-"
         rr = "/".join(f(v) for v in r["recon_return"]) or "-"
         print(f"{profile:<12} {buf:<17} {r['underr/min']:>10.1f} {str(r['und_daemon']) + ' / ' + f(r['reply_s']):>13} "
-              f"{r['spk']:>4} {r['added mean']:>10.1f} {r['added p95']:>9.1f} {f(r['start']):>6} {rd:>10} {rr:>12} "
-              f"{r['lost']:>3}/{r['turns']}")
+              f"{r['spk']:>4} {r['added mean']:>10.1f} {r['added p95']:>9.0f} {r['spk mean']:>8.1f} "
+              f"{r['spk p95']:>7.1f} {f(r['start']):>6} {rd:>10} {rr:>12} {r['lost']:>3}/{r['turns']}")
     for profile, buf, r in results:
         print(f"  {profile} / {buf}: underruns at (ms of the reply played) {r['underrun_at']}, "
-              f"final target {r['target']} ms")
+              f"final target {r['target']} ms; all reply audio incl. cut turns: {r['all reply s']:.1f} s, "
+              f"{r['all underruns']} underruns")
     print("underr/min: the daemon's VOXBOX_JITTER_UNDERRUNS over the turns played to the end, per "
           "minute of their reply audio; spk: zero runs >= 2 ms inside those replies at the speaker "
-          "that the sent audio does not have (cross-check). added: daemon write "
-          "time - earliest possible playout, per reply sample (ms); start: mean VOXBOX_DEVICE_PLAYOUT_MS; "
+          "that the sent audio does not have (cross-check). added: the daemon's own figure "
+          "(stop record VOXBOX_JITTER_ADDED_MS / _P95_MS, all reply audio of the run): pull time on the "
+          "device clock - earliest possible playout of the sample, from its arrival at the daemon; "
+          "spk mean/p95: the same from outside (speaker stream matched to the sent audio, from the "
+          "server's send times; includes the network/event-loop path); start: mean VOXBOX_DEVICE_PLAYOUT_MS; "
           "recon drop: drop -> session ready (ms), recon return: link back -> session ready (ms)")
     # sanity only
     for profile, buf, r in results:
