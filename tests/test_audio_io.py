@@ -314,3 +314,30 @@ def test_playback_drop_on_rig_keeps_playing(rig):
     assert loop.stop(timeout=1.0)
     spk.close()
     assert spk.received > 0
+
+
+def test_wide_rig_speaker_paces_writes_per_period_bit_exact(tmp_path):
+    """``speaker_channels = 8``: the mono stream goes onto 8 channels before the FIFO, so
+    the one-page pipe holds one 10 ms period and the blocking write paces the loop per
+    period like a real card (not in 85 ms bursts); the speaker keeps channel 0 bit-exact."""
+    r = FileDeviceRig(tmp_path / "rig", speaker_channels=8)
+    r.apply_env()
+    spk = r.speaker()
+    x = (np.arange(240 * 150) % 20000 + 1).astype(np.int16)
+    times = []
+    try:
+        pcm = alsaaudio.PCM(alsaaudio.PCM_PLAYBACK, device=r.SPEAKER, channels=1, rate=24000,
+                            format=alsaaudio.PCM_FORMAT_S16_LE, periodsize=240, periods=4)
+        for i in range(150):
+            pcm.write(x[i * 240:(i + 1) * 240].tobytes())
+            times.append(time.monotonic())
+        pcm.close()
+        deadline = time.monotonic() + 3
+        while spk.received < x.size and time.monotonic() < deadline:
+            time.sleep(0.01)
+        gaps = np.diff(times[20:]) * 1000
+        print(f"write gaps: median {np.median(gaps):.1f} ms, max {gaps.max():.1f} ms")
+        assert np.median(gaps) > 8 and gaps.max() < 40       # per period, not 85 ms bursts
+        assert np.array_equal(spk.samples[:x.size], x)
+    finally:
+        r.close()

@@ -54,12 +54,14 @@ class DaemonHarness:
     config: extra config sections merged over the harness defaults.
     server_options: keyword arguments for the local server.
     pipe_bytes: the rig's speaker FIFO size (bytes).
+    speaker_channels: 8 paces the rig's speaker per 10 ms period like a real card instead
+        of in 85 ms bursts (``FileDeviceRig``).
     """
 
     def __init__(self, workdir: Path, dialect: str = "openai-ga", echo_db: float | None = None,
                  echo_delay_ms: float = 25.0, config: dict[str, dict[str, Any]] | None = None,
                  server_options: dict[str, Any] | None = None, api_key: str = API_KEY,
-                 pipe_bytes: int = 4096):
+                 pipe_bytes: int = 4096, speaker_channels: int = 1):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.dialect = dialect
@@ -70,6 +72,7 @@ class DaemonHarness:
         #: speaker FIFO size; 8192 avoids the one-page pipe's silence gaps at page boundaries,
         #: which make the echo path wander (see voxbox.rig)
         self.pipe_bytes = pipe_bytes
+        self.speaker_channels = speaker_channels
         self.server_options = server_options or {}
         self.logs: list[dict[str, Any]] = []
         self.stderr_text: list[str] = []
@@ -132,7 +135,8 @@ class DaemonHarness:
         """Start server, rig and daemon; wait for ``READY=1``."""
         if self.server is None:
             self.start_server()
-        self.rig = FileDeviceRig(self.workdir / "rig", pipe_bytes=self.pipe_bytes)
+        self.rig = FileDeviceRig(self.workdir / "rig", pipe_bytes=self.pipe_bytes,
+                                 speaker_channels=self.speaker_channels)
         self.speaker = self.rig.speaker()
         echo = {}
         if self.echo_db is not None:

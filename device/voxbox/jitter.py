@@ -76,13 +76,17 @@ step at either end):
   chunk, expand covering the start; on the real daemon that underran where the fixed
   60 ms buffer did not: 1 against 0 in 107 s of steady-link replies.)
 
-Added latency (:attr:`added`, a :class:`LatencyHistogram`; pulls that pass ``t`` only):
-per source sample handed out, ``t`` of its pull minus ``g``, the time the earliest
-possible player played it (``g[i] = max(arrival[i], g[i-1] + 1/rate)`` from the
-response's first arrival, arrivals as pushed): what this buffer's prebuffer, rebuffering
-and stretching cost on top of the network, on the device's own clock (the daemon pulls
-when a period fits in the device's buffer). ``tests/benchmarks/test_jitter_bench.py``
-computes the same figure from outside; audio resumed after :meth:`pause` is not measured.
+Added latency (:attr:`added`, a :class:`LatencyHistogram`): per source sample handed
+out, the time of its pull minus ``g``, the time the earliest possible player handed it
+out: what this buffer's prebuffer, rebuffering and stretching cost on top of the network.
+With ``t`` given to :meth:`pull`, ``g[i] = max(arrival[i], g[i-1] + 1/rate)`` from the
+response's first arrival (continuous time; ``tests/benchmarks/test_jitter_bench.py``
+computes the same figure from outside). Without (the daemon), on the pull grid: pull
+``k`` is at ``k`` periods (the device plays one period per pull, so this is its clock
+even when a device takes periods in bursts, as the test rig's FIFO does, 85 ms at a
+time), and the earliest player hands out a period per pull of what had arrived by then:
+the best any buffer can do on that device. Audio resumed after :meth:`pause` is not
+measured.
 
 Accounting stays in SOURCE samples: ``played[item]`` and ``PullResult.samples`` count
 the samples of the queued audio consumed (what ``conversation.item.truncate`` needs);
@@ -174,40 +178,6 @@ class LatencyHistogram:
             return None
         cs = np.cumsum(self.counts)
         return float(np.searchsorted(cs, q * cs[-1], side="left") + 1)
-
-
-class PullClock:
-    """The paced time of each period the playback loop pulls, for :meth:`JitterBuffer.pull`'s
-    ``t``: period ``n`` at ``n * period / rate + offset`` (the device's sample clock), the
-    offset following ``now - n * period / rate`` up at once and down by at most
-    ``decay_ms_per_s`` (ms per second of audio).
-
-    A real card paces the loop itself (a write returns when a period fits), so ``now`` is
-    the paced time plus a little wake-up lateness; the offset settles on the latest, i.e.
-    a constant ~1 ms late. A device that takes audio in bursts (the test rig's FIFO moves
-    a 4 KiB page, 85 ms at 24 kHz, at a time) makes the loop pull several periods at once:
-    ``now`` is then early for all but the first of them, and the offset, held at the
-    burst's first pull, spaces them one period apart as the device will play them. A
-    starved device (the loop was late, the device played silence) restarts later: the
-    offset jumps with it. Clock drift (< 0.1 ms/s) is followed by the decay (1 ms/s).
-    """
-
-    def __init__(self, rate: int, period: int, decay_ms_per_s: float = 1.0):
-        self.step = period / rate  # seconds per period
-        self._decay = decay_ms_per_s / 1000 * self.step
-        self._n = 0
-        self._offset: float | None = None
-
-    def next(self, now: float) -> float:
-        """Paced time (s, ``now``'s clock) of the period pulled at ``now``; >= ``now``."""
-        raw = self._n * self.step
-        self._n += 1
-        off = now - raw
-        if self._offset is None or off > self._offset - self._decay:
-            self._offset = off
-        else:
-            self._offset -= self._decay
-        return raw + self._offset
 
 
 class JitterBuffer:
@@ -323,6 +293,7 @@ class JitterBuffer:
         # plays source sample p at g(p) = t0 + (p - p0) / rate of the last run with p0 <= p
         self._g_runs: deque[tuple[int, float]] = deque()
         self.added = LatencyHistogram()  # added latency of the audio handed out (see pull)
+        self._pulls = 0  # pulls since made: the device's clock when pull gets no time
         # statistics (device samples handed out)
         self.audio_out = 0
         self.expand_out = 0  # device samples made by expand operations
@@ -498,14 +469,17 @@ class JitterBuffer:
         n = 0 if self._paused else self.period  # the earliest player waits while paused
         if self._paused and t is not None and self._e_t is not None:
             self._e_t = max(self._e_t, t)
+        runs = self._g_runs
         if t is None:
+            tg = self._pulls * self.period / self.rate  # the pull grid's clock
             for _, k in self._arrivals:
+                if self._e_pos >= self._e_avail and not self._paused:  # it was dry: resumes now
+                    runs.append((self._e_avail, tg))
                 self._e_avail += k
             self._arrivals.clear()
             lag = self._e_pos - self._r_pos
             self._e_pos = min(float(self._e_avail), self._e_pos + n)
             return lag
-        runs = self._g_runs
         for a, k in self._arrivals:
             if self._e_t is None:  # the response's first arrival: it starts playing
                 runs.append((self._e_avail, a))
@@ -660,13 +634,14 @@ class JitterBuffer:
     def pull(self, out: np.ndarray, t: float | None = None) -> PullResult:
         """Fill ``out`` (int16, shape (period,)) with the next period; silence if none.
 
-        ``t``: when this period starts playing, on ``push``'s clock (optional: it
-        refines how far accelerate catches up, without it the pull grid is the clock; and
-        only pulls with ``t`` are measured in :attr:`added`).
+        ``t``: when this period starts playing, on ``push``'s clock (optional: without it
+        the pull grid is the clock: pull ``k`` plays at ``k * period / rate``, and the
+        earliest player hands out at most a period of what had arrived by each pull).
         Never blocks on anything but the short internal lock.
         """
         n = out.shape[0]
         with self._lock:
+            self._pulls += 1
             lag = self._lag(t) if self._resp_open else 0.0
             if self._paused:
                 out[:] = 0
@@ -713,8 +688,8 @@ class JitterBuffer:
                 piece[3] = done + k
                 if piece[3] >= dev.size:
                     self._ready.popleft()
-            if consumed and t is not None and self._g_runs:
-                self._measure(t, consumed)
+            if consumed and self._g_runs:
+                self._measure(t if t is not None else self._pulls * n / self.rate, consumed)
             self._queued -= consumed
             self._r_pos += consumed
             self.audio_out += filled

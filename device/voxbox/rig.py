@@ -42,6 +42,14 @@ Measured (alsa-lib 1.2.8, pyalsaaudio 0.11, Linux pipes):
   *older* frame into the pipe. The robust invariant is on counts:
   ``0 ≤ loop.samples_written − speaker.received ≤ buffer_size + 2048 (+ one period)``
   = :attr:`FileDeviceRig.playback_buffer_samples` (+240), checked by the tests.
+* ``speaker_channels = 8`` paces playback like a real card instead: ``voxbox_speaker``
+  becomes a ``plug`` that copies the mono stream onto 8 channels (``ttable``, bit-exact)
+  before the ``file`` plugin, so a 10 ms period is 3840 bytes and the one-page pipe holds
+  one period: every ``write()`` waits for the speaker's next 10 ms read (measured: writes
+  10 ms apart, an occasional 20/0 pair), not 85 ms bursts. The daemon still opens a mono
+  PCM; :class:`Speaker` keeps channel 0. The link benchmark uses it: its jitter buffer
+  decides per pull, and 8 pulls in one burst with no arrival between them is not what a
+  real card does.
 * ``infile`` is read with a blocking ``read()`` of exactly one period per ``readi``; a
   short pipe read would leave stale bytes in the frame, so the feeder always writes one
   whole capture period per ``write()`` (≤ PIPE_BUF, hence atomic).
@@ -90,7 +98,9 @@ class FileDeviceRig:
 
     def __init__(self, workdir: Path, capture_rate: int = 16000, playback_rate: int = 24000,
                  playback_period: int | None = None, playback_periods: int = 4,
-                 pipe_bytes: int = 4096):
+                 pipe_bytes: int = 4096, speaker_channels: int = 1):
+        if speaker_channels not in (1, 8):
+            raise ValueError(f"speaker_channels must be 1 or 8, got {speaker_channels}")
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.capture_rate = capture_rate
@@ -99,6 +109,7 @@ class FileDeviceRig:
         self.playback_period = playback_period or playback_rate // 100
         self.playback_periods = playback_periods
         self.pipe_bytes = pipe_bytes
+        self.speaker_channels = speaker_channels
         self.mic_fifo = self.workdir / "mic.fifo"
         self.speaker_fifo = self.workdir / "speaker.fifo"
         self.config_path = self.workdir / "asound.conf"
@@ -120,12 +131,30 @@ class FileDeviceRig:
             "  format \"raw\"\n"
             f"  hint.description \"voxbox rig microphone ({self.capture_rate} Hz S16_LE mono)\"\n"
             "}\n"
-            f"pcm.{self.SPEAKER} {{\n"
+            + (self._speaker_config() if self.speaker_channels == 1 else self._wide_speaker_config())
+        )
+
+    def _speaker_config(self, name: str | None = None, hint: bool = True) -> str:
+        return (
+            f"pcm.{name or self.SPEAKER} {{\n"
             "  type file\n"
             "  slave.pcm \"null\"\n"
             f"  file \"{self.speaker_fifo}\"\n"
             "  format \"raw\"\n"
-            f"  hint.description \"voxbox rig speaker ({self.playback_rate} Hz S16_LE mono)\"\n"
+            + (f"  hint.description \"voxbox rig speaker ({self.playback_rate} Hz S16_LE mono)\"\n"
+               if hint else "")
+            + "}\n"
+        )
+
+    def _wide_speaker_config(self) -> str:
+        n = self.speaker_channels
+        return (
+            self._speaker_config("voxbox_speaker_wide", hint=False)
+            + f"pcm.{self.SPEAKER} {{\n"
+            "  type plug\n"
+            f"  slave {{ pcm \"voxbox_speaker_wide\"; channels {n}; format S16_LE; rate {self.playback_rate} }}\n"
+            + "".join(f"  ttable.0.{c} 1\n" for c in range(n))
+            + f"  hint.description \"voxbox rig speaker ({self.playback_rate} Hz S16_LE mono, paced per period)\"\n"
             "}\n"
         )
 
@@ -142,7 +171,7 @@ class FileDeviceRig:
     def playback_buffer_samples(self) -> int:
         """Nominal samples between the daemon's ``write()`` and the speaker consuming them:
         the ``file`` plugin's held-back buffer plus the speaker pipe (see module notes)."""
-        return self.playback_period * self.playback_periods + self.pipe_bytes // 2
+        return self.playback_period * self.playback_periods + self.pipe_bytes // (2 * self.speaker_channels)
 
     def speaker(self, **kw) -> "Speaker":
         s = Speaker(self, **kw)
@@ -230,7 +259,9 @@ class Speaker(_FifoWorker):
         self._thread.start()
 
     def _run(self) -> None:
-        bps = self.rate * 2
+        ch = self.rig.speaker_channels
+        frame = 2 * ch
+        bps = self.rate * frame
         t0 = time.monotonic()
         self.t0 = t0
         due_bytes = 0
@@ -243,13 +274,15 @@ class Speaker(_FifoWorker):
                 if self._stop.wait(delay):
                     break
             now = time.monotonic()
-            want = int((now - t0) * bps) // 2 * 2 - due_bytes
+            want = int((now - t0) * bps) // frame * frame - due_bytes
             if want <= 0:
                 continue
             due_bytes += want
-            got = self._read(want)
-            nsamp_want = want // 2
+            got = self._read(want, frame)
+            nsamp_want = want // frame
             block = np.frombuffer(got, dtype=np.int16)
+            if ch > 1:
+                block = block.reshape(-1, ch)[:, 0].copy()
             with self._lock:
                 if len(block):
                     self._chunks.append(block)
@@ -264,7 +297,7 @@ class Speaker(_FifoWorker):
                 self._played.append(played)
                 self._played_len += len(played)
 
-    def _read(self, nbytes: int) -> bytes:
+    def _read(self, nbytes: int, frame: int = 2) -> bytes:
         out = self._leftover
         self._leftover = b""
         while len(out) < nbytes:
@@ -279,10 +312,9 @@ class Speaker(_FifoWorker):
             if not b:  # no writer (EOF): the daemon has not opened / has closed the PCM
                 break
             out += b
-        if len(out) % 2:
-            self._leftover = out[-1:]
-            out = out[:-1]
-        return out
+        cut = len(out) - len(out) % frame
+        self._leftover = out[cut:]
+        return out[:cut]
 
     def pipe_fill_bytes(self) -> int:
         """Bytes currently queued in the speaker pipe (FIONREAD)."""

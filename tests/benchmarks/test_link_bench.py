@@ -6,7 +6,9 @@ On demand: ``pytest -m benchmark -s tests/benchmarks/test_link_bench.py``
 ``VOXBOX_LINK_PROFILES=steady,tunnel`` runs some profiles only).
 
 Per profile and buffer configuration, the real daemon (:class:`DaemonHarness`, ALSA file
-devices, tap turns of a short espeak question, ``follow_up_s = 0``) runs ``TURNS`` turns.
+devices with the speaker paced per 10 ms period like a real card (``speaker_channels = 8``;
+the rig's default one-page FIFO takes 85 ms at a time, so the daemon would pull 8 periods
+at once with no arrival between them, which a card does not do), tap turns of a short espeak question, ``follow_up_s = 0``) runs ``TURNS`` turns.
 The local server answers each with the next of six scripted spoken replies (espeak-ng,
 2.6-7.4 s, ``LocalServerConfig.reply_audio``) sent its usual way: chunks of 50-250 ms at
 2-4x real time. The profile is applied through the server's fault controls:
@@ -36,20 +38,20 @@ Figures (per profile and buffer), over the turns whose reply played to the end:
   pauses is inaudible and not seen there.
 - ``added mean/p95``: the daemon's own figure, from its ``stop`` record
   (``VOXBOX_JITTER_ADDED_MS`` / ``VOXBOX_JITTER_ADDED_P95_MS``, over all reply audio of the
-  run, cut turns included): per source sample handed to the device, its pull time on the
-  device's clock (``PullClock``) minus its earliest possible playout ``g`` (the jitter
-  bench's reference: ``g[i] = max(arrival[i], g[i-1] + 1/rate)`` from the reply's first
-  arrival, arrival = when the daemon pushed the chunk). This is what the buffer itself
-  adds: the network, the event loop and the output path are outside it, the same for both
-  buffers.
+  run, cut turns included): per source sample handed to the device, its pull minus the
+  pull at which the earliest possible player handed it out, on the pull grid (the device
+  plays one 10 ms period per pull; the earliest player hands out a period per pull of
+  what had arrived at the daemon by then; ``JitterBuffer.added``). This is what the
+  buffer itself adds: the network, the event loop and the output path are outside it,
+  the same for both buffers.
 - ``spk mean/p95``: the same from outside, as a cross-check: per sample of reply audio
   (outside its own pauses), daemon write time minus ``g`` computed from the *server's* send
   times. Playout of source sample ``i``: the samples outside long zero runs are matched in
   order between the reference and the speaker stream (scaled by the length ratio, so
   time-stretching is allowed for) and timed on the device's sample clock from the reply's
   ``playback_start`` write time (``VOXBOX_T``) at 24 kHz. It includes the path from the
-  server's send to the daemon's write (loopback, event loop, the rig's 85 ms pipe page),
-  which scatters by about +-10 ms between identical runs.
+  server's send to the daemon's write (loopback, event loop, the output path), which
+  scatters by several ms between identical runs.
 - ``start``: mean ``VOXBOX_DEVICE_PLAYOUT_MS`` of the ``turn`` records (first reply audio
   received -> first sample written).
 - ``recon drop``: ms from the drop (the server stopped / connections dropped) to session
@@ -155,7 +157,7 @@ def run_profile(tmp_path, profile: str, buf: str) -> dict:
            "audio": dict(BUFFERS[buf])}
     res = {"turns": 0, "lost": 0, "und_daemon": 0, "recon_drop": [], "recon_return": []}
     records = []
-    with DaemonHarness(tmp_path, echo_db=None, config=cfg, server_options=opts) as h:
+    with DaemonHarness(tmp_path, echo_db=None, config=cfg, server_options=opts, speaker_channels=8) as h:
         h.start()
         for i in range(TURNS):
             wait_idle(h)
@@ -311,8 +313,8 @@ def test_link_profiles(tmp_path):
     print("underr/min: the daemon's VOXBOX_JITTER_UNDERRUNS over the turns played to the end, per "
           "minute of their reply audio; spk: zero runs >= 2 ms inside those replies at the speaker "
           "that the sent audio does not have (cross-check). added: the daemon's own figure "
-          "(stop record VOXBOX_JITTER_ADDED_MS / _P95_MS, all reply audio of the run): pull time on the "
-          "device clock - earliest possible playout of the sample, from its arrival at the daemon; "
+          "(stop record VOXBOX_JITTER_ADDED_MS / _P95_MS, all reply audio of the run): per sample, its "
+          "pull - the pull at which the earliest possible player handed it out (10 ms pull grid); "
           "spk mean/p95: the same from outside (speaker stream matched to the sent audio, from the "
           "server's send times; includes the network/event-loop path); start: mean VOXBOX_DEVICE_PLAYOUT_MS; "
           "recon drop: drop -> session ready (ms), recon return: link back -> session ready (ms)")
