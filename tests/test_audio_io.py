@@ -331,6 +331,8 @@ def test_wide_rig_speaker_paces_writes_per_period_bit_exact(tmp_path):
         for i in range(150):
             pcm.write(x[i * 240:(i + 1) * 240].tobytes())
             times.append(time.monotonic())
+            if i % 10 == 5:
+                time.sleep(0.018)  # a late writer: the 4-period pipe absorbs it
         pcm.close()
         deadline = time.monotonic() + 3
         while spk.received < x.size and time.monotonic() < deadline:
@@ -338,6 +340,10 @@ def test_wide_rig_speaker_paces_writes_per_period_bit_exact(tmp_path):
         gaps = np.diff(times[20:]) * 1000
         print(f"write gaps: median {np.median(gaps):.1f} ms, max {gaps.max():.1f} ms")
         assert np.median(gaps) > 8 and gaps.max() < 40       # per period, not 85 ms bursts
+        rate = (len(times) - 21) / (times[-1] - times[20])
+        print(f"writes per second: {rate:.1f}")
+        assert 97 < rate < 103                                # late writes catch up
+        assert spk.underrun_samples < 240 * 3
         assert np.array_equal(spk.samples[:x.size], x)
     finally:
         r.close()

@@ -55,7 +55,9 @@ def test_drop_mid_reply_reconnects_and_says_the_turn_was_lost(tmp_path):
 def test_audio_jitter_bursts_and_gaps_still_play_the_whole_reply(tmp_path):
     opts = {"audio_jitter": {"jitter_s": 0.05, "burst": 8, "gap_s": 0.25, "seed": 3}}
     cfg = {"audio": {"jitter_stretch": True}}  # the product default: expand bridges short gaps
-    with DaemonHarness(tmp_path, echo_db=-30, server_options=opts, config=cfg) as h:
+    # the speaker paced per period like a card (the rig's default FIFO takes 85 ms at a
+    # time, which makes the buffer's added-latency figure meaningless)
+    with DaemonHarness(tmp_path, echo_db=-30, server_options=opts, config=cfg, speaker_channels=8) as h:
         h.start()
         tap_turn(h)
         conn = h.server.record.connection(-1)
@@ -73,7 +75,8 @@ def test_audio_jitter_bursts_and_gaps_still_play_the_whole_reply(tmp_path):
         assert turn["VOXBOX_JITTER_UNDERRUNS"] >= 0 and 20 <= turn["VOXBOX_JITTER_TARGET_MS"] <= 600
         # ... and what the buffer cost in latency (a gap bridged or rebuffered is behind
         # the earliest possible playout from then on, until accelerate catches up)
-        assert 0 <= turn["VOXBOX_JITTER_ADDED_MS"] <= turn["VOXBOX_JITTER_ADDED_P95_MS"] + 1
+        # (a little below 0 is accelerate: compressed audio plays ahead of a non-stretching player)
+        assert -3 <= turn["VOXBOX_JITTER_ADDED_MS"] <= turn["VOXBOX_JITTER_ADDED_P95_MS"] + 1
         print(f"turn record: jitter underruns {turn['VOXBOX_JITTER_UNDERRUNS']}, "
               f"target {turn['VOXBOX_JITTER_TARGET_MS']} ms, added {turn['VOXBOX_JITTER_ADDED_MS']} ms "
               f"(p95 {turn['VOXBOX_JITTER_ADDED_P95_MS']}), {len(faults)} audio faults")

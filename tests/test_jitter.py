@@ -642,3 +642,26 @@ def test_latency_histogram_quantile_and_clamping():
     assert h.mean_ms() == pytest.approx((-20 + 360 + 5000) / 100)
     assert h.quantile_ms(0.05) == 1 and h.quantile_ms(0.5) == 5 and h.quantile_ms(0.95) == 101
 
+
+
+def test_pull_clock_ignores_late_wakeups_and_follows_the_device():
+    from voxbox.jitter import PullClock
+    step = 0.01
+    # a card: a pull per period; every 10th wakes 18 ms late and the next catches up
+    c = PullClock(24000, 240)
+    now = 5.0 + np.arange(600) * step
+    now[5::10] += 0.018
+    now[6::10] += 0.002
+    t = np.array([c.next(x) for x in now])
+    assert np.all(t <= now + 1e-9)
+    assert np.allclose(np.diff(t), step, atol=1e-4)  # the device's time, not the wake-ups
+    # the device starved 200 ms (it played silence): the clock follows at 1 ms/s
+    c = PullClock(24000, 240)
+    t0 = [c.next(5.0 + k * step) for k in range(100)]
+    t1 = [c.next(5.0 + 0.2 + k * step) for k in range(100, 300)]
+    assert t1[0] - t0[-1] == pytest.approx(step + 1e-5, abs=1e-6) and t1[-1] <= 5.0 + 0.2 + 299 * step
+    # a device 100 ppm slow (pulls come later and later): followed, never ahead of now
+    c = PullClock(24000, 240)
+    now = np.arange(100_000) * step * (1 + 1e-4)
+    t = np.array([c.next(x) for x in now])
+    assert np.all(t <= now + 1e-9) and (now - t)[-1] < 0.002

@@ -37,7 +37,7 @@ from voxbox.conversation import (UPLINK_STATES, Action, ClearInput, Conversation
 from voxbox.credentials import Secret
 from voxbox.dialects import PCM_RATE, auth_headers, build_url
 from voxbox.gestures import ButtonGestures, Gesture
-from voxbox.jitter import JitterBuffer, LatencyHistogram, PullResult
+from voxbox.jitter import JitterBuffer, LatencyHistogram, PullClock, PullResult
 from voxbox.led import pattern_for
 from voxbox.ring import FrameQueue, SampleRing
 from voxbox.sd import Notifier
@@ -137,6 +137,7 @@ class Daemon:
             self.jitter = JitterBuffer(a.playback_rate, self.play_period, a.jitter_prebuffer_ms,
                                        stretch=a.jitter_stretch, min_ms=a.jitter_min_ms,
                                        max_ms=a.jitter_max_ms)
+        self._pull_clock = PullClock(a.playback_rate, self.play_period)
         self.ref_ring = SampleRing(a.capture_rate)  # 1 s
         # the delay line never runs shorter than MIN_REF_DELAY_PERIODS periods: the two audio
         # threads wake at different times, and a shorter backlog starves the reference
@@ -518,9 +519,11 @@ class Daemon:
 
     # ------------------------------------------------------------------ playback thread
     def _playback_source(self) -> np.ndarray:
-        # no time: the pull grid is the device's clock (one period played per pull) for
-        # the jitter buffer's accelerate and its added latency
-        self._last_pull = self.jitter.pull(self._play_buf)
+        # the pull time: a card paces the loop (a write returns when a period fits), so
+        # this is when the period enters the device, a constant depth before it plays;
+        # the jitter buffer's accelerate and its added latency are measured from it
+        # (paced: a late wake-up and the catch-up pulls after it are not the device's time)
+        self._last_pull = self.jitter.pull(self._play_buf, self._pull_clock.next(time.monotonic()))
         self.volume.apply(self._play_buf)
         cue = self._cue
         if cue is not None:  # mix the earcon over whatever plays (whole-frame numpy)

@@ -79,14 +79,16 @@ step at either end):
 Added latency (:attr:`added`, a :class:`LatencyHistogram`): per source sample handed
 out, the time of its pull minus ``g``, the time the earliest possible player handed it
 out: what this buffer's prebuffer, rebuffering and stretching cost on top of the network.
-With ``t`` given to :meth:`pull`, ``g[i] = max(arrival[i], g[i-1] + 1/rate)`` from the
-response's first arrival (continuous time; ``tests/benchmarks/test_jitter_bench.py``
-computes the same figure from outside). Without (the daemon), on the pull grid: pull
-``k`` is at ``k`` periods (the device plays one period per pull, so this is its clock
-even when a device takes periods in bursts, as the test rig's FIFO does, 85 ms at a
-time), and the earliest player hands out a period per pull of what had arrived by then:
-the best any buffer can do on that device. Audio resumed after :meth:`pause` is not
-measured.
+With ``t`` given to :meth:`pull` (the daemon passes :class:`PullClock`'s paced time
+of the pull: a card paces its playback loop per period), ``g[i] = max(arrival[i], g[i-1] + 1/rate)``
+from the response's first arrival, in continuous time, so the wait for the next pull
+after an arrival (0-10 ms) counts: it is latency a non-stretching buffer cannot avoid and
+accelerate can win back (``tests/benchmarks/test_jitter_bench.py`` computes the same
+figure from outside). A device that takes several periods at once (the test rig's
+default one-page FIFO: 85 ms at a time) makes the later pulls of a burst look early,
+below ``g``. Without ``t``, on the pull grid: pull ``k`` is at ``k`` periods, and the
+earliest player hands out a period per pull of what had arrived by then. Audio resumed
+after :meth:`pause` is not measured.
 
 Accounting stays in SOURCE samples: ``played[item]`` and ``PullResult.samples`` count
 the samples of the queued audio consumed (what ``conversation.item.truncate`` needs);
@@ -178,6 +180,35 @@ class LatencyHistogram:
             return None
         cs = np.cumsum(self.counts)
         return float(np.searchsorted(cs, q * cs[-1], side="left") + 1)
+
+
+class PullClock:
+    """The paced time of each period the playback loop pulls, for :meth:`JitterBuffer.pull`'s
+    ``t``: period ``n`` at ``n * period / rate + offset`` (the device's sample clock). A
+    device with a buffer of several periods lets a pull come late (the thread woke late)
+    and the next ones early (catching up) without the device noticing; the time it plays
+    them is unchanged. So the offset follows ``now - n * period / rate`` down at once (its
+    minimum is a pull on time) and up by at most ``creep_ms_per_s`` (ms per second of
+    audio: clock drift, < 0.1 ms/s, and the later restart after the device starved).
+    Without it a late pull looks like lag that accelerate would chase and the catch-up
+    pulls that follow look early, below the earliest possible playout."""
+
+    def __init__(self, rate: int, period: int, creep_ms_per_s: float = 1.0):
+        self.step = period / rate  # seconds per period
+        self._creep = creep_ms_per_s / 1000 * self.step
+        self._n = 0
+        self._offset: float | None = None
+
+    def next(self, now: float) -> float:
+        """Paced time (s, ``now``'s clock) of the period pulled at ``now``; <= ``now``."""
+        raw = self._n * self.step
+        self._n += 1
+        off = now - raw
+        if self._offset is None or off < self._offset + self._creep:
+            self._offset = off
+        else:
+            self._offset += self._creep
+        return raw + self._offset
 
 
 class JitterBuffer:
@@ -583,25 +614,26 @@ class JitterBuffer:
         self.expands += 1
         return True
 
-    def _accelerate_piece(self, lag: float) -> bool:
+    def _accelerate_piece(self, lag: float) -> int:
         """Remove one pitch period (where the audio is periodic or quiet) from the head of
-        the queue, no more than ``lag`` samples, keeping enough queued."""
+        the queue, no more than ``lag`` samples, keeping enough queued. Returns the
+        samples removed (0: none)."""
         tmax = min(self._tmax, int(lag))
         if tmax < self._tmin:
-            return False
+            return 0
         need = max(2 * tmax, int(math.ceil(tmax / self.max_accelerate)))
         if self._inq < need + self._accel_above:
-            return False
+            return 0
         item, xi = self._peek(need)
         if xi.size < need:
-            return False
+            return 0
         x = xi.astype(np.float32)
         T, corr = self._best_lag(x[:2 * tmax], tmax)
         quiet = float(np.mean(x[:2 * T] ** 2)) < 300.0 ** 2
         if corr < 0.8 and not quiet:
             # neither periodic nor quiet: do not search this audio again on every pull
             self._accel_after = self._taken + need
-            return False
+            return 0
         s = max(2 * T, int(round(T / self.max_accelerate)))
         # y = crossfade(x[:T] -> x[T:2T]) ++ x[2T:s]: one period less, continuous at both
         # ends (starts on x[0], ends on x[2T-1], followed by x[2T])
@@ -612,23 +644,26 @@ class JitterBuffer:
         self._consume(s)
         self._ready.append([item, src, dev, 0])
         self.accelerates += 1
-        return True
+        return T
 
-    def _make_piece(self, need: int, lag: float) -> None:
-        """Move the next audio from the queue to the ready pieces (lock held)."""
+    def _make_piece(self, need: int, lag: float) -> int:
+        """Move the next audio from the queue to the ready pieces (lock held). Returns the
+        samples an accelerate removed (what is left of ``lag`` for this pull's next piece)."""
         if self.stretch:
             below = max(self._expand_floor, min(self.prebuffer, self._expand_ceiling))
             if not self._complete and self._inq < below:
                 if self._expand_piece():
-                    return
-            elif lag >= self._tmin and self._taken >= self._accel_after \
-                    and self._accelerate_piece(lag):
-                return
+                    return 0
+            elif lag >= self._tmin and self._taken >= self._accel_after:
+                removed = self._accelerate_piece(lag)
+                if removed:
+                    return removed
         item, chunk = self._chunks[0]
         take = min(need, chunk.size - self._offset)
         piece = chunk[self._offset:self._offset + take]
         self._consume(take)
         self._ready.append([item, piece, piece, 0])
+        return 0
 
     # ---- playback side -----------------------------------------------------------------
     def pull(self, out: np.ndarray, t: float | None = None) -> PullResult:
@@ -663,7 +698,7 @@ class JitterBuffer:
                 if not self._ready:
                     if not self._chunks:
                         break
-                    self._make_piece(n - filled, lag)
+                    lag -= self._make_piece(n - filled, lag)  # never more than the lag
                     continue
                 piece = self._ready[0]
                 item, src, dev, done = piece

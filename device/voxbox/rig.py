@@ -44,9 +44,12 @@ Measured (alsa-lib 1.2.8, pyalsaaudio 0.11, Linux pipes):
   = :attr:`FileDeviceRig.playback_buffer_samples` (+240), checked by the tests.
 * ``speaker_channels = 8`` paces playback like a real card instead: ``voxbox_speaker``
   becomes a ``plug`` that copies the mono stream onto 8 channels (``ttable``, bit-exact)
-  before the ``file`` plugin, so a 10 ms period is 3840 bytes and the one-page pipe holds
-  one period: every ``write()`` waits for the speaker's next 10 ms read (measured: writes
-  10 ms apart, an occasional 20/0 pair), not 85 ms bursts. The daemon still opens a mono
+  before the ``file`` plugin, so a 10 ms period is 3840 bytes, one per pipe page (the
+  next does not fit), and the pipe (4 pages) holds 4 periods, like a card's 4-period
+  buffer: every ``write()`` waits for the speaker's next 10 ms read, not 85 ms bursts, and
+  a writer late by less than 30 ms catches up (measured, a writer 18 ms late every 10th
+  period: writes 10 ms apart, 18/2 ms around the late one, 100 per second; with a
+  one-page pipe each late write is lost time, 82 writes per second). The daemon still opens a mono
   PCM; :class:`Speaker` keeps channel 0. The link benchmark uses it: its jitter buffer
   decides per pull, and 8 pulls in one burst with no arrival between them is not what a
   real card does.
@@ -98,7 +101,8 @@ class FileDeviceRig:
 
     def __init__(self, workdir: Path, capture_rate: int = 16000, playback_rate: int = 24000,
                  playback_period: int | None = None, playback_periods: int = 4,
-                 pipe_bytes: int = 4096, speaker_channels: int = 1):
+                 pipe_bytes: int = 4096, speaker_channels: int = 1,
+                 speaker_pipe_bytes: int | None = None):
         if speaker_channels not in (1, 8):
             raise ValueError(f"speaker_channels must be 1 or 8, got {speaker_channels}")
         self.workdir = Path(workdir)
@@ -110,6 +114,8 @@ class FileDeviceRig:
         self.playback_periods = playback_periods
         self.pipe_bytes = pipe_bytes
         self.speaker_channels = speaker_channels
+        # wide: 4 pages, one 10 ms period each (3840 bytes; the next does not fit a page)
+        self.speaker_pipe_bytes = speaker_pipe_bytes or (pipe_bytes if speaker_channels == 1 else 4 * 4096)
         self.mic_fifo = self.workdir / "mic.fifo"
         self.speaker_fifo = self.workdir / "speaker.fifo"
         self.config_path = self.workdir / "asound.conf"
@@ -171,7 +177,9 @@ class FileDeviceRig:
     def playback_buffer_samples(self) -> int:
         """Nominal samples between the daemon's ``write()`` and the speaker consuming them:
         the ``file`` plugin's held-back buffer plus the speaker pipe (see module notes)."""
-        return self.playback_period * self.playback_periods + self.pipe_bytes // (2 * self.speaker_channels)
+        if self.speaker_channels == 1:
+            return self.playback_period * self.playback_periods + self.speaker_pipe_bytes // 2
+        return self.playback_period * (self.playback_periods + self.speaker_pipe_bytes // 4096)
 
     def speaker(self, **kw) -> "Speaker":
         s = Speaker(self, **kw)
@@ -240,7 +248,7 @@ class Speaker(_FifoWorker):
         self.rig = rig
         self.rate = rig.playback_rate
         self.fd = os.open(rig.speaker_fifo, os.O_RDONLY | os.O_NONBLOCK)
-        self.pipe_size = _shrink_pipe(self.fd, rig.pipe_bytes)
+        self.pipe_size = _shrink_pipe(self.fd, rig.speaker_pipe_bytes)
         self._lock = threading.Lock()
         self._chunks: list[np.ndarray] = []
         self._chunk_times: list[float] = []

@@ -38,12 +38,12 @@ Figures (per profile and buffer), over the turns whose reply played to the end:
   pauses is inaudible and not seen there.
 - ``added mean/p95``: the daemon's own figure, from its ``stop`` record
   (``VOXBOX_JITTER_ADDED_MS`` / ``VOXBOX_JITTER_ADDED_P95_MS``, over all reply audio of the
-  run, cut turns included): per source sample handed to the device, its pull minus the
-  pull at which the earliest possible player handed it out, on the pull grid (the device
-  plays one 10 ms period per pull; the earliest player hands out a period per pull of
-  what had arrived at the daemon by then; ``JitterBuffer.added``). This is what the
-  buffer itself adds: the network, the event loop and the output path are outside it,
-  the same for both buffers.
+  run, cut turns included): per source sample handed to the device, the time of its pull
+  minus its earliest possible playout ``g`` (the jitter bench's reference:
+  ``g[i] = max(arrival[i], g[i-1] + 1/rate)`` from the reply's first arrival, arrival =
+  when the daemon pushed the chunk; ``JitterBuffer.added``). This is what the buffer
+  itself adds: the network, the event loop and the output path are outside it, the same
+  for both buffers.
 - ``spk mean/p95``: the same from outside, as a cross-check: per sample of reply audio
   (outside its own pauses), daemon write time minus ``g`` computed from the *server's* send
   times. Playout of source sample ``i``: the samples outside long zero runs are matched in
@@ -314,7 +314,7 @@ def test_link_profiles(tmp_path):
           "minute of their reply audio; spk: zero runs >= 2 ms inside those replies at the speaker "
           "that the sent audio does not have (cross-check). added: the daemon's own figure "
           "(stop record VOXBOX_JITTER_ADDED_MS / _P95_MS, all reply audio of the run): per sample, its "
-          "pull - the pull at which the earliest possible player handed it out (10 ms pull grid); "
+          "pull time - its earliest possible playout from its arrival at the daemon; "
           "spk mean/p95: the same from outside (speaker stream matched to the sent audio, from the "
           "server's send times; includes the network/event-loop path); start: mean VOXBOX_DEVICE_PLAYOUT_MS; "
           "recon drop: drop -> session ready (ms), recon return: link back -> session ready (ms)")
