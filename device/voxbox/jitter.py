@@ -178,8 +178,7 @@ class LatencyHistogram:
         """The ``q`` quantile (ms, to the 1 ms bin's upper edge); None if no samples."""
         if not self.samples:
             return None
-        cs = np.cumsum(self.counts)
-        return float(np.searchsorted(cs, q * cs[-1], side="left") + 1)
+        return float(_quantile_bin(np.cumsum(self.counts), q) + 1)
 
 
 class PullClock:
@@ -489,7 +488,7 @@ class JitterBuffer:
         h *= 1.0 - w
         h[min(int(math.ceil(obs_ms / BUCKET_MS)), h.size - 1)] += w
         np.cumsum(h, out=self._hist_cs)
-        b = int(np.searchsorted(self._hist_cs, self.quantile * self._hist_cs[-1], side="left"))
+        b = _quantile_bin(self._hist_cs, self.quantile)
         target_ms = min(max(b * BUCKET_MS, self.min_ms), self.max_ms)
         self.prebuffer = int(math.ceil(target_ms * self.rate / 1000))
 
@@ -724,7 +723,10 @@ class JitterBuffer:
                 if piece[3] >= dev.size:
                     self._ready.popleft()
             if consumed and self._g_runs:
-                self._measure(t if t is not None else self._pulls * n / self.rate, consumed)
+                # with ``t``: the pull is no earlier than the last arrival it could hand out
+                # (``_lag`` left ``_e_t`` at max(t, arrivals)); without, the pull grid
+                self._measure(self._e_t if t is not None else self._pulls * self.period / self.rate,
+                              consumed)
             self._queued -= consumed
             self._r_pos += consumed
             self.audio_out += filled
@@ -801,6 +803,11 @@ class JitterBuffer:
         seg *= self._fade_out[:end - start]
         out[start:end] = seg
         out[end:] = 0
+
+
+def _quantile_bin(cs: np.ndarray, q: float) -> int:
+    """The bin holding the ``q`` quantile of a histogram, given its cumulative sums."""
+    return int(np.searchsorted(cs, q * cs[-1], side="left"))
 
 
 def _src_at(d: int, s: int, dtot: int) -> int:
