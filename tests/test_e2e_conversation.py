@@ -176,9 +176,9 @@ def test_echo_delay_measured_and_reference_realigned(tmp_path):
     # canceller cannot work, and the service's VAD would hear the unit's own reply
     cfg = {"frontend": {"reference_delay_ms": 0}, "conversation": {"follow_up_s": 0},
            "realtime": {"turn_detection": {"type": "none"}}, "gpio": {"long_hold_ms": 30000}}
-    # a two-page speaker FIFO: the default one-page pipe inserts silence at page boundaries,
-    # so the rig's echo path would wander by tens of ms within a reply
-    with DaemonHarness(tmp_path, echo_db=-20, config=cfg, pipe_bytes=8192) as h:
+    # the harness's speaker is paced per period (a one-page mono pipe inserts silence at
+    # page boundaries, so the rig's echo path would wander by tens of ms within a reply)
+    with DaemonHarness(tmp_path, echo_db=-20, config=cfg) as h:
         h.start()
         moves, turns = [], []
         for k in range(2):  # two replies: measured during the first, the line moved

@@ -55,9 +55,7 @@ def test_drop_mid_reply_reconnects_and_says_the_turn_was_lost(tmp_path):
 def test_audio_jitter_bursts_and_gaps_still_play_the_whole_reply(tmp_path):
     opts = {"audio_jitter": {"jitter_s": 0.05, "burst": 8, "gap_s": 0.25, "seed": 3}}
     cfg = {"audio": {"jitter_stretch": True}}  # the product default: expand bridges short gaps
-    # the speaker paced per period like a card (the rig's default FIFO takes 85 ms at a
-    # time, which makes the buffer's added-latency figure meaningless)
-    with DaemonHarness(tmp_path, echo_db=-30, server_options=opts, config=cfg, speaker_channels=8) as h:
+    with DaemonHarness(tmp_path, echo_db=-30, server_options=opts, config=cfg) as h:
         h.start()
         tap_turn(h)
         conn = h.server.record.connection(-1)

@@ -53,15 +53,17 @@ class DaemonHarness:
     echo_delay_ms: acoustic delay from speaker to microphone (ms).
     config: extra config sections merged over the harness defaults.
     server_options: keyword arguments for the local server.
-    pipe_bytes: the rig's speaker FIFO size (bytes).
-    speaker_channels: 8 paces the rig's speaker per 10 ms period like a real card instead
-        of in 85 ms bursts (``FileDeviceRig``).
+    pipe_bytes: the rig's microphone FIFO size, and the speaker's with ``speaker_channels=1``
+        (bytes; the paced speaker's pipe holds 4 periods).
+    speaker_channels: 8 (the default) paces the rig's speaker per 10 ms period like a real
+        card; 1 takes 85 ms at a time (``FileDeviceRig``). The daemon is another process,
+        so the paced speaker's blocking close cannot hold this process's GIL.
     """
 
     def __init__(self, workdir: Path, dialect: str = "openai-ga", echo_db: float | None = None,
                  echo_delay_ms: float = 25.0, config: dict[str, dict[str, Any]] | None = None,
                  server_options: dict[str, Any] | None = None, api_key: str = API_KEY,
-                 pipe_bytes: int = 4096, speaker_channels: int = 1):
+                 pipe_bytes: int = 4096, speaker_channels: int = 8):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.dialect = dialect
@@ -69,8 +71,6 @@ class DaemonHarness:
         self.echo_delay_ms = echo_delay_ms
         self.api_key = api_key
         self.extra_config = config or {}
-        #: speaker FIFO size; 8192 avoids the one-page pipe's silence gaps at page boundaries,
-        #: which make the echo path wander (see voxbox.rig)
         self.pipe_bytes = pipe_bytes
         self.speaker_channels = speaker_channels
         self.server_options = server_options or {}

@@ -84,9 +84,11 @@ of the pull: a card paces its playback loop per period), ``g[i] = max(arrival[i]
 from the response's first arrival, in continuous time, so the wait for the next pull
 after an arrival (0-10 ms) counts: it is latency a non-stretching buffer cannot avoid and
 accelerate can win back (``tests/benchmarks/test_jitter_bench.py`` computes the same
-figure from outside). A device that takes several periods at once (the test rig's
-default one-page FIFO: 85 ms at a time) makes the later pulls of a burst look early,
-below ``g``. Without ``t``, on the pull grid: pull ``k`` is at ``k`` periods, and the
+figure from outside); a pull is taken no earlier than the last arrival it could hand
+out. A device that takes several periods at once (a one-page mono FIFO on the test rig:
+85 ms at a time) understates the figure: :class:`PullClock` takes the burst's early
+pulls for on-time ones (the mono rig gave -187.6 ms in the demo; the daemon harness
+paces its speaker per period). Without ``t``, on the pull grid: pull ``k`` is at ``k`` periods, and the
 earliest player hands out a period per pull of what had arrived by then. Audio resumed
 after :meth:`pause` is not measured.
 

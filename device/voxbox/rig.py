@@ -50,9 +50,12 @@ Measured (alsa-lib 1.2.8, pyalsaaudio 0.11, Linux pipes):
   a writer late by less than 30 ms catches up (measured, a writer 18 ms late every 10th
   period: writes 10 ms apart, 18/2 ms around the late one, 100 per second; with a
   one-page pipe each late write is lost time, 82 writes per second). The daemon still opens a mono
-  PCM; :class:`Speaker` keeps channel 0. The link benchmark uses it: its jitter buffer
-  decides per pull, and 8 pulls in one burst with no arrival between them is not what a
-  real card does.
+  PCM; :class:`Speaker` keeps channel 0. :class:`voxbox.harness.DaemonHarness` (the demo,
+  the end-to-end tests, the link benchmark) uses it: the jitter buffer decides and measures
+  per pull, and 8 pulls in one burst with no arrival between them is not what a card does.
+  Not for a playback loop in the same process as the :class:`Speaker`: closing the paced
+  PCM blocks in alsa-lib while it flushes into the full pipe, holding the GIL, so the
+  speaker thread can never drain it (measured: a deadlock); the daemon is a subprocess.
 * ``infile`` is read with a blocking ``read()`` of exactly one period per ``readi``; a
   short pipe read would leave stale bytes in the frame, so the feeder always writes one
   whole capture period per ``write()`` (≤ PIPE_BUF, hence atomic).

@@ -6,9 +6,9 @@ On demand: ``pytest -m benchmark -s tests/benchmarks/test_link_bench.py``
 ``VOXBOX_LINK_PROFILES=steady,tunnel`` runs some profiles only).
 
 Per profile and buffer configuration, the real daemon (:class:`DaemonHarness`, ALSA file
-devices with the speaker paced per 10 ms period like a real card (``speaker_channels = 8``;
-the rig's default one-page FIFO takes 85 ms at a time, so the daemon would pull 8 periods
-at once with no arrival between them, which a card does not do), tap turns of a short espeak question, ``follow_up_s = 0``) runs ``TURNS`` turns.
+devices with the speaker paced per 10 ms period like a real card, the harness's default
+``speaker_channels = 8``; a one-page mono FIFO takes 85 ms at a time, so the daemon would
+pull 8 periods at once with no arrival between them, which a card does not do), tap turns of a short espeak question, ``follow_up_s = 0``) runs ``TURNS`` turns.
 The local server answers each with the next of six scripted spoken replies (espeak-ng,
 2.6-7.4 s, ``LocalServerConfig.reply_audio``) sent its usual way: chunks of 50-250 ms at
 2-4x real time. The profile is applied through the server's fault controls:
@@ -157,7 +157,7 @@ def run_profile(tmp_path, profile: str, buf: str) -> dict:
            "audio": dict(BUFFERS[buf])}
     res = {"turns": 0, "lost": 0, "und_daemon": 0, "recon_drop": [], "recon_return": []}
     records = []
-    with DaemonHarness(tmp_path, echo_db=None, config=cfg, server_options=opts, speaker_channels=8) as h:
+    with DaemonHarness(tmp_path, echo_db=None, config=cfg, server_options=opts) as h:
         h.start()
         for i in range(TURNS):
             wait_idle(h)
