@@ -660,8 +660,33 @@ def test_pull_clock_ignores_late_wakeups_and_follows_the_device():
     t0 = [c.next(5.0 + k * step) for k in range(100)]
     t1 = [c.next(5.0 + 0.2 + k * step) for k in range(100, 300)]
     assert t1[0] - t0[-1] == pytest.approx(step + 1e-5, abs=1e-6) and t1[-1] <= 5.0 + 0.2 + 299 * step
+    # a device that took 3 periods at once (the rig's speaker thread woke 20 ms late):
+    # the two early pulls move the clock by 0.2 ms each, not by 20 and 10 ms
+    c = PullClock(24000, 240)
+    now = 5.0 + np.arange(300) * step
+    now[150], now[151] = now[152] - 0.0001, now[152] - 0.00005
+    t = np.array([c.next(x) for x in now])
+    assert np.abs(t - (5.0 + np.arange(300) * step)).max() < 0.0005
+    # it settles from the start-up fill (8 periods at once) onto the pulls on time
+    c = PullClock(24000, 240)
+    now = np.concatenate([np.full(8, 5.0), 5.01 + np.arange(1000) * step])
+    t = np.array([c.next(x) for x in now])
+    assert abs((t - now)[-1]) < 1e-6
     # a device 100 ppm slow (pulls come later and later): followed, never ahead of now
     c = PullClock(24000, 240)
     now = np.arange(100_000) * step * (1 + 1e-4)
     t = np.array([c.next(x) for x in now])
     assert np.all(t <= now + 1e-9) and (now - t)[-1] < 0.002
+
+
+def test_a_late_pull_counts_its_arrivals_on_the_paced_clock():
+    """A pull due at 1.000 s (paced ``t``) that runs at 1.006 s hands out audio that
+    arrived at 1.004 s: on the paced clock it arrived at 0.998 s, so it is not played
+    'before it arrived', and the next periods follow at the device's pace."""
+    jb = JitterBuffer(stretch=False, prebuffer_ms=20)
+    jb.push("a", np.ones(4800, dtype=np.int16), t=1.004)
+    out = np.empty(240, dtype=np.int16)
+    jb.pull(out, t=1.000, now=1.006)
+    jb.pull(out, t=1.010, now=1.0101)
+    assert jb.added.samples == 480
+    assert jb.added.mean_ms() == pytest.approx(2.0, abs=1e-6)  # 1.000 - 0.998

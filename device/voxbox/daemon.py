@@ -523,7 +523,8 @@ class Daemon:
         # this is when the period enters the device, a constant depth before it plays;
         # the jitter buffer's accelerate and its added latency are measured from it
         # (paced: a late wake-up and the catch-up pulls after it are not the device's time)
-        self._last_pull = self.jitter.pull(self._play_buf, self._pull_clock.next(time.monotonic()))
+        now = time.monotonic()
+        self._last_pull = self.jitter.pull(self._play_buf, self._pull_clock.next(now), now)
         self.volume.apply(self._play_buf)
         cue = self._cue
         if cue is not None:  # mix the earcon over whatever plays (whole-frame numpy)
