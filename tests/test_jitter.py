@@ -406,6 +406,27 @@ def test_accelerate_catches_up_and_never_overshoots_the_earliest_player():
     assert min(lags) > -PERIOD  # never more than the pull granularity ahead
 
 
+@pytest.mark.parametrize("quiet_dbfs, accelerates", [(-30.0, True), (-40.8, False)])
+def test_accelerate_on_quiet_aperiodic_audio_below_quiet_dbfs(quiet_dbfs, accelerates):
+    """Breath-level noise (-35 dBFS RMS, no pitch) is accelerated below the -30 dBFS
+    default; with the old -40.8 dBFS threshold it was neither periodic nor quiet."""
+    rms = 32768 * 10 ** (-35 / 20)
+    audio = np.random.default_rng(3).normal(0, rms, RATE * 3).astype(np.int16)
+    jb = JitterBuffer(RATE, PERIOD, 100, min_ms=100, max_ms=100, start_ms=100,
+                      expand_target_ms=60, quiet_dbfs=quiet_dbfs)
+    _, lags = feed(jb, audio, late_start_arrivals(120), 200)
+    assert max(lags) > 0.06 * RATE
+    assert (jb.accelerates > 0) is accelerates
+    assert (lags[-1] < 0.0025 * RATE) is accelerates
+
+
+@pytest.mark.parametrize("kw", [dict(accelerate_corr=0), dict(accelerate_corr=1.1),
+                                dict(quiet_dbfs=3.0), dict(min_ms=80, max_ms=60)])
+def test_bad_parameters_raise_naming_them(kw):
+    with pytest.raises(ValueError, match=next(iter(kw))):
+        JitterBuffer(RATE, PERIOD, 60, **kw)
+
+
 def test_exact_accounting_under_stretching_with_pauses_and_flushes():
     """Random pushes (gappy and bursty), pulls, pauses with take-back, resumes, completes
     and flushes, stretching on: each pull moves ``played`` by exactly its ``samples``
