@@ -58,12 +58,13 @@ step at either end):
   With ``expand_target_ms`` above ``expand_ms`` the learned target raises the threshold
   (up to ``expand_target_ms``): on a link whose segments needed 100 ms the buffer starts
   stretching while 100 ms is still queued, so a gap of that size is bridged more often.
-  It is off by default (60 = ``expand_ms``): every early expand is lag that accelerate
-  only wins back while ``accelerate_ms`` is queued, and with real speech (the offline
-  bench plays espeak-ng replies) at 100 ms the ``server-4g`` added p95 was 9.4 ms against
-  4.9 ms at 60, for 1.8 against 2.2 underruns per minute (fixed 60 ms buffer: 5.0 and
-  11.9 ms); the real daemon on the link bench's 4G profile had a p95 above the fixed
-  buffer's (12 against 10 ms).
+  The cap is 80 ms by default. Every early expand is lag that accelerate only wins back
+  while ``accelerate_ms`` is queued: with real speech (the offline bench plays espeak-ng
+  replies) the ``server-4g`` added p95 is 9.4 / 6.9 / 4.9 ms at a cap of 100 / 80 / 60 ms
+  (fixed 60 ms buffer: 11.9 ms), at 1.8 / 2.0 / 2.2 underruns per minute (fixed: 5.0).
+  On the real daemon (link bench, 20 turns) a cap of 100 ms gave a 4G p95 above the
+  fixed buffer's (12 against 10 ms) and 60 ms lost the lossy proxy's underrun advantage
+  (7 against 6).
 - accelerate: the buffer follows the *earliest possible player* of the response (plays
   every sample as soon as it has arrived; in continuous time when :meth:`pull` gets the
   playout time ``t``, else on the pull grid). While we are behind it (after a prebuffer,
@@ -269,7 +270,7 @@ class JitterBuffer:
                  stretch: bool = True, max_expand: float = 1.0,
                  max_accelerate: float = 0.25, expand_ms: float = 60,
                  max_expand_ms: float = 80, start_ms: float = 60,
-                 accelerate_ms: float = 200, expand_target_ms: float = 60,
+                 accelerate_ms: float = 200, expand_target_ms: float = 80,
                  accelerate_corr: float = 0.8, quiet_dbfs: float = -30.0):
         if not 0 <= min_ms <= max_ms:
             raise ValueError(f"need 0 <= min_ms <= max_ms, got {min_ms}, {max_ms}")
@@ -334,7 +335,7 @@ class JitterBuffer:
         self._start = int(start_ms * rate / 1000)
         self._accel_above = int(accelerate_ms * rate / 1000)
         self._accel_corr = float(accelerate_corr)
-        self._quiet_ms = (32768.0 * 10 ** (quiet_dbfs / 20)) ** 2  # mean square, int16 units
+        self._quiet_power = (32768.0 * 10 ** (quiet_dbfs / 20)) ** 2  # mean square, int16 units
         self._tmin = max(8, int(0.0025 * rate))  # pitch lags searched: 2.5-15 ms
         self._tmax = max(self._tmin + 1, int(0.015 * rate))
         self._expanded = 0  # device samples inserted since the last push
@@ -659,7 +660,7 @@ class JitterBuffer:
             return 0
         x = xi.astype(np.float32)
         T, corr = self._best_lag(x[:2 * tmax], tmax)
-        quiet = float(np.mean(x[:2 * T] ** 2)) < self._quiet_ms
+        quiet = float(np.mean(x[:2 * T] ** 2)) < self._quiet_power
         if corr < self._accel_corr and not quiet:
             # neither periodic nor quiet: do not search this audio again on every pull
             self._accel_after = self._taken + need
