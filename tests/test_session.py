@@ -137,6 +137,20 @@ def test_interrupt_truncates_played_ms_and_cancels_active_response():
                                             "type": "response.cancel"}, separators=(",", ":"))]
 
 
+def test_an_interrupted_response_plays_no_new_item_either():
+    s = _playing_session()
+    s.interrupt({"a1": 100})
+    # the service goes on streaming the cancelled response under a new item id: dropped
+    assert s.receive(ev(type="response.output_audio.delta", response_id="r1", item_id="a2",
+                        delta=base64.b64encode(b"\x00\x01" * 10).decode())) == []
+    assert "a2" not in s.items
+    s.receive(ev(type="response.done", response={"id": "r1", "status": "cancelled"}))
+    s.receive(ev(type="response.created", response={"id": "r2"}))
+    (d,) = s.receive(ev(type="response.output_audio.delta", response_id="r2", item_id="b1",
+                        delta=base64.b64encode(b"\x00\x01" * 10).decode()))
+    assert d.item_id == "b1"  # the next response plays
+
+
 def test_interrupt_never_truncates_past_received_and_deletes_unheard():
     s = _playing_session()
     s.receive(ev(type="response.done", response={"id": "r1", "status": "cancelled"}))

@@ -10,6 +10,11 @@ It tracks what a device client must track itself over WebSocket: whether a respo
 active (so ``response.cancel`` is only sent when one is), the assistant audio items and how
 much audio each carried (so a truncate never goes past the received audio), and an
 ``event_id`` on every client event so that ``error`` events can be tied to their cause.
+
+Every server event it acts on is validated first against its schema in
+:mod:`voxbox.events`: one malformed event (a number where a string belongs, a missing audio
+``delta``, bad base64) becomes an :class:`InvalidEvent` and changes nothing; it never raises
+and never ends the session.
 """
 
 from __future__ import annotations
@@ -22,8 +27,16 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
+from voxbox import events as schema
 from voxbox.config import Realtime
-from voxbox.dialects import PCM_RATE, canonical_event_type, session_config, uses_ga_names
+from voxbox.dialects import (
+    PCM_RATE,
+    canonical_event_type,
+    session_config,
+    uses_ga_names,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +58,12 @@ class SessionEvent:
 
 @dataclass(frozen=True)
 class SessionCreated(SessionEvent):
+    """``session.created``. ``expires_at``: when the service will end the session (epoch
+    seconds, ``session.expires_at``), None when the server did not say (absent, not an
+    integer, or not positive)."""
+
     session_id: str
+    expires_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +162,26 @@ class ServerError(SessionEvent):
     fatal: bool = False
 
 
+@dataclass(frozen=True)
+class InvalidEvent(SessionEvent):
+    """A server event of a type the session acts on whose fields do not validate against
+    its schema (:mod:`voxbox.events`): a value of the wrong type, a required field missing or
+    null, bad base64 audio. The event was not acted on: the session's state is unchanged
+    and the session stays usable.
+
+    Attributes:
+        type: the event type as received (the beta name in the beta dialects).
+        field: dotted path of the first offending field (``item_id``, ``response.status``,
+            ``item.call_id``).
+        detail: why, in a few words (pydantic's message, at most 120 characters; never the
+            field's value).
+    """
+
+    type: str
+    field: str
+    detail: str
+
+
 class ProtocolError(ValueError):
     """A server message that is not a JSON object with a string ``type``."""
 
@@ -186,6 +224,7 @@ class RealtimeSession:
         self.ready = False
         self.response_id: str | None = None
         self.items: OrderedDict[str, _Item] = OrderedDict()
+        self._interrupted: OrderedDict[str, None] = OrderedDict()  # response ids (bounded)
         self.audio_samples_sent = 0
         self.push_to_talk = rt.turn_detection.type == "none"
         # tool calls: response id -> call ids not answered yet; answered responses waiting
@@ -286,6 +325,13 @@ class RealtimeSession:
         truncate at 0 ms). Items played in full are left alone.
         """
         result = Interruption()
+        # audio of an interrupted response is never played, whatever item it names
+        # (a server may keep streaming new items of it until its response.done)
+        for rid in {self.response_id, *(i.response_id for i in self.items.values() if not i.closed)}:
+            if rid:
+                self._interrupted[rid] = None
+        while len(self._interrupted) > 16:
+            self._interrupted.popitem(last=False)
         if cancel and self.response_id is not None:
             self._send({"type": "response.cancel"})
             result.cancelled = True
@@ -340,60 +386,76 @@ class RealtimeSession:
     def receive(self, message: str | bytes) -> list[SessionEvent]:
         """Handle one server message; returns the application events it produced.
 
-        Unknown event types and unknown fields are ignored (servers add them).
+        Unknown event types and unknown fields are ignored (servers add them). An event of
+        a known type whose fields do not validate (:mod:`voxbox.events`) gives
+        ``[InvalidEvent(...)]`` and changes no state.
 
         Raises:
             ProtocolError: the message is not a JSON object with a string ``type``.
         """
         try:
             event = json.loads(message)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ProtocolError(f"server message is not JSON: {exc}") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise ProtocolError(f"server message is not JSON: {str(exc)[:120]}") from None
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             raise ProtocolError("server message has no string 'type'")
-        kind = canonical_event_type(self.dialect, event["type"])
-        handler = getattr(self, "_on_" + kind.replace(".", "_"), None)
-        if handler is None:
+        etype = event["type"]
+        kind = canonical_event_type(self.dialect, etype)
+        model = schema.SERVER_EVENT_MODELS.get(kind)
+        if model is None:
             return []
-        return handler(event)
+        try:
+            ev = model.model_validate(event)
+        except ValidationError as exc:
+            return [_invalid(etype, *schema.first_error(exc))]
+        return getattr(self, _HANDLERS[kind])(ev, etype)
 
-    def _on_session_created(self, ev: dict[str, Any]) -> list[SessionEvent]:
-        self.session_id = str((ev.get("session") or {}).get("id") or "")
-        return [SessionCreated(self.session_id)]
+    def _on_session_created(self, ev: schema.SessionCreatedEvent, etype: str) -> list[SessionEvent]:
+        session = ev.session or schema.SessionInfo()
+        expires = session.expires_at
+        if isinstance(expires, bool) or not isinstance(expires, int) or expires <= 0:
+            expires = None
+        self.session_id = session.id or ""
+        return [SessionCreated(self.session_id, expires)]
 
-    def _on_session_updated(self, ev: dict[str, Any]) -> list[SessionEvent]:
-        sid = (ev.get("session") or {}).get("id")
+    def _on_session_updated(self, ev: schema.SessionUpdatedEvent, etype: str) -> list[SessionEvent]:
+        sid = ev.session.id if ev.session is not None else None
         if sid:
-            self.session_id = str(sid)
+            self.session_id = sid
         if self.ready:
             return []
         self.ready = True
         return [SessionReady(self.session_id or "")]
 
-    def _on_input_audio_buffer_speech_started(self, ev):
-        return [SpeechStarted(str(ev.get("item_id", "")), int(ev.get("audio_start_ms") or 0))]
+    def _on_input_audio_buffer_speech_started(self, ev: schema.InputAudioBufferSpeechStartedEvent,
+                                              etype: str) -> list[SessionEvent]:
+        return [SpeechStarted(ev.item_id or "", ev.audio_start_ms or 0)]
 
-    def _on_input_audio_buffer_speech_stopped(self, ev):
-        return [SpeechStopped(str(ev.get("item_id", "")), int(ev.get("audio_end_ms") or 0))]
+    def _on_input_audio_buffer_speech_stopped(self, ev: schema.InputAudioBufferSpeechStoppedEvent,
+                                              etype: str) -> list[SessionEvent]:
+        return [SpeechStopped(ev.item_id or "", ev.audio_end_ms or 0)]
 
-    def _on_input_audio_buffer_committed(self, ev):
-        return [InputCommitted(str(ev.get("item_id", "")))]
+    def _on_input_audio_buffer_committed(self, ev: schema.InputAudioBufferCommittedEvent,
+                                         etype: str) -> list[SessionEvent]:
+        return [InputCommitted(ev.item_id or "")]
 
-    def _on_response_created(self, ev):
-        rid = str((ev.get("response") or {}).get("id") or "")
+    def _on_response_created(self, ev: schema.ResponseCreatedEvent, etype: str) -> list[SessionEvent]:
+        rid = (ev.response.id if ev.response is not None else None) or ""
         self.response_id = rid
         return [ResponseStarted(rid)]
 
-    def _on_response_output_audio_delta(self, ev):
-        item_id = str(ev.get("item_id", ""))
+    def _on_response_output_audio_delta(self, ev: schema.ResponseAudioDeltaEvent,
+                                        etype: str) -> list[SessionEvent]:
+        item_id = ev.item_id
+        rid = ev.response_id or self.response_id or ""
+        if rid in self._interrupted:
+            return []  # audio of a response we interrupted: never play it
         try:
-            pcm = base64.b64decode(ev.get("delta") or "", validate=True)
-        except (binascii.Error, ValueError):
-            log.warning("ignoring audio delta with bad base64", extra={"VOXBOX_ITEM_ID": item_id})
-            return []
+            pcm = base64.b64decode(ev.delta, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            return [_invalid(etype, "delta", f"invalid base64: {exc}")]
         if len(pcm) % 2:
             pcm = pcm[:-1]
-        rid = str(ev.get("response_id") or self.response_id or "")
         item = self.items.get(item_id)
         if item is None:
             item = self.items[item_id] = _Item(rid)
@@ -404,39 +466,45 @@ class RealtimeSession:
         item.received_samples += len(pcm) // 2
         return [AudioDelta(rid, item_id, pcm)]
 
-    def _on_response_output_audio_done(self, ev):
-        item_id = str(ev.get("item_id", ""))
-        item = self.items.get(item_id)
+    def _on_response_output_audio_done(self, ev: schema.ResponseAudioDoneEvent,
+                                       etype: str) -> list[SessionEvent]:
+        item = self.items.get(ev.item_id)
         if item is not None:
             item.done = True
-        return [AudioDone(str(ev.get("response_id") or ""), item_id)]
+        return [AudioDone(ev.response_id or "", ev.item_id)]
 
-    def _on_response_output_audio_transcript_delta(self, ev):
-        return [TranscriptDelta(str(ev.get("item_id", "")), str(ev.get("delta") or ""))]
+    def _on_response_output_audio_transcript_delta(self, ev: schema.ResponseAudioTranscriptDeltaEvent,
+                                                   etype: str) -> list[SessionEvent]:
+        return [TranscriptDelta(ev.item_id or "", ev.delta)]
 
-    def _on_response_output_audio_transcript_done(self, ev):
-        return [TranscriptDone(str(ev.get("item_id", "")), str(ev.get("transcript") or ""))]
+    def _on_response_output_audio_transcript_done(self, ev: schema.ResponseAudioTranscriptDoneEvent,
+                                                  etype: str) -> list[SessionEvent]:
+        return [TranscriptDone(ev.item_id or "", ev.transcript)]
 
-    def _on_conversation_item_input_audio_transcription_completed(self, ev):
-        return [UserTranscript(str(ev.get("item_id", "")), str(ev.get("transcript") or ""))]
+    def _on_conversation_item_input_audio_transcription_completed(
+            self, ev: schema.ConversationItemInputAudioTranscriptionCompletedEvent,
+            etype: str) -> list[SessionEvent]:
+        return [UserTranscript(ev.item_id or "", ev.transcript)]
 
-    def _on_response_output_item_done(self, ev):
-        item = ev.get("item") or {}
-        if not isinstance(item, dict) or item.get("type") != "function_call":
+    def _on_response_output_item_done(self, ev: schema.ResponseOutputItemDoneEvent,
+                                      etype: str) -> list[SessionEvent]:
+        item = ev.item
+        if item is None or item.type != "function_call":
             return []
-        if item.get("status") not in (None, "completed"):
+        try:
+            call = schema.FunctionCallItem.model_validate(item.model_extra or {})
+        except ValidationError as exc:
+            return [_invalid(etype, *schema.first_error(exc, "item."))]
+        if item.status not in (None, "completed"):
             return []  # a call cut by a cancel must not run
-        call_id, name = item.get("call_id"), item.get("name")
-        if not isinstance(call_id, str) or not call_id or not isinstance(name, str):
-            raise ProtocolError("response.output_item.done: function_call without call_id/name")
-        rid = str(ev.get("response_id") or self.response_id or "")
-        self._calls.setdefault(rid, set()).add(call_id)
-        return [FunctionCallRequested(call_id, name, str(item.get("arguments") or ""), rid)]
+        rid = ev.response_id or self.response_id or ""
+        self._calls.setdefault(rid, set()).add(call.call_id)
+        return [FunctionCallRequested(call.call_id, call.name, call.arguments or "", rid)]
 
-    def _on_response_done(self, ev):
-        resp = ev.get("response") or {}
-        rid = str(resp.get("id") or self.response_id or "")
-        status = str(resp.get("status") or "completed")
+    def _on_response_done(self, ev: schema.ResponseDoneEvent, etype: str) -> list[SessionEvent]:
+        resp = ev.response or schema.ResponseInfo()
+        rid = resp.id or self.response_id or ""
+        status = resp.status or "completed"
         if self.response_id == rid or not rid:
             self.response_id = None
         for item in self.items.values():
@@ -447,13 +515,19 @@ class RealtimeSession:
             self._maybe_respond(rid)
         return [ResponseDone(rid, status)]
 
-    def _on_error(self, ev):
-        err = ev.get("error") or {}
-        code = str(err.get("code") or "")
-        etype = str(err.get("type") or "")
-        event_id = err.get("event_id")
-        cause = self._sent_types.get(event_id) if event_id else None
-        if code == "response_cancel_not_active":
+    def _on_error(self, ev: schema.ErrorEvent, etype: str) -> list[SessionEvent]:
+        err = ev.error or schema.ErrorDetails()
+        cause = self._sent_types.get(err.event_id) if err.event_id else None
+        if err.code == "response_cancel_not_active":
             self.response_id = None
-        fatal = code in FATAL_ERROR_CODES
-        return [ServerError(code, etype, str(err.get("message") or ""), event_id, cause, fatal)]
+        fatal = err.code in FATAL_ERROR_CODES
+        return [ServerError(err.code, err.type, err.message, err.event_id, cause, fatal)]
+
+
+def _invalid(etype: str, path: str, detail: str) -> InvalidEvent:
+    log.debug("invalid server event %s: %s: %s", etype, path, detail)
+    return InvalidEvent(etype, path, detail[:schema.DETAIL_MAX])
+
+
+#: GA event type -> name of the RealtimeSession method that acts on it
+_HANDLERS = {kind: "_on_" + kind.replace(".", "_") for kind in schema.SERVER_EVENT_MODELS}
