@@ -1,9 +1,13 @@
 """Jitter buffer core: prebuffer, exact per-item accounting, underrun, flush; the plain
 (``stretch=False``) behaviour first, then time-stretching (expand/accelerate)."""
+import tracemalloc
+from collections import deque
+
 import numpy as np
 import pytest
 
-from voxbox.jitter import JitterBuffer
+from voxbox import jitter
+from voxbox.jitter import MAX_ITEMS, MIN_CHUNK_MS, SEG_KEEP, JitterBuffer
 
 
 def pull(jb, n=240):
@@ -220,9 +224,20 @@ def test_resume_after_underrun_fades_in_fresh_start_does_not():
     assert jb.played == {"a": 480 + 720}
 
 
+def ref_add(d, item, k):
+    """The buffer's per-item accounting: at most MAX_ITEMS items, oldest inserted out first."""
+    if item in d:
+        d[item] += k
+    else:
+        d[item] = k
+        if len(d) > MAX_ITEMS:
+            del d[next(iter(d))]
+
+
 def test_exact_accounting_across_underruns_and_flushes():
     """Random pushes, pulls, completes and flushes: played per item equals a reference
-    model exactly, and (without fades) so does every sample handed out."""
+    model exactly (which forgets the oldest items beyond MAX_ITEMS, as the buffer does:
+    the run has more), and (without fades) so does every sample handed out."""
     for fade in (1, 96):
         rng = np.random.default_rng(3)
         jb = JitterBuffer(prebuffer_ms=40, fade_samples=fade, min_ms=20, max_ms=300, stretch=False)
@@ -256,7 +271,7 @@ def test_exact_accounting_across_underruns_and_flushes():
                 item, pcm = ref[0]
                 k = min(need, pcm.size)
                 want.append(pcm[:k])
-                ref_played[item] = ref_played.get(item, 0) + k
+                ref_add(ref_played, item, k)
                 need -= k
                 if k == pcm.size:
                     ref.pop(0)
@@ -267,6 +282,7 @@ def test_exact_accounting_across_underruns_and_flushes():
             assert jb.played == ref_played
             assert jb.queued_samples == sum(p.size for _, p in ref)
         assert jb.underruns >= 3 and jb.epoch > 10
+        assert item_no > 2 * MAX_ITEMS and len(jb.received) == MAX_ITEMS
 
 
 @pytest.mark.parametrize("stretch", [False, True])
@@ -421,7 +437,9 @@ def test_accelerate_on_quiet_aperiodic_audio_below_quiet_dbfs(quiet_dbfs, accele
 
 
 @pytest.mark.parametrize("kw", [dict(accelerate_corr=0), dict(accelerate_corr=1.1),
-                                dict(quiet_dbfs=3.0), dict(min_ms=80, max_ms=60)])
+                                dict(quiet_dbfs=3.0), dict(min_ms=80, max_ms=60),
+                                dict(max_queued_ms=0), dict(max_queued_ms=-1.0),
+                                dict(max_queued_ms=float("nan"))])
 def test_bad_parameters_raise_naming_them(kw):
     with pytest.raises(ValueError, match=next(iter(kw))):
         JitterBuffer(RATE, PERIOD, 60, **kw)
@@ -431,18 +449,21 @@ def test_exact_accounting_under_stretching_with_pauses_and_flushes():
     """Random pushes (gappy and bursty), pulls, pauses with take-back, resumes, completes
     and flushes, stretching on: each pull moves ``played`` by exactly its ``samples``
     (source samples consumed), a pause moves it back by exactly what it re-queued,
-    played + queued == received (until a flush drops the queue), and every whole pull is
-    one period of device audio."""
+    played + queued == received in total (until a flush drops the queue; the per-item
+    dicts forget the oldest items beyond MAX_ITEMS), and every whole pull is one period of
+    device audio."""
     rng = np.random.default_rng(5)
     jb = JitterBuffer(RATE, PERIOD, 20, min_ms=0, max_ms=200)
     src = voiced(RATE * 60, seed=2)
     pos, t, item_no, dropped = 0, 0.0, 0, 0
+    total_played = total_received = 0
     for _ in range(6000):
         t += 0.01
         u = rng.random()
         if u < 0.25:
             n = int(rng.integers(240, 4000))
-            jb.push(f"i{item_no}", src[pos:pos + n], t=t)
+            assert jb.push(f"i{item_no}", src[pos:pos + n], t=t) == 0
+            total_received += n
             pos = (pos + n) % (src.size - 4000)
             if rng.random() < 0.05:
                 item_no += 1
@@ -452,6 +473,7 @@ def test_exact_accounting_under_stretching_with_pauses_and_flushes():
             q, p = jb.queued_samples, sum(jb.played.values())
             after = jb.pause(unplayed=int(rng.integers(0, 2000)))
             assert jb.queued_samples - q == p - sum(after.values()) >= 0
+            total_played -= jb.queued_samples - q
             if rng.random() < 0.5:
                 jb.resume()
         elif u < 0.29 and jb.paused:
@@ -468,10 +490,12 @@ def test_exact_accounting_under_stretching_with_pauses_and_flushes():
         delta = {k: v - before.get(k, 0) for k, v in jb.played.items() if v != before.get(k, 0)}
         assert sum(delta.values()) == r.samples and all(v > 0 for v in delta.values())
         assert r.item_id in delta if r.samples else r.item_id is None
-        assert sum(jb.played.values()) + jb.queued_samples + dropped == \
-            sum(jb.received.values())
-        assert all(0 <= v <= jb.received[k] for k, v in jb.played.items())
+        total_played += r.samples
+        assert total_played + jb.queued_samples + dropped == total_received
+        assert all(0 <= v <= jb.received.get(k, v) for k, v in jb.played.items())
+        assert len(jb.played) <= MAX_ITEMS and len(jb.received) <= MAX_ITEMS
     assert jb.expands > 10 and jb.accelerates > 10 and jb.underruns > 0
+    assert item_no > MAX_ITEMS and jb.dropped == 0
 
 
 def test_take_back_maps_device_samples_to_source_samples():
@@ -711,3 +735,212 @@ def test_a_late_pull_counts_its_arrivals_on_the_paced_clock():
     jb.pull(out, t=1.010, now=1.0101)
     assert jb.added.samples == 480
     assert jb.added.mean_ms() == pytest.approx(2.0, abs=1e-6)  # 1.000 - 0.998
+
+
+# ---- bounds: a misbehaving server -------------------------------------------------------
+def ramp_chunk(k, n=RATE):
+    """Chunk ``k`` of a long test signal: sample ``i`` of the stream is ``i`` mod 2^16 as
+    int16 (every sample of a 65536-sample stretch distinct, so any loss or shift shows)."""
+    return ((np.arange(k * n, (k + 1) * n) % 65536) - 32768).astype(np.int16)
+
+
+def test_thirty_minutes_in_four_seconds_queues_sixty_seconds_and_plays_them_intact():
+    jb = JitterBuffer(RATE, PERIOD, stretch=False)
+    cap = 60 * RATE
+    rets = [jb.push("r", ramp_chunk(k), t=k * 4 / 1800) for k in range(1800)]
+    assert rets == [0] * 60 + [RATE] * 1740  # the first 60 s fit, every later chunk whole out
+    assert jb.queued_samples == cap and jb.dropped == sum(rets) == 1740 * RATE
+    assert jb.received == {"r": cap}
+    # the dropped chunks left no trace in the per-push structures
+    assert len(jb._chunks) == len(jb._arrivals) == jb._seg_n == 60
+    assert jb._seg_total == cap
+    jb.mark_complete()
+    outs, r = [], None
+    for _ in range(cap // PERIOD + 1):
+        r, out = pull(jb)
+        outs.append(out[:r.samples].copy())
+    assert r.drained and not jb.active and jb.underruns == 0
+    got = np.concatenate(outs)
+    assert np.array_equal(got, np.concatenate([ramp_chunk(k) for k in range(60)]))
+    assert jb.played == {"r": cap}
+    # room again once played out
+    assert jb.push("s", ramp_chunk(0, 480), t=5.0) == 0 and jb.dropped == 1740 * RATE
+
+
+def test_a_chunk_that_fits_partly_keeps_its_head():
+    jb = JitterBuffer(RATE, PERIOD, stretch=False, prebuffer_ms=20, max_queued_ms=1000)
+    a, b = ramp_chunk(0, 16800), ramp_chunk(1, 16800)  # 700 ms each, the cap is 1 s
+    assert jb.push("a", a, t=0.0) == 0
+    assert jb.push("b", b, t=0.01) == 2 * 16800 - RATE
+    assert jb.queued_samples == RATE and jb.received == {"a": 16800, "b": RATE - 16800}
+    assert jb._chunks[-1][1].base is None  # the kept head is a copy: the tail can be freed
+    assert jb.push("c", a, t=0.02) == 16800 and "c" not in jb.received
+    outs = []
+    for _ in range(RATE // PERIOD):
+        r, out = pull(jb)
+        outs.append(out[:r.samples].copy())
+    assert np.array_equal(np.concatenate(outs), np.concatenate([a, b[:RATE - 16800]]))
+    assert jb.played == {"a": 16800, "b": RATE - 16800}
+    assert jb.dropped == 16800 + 2 * 16800 - RATE
+
+
+@pytest.mark.parametrize("stretch", [False, True])
+def test_playback_starts_at_a_cap_below_the_start_depth(stretch):
+    # 40 ms: the start depth (60 ms) could never be queued
+    jb = JitterBuffer(RATE, PERIOD, max_queued_ms=40, stretch=stretch)
+    assert jb.push("a", ramp_chunk(0, 2400), t=0.0) == 2400 - 960
+    r, _ = pull(jb)
+    assert r.device == PERIOD and 0 < r.samples == 960 - jb.queued_samples
+
+
+def test_many_tiny_chunks_are_bounded_by_count():
+    jb = JitterBuffer(RATE, PERIOD, max_queued_ms=1000)
+    one = np.ones(1, dtype=np.int16)
+    limit = max(64, int(1000 / MIN_CHUNK_MS))
+    rets = [jb.push("a", one, t=0.0) for _ in range(limit + 500)]
+    assert sum(rets) == 500 == jb.dropped and len(jb._chunks) == limit
+
+
+def test_hundred_thousand_items_keep_bounded_accounting_and_memory():
+    """100,000 distinct item ids of 10 ms each at 2x real time (two pushes per pull) into
+    a 5 s buffer: the per-item dicts keep MAX_ITEMS items, the totals add up, and the
+    memory the buffer holds does not grow with the number of items."""
+    jb = JitterBuffer(RATE, PERIOD, max_queued_ms=5000)
+    pcm = voiced(PERIOD, seed=4)  # one array for every push: only the buffer's memory counts
+    out = np.empty(PERIOD, dtype=np.int16)
+    n_items, played = 100_000, 0
+    names = [f"item-{k:06d}" for k in range(n_items)]  # made before tracing
+    accepted = deque(maxlen=MAX_ITEMS)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        mid = peak_growth = 0
+        for k in range(0, n_items, 2):
+            for j, dt in ((k, 0.0), (k + 1, 0.001)):
+                if jb.push(names[j], pcm, t=k * 0.005 + dt) == 0:
+                    accepted.append(names[j])
+            played += jb.pull(out, t=k * 0.005 + 0.002).samples
+            if k == 20_000:
+                mid = tracemalloc.get_traced_memory()[0]
+            if k % 1000 == 0:
+                peak_growth = max(peak_growth, tracemalloc.get_traced_memory()[0] - base)
+        end = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(jb.played) <= MAX_ITEMS and len(jb.received) <= MAX_ITEMS
+    assert jb.queued_samples <= 5 * RATE and jb.dropped > 0
+    assert played + jb.queued_samples + jb.dropped == n_items * PERIOD
+    assert list(jb.received) == list(accepted)  # the newest queued, in push order
+    # a full 5 s queue of 10 ms chunks (the audio is one shared array): measured 0.09 MiB,
+    # no growth from 20,000 to 100,000 items. Without the bounds: 10.5 MiB, +8.9 MiB.
+    assert peak_growth < 5 * 2 ** 20, peak_growth
+    assert end - mid < 2 ** 20, (mid - base, end - base)
+
+
+def test_a_flood_without_pulls_bounds_every_per_push_structure():
+    jb = JitterBuffer(RATE, PERIOD)  # 60 s
+    pcm = np.ones(PERIOD, dtype=np.int16)
+    for k in range(100_000):
+        jb.push(f"i{k}", pcm, t=k * 4e-5)
+    n = 60 * RATE // PERIOD
+    assert jb.queued_samples == 60 * RATE and jb.dropped == (100_000 - n) * PERIOD
+    assert len(jb._chunks) == len(jb._arrivals) == n
+    assert jb._seg_n == SEG_KEEP and jb._seg_total == 60 * RATE  # (see the next tests)
+    assert len(jb.received) == MAX_ITEMS and not jb.played
+    pull(jb)
+    assert not jb._arrivals and len(jb._g_runs) <= 1 and len(jb._ready) <= 1
+
+
+def _long_segment(jb, n_chunks, late_at, late):
+    """A real-time paced sender of 10 ms chunks (a 20 ms cushion), one chunk ``late`` s
+    late at ``late_at`` (the buffer underruns, the late chunk's requirement closes the
+    segment), then complete and drain. Returns the segments' observations (ms)."""
+    obs = []
+    close = jb._close_segment
+
+    def spy():
+        close()
+        obs.append(jb.last_requirement_ms)
+    jb._close_segment = spy
+    pcm = np.ones(PERIOD, dtype=np.int16)
+    out = np.empty(PERIOD, dtype=np.int16)
+    k, i, delay = 0, 0, 0.0
+    while i < n_chunks or jb.active:
+        t = k * 0.01
+        while i < n_chunks:
+            if i == late_at:
+                delay = late
+            if i * 0.01 + delay > t:
+                break
+            jb.push("r", pcm, t=t)
+            i += 1
+            if i == n_chunks:
+                jb.mark_complete()
+        jb.pull(out, t=t)
+        k += 1
+    return obs
+
+
+def test_a_long_segment_stores_a_bounded_head_with_the_same_target(monkeypatch):
+    """A 60 s segment stores SEG_KEEP arrivals, not 6,000; its requirements (a late chunk
+    after the bound included) and so the target are those of the unbounded store."""
+    unbounded = JitterBuffer(RATE, PERIOD, min_ms=0, max_ms=600)
+    with monkeypatch.context() as m:
+        m.setattr(jitter, "SEG_KEEP", 10 ** 9)
+        want = _long_segment(unbounded, 8000, 6000, 0.25)
+    assert unbounded._seg_cap >= 6000
+    jb = JitterBuffer(RATE, PERIOD, min_ms=0, max_ms=600)
+    got = _long_segment(jb, 8000, 6000, 0.25)
+    assert jb._seg_cap == SEG_KEEP and jb.underruns == unbounded.underruns == 1
+    assert got == want and len(got) == 2 and got[0] > 250
+    assert jb.target_ms == unbounded.target_ms > 250
+
+
+def test_a_requirement_beyond_the_stored_head_is_above_max_ms(monkeypatch):
+    """With a head of 60 chunks (600 ms, max_ms) a chunk 1 s late needs more than the head
+    covers: recorded as just above max_ms instead of ~1 s, the same (maximum) target."""
+    unbounded = JitterBuffer(RATE, PERIOD, min_ms=0, max_ms=600)
+    want = _long_segment(unbounded, 300, 200, 1.0)
+    jb = JitterBuffer(RATE, PERIOD, min_ms=0, max_ms=600)
+    with monkeypatch.context() as m:
+        m.setattr(jitter, "SEG_KEEP", 8)
+        got = _long_segment(jb, 300, 200, 1.0)
+        assert jb._seg_cap == 1024 and jb.observations == 2
+    assert want[0] > 1000 and 600 < got[0] < 601 and got[1:] == want[1:]
+    assert jb.target_ms == unbounded.target_ms == 600
+def test_forget_done_keeps_queued_and_history_items_only():
+    jb = JitterBuffer(RATE, PERIOD, stretch=False, prebuffer_ms=20)  # history 300 ms
+    for k in range(5):
+        jb.push(f"old{k}", ramp_chunk(k, 2400), t=0.0)
+    jb.push("a", ramp_chunk(5, RATE), t=0.0)
+    jb.push("b", ramp_chunk(6, RATE), t=0.0)
+    for _ in range((5 * 2400 + RATE + RATE // 2) // PERIOD):  # half of b played
+        pull(jb)
+    jb.forget_done()
+    assert jb.played == {"b": RATE // 2} and jb.received == {"b": RATE}
+    # b still queued; c's tail is only in the history after it played out
+    jb.push("c", ramp_chunk(7, 9600), t=1.0)
+    jb.mark_complete()
+    r = None
+    while jb.active:
+        r, _ = pull(jb)
+    assert r.drained and jb.played == {"b": RATE, "c": 9600}
+    jb.forget_done()  # b left the 300 ms history (all c now): gone
+    assert jb.played == {"c": 9600} and jb.received == {"c": 9600}
+    # the item in the history keeps exact accounting: a take-back after it played out
+    assert jb.pause(unplayed=PERIOD) == {"c": 9600 - PERIOD}
+    assert jb.queued_samples == PERIOD
+    jb.flush()
+    jb.forget_done()
+    assert jb.played == {} and jb.received == {}
+
+
+def test_played_and_received_forget_the_oldest_item_first():
+    jb = JitterBuffer(RATE, PERIOD, stretch=False, prebuffer_ms=0)
+    pcm = np.ones(PERIOD, dtype=np.int16)
+    for k in range(MAX_ITEMS + 10):
+        jb.push(f"i{k}", pcm, t=k * 0.01)
+        pull(jb)
+    names = [f"i{k}" for k in range(10, MAX_ITEMS + 10)]
+    assert list(jb.played) == names and list(jb.received) == names
+    assert set(jb.played.values()) == set(jb.received.values()) == {PERIOD}

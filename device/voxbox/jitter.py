@@ -105,6 +105,21 @@ as the integer floor of the linear map, so the totals are exact. :meth:`pause` m
 ``unplayed`` device samples back to the source samples they were made from (per
 handed-out fragment) and re-queues those, and the pieces made but not yet handed out.
 
+Bounds (a misbehaving server can send 30 minutes of reply audio in 4 s, or 100,000
+distinct item ids): :meth:`JitterBuffer.push` queues at most ``max_queued_ms`` of source
+audio (60 s) and at most one chunk per ``MIN_CHUNK_MS`` (5 ms) of it (12,000 chunks: every
+per-chunk structure, the queue, the arrivals since the last pull, the earliest player's
+runs, is bounded by that); the excess is dropped (the head of a chunk that fits partly is
+kept), counted in ``dropped`` and returned by ``push``. ``played`` and ``received`` keep at
+most ``MAX_ITEMS`` (64) items, the oldest (first inserted) out first, and
+:meth:`JitterBuffer.forget_done` drops every item with nothing queued or in the pause
+history (the daemon calls it when a reply has played out). A playback segment stores the
+arrivals of its first ``SEG_KEEP`` (4096) chunks, and of later ones only while they cover
+less than ``max_ms``: a later chunk can only need a prebuffer above ``max_ms``, whose
+observation falls in the histogram's last bucket either way (so the target is the same;
+``last_requirement_ms`` is then a lower bound). The pause history holds at most
+``history_ms``. Normal replies (a few hundred chunks) reach none of these bounds.
+
 Thread safety: one lock, held for queue bookkeeping, the estimator's O(log n) update per
 push, one period's copy and, once per segment (at its end), a ~120-bucket histogram
 update: a few microseconds; a stretch operation adds a ~(300 x 360) correlation
@@ -126,6 +141,9 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 BUCKET_MS = 5  # histogram resolution of the target
+MAX_ITEMS = 64  # items kept in ``played`` and ``received`` (oldest first out)
+MIN_CHUNK_MS = 5  # at most one queued chunk per this much of ``max_queued_ms``
+SEG_KEEP = 4096  # a segment's arrivals kept (more only while they cover < ``max_ms``)
 
 
 @dataclass
@@ -260,8 +278,17 @@ class JitterBuffer:
         bench, the ``server-4g`` added p95 was 12.4 ms against the fixed buffer's 11.9;
         at -30 dBFS it is 9.4 ms (``expand_target_ms`` 100), at the same underruns and
         PESQ.
+    max_queued_ms: :meth:`push` queues at most this much source audio (ms, > 0) and at
+        most one chunk per ``MIN_CHUNK_MS`` of it; the excess is dropped (see
+        :meth:`push`). 60 s: far more than a 2-4x real-time reply ever queues.
 
-    Raises ValueError for bounds, quantiles or stretch factors out of range.
+    Attributes (besides the statistics): ``played`` / ``received``: source samples per
+    item handed out / pushed (at most ``MAX_ITEMS`` items, oldest first out; see
+    :meth:`forget_done`); ``dropped``: samples (source samples at ``rate``) that
+    :meth:`push` dropped since the buffer was made.
+
+    Raises ValueError for bounds, quantiles or stretch factors out of range, and for
+    ``max_queued_ms <= 0``.
     """
 
     def __init__(self, rate: int = 24000, period: int = 240, prebuffer_ms: int = 60,
@@ -271,7 +298,8 @@ class JitterBuffer:
                  max_accelerate: float = 0.25, expand_ms: float = 60,
                  max_expand_ms: float = 80, start_ms: float = 60,
                  accelerate_ms: float = 200, expand_target_ms: float = 80,
-                 accelerate_corr: float = 0.8, quiet_dbfs: float = -30.0):
+                 accelerate_corr: float = 0.8, quiet_dbfs: float = -30.0,
+                 max_queued_ms: float = 60_000):
         if not 0 <= min_ms <= max_ms:
             raise ValueError(f"need 0 <= min_ms <= max_ms, got {min_ms}, {max_ms}")
         if not 0 < quantile < 1 or not 0 < forget < 1:
@@ -281,6 +309,8 @@ class JitterBuffer:
         if not 0 < accelerate_corr <= 1 or quiet_dbfs > 0:
             raise ValueError(f"need 0 < accelerate_corr <= 1 and quiet_dbfs <= 0, got "
                              f"{accelerate_corr}, {quiet_dbfs}")
+        if not max_queued_ms > 0:  # (NaN too)
+            raise ValueError(f"need max_queued_ms > 0, got {max_queued_ms}")
         self.rate = rate
         self.period = period
         self.prebuffer = rate * prebuffer_ms // 1000  # current target (samples)
@@ -295,6 +325,10 @@ class JitterBuffer:
         self._offset = 0  # samples already taken from _chunks[0]
         self._inq = 0  # source samples in _chunks
         self._queued = 0  # source samples not yet handed out (_chunks + _ready)
+        self.max_queued_ms = float(max_queued_ms)
+        self._cap = max(1, int(max_queued_ms * rate / 1000))  # push queues at most this
+        self._max_chunks = max(64, int(max_queued_ms / MIN_CHUNK_MS))  # ... in these chunks
+        self.dropped = 0  # samples push dropped (queue full)
         # pieces made from the queue, not yet (fully) handed out: [item, src, dev, done];
         # ``dev`` is what the device gets for the source ``src`` (the same array when
         # not stretched), ``done`` the device samples of it already handed out
@@ -312,7 +346,10 @@ class JitterBuffer:
         self._seg_cap = 1024
         self._seg_t = np.empty(self._seg_cap, dtype=np.float64)
         self._seg_cum = np.empty(self._seg_cap, dtype=np.int64)
-        self._seg_n = 0
+        self._seg_n = 0  # arrivals stored (> 0: a segment is open)
+        self._seg_total = 0  # samples pushed in the open segment (all its chunks)
+        # stop storing arrivals once SEG_KEEP are and they cover at least max_ms
+        self._seg_full = int(math.ceil(self.max_ms * rate / 1000))
         self._seg_peak = 0  # samples
         self._last_t = -math.inf
         nb = int(math.ceil(self.max_ms / BUCKET_MS)) + 1
@@ -362,14 +399,30 @@ class JitterBuffer:
         self.accelerates = 0
 
     # ---- network side --------------------------------------------------------------------
-    def push(self, item_id: str, pcm: np.ndarray, t: float | None = None) -> None:
+    def push(self, item_id: str, pcm: np.ndarray, t: float | None = None) -> int:
         """Queue reply audio (int16, shape (n,)) for ``item_id``, arrived at ``t``
-        (``time.monotonic()`` seconds; now if omitted)."""
+        (``time.monotonic()`` seconds; now if omitted). Returns the samples dropped: 0
+        unless the queue is full. At most ``max_queued_ms`` is queued (source samples,
+        including what a :meth:`pause` took back): of a chunk that does not fit whole,
+        the head that fits is queued and the tail dropped; a chunk that does not fit at
+        all (or would exceed the chunk limit, one per ``MIN_CHUNK_MS`` of
+        ``max_queued_ms``) is dropped whole, as if it had never arrived. ``dropped``
+        adds them up."""
         if pcm.size == 0:
-            return
+            return 0
         if t is None:
             t = time.monotonic()
         with self._lock:
+            room = self._cap - self._queued
+            if room <= 0 or len(self._chunks) >= self._max_chunks:
+                self.dropped += pcm.size
+                return pcm.size
+            drop = pcm.size - room
+            if drop > 0:
+                pcm = pcm[:room].copy()  # a copy, so the dropped tail can be freed
+                self.dropped += drop
+            else:
+                drop = 0
             t = max(t, self._last_t)  # arrival times must not go backwards
             self._last_t = t
             if not self._playing and self._queued == 0:
@@ -392,8 +445,13 @@ class JitterBuffer:
             self._chunks.append((item_id, pcm))
             self._queued += pcm.size
             self._inq += pcm.size
-            self.received[item_id] = self.received.get(item_id, 0) + pcm.size
+            received = self.received
+            if item_id in received:
+                received[item_id] += pcm.size
+            else:
+                _add_item(received, item_id, pcm.size)
             self._complete = False
+            return drop
 
     def mark_complete(self) -> None:
         """No more audio is coming for now (``response.done``): play out what is queued."""
@@ -424,7 +482,10 @@ class JitterBuffer:
                     frag[1], frag[2] = src[:keep], dev - k
                 if back.size:
                     self._requeue(item, back)
-                    self.played[item] = self.played.get(item, 0) - back.size
+                    # (an item forgotten meanwhile, possible only with more than MAX_ITEMS
+                    # items in the history, stays forgotten)
+                    if item in self.played:
+                        self.played[item] -= back.size
                     self._queued += back.size
                     self._r_pos -= back.size
                 self._hist_len -= k
@@ -466,6 +527,19 @@ class JitterBuffer:
             self.epoch += 1
             return dict(self.played)
 
+    def forget_done(self) -> None:
+        """Forget the accounting (``played``, ``received``) of every item with no audio
+        queued or in the pause history (what :meth:`pause` could still take back): call
+        it when a reply has played out. The items still queued or in the history keep
+        theirs."""
+        with self._lock:
+            live = {it for it, _ in self._chunks}
+            live.update(p[0] for p in self._ready)
+            live.update(f[0] for f in self._hist_frags)
+            for d in (self.played, self.received):
+                for item in [it for it in d if it not in live]:
+                    del d[item]
+
     @property
     def queued_samples(self) -> int:
         """Source samples queued (not yet handed out)."""
@@ -490,19 +564,26 @@ class JitterBuffer:
 
     # ---- estimator (called with the lock held) ------------------------------------------
     def _seg_append(self, t: float, n: int) -> None:
+        self._seg_total += n
         i = self._seg_n
+        if i >= SEG_KEEP and self._seg_cum[i - 1] >= self._seg_full:
+            # a chunk due after all stored ones needs more than max_ms: its exact
+            # requirement lands in the histogram's last bucket anyway (see _requirement)
+            return
         if i == self._seg_cap:
             self._seg_cap *= 2
             self._seg_t = np.resize(self._seg_t, self._seg_cap)
             self._seg_cum = np.resize(self._seg_cum, self._seg_cap)
         self._seg_t[i] = t
-        self._seg_cum[i] = (self._seg_cum[i - 1] if i else 0) + n
+        self._seg_cum[i] = self._seg_total
         self._seg_n = i + 1
 
     def _requirement(self, t: float) -> int:
-        """Prebuffer (samples) the open segment needed for a chunk arriving now at ``t``."""
+        """Prebuffer (samples) the open segment needed for a chunk arriving now at ``t``
+        (a lower bound, above ``max_ms``, when it is due after all the stored arrivals
+        and later ones were not stored: see ``_seg_append``)."""
         n = self._seg_n
-        m = int(self._seg_cum[n - 1])  # media position of the new chunk in the segment
+        m = self._seg_total  # media position of the new chunk in the segment
         due = t - (m - self.period) / self.rate  # latest playback start that is on time
         k = int(np.searchsorted(self._seg_t[:n], due, side="left"))  # chunks before `due`
         return (int(self._seg_cum[k - 1]) if k else 0) + 1
@@ -510,6 +591,7 @@ class JitterBuffer:
     def _close_segment(self) -> None:
         obs_ms = self._seg_peak * 1000 / self.rate
         self._seg_n = 0
+        self._seg_total = 0
         self._seg_peak = 0
         self.last_requirement_ms = obs_ms
         self.observations += 1
@@ -719,7 +801,7 @@ class JitterBuffer:
                 return PullResult(None, 0, False, False, self.epoch)
             if not self._playing:
                 start = self._start if self.stretch else self.prebuffer
-                if self._queued and (self._queued >= start or self._complete):
+                if self._queued and (self._queued >= min(start, self._cap) or self._complete):
                     self._playing = True
                 else:
                     out[:] = 0
@@ -741,7 +823,11 @@ class JitterBuffer:
                 s0, s1 = _src_at(done, src.size, dev.size), _src_at(done + k, src.size, dev.size)
                 out[filled:filled + k] = dev[done:done + k]
                 if s1 > s0:
-                    self.played[item] = self.played.get(item, 0) + (s1 - s0)
+                    played = self.played
+                    if item in played:
+                        played[item] += s1 - s0
+                    else:
+                        _add_item(played, item, s1 - s0)
                 self._remember(item, src[s0:s1], k)
                 if dev is not src:
                     if dev.size > src.size:
@@ -839,6 +925,13 @@ class JitterBuffer:
         seg *= self._fade_out[:end - start]
         out[start:end] = seg
         out[end:] = 0
+
+
+def _add_item(d: dict[str, int], item: str, n: int) -> None:
+    """Add ``item`` (not in ``d``) with ``n``; forget the oldest item beyond MAX_ITEMS."""
+    d[item] = n
+    if len(d) > MAX_ITEMS:
+        del d[next(iter(d))]
 
 
 def _quantile_bin(cs: np.ndarray, q: float) -> int:
