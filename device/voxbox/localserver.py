@@ -233,6 +233,12 @@ class LocalServerConfig:
     unknown_event_every: int | None = None     # an unknown server event type after every N events
     malformed_json_after_events: int | None = None  # one truncated JSON frame after N events
     oversized_audio_delta_bytes: int | None = None  # first audio delta of every response: this many bytes
+    # close every connection with this code (e.g. 1011) right after its session.updated:
+    # a service that accepts the session and then fails (a reconnect-storm test)
+    close_after_session_updated: int | None = None
+    # complete the WebSocket handshake, then send nothing (no session.created); pings are
+    # still answered by the WebSocket layer
+    silent_after_handshake: bool = False
 
 
 @dataclass
@@ -656,6 +662,7 @@ class SessionCore:
         self._buf_start = 0                   # timeline index of the first buffered sample
         self.total_samples = 0                # samples appended this session (input rate)
         self.uplink_samples = 0
+        self.last_append: np.ndarray | None = None  # the samples of the last append handled
         self.vad: EnergyVad | None = None
         self._speech_item: str | None = None
         self._speech_start = 0
@@ -1008,6 +1015,7 @@ class SessionCore:
         samples = np.frombuffer(raw[: len(raw) - (len(raw) % 2)], dtype="<i2").astype(np.int16)
         n = len(samples)
         self.uplink_samples += n
+        self.last_append = samples
         if n == 0:
             return []
         self._chunks.append(samples)
@@ -1658,6 +1666,9 @@ class ConnectionRecord:
     client_events: list[dict] = field(default_factory=list)
     server_events: list[dict] = field(default_factory=list)
     uplink_samples: int = 0
+    # the appended input audio (PCM16 at the session's input rate), first
+    # ``ServerRecord.keep_uplink_s`` seconds of the connection (0: none kept)
+    uplink_audio: bytearray = field(default_factory=bytearray)
     truncates: list[dict] = field(default_factory=list)
     item_audio: dict[str, bytes] = field(default_factory=dict)  # reply audio sent per item (PCM16)
     # function_call_output items accepted: {call_id, output, item_id, event_id, t (monotonic)}
@@ -1697,6 +1708,8 @@ class ServerRecord:
         self._lock = threading.Condition()
         self._conns: list[ConnectionRecord] = []
         self._faults: list[dict] = []
+        #: seconds of appended input audio kept per connection (``uplink_audio``)
+        self.keep_uplink_s: float = 20.0
 
     def _fault(self, kind: str, connection: int | None = None, **detail: Any) -> None:
         entry = {"kind": kind, "t": time.monotonic(), "wall": time.time(), "connection": connection, **detail}
@@ -1991,6 +2004,10 @@ class _Connection:
         self.n_sent += 1
         if is_audio:
             self._audio_sent += 1
+        code = self.server.faults.close_after_session_updated
+        if code is not None and e.get("type") == "session.updated":
+            self.record._fault("close_after_session_updated", self.rec.index, code=code)
+            self.close(code, "server error")
 
     async def _after_send(self, normal: bool) -> bool:
         """Faults due after a frame went out; True once the connection was dropped."""
@@ -2107,6 +2124,16 @@ class _Connection:
             await sender
             return
         assert d.dialect is not None
+        if self.server.faults.silent_after_handshake:
+            # handshake done, then nothing: no session.created; read and ignore the client
+            self.record._fault("silent", self.rec.index)
+            try:
+                async for _ in self.ws:
+                    pass
+            except ConnectionClosed:
+                pass
+            sender.cancel()
+            return
         # the session limit is a fault setting: FaultControls owns it (set_max_session_s)
         max_s = self.server.faults.max_session_s or d.dialect.default_max_session_s
         self.core = core = SessionCore(d.dialect, model=d.model, config=self.server.config,
@@ -2120,9 +2147,12 @@ class _Connection:
             async for message in self.ws:
                 before = core.uplink_samples
                 ntr = len(core.truncates)
+                core.last_append = None
                 events = core.handle_text(message)
                 summary = core.last_client_summary
                 added = core.uplink_samples - before
+                pcm = core.last_append
+                keep = int(self.record.keep_uplink_s * core.input_rate) * 2
                 new_tr = core.truncates[ntr:]
 
                 t_rx = time.monotonic()
@@ -2132,6 +2162,8 @@ class _Connection:
                         summary["t"] = t_rx  # monotonic receive time
                         self.rec.client_events.append(summary)
                     self.rec.uplink_samples += added
+                    if pcm is not None and len(self.rec.uplink_audio) < keep:
+                        self.rec.uplink_audio += pcm.tobytes()[:keep - len(self.rec.uplink_audio)]
                     self.rec.truncates.extend(new_tr)
                 self.record._update(upd)
                 self.enqueue(events)
@@ -2168,7 +2200,8 @@ class FaultControls:
     of the same faults are fields of ``LocalServerConfig`` (``drop_after_events``,
     ``audio_jitter``, ``stall_after_events``/``stall_s``, ``reject_auth``/
     ``reject_auth_count``, ``max_session_s``, ``unknown_fields``, ``unknown_event_every``,
-    ``malformed_json_after_events``, ``oversized_audio_delta_bytes``): they are read once,
+    ``malformed_json_after_events``, ``oversized_audio_delta_bytes``,
+    ``close_after_session_updated``, ``silent_after_handshake``): they are read once,
     here, and from then on this object is the only owner of the fault settings (the
     connections read them from here, never from the server's config).
     """
@@ -2194,6 +2227,11 @@ class FaultControls:
         self.malformed_json_after_events: int | None = cfg.malformed_json_after_events
         self.oversized_audio_delta_bytes: int | None = cfg.oversized_audio_delta_bytes
         self.max_session_s: float | None = cfg.max_session_s      # None: the dialect's default
+        c = cfg.close_after_session_updated
+        if c is not None and (not isinstance(c, int) or not (c == 1000 or 1001 <= c <= 4999)):
+            raise ValueError(f"close_after_session_updated: expected a WebSocket close code, got {c!r}")
+        self.close_after_session_updated: int | None = c
+        self.silent_after_handshake: bool = bool(cfg.silent_after_handshake)
         self._drop_every: int | None = cfg.drop_after_events
         self._drop_next: int | None = None
         self._oversize_pending: int | None = None
@@ -2412,6 +2450,19 @@ class FaultControls:
             for c in conns:
                 self._server.record._fault("raw", c.rec.index, size=len(data))
                 c.send_raw(data)
+            return len(conns)
+        return self._call(go)
+
+    def send_raw_many(self, frames: list[str | bytes]) -> int:
+        """Queue many raw frames, in order, on every current session (one call: a flood of
+        events without a cross-thread round trip each). Returns the sessions reached."""
+        def go() -> int:
+            conns = [c for c in self._live() if c.core is not None]
+            for c in conns:
+                self._server.record._fault("raw", c.rec.index, frames=len(frames),
+                                           size=sum(len(f) for f in frames))
+                for f in frames:
+                    c.send_raw(f)
             return len(conns)
         return self._call(go)
 
