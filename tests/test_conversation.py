@@ -1,6 +1,6 @@
 """The attention state machine, driven with a fake clock."""
 from voxbox.conversation import (ClearInput, Conversation, Earcon, EndPushToTalk, Interrupt, PauseReply, Prompt,
-                                 ResetWake, ResumeReply, SetMuted, StartPushToTalk, State)
+                                 ResendTurn, ResetWake, ResumeReply, SetMuted, StartPushToTalk, State)
 from voxbox.gestures import ButtonGestures, Gesture
 
 
@@ -72,28 +72,98 @@ def test_listen_timeout_and_cancel_tap():
     assert c.tap(9.5) == [Earcon("end"), ClearInput(), ResetWake()] and c.state is State.IDLE
 
 
-def test_link_down_while_speaking_interrupts_and_goes_offline():
+def test_link_down_while_idle_goes_offline_and_prompts():
+    c = up()
+    c.link_down(3, "connection dropped")
+    assert c.state is State.OFFLINE and not c.uplink_open and not c.holding
+    assert c.wake(4) == [ResetWake(), Prompt("offline")] and c.state is State.OFFLINE
+    assert c.tap(4) == [Prompt("offline")] and c.ptt_start(4) == [Prompt("offline")]
+    assert c.link_up(5) == [] and c.state is State.IDLE
+
+
+def test_reply_cut_by_a_drop_is_held_and_asked_for_again():
     c = up()
     c.wake(0)
     c.speech_stopped(1)
+    c.response_started(1.5)
     c.playback_started(2)
     acts = c.link_down(3, "connection dropped")
-    assert isinstance(acts[0], Interrupt) and c.state is State.OFFLINE and not c.uplink_open
-    assert c.wake(4) == [ResetWake(), Prompt("offline")] and c.state is State.OFFLINE
-    assert c.tap(4) == [Prompt("offline")] and c.ptt_start(4) == [Prompt("offline")]
-    c.link_up(5)
-    assert c.state is State.IDLE
+    assert isinstance(acts[0], Interrupt) and c.state is State.THINKING and c.holding and c.uplink_open
+    assert c.tick(7.9) == []  # held: no timeout, no prompt
+    assert c.link_up(4) == [ResendTurn(commit=True)] and c.state is State.THINKING and not c.holding
+    c.response_started(4.2)
+    c.playback_started(4.5)
+    c.response_done(5, "completed")
+    c.playback_drained(6)
+    assert c.state is State.FOLLOW_UP
 
 
-def test_link_lost_during_a_turn_is_told_once_when_the_link_is_back():
+def test_question_cut_while_being_asked_goes_on_in_the_next_session():
     c = up()
+    c.wake(0)
+    c.speech_started(0.5)
+    assert c.link_down(0.8, "session expired") == [] and c.state is State.LISTENING and c.holding
+    c.link_down(0.9, "connect failed")  # a failed attempt later keeps the hold
+    assert c.link_up(1.0) == [ResendTurn(commit=False)] and c.state is State.LISTENING
+    assert c.tick(8.9) == [] and c.tick(9.0) != []  # the listen timeout runs from link_up
+
+
+def test_push_to_talk_held_through_a_drop():
+    c = up()
+    c.ptt_start(0)
+    c.link_down(0.5, "connection dropped")
+    assert c.link_up(0.6) == [ResendTurn(commit=False, push_to_talk=True)]
+    assert no_cues(c.ptt_end(2)) == [EndPushToTalk()]
+
+
+def test_a_complete_reply_plays_on_while_the_link_is_down():
+    c = up()
+    c.wake(0)
+    c.speech_stopped(1)
+    c.response_started(1.5)
+    c.playback_started(2)
+    c.response_done(2.5, "completed")  # all of the reply's audio is here
+    assert c.link_down(3, "connection dropped") == [] and c.state is State.SPEAKING
+    c.playback_drained(6)
+    assert c.state is State.OFFLINE and not c.holding
+    assert c.link_up(7) == [] and c.state is State.IDLE
+
+
+def test_a_long_outage_loses_the_turn_and_says_so_at_once():
+    c = up()
+    c.wake(0)
+    c.speech_stopped(1)
+    c.link_down(2, "connection dropped")
+    acts = c.tick(2 + c.resume_turn_s)
+    assert Prompt("session_lost") in acts and ClearInput() in acts and c.state is State.OFFLINE
+    assert not c.holding and Prompt("session_lost") not in c.link_up(9) and c.state is State.IDLE
+
+
+def test_with_resume_off_a_lost_turn_is_told_once_when_the_link_is_back():
+    c = Conversation(listen_timeout_s=8, follow_up_s=6, thinking_timeout_s=20, resume_turn_s=0)
+    c.link_up(0.0)
     c.wake(0)
     c.speech_stopped(1)
     c.link_down(2, "session expired")
+    assert c.state is State.OFFLINE
     c.link_down(3, "connect failed")  # a failed attempt later keeps the lost turn
     assert c.link_up(4)[-1] == Prompt("session_lost") and c.state is State.IDLE
     c.link_down(5, "connection dropped")  # idle: no turn lost
     assert Prompt("session_lost") not in c.link_up(6)
+
+
+def test_mute_and_fatal_end_a_held_turn():
+    c = up()
+    c.wake(0)
+    c.link_down(0.5, "connection dropped")
+    c.toggle_mute(0.6)
+    assert c.state is State.MUTED and not c.holding
+    c.toggle_mute(0.7)
+    c2 = up()
+    c2.wake(0)
+    c2.link_down(0.5, "connection dropped")
+    c2.fatal(0.6, "invalid_api_key")
+    assert c2.state is State.ERROR and not c2.holding
 
 
 def test_response_without_audio_ends_turn():

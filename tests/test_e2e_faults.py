@@ -33,7 +33,7 @@ def tap_turn(h: DaemonHarness, until: str = "playback_end", timeout: float = 40)
     return h.wait_event(until, timeout=timeout, after=t0)
 
 
-def test_drop_mid_reply_reconnects_and_says_the_turn_was_lost(tmp_path):
+def test_drop_mid_reply_reconnects_and_asks_again(tmp_path):
     with DaemonHarness(tmp_path, echo_db=-30) as h:
         h.start()
         tap_turn(h, until="playback_start")
@@ -41,15 +41,36 @@ def test_drop_mid_reply_reconnects_and_says_the_turn_was_lost(tmp_path):
         t_drop = time.monotonic()
         h.server.faults.drop_connections()
         back = h.wait_event("reconnected", timeout=10, after=t_drop)
-        prompt = h.wait_event("prompt", timeout=5, after=t_drop)
-        assert prompt["VOXBOX_PROMPT"] == "session_lost"
+        resent = h.wait_event("turn_resent", timeout=5, after=t_drop)
+        assert resent["VOXBOX_COMMIT"] == 1
+        h.wait_event("playback_end", timeout=40, after=resent["mono"])
+        assert not [p for p in h.events("prompt") if p["mono"] >= t_drop]  # a blip: nothing said
         rt = h.server.record.reconnect_time(t_drop)
         print(f"drop mid-reply: session.created {rt * 1000:.0f} ms after the drop; unit ready "
-              f"{(back['mono'] - t_drop) * 1000:.0f} ms after")
+              f"{(back['mono'] - t_drop) * 1000:.0f} ms after; question asked again")
         assert back["mono"] - t_drop < 1.5
         # and the next turn works
         tap_turn(h)
         assert h.proc.poll() is None
+
+
+def test_a_long_outage_mid_reply_loses_the_turn_and_says_so_at_once(tmp_path):
+    with DaemonHarness(tmp_path, echo_db=-30) as h:
+        h.start()
+        tap_turn(h, until="playback_start")
+        port = h.server.port
+        t_drop = time.monotonic()
+        h.server.stop()  # the service is gone for longer than conversation.resume_turn_s (5 s)
+        prompt = h.wait_event("prompt", timeout=10, after=t_drop)
+        assert prompt["VOXBOX_PROMPT"] == "session_lost"
+        print(f"outage: 'lost the connection' said {prompt['mono'] - t_drop:.1f} s after the link went")
+        assert 4.5 < prompt["mono"] - t_drop < 7.0
+        h.wait_state("offline", timeout=2, after=t_drop)
+        h.start_server(port)
+        h.wait_event("reconnected", timeout=15, after=prompt["mono"])
+        assert [p["VOXBOX_PROMPT"] for p in h.events("prompt") if p["mono"] >= t_drop] == ["session_lost"]
+        assert h.events("turn_resent") == []
+        tap_turn(h)
 
 
 def test_audio_jitter_bursts_and_gaps_still_play_the_whole_reply(tmp_path):
@@ -119,15 +140,16 @@ def test_rejected_auth_goes_to_error_and_retries_slowly(tmp_path, mode):
         assert h.wait_event("prompt", timeout=5, after=t0)["VOXBOX_PROMPT"] == "error"
 
 
-def test_session_expired_mid_turn_recovers_and_tells_the_user(tmp_path):
+def test_session_expired_mid_reply_recovers_and_asks_again(tmp_path):
     with DaemonHarness(tmp_path, echo_db=-30) as h:
         h.start()
         tap_turn(h, until="playback_start")
         t_exp = time.monotonic()
         h.server.faults.expire_sessions()
         back = h.wait_event("reconnected", timeout=10, after=t_exp)
-        prompt = h.wait_event("prompt", timeout=5, after=t_exp)
-        assert prompt["VOXBOX_PROMPT"] == "session_lost"
+        h.wait_event("turn_resent", timeout=5, after=t_exp)
+        h.wait_event("playback_end", timeout=40, after=back["mono"])
+        assert not [p for p in h.events("prompt") if p["mono"] >= t_exp]
         downs = [r for r in h.events("link_down") if r["mono"] >= t_exp]
         assert "1001" in downs[0]["VOXBOX_CAUSE"] or "session_expired" in downs[0]["VOXBOX_CAUSE"]
         print(f"session expired mid-reply: new session ready {(back['mono'] - t_exp) * 1000:.0f} ms later")

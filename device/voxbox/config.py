@@ -85,8 +85,15 @@ class Realtime(_Section):
     #: roll over to a fresh session at this age, between turns (s); default by dialect:
     #: 25 min for openai-beta and azure-voicelive, 55 min for openai-ga
     session_rollover_s: Annotated[float, Field(gt=0, le=86400)] | None = None
-    #: no server event for this long while a turn waits on the service: replace the socket (s)
+    #: a liveness ping unanswered this long, with no server event either, is a stall:
+    #: the socket is replaced (s). Pings go every second in a turn, every 10 s otherwise.
     stall_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    #: a session that stayed up this long (or carried a completed turn) resets the
+    #: reconnect backoff; session.created/updated alone do not (s)
+    healthy_after_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    #: connections the service accepted (handshake done) allowed in any 60 s, whatever
+    #: the backoff draws (attempts that never reach it are paced by the backoff alone)
+    max_connects_per_min: Annotated[int, Field(ge=1, le=60)] = 6
 
     @model_validator(mode="after")
     def _url_scheme(self) -> "Realtime":
@@ -216,6 +223,10 @@ class Conversation(_Section):
     #: shorter than min_interruption_ms (a cough, a door): see voxbox.conversation
     resume_false_interruptions: bool = True
     min_interruption_ms: Annotated[int, Field(ge=0, le=5000)] = 300
+    #: a turn cut by a link loss is held this long for the next session, where the user's
+    #: audio of the turn is sent again (and a cut reply asked for again); past it the turn
+    #: is lost and the unit says so (s; 0 = never hold)
+    resume_turn_s: Annotated[float, Field(ge=0, le=30)] = 5.0
     #: recent conversation carried into a new session (rollover or reconnect) as text
     context_turns: Annotated[int, Field(ge=0, le=50)] = 6
     context_chars: Annotated[int, Field(ge=0, le=100000)] = 4000

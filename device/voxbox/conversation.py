@@ -116,9 +116,21 @@ class Earcon(Action):
 class Prompt(Action):
     """Play a short spoken prompt rendered ahead of time (``voxbox/prompts/<name>.wav``):
     ``offline`` (the service cannot be reached), ``error`` (it refused the unit),
-    ``session_lost`` (the session ended mid-turn)."""
+    ``session_lost`` (the session ended mid-turn and the turn could not be carried over)."""
 
     name: str
+
+
+@dataclass(frozen=True)
+class ResendTurn(Action):
+    """A turn cut by a link loss is carried into the new session: send the user's audio of
+    the turn again from its beginning (the daemon keeps it locally from the wake word or
+    tap on), then, with ``commit``, commit it and ask for a response (the question was
+    complete: the service had committed it, or its reply was cut); ``push_to_talk``: the
+    user still holds the button (turn detection stays off)."""
+
+    commit: bool
+    push_to_talk: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,6 +162,10 @@ class Conversation:
     barge_in_on_speech: the service's speech detection interrupts a reply (the session's
         ``turn_detection.interrupt_response``); False leaves barge-in to the wake word and
         the button.
+    resume_turn_s: a turn cut by a link loss (a drop, a stall, the session's expiry) is
+        held this long for the next session (:class:`ResendTurn` at :meth:`link_up`); the
+        unit stays in the turn's state meanwhile. Past it, the turn is lost and the user
+        hears ``Prompt("session_lost")`` at once. 0: every loss mid-turn loses the turn.
     """
 
     listen_timeout_s: float = 8.0
@@ -158,6 +174,7 @@ class Conversation:
     resume_false_interruptions: bool = True
     min_interruption_ms: int = 300
     barge_in_on_speech: bool = True
+    resume_turn_s: float = 5.0
     state: State = State.OFFLINE
     turn: int = 0
     transitions: list[Transition] = field(default_factory=list)
@@ -173,6 +190,12 @@ class Conversation:
     _turn_lost: bool = False  # the link went down during a turn (told at the next link_up)
     _speech_start_ms: int | None = None
     _close_after_reply: bool = False
+    _held_since: float | None = None  # a turn cut by a link loss waits for the next session
+
+    @property
+    def holding(self) -> bool:
+        """A turn cut by a link loss is held for the next session (see ``resume_turn_s``)."""
+        return self._held_since is not None
 
     @property
     def uplink_open(self) -> bool:
@@ -219,11 +242,22 @@ class Conversation:
 
     # ---- link ----------------------------------------------------------------------------
     def link_up(self, t: float) -> list[Action]:
-        """A session is ready. If the link went down during a turn (a drop, a stall,
-        ``session_expired``, close 1001), the turn is gone: the user is told in one short
+        """A session is ready. A turn held since a link loss goes on in it
+        (:class:`ResendTurn`). If the link went down during a turn that could not be held
+        (resume off, or the outage outlasted ``resume_turn_s`` and the user was already
+        told), nothing more is said; with resume off the user is told now in one short
         sentence (``Prompt("session_lost")``)."""
         self.link = State.IDLE
         actions: list[Action] = []
+        if self._held_since is not None:
+            self._held_since = None
+            self._since = t  # the turn's timeouts run from now
+            if not self.push_to_talk:
+                self._user_speaking = False  # the new session's VAD will say so again
+            commit = self.state is State.THINKING
+            log.info("link back: the %s turn goes on in the new session", self.state,
+                     extra={"VOXBOX_EVENT": "turn_resumed", "VOXBOX_TURN": self.turn})
+            return [ResendTurn(commit=commit, push_to_talk=self.push_to_talk)]
         if self.state in (State.OFFLINE, State.ERROR, State.UNPROVISIONED):
             actions = self._go(t, State.IDLE, "session ready")
         if self._turn_lost:
@@ -232,21 +266,57 @@ class Conversation:
         return actions
 
     def link_down(self, t: float, cause: str) -> list[Action]:
-        if self.state in (State.LISTENING, State.THINKING, State.SPEAKING) or self.interruption_pending:
+        """The session ended (a drop, a stall, ``session_expired``/close 1001, a refusal).
+
+        A reply whose audio has all arrived (``response.done``) plays on. A turn in
+        progress is held for the next session (``resume_turn_s``): the question being
+        asked keeps streaming into the daemon's local buffer; a committed question, or one
+        whose reply was cut, is asked again (:class:`ResendTurn` at :meth:`link_up`)."""
+        if self.link is not State.ERROR:
+            self.link = State.OFFLINE
+        in_turn = self.state in (State.LISTENING, State.THINKING, State.SPEAKING) or self.interruption_pending
+        if self.muted or self.state is State.ERROR:
+            in_turn = False
+        if in_turn and self.state is State.SPEAKING and self._response_done and self._paused_at is None:
+            return []  # the whole reply is here: let it play out, reconnect meanwhile
+        if in_turn and self.resume_turn_s > 0:
+            actions: list[Action] = []
+            if self._playing or self._paused_at is not None or self.state is State.SPEAKING:
+                actions.append(Interrupt("link lost", by_server=True))
+            if self._paused_at is not None:
+                self._paused_at = None  # the paused reply is gone: the user has the floor
+            self._playing = False
+            if self.state is State.SPEAKING:  # the reply was cut: it will be asked for again
+                self._response_done = False
+                actions += self._go(t, State.THINKING, f"{cause}; the reply will be asked for again")
+            if self._held_since is None:
+                self._held_since = t
+                log.info("link lost during the %s turn: holding it %.1f s for the next session",
+                         self.state, self.resume_turn_s,
+                         extra={"VOXBOX_EVENT": "turn_held", "VOXBOX_TURN": self.turn, "VOXBOX_CAUSE": cause})
+            return actions
+        if in_turn:
             self._turn_lost = True  # until the next link_up (later failed attempts keep it)
-        actions: list[Action] = []
+        actions = []
         if self.state is State.SPEAKING or self._playing or self._paused_at is not None:
             actions.append(Interrupt("link lost", by_server=True))
         self._playing = False
         self._response_done = True
         self._paused_at = None
-        if self.link is not State.ERROR:
-            self.link = State.OFFLINE
         if not self.muted and self.state is not State.ERROR:
             actions += self._go(t, State.OFFLINE, cause)
         return actions
 
+    def _drop_held(self, t: float, cause: str) -> list[Action]:
+        """The held turn's outage lasted too long: the turn is lost; say so now."""
+        self._held_since = None
+        self._playing = False
+        self._response_done = True
+        acts = self._go(t, self.link, cause)
+        return acts + [ClearInput(), Prompt("session_lost")]
+
     def fatal(self, t: float, cause: str) -> list[Action]:
+        self._held_since = None
         self._playing = False
         self._paused_at = None
         self.link = State.ERROR
@@ -287,7 +357,8 @@ class Conversation:
         if self.state in (State.SPEAKING, State.THINKING) or self._paused_at is not None:
             return self._barge_in(t, "button tap", by_server=False)
         if self.state is State.LISTENING:
-            return self._go(t, State.IDLE, "button tap (cancel)") + [ClearInput(), ResetWake()]
+            self._held_since = None
+            return self._go(t, self._rest(), "button tap (cancel)") + [ClearInput(), ResetWake()]
         if self.state is State.MUTED:
             return [Earcon("mute")]
         return self._unavailable()
@@ -327,6 +398,7 @@ class Conversation:
                 acts.append(ClearInput())
             self._playing = False
             self._paused_at = None
+            self._held_since = None
             self.muted = True
             acts += self._go(t, State.MUTED, "microphone muted")
             return acts + [SetMuted(True), Earcon("mute")]
@@ -453,6 +525,9 @@ class Conversation:
         return []
 
     def _end_reply(self, t: float, cause: str) -> list[Action]:
+        if self.link is not State.IDLE:  # the reply played out while the link was down
+            self._close_after_reply = False
+            return self._go(t, self.link, cause + "; link down")
         if self._close_after_reply:
             self._close_after_reply = False
             return self._go(t, State.IDLE, cause + "; conversation ended") + [ClearInput()]
@@ -464,6 +539,10 @@ class Conversation:
     def tick(self, t: float) -> list[Action]:
         """Advance timeouts; call at least every 100 ms."""
         age = t - self._since
+        if self._held_since is not None:
+            if t - self._held_since >= self.resume_turn_s:
+                return self._drop_held(t, f"link down for {t - self._held_since:.1f} s: turn lost")
+            return []  # the turn's own timeouts wait for the next session
         if self._paused_at is not None and t - self._paused_at >= self.listen_timeout_s:
             return self._confirm(t, "the user kept talking")
         if self.state is State.LISTENING and not self._user_speaking and age >= self.listen_timeout_s:
