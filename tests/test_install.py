@@ -307,7 +307,7 @@ def test_wake_models_resolve_and_load(unit):
     res = root.run(f"{PREFIX}/venv/bin/python", "-c", code, user="voxbox")
     assert res.returncode == 0, res.stderr
     path = res.stdout.strip().splitlines()[-1]
-    assert path.startswith(f"{PREFIX}/venv/") and path.endswith("hey_jarvis_v0.1.tflite"), path
+    assert path.startswith(f"{PREFIX}/venv/") and path.endswith("pyopen_wakeword/models/hey_jarvis.tflite"), path
     assert "wake-word model hey_jarvis loads" in unit["first"].stderr
 
 

@@ -66,12 +66,41 @@ def other_speech() -> np.ndarray:
 # ------------------------------------------------------------------ find_model
 
 
-def test_builtin_models_resolve_to_wyoming_package():
+def test_builtin_models_resolve_to_the_packaged_data():
     for name in wake.BUILTIN_MODELS:
         p = find_model(name)
         assert p.is_file() and p.suffix == ".tflite"
-        assert "wyoming_openwakeword" in p.parts
-        assert p.stem.startswith(name)
+        assert "pyopen_wakeword" in p.parts
+        assert p.stem == wake.BUILTIN_MODELS[name]
+
+
+def test_no_ml_runtime_but_litert_is_imported():
+    """The detector imports LiteRT's interpreter and numpy only: no openWakeWord package,
+    onnxruntime, scipy, scikit-learn or pyopen-wakeword's own runtime."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from voxbox.wake import WakeWordDetector; "
+            "d = WakeWordDetector('hey_jarvis'); d.process(np.zeros(1280, np.int16), 0.0); "
+            "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('openwakeword', 'onnxruntime', 'scipy', 'sklearn', 'pyopen_wakeword', 'tflite_runtime', 'tensorflow'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_bad_custom_models_are_refused_by_name(tmp_path):
+    junk = tmp_path / "junk.tflite"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(WakeModelError, match="junk.tflite"):
+        WakeWordDetector(str(junk))
+    # a tflite model that is not a wake-word head (the embedding model)
+    emb = wake._models_dir() / "embedding_model.tflite"
+    with pytest.raises(WakeModelError, match=r"not an openWakeWord wake-word head"):
+        WakeWordDetector(str(emb))
+    onnx = tmp_path / "computer.onnx"
+    onnx.write_bytes(b"x")
+    with pytest.raises(WakeModelError, match="convert the model to .tflite"):
+        WakeWordDetector(str(onnx))
 
 
 def test_unknown_model_raises_listing_builtins():
@@ -97,7 +126,7 @@ def test_hey_jarvis_detected(hey_jarvis, voice):
     print(f"\n{voice}: peak {det.peak_score:.4f} detections {[(d.t, round(d.score, 3)) for d in dets]}")
     assert len(dets) == 1
     d = dets[0]
-    assert d.model == "hey_jarvis_v0.1"
+    assert d.model == "hey_jarvis"
     assert d.score >= 0.5 and det.peak_score >= d.score
     speech_end = 1.0 + hey_jarvis[voice].size / SR
     assert 1.0 < d.t < speech_end + 1.0
@@ -268,7 +297,7 @@ def test_playback_aware_hears_user_over_other_reply(hey_jarvis, other_speech):
     assert len(dets) == 1 and det.gated == 0
     assert 3.0 < dets[0].t < 3.0 + hey_jarvis["en-us"].size / SR + 1.0 + det.gate_after_s
     # The detection is returned gate_after_s after its chunk ended, at most.
-    assert dets[0].model == "hey_jarvis_v0.1"
+    assert dets[0].model == "hey_jarvis"
 
 
 def test_playback_threshold_applies_while_playing(hey_jarvis):

@@ -72,16 +72,19 @@ MIN_SECRET_LEN = 4
 MAX_FILE_BYTES = 1 << 20
 """Files larger than this are not copied into the archive (noted as unavailable)."""
 TRANSCRIPT_EVENTS = ("user_transcript", "assistant_transcript")
-_FALLBACK_PACKAGES = ("voxbox", "numpy", "websockets", "openwakeword", "soxr", "pydantic", "pyalsaaudio",
-                      "gpiozero", "systemd-python", "ai-edge-litert", "wyoming-openwakeword", "tomli-w",
+_FALLBACK_PACKAGES = ("voxbox", "numpy", "websockets", "soxr", "pydantic", "pyalsaaudio",
+                      "gpiozero", "systemd-python", "ai-edge-litert", "pyopen-wakeword", "tomli-w",
                       "tqdm", "jsonschema", "lgpio")
 _DEV_EXTRAS = frozenset({"test", "bench", "dev", "docs", "lint"})
+SYSTEM_PACKAGES = ("lgpio",)
+"""Distributions the unit uses from the system's site-packages, not declared by voxbox:
+Raspberry Pi OS's python3-lgpio (gpiozero's pin factory, hardware/README.md)."""
 
 
 def _runtime_packages(dist: str = "voxbox") -> tuple[str, ...]:
     """``dist`` and its runtime requirements from the installed metadata
     (``importlib.metadata.requires``): names only (no versions, extras or markers), every
-    extra except the development ones (:data:`_DEV_EXTRAS`; ``pi`` brings ``lgpio``).
+    extra except the development ones (:data:`_DEV_EXTRAS`), then :data:`SYSTEM_PACKAGES`.
     Platform markers are ignored (a package missing here is reported as ``null``).
     Falls back to a literal list when the metadata is missing."""
     try:
@@ -99,6 +102,7 @@ def _runtime_packages(dist: str = "voxbox") -> tuple[str, ...]:
         m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", spec)
         if m and m.group(1).lower() not in (n.lower() for n in names):
             names.append(m.group(1))
+    names += [p for p in SYSTEM_PACKAGES if p.lower() not in (n.lower() for n in names)]
     return tuple(names)
 
 
