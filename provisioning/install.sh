@@ -16,8 +16,7 @@
 #                       the example configuration always come from this script's checkout.
 #   --prefix DIR        install root (default /opt/voxbox; the venv is DIR/venv). A prefix
 #                       other than /opt/voxbox is written into the installed unit files.
-#   --extras LIST       pip extras, comma-separated ("" for none; default: "pi" on arm64
-#                       and armhf, none elsewhere)
+#   --extras LIST       pip extras, comma-separated (default: none)
 #   --no-apt            do not run apt-get (offline re-runs); fails if a package is missing
 #   --wheelhouse DIR    also look for packages in DIR (pip --find-links)
 #   --offline           do not use any package index (pip --no-index); with --wheelhouse
@@ -36,7 +35,12 @@ DEFAULT_PREFIX=/opt/voxbox
 
 SOURCE=$REPO_DIR
 PREFIX=$DEFAULT_PREFIX
-EXTRAS=auto
+EXTRAS=
+# GPIO: gpiozero's lgpio pin factory (the one backend for Pi 4 and Pi 5). lgpio publishes
+# no cp313 wheel and needs liblgpio to build, so it comes from Raspberry Pi OS's own
+# python3-lgpio package, which the venv sees (--system-site-packages) on ARM.
+GPIO_APT=python3-lgpio
+SYSTEM_SITE=0
 DO_APT=1
 WHEELHOUSE=
 OFFLINE=0
@@ -181,11 +185,9 @@ if [ "$ARCH" = armhf ]; then
     log "warning: 32-bit userland: ai-edge-litert and onnxruntime publish no armv7l wheels," \
         "the pip step will most likely fail; use the 64-bit Raspberry Pi OS"
 fi
-if [ "$EXTRAS" = auto ]; then
-    case "$ARCH" in arm64|armhf|aarch64|armv7l|armv6l) EXTRAS=pi ;; *) EXTRAS= ;; esac
-fi
+case "$ARCH" in arm64|armhf|aarch64|armv7l|armv6l) SYSTEM_SITE=1 ;; esac
 log "Voxbox install: $OS_ID $OS_CODENAME $ARCH; source $SOURCE ($SOURCE_KIND); prefix $PREFIX;" \
-    "extras ${EXTRAS:-none}$( ((DRY_RUN)) && echo '; DRY RUN')"
+    "extras ${EXTRAS:-none}$( ((SYSTEM_SITE)) && echo "; GPIO from $GPIO_APT")$( ((DRY_RUN)) && echo '; DRY RUN')"
 
 # ------------------------------------------------------------------- 1. apt packages
 step_apt() {
@@ -204,6 +206,22 @@ step_apt() {
     export DEBIAN_FRONTEND=noninteractive
     quiet apt-get update
     quiet apt-get install -y --no-install-recommends "${missing[@]}"
+}
+
+step_gpio() {
+    ((SYSTEM_SITE)) || return 0
+    if dpkg-query -W -f='${Status}' "$GPIO_APT" 2>/dev/null | grep -q "ok installed"; then
+        ok "$GPIO_APT installed (gpiozero's lgpio pin factory)"
+        return
+    fi
+    if ((DO_APT)) && [ -n "$(apt-cache policy "$GPIO_APT" 2>/dev/null | sed -n 's/^ *Candidate: *//p' | grep -v '(none)')" ]; then
+        changed "install apt package: $GPIO_APT"
+        quiet apt-get install -y --no-install-recommends "$GPIO_APT"
+        return
+    fi
+    # plain Debian has no lgpio package: the unit runs, the button and LED do not
+    log "warning: $GPIO_APT is not available on $OS_ID $OS_CODENAME (Raspberry Pi OS has it):" \
+        "no GPIO pin factory; set gpio.enabled = false, or install lgpio (see hardware/README.md)"
 }
 
 # --------------------------------------------------------------- 2. groups and user
@@ -254,18 +272,21 @@ step_venv() {
         python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
             die "Python $sys_ver is too old: Voxbox needs 3.11 or later"
     fi
+    local venv_opts=() site=false have_site
+    ((SYSTEM_SITE)) && venv_opts=(--system-site-packages) && site=true
     venv_ver=$("$VENV/bin/python" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null) || venv_ver=
-    if [ -n "$venv_ver" ] && [ "$venv_ver" = "$sys_ver" ]; then
-        ok "virtual environment $VENV (Python $venv_ver)"
+    have_site=$(sed -n 's/^include-system-site-packages *= *//p' "$VENV/pyvenv.cfg" 2>/dev/null)
+    if [ -n "$venv_ver" ] && [ "$venv_ver" = "$sys_ver" ] && [ "$have_site" = "$site" ]; then
+        ok "virtual environment $VENV (Python $venv_ver$( ((SYSTEM_SITE)) && echo ', sees the system packages'))"
         return
     fi
     if [ -e "$VENV" ]; then
-        changed "re-create virtual environment $VENV (Python ${venv_ver:-broken} -> $sys_ver)"
-        run python3 -m venv --clear "$VENV"
+        changed "re-create virtual environment $VENV (Python ${venv_ver:-broken} -> $sys_ver, system packages $site)"
+        run python3 -m venv --clear "${venv_opts[@]}" "$VENV"
     else
-        changed "create virtual environment $VENV (Python $sys_ver)"
+        changed "create virtual environment $VENV (Python $sys_ver${venv_opts:+, ${venv_opts[*]}})"
         run install -d -m 0755 "$PREFIX"
-        run python3 -m venv "$VENV"
+        run python3 -m venv "${venv_opts[@]}" "$VENV"
     fi
 }
 
@@ -319,10 +340,6 @@ step_package() {
         quiet "$VENV/bin/python" -m pip install "${PIP_OPTS[@]}" --force-reinstall --no-deps "$spec" || rc=$?
     fi
     if ((rc)); then
-        if ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info >= (3, 12))' 2>/dev/null; then
-            log "hint: openwakeword 0.6.0 requires tflite-runtime on Linux, which has no wheels for" \
-                "Python 3.12 or later (Trixie has 3.13)"
-        fi
         ((OFFLINE)) && log "hint: offline install: the wheelhouse needs every dependency as a wheel" \
             "(make it with: $VENV/bin/pip wheel -w DIR '<checkout>[${EXTRAS}]' on a unit of the same kind)"
         die "pip install failed (exit $rc)"
@@ -451,6 +468,7 @@ step_units() {
 }
 
 step_apt
+step_gpio
 step_user
 step_venv
 step_package
