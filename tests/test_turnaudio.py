@@ -37,3 +37,17 @@ def test_bounded_and_chunked():
 def test_bad_arguments_named():
     with pytest.raises(ValueError, match="TurnAudio"):
         TurnAudio(24000, max_s=0)
+
+
+def test_a_false_interruption_gives_the_question_back():
+    a = TurnAudio(24000, max_s=30, preroll_s=0)
+    a.begin()
+    a.feed(blk(1))
+    a.freeze()  # the question; its reply plays
+    a.begin()  # the service heard speech over the reply: a new turn, tentatively
+    a.feed(blk(2))
+    a.restore()  # ... a cough: the reply resumes
+    assert a.frozen and not a.recording and b"".join(a.chunks()) == blk(1)
+    a.clear()
+    a.restore()  # nothing set aside any more
+    assert a.samples == 0

@@ -697,6 +697,7 @@ class Daemon:
             elif isinstance(a, PauseReply):
                 self._pause_reply()
             elif isinstance(a, ResumeReply):
+                self.turn_audio.restore()  # the reply's question again, not the cough
                 self.jitter.resume()
                 log.info("false interruption: reply resumed", extra={"VOXBOX_EVENT": "barge_in_resumed"})
             elif isinstance(a, StartPushToTalk):

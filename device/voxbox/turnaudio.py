@@ -10,7 +10,9 @@ A pure core fed on the event loop with the uplink blocks (PCM16 little-endian mo
   syllable comes before the service says it heard speech);
 - ``freeze()`` once the question is complete (the turn is committed): later uplink audio
   is not part of it;
-- ``clear()`` when the turn ends (answered, abandoned, muted, lost): nothing is kept.
+- ``clear()`` when the turn ends (answered, abandoned, muted, lost): nothing is kept;
+- ``restore()`` when a new turn turns out not to be one (a false interruption: the reply
+  resumes): the question whose reply is playing comes back.
 
 Bounded: at most ``max_s`` of audio (the oldest is dropped past it, and ``overflowed`` is
 set) and ``preroll_s`` of pre-roll.
@@ -43,6 +45,7 @@ class TurnAudio:
         self._bytes = 0
         self._pre: deque[bytes] = deque()
         self._pre_bytes = 0
+        self._prev: tuple[deque[bytes], int, bool, bool] | None = None
         #: recording the turn's audio (between begin and freeze/clear)
         self.recording = False
         #: the question is complete (frozen): kept, no longer growing
@@ -65,7 +68,9 @@ class TurnAudio:
                 self._pre_bytes -= len(self._pre.popleft())
 
     def begin(self) -> None:
-        """A new turn: drop any earlier question; the pre-roll becomes its beginning."""
+        """A new turn: the earlier question is set aside (see :meth:`restore`); the
+        pre-roll becomes the new one's beginning."""
+        self._prev = (self._blocks, self._bytes, self.frozen, self.overflowed) if self.frozen else None
         self._blocks = self._pre
         self._bytes = self._pre_bytes
         self._pre = deque()
@@ -78,8 +83,18 @@ class TurnAudio:
             self.recording = False
             self.frozen = True
 
+    def restore(self) -> None:
+        """The turn begun last was not one (a false interruption): back to the question
+        set aside by :meth:`begin`, frozen (nothing if there was none)."""
+        if self._prev is None:
+            return
+        self._blocks, self._bytes, self.frozen, self.overflowed = self._prev
+        self._prev = None
+        self.recording = False
+
     def clear(self) -> None:
         """The turn is over (or muted): forget its audio and the pre-roll."""
+        self._prev = None
         self._blocks = deque()
         self._bytes = 0
         self._pre = deque()

@@ -54,8 +54,10 @@ def cpu_s(pid: int) -> float:
 
 def runtimes(pid: int) -> list[str]:
     maps = open(f"/proc/{pid}/maps").read()
-    names = {"onnxruntime": "onnxruntime", "tensorflowlite": "TensorFlow Lite", "_pywrap_tensorflow": "LiteRT",
-             "scipy": "scipy", "sklearn": "scikit-learn"}
+    # package directories (numpy's own OpenBLAS is libscipy_openblas: not scipy)
+    names = {"/onnxruntime/": "onnxruntime", "/tflite_runtime/": "tflite-runtime",
+             "/ai_edge_litert/": "LiteRT (ai-edge-litert)", "/scipy/": "scipy", "/sklearn/": "scikit-learn",
+             "/pyopen_wakeword/lib/": "pyopen-wakeword's TensorFlow Lite"}
     return sorted({v for k, v in names.items() if k in maps})
 
 
