@@ -275,7 +275,7 @@ step_venv() {
     local venv_opts=() site=false have_site
     ((SYSTEM_SITE)) && venv_opts=(--system-site-packages) && site=true
     venv_ver=$("$VENV/bin/python" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null) || venv_ver=
-    have_site=$(sed -n 's/^include-system-site-packages *= *//p' "$VENV/pyvenv.cfg" 2>/dev/null)
+    have_site=$(sed -n 's/^include-system-site-packages *= *//p' "$VENV/pyvenv.cfg" 2>/dev/null || true)
     if [ -n "$venv_ver" ] && [ "$venv_ver" = "$sys_ver" ] && [ "$have_site" = "$site" ]; then
         ok "virtual environment $VENV (Python $venv_ver$( ((SYSTEM_SITE)) && echo ', sees the system packages'))"
         return
