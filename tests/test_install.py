@@ -1,18 +1,26 @@
-"""``provisioning/install.sh`` on a fresh Debian 12 root made with ``debootstrap``.
+"""``provisioning/install.sh`` on a fresh Debian root made with ``debootstrap``.
 
 The closest thing to a fresh Raspberry Pi OS Lite that runs here: a ``debootstrap`` root of
-Debian 12 (standard variant: systemd, apt, passwd) for this machine's architecture. The
-repository is copied in and ``install.sh`` runs inside it with ``chroot``: apt packages from
-the Debian mirror, the Python packages from the package index. Then the installed unit is
-checked with ``systemd-analyze verify`` inside the root, the daemon's CLI runs as the
-``voxbox`` user, and a second run must change nothing.
+Debian (standard variant: systemd, apt, passwd). The repository is copied in and
+``install.sh`` runs inside it with ``chroot``: apt packages from the Debian mirror, the
+Python packages from the package index. Then the installed unit is checked with
+``systemd-analyze verify`` inside the root, the daemon's CLI runs as the ``voxbox`` user,
+the wake word is detected on the packaged clip, and a second run must change nothing.
+
+Which Debian: ``VOXBOX_INSTALL_SUITE`` (``bookworm``, the default, or ``trixie``) and
+``VOXBOX_INSTALL_ARCH`` (default: this machine's, e.g. ``amd64``; ``arm64`` on an amd64
+host runs under qemu-user, which ``tests/install_matrix.sh`` registers with binfmt_misc).
+``tests/install_matrix.sh`` runs every combination and prints a table; the default run
+(bookworm, the host's architecture) is the one in the ordinary test run.
 
 Slow (minutes) and needs root and the Debian mirror: skipped when it cannot run. What is
 cached between runs, under ``$VOXBOX_DEBOOTSTRAP_CACHE`` (default
 ``/var/tmp/voxbox-debootstrap-cache``): the base root as a tarball, the .deb files (apt's
 archive directory, bind-mounted into the root) and pip's cache (bind-mounted likewise).
 Delete the directory to start from nothing. ``VOXBOX_KEEP_ROOT=1`` keeps the root after the
-test for a look around (its path is printed).
+test for a look around (its path is printed). ``VOXBOX_INSTALL_PATCH=FILE`` applies a patch
+(``patch -p1``) to the copy of the checkout in the root, not to the checkout: to try a
+change to ``install.sh`` before it is made.
 """
 from __future__ import annotations
 
@@ -28,16 +36,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SUITE = "bookworm"
+SUITE = os.environ.get("VOXBOX_INSTALL_SUITE") or "bookworm"
 MIRROR = os.environ.get("VOXBOX_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 CACHE = Path(os.environ.get("VOXBOX_DEBOOTSTRAP_CACHE", "/var/tmp/voxbox-debootstrap-cache"))
 SRC_IN_ROOT = "/usr/src/voxbox"  # where the checkout sits inside the root
 PREFIX = "/opt/voxbox"
-
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
-
-
-# ----------------------------------------------------------------------------- helpers
 
 
 def _host_arch() -> str | None:
@@ -48,14 +51,52 @@ def _host_arch() -> str | None:
         return None
 
 
+HOST_ARCH = _host_arch()
+ARCH = os.environ.get("VOXBOX_INSTALL_ARCH") or HOST_ARCH
+FOREIGN = ARCH != HOST_ARCH  # runs under qemu-user: everything takes several times longer
+SLOW = 4 if FOREIGN else 1  # factor for the time limits
+QEMU_NAMES = {"arm64": "aarch64", "armhf": "arm", "amd64": "x86_64", "i386": "i386"}
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600 * SLOW)]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _binfmt_missing(arch: str) -> str | None:
+    """Why binaries of ``arch`` cannot run on this host, or None (qemu-user registered with
+    binfmt_misc, flag F: the interpreter is opened at registration, none is needed in the root)."""
+    name = QEMU_NAMES.get(arch)
+    if name is None:
+        return f"no qemu-user for architecture {arch}"
+    entry = Path(f"/proc/sys/fs/binfmt_misc/qemu-{name}")
+    try:
+        text = entry.read_text()
+    except OSError:
+        return (f"{arch} binaries cannot run here: no binfmt_misc entry {entry} "
+                f"(tests/install_matrix.sh --setup-qemu registers qemu 10 for it)")
+    flags = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("flags:")), "")
+    if not text.startswith("enabled") or "F" not in flags:
+        return f"binfmt_misc entry {entry} is disabled or lacks flag F (tests/install_matrix.sh --setup-qemu)"
+    return None
+
+
 def _why_not() -> str | None:
     """Why this test cannot run here, or None."""
     if not os.path.exists("/etc/debian_version"):
         return "needs a Debian host (debootstrap, dpkg)"
     if os.geteuid() != 0:
         return "needs root (debootstrap, chroot, mount)"
-    if _host_arch() not in ("amd64", "arm64", "armhf", "i386"):
-        return f"unsupported host architecture {_host_arch()}"
+    if HOST_ARCH not in ("amd64", "arm64", "armhf", "i386"):
+        return f"unsupported host architecture {HOST_ARCH}"
+    if SUITE not in ("bookworm", "trixie"):
+        return f"VOXBOX_INSTALL_SUITE={SUITE}: bookworm or trixie"
+    if ARCH not in ("amd64", "arm64"):
+        return f"VOXBOX_INSTALL_ARCH={ARCH}: amd64 or arm64"
+    if FOREIGN:
+        why = _binfmt_missing(ARCH)
+        if why:
+            return why
     for tool in ("chroot", "mount", "umount", "tar"):
         if shutil.which(tool) is None:
             return f"{tool} not found"
@@ -74,8 +115,8 @@ def _log(msg: str) -> None:
 
 def _base_tarball() -> Path:
     """The debootstrap'd base root as a tarball, built once and cached."""
-    arch = _host_arch()
-    tarball = CACHE / f"{SUITE}-{arch}-base.tar"
+    arch = ARCH
+    tarball = CACHE / f"{SUITE}-{arch}-base.tar"  # bookworm-amd64-base.tar by default
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -88,7 +129,8 @@ def _base_tarball() -> Path:
         t0 = time.monotonic()
         _log(f"debootstrap {SUITE} ({arch}) from {MIRROR} into {build}")
         res = subprocess.run(["debootstrap", f"--arch={arch}", f"--cache-dir={debs}", SUITE,
-                              str(build), MIRROR], capture_output=True, text=True)
+                              str(build), MIRROR], capture_output=True, text=True,
+                             timeout=1800 * SLOW)
         if res.returncode != 0:
             log = build / "debootstrap" / "debootstrap.log"
             detail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
@@ -159,6 +201,12 @@ class Root:
         for rel in _repo_files():
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, dst / rel)
+        patch = os.environ.get("VOXBOX_INSTALL_PATCH")
+        if patch:  # try a change (to install.sh, say) on the copy in the root only
+            res = subprocess.run(["patch", "-p1", "-d", str(dst), "-i", os.path.abspath(patch)],
+                                 capture_output=True, text=True)
+            assert res.returncode == 0, f"VOXBOX_INSTALL_PATCH={patch}: {res.stdout}{res.stderr}"
+            _log(f"applied {patch} to the copy in the root: {res.stdout.strip()}")
 
     def teardown(self) -> None:
         for m in reversed(self.mounts):
@@ -173,7 +221,7 @@ class Root:
             return
         shutil.rmtree(self.path)
 
-    def run(self, *cmd: str, user: str | None = None, timeout: float = 1800,
+    def run(self, *cmd: str, user: str | None = None, timeout: float = 1800 * SLOW,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         base = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                 "HOME": "/root", "LANG": "C.UTF-8", "TERM": "dumb"}
@@ -226,27 +274,44 @@ def unit():
     root = Root(CACHE / f"root-{os.getpid()}")
     if root.path.exists():
         shutil.rmtree(root.path)
+    # for the summary line tests/install_matrix.sh puts in its table (also when it fails)
+    info = {"python": "none", "t_first": None, "t_second": None, "wake_peak": None}
     try:
         root.setup(tarball)
         before = root.manifest("/etc")
         dry, t_dry = root.install("--dry-run")
         after_dry = root.manifest("/etc")
         first, t_first = root.install()
+        info["t_first"] = t_first
         _log(f"first install.sh run: {t_first:.0f} s (rc {first.returncode})")
+        res = root.run("python3", "-c", "import platform; print(platform.python_version(), "
+                       "platform.machine())")  # python3 comes with install.sh's apt packages
+        if res.returncode == 0:
+            info["python"], machine = res.stdout.split()
+            _log(f"root: Debian {SUITE} {ARCH} ({machine}"
+                 f"{', under qemu-user' if FOREIGN else ''}), Python {info['python']}")
         if first.returncode != 0:
             pytest.fail(f"install.sh failed ({first.returncode}):\n{first.stdout[-3000:]}\n"
                         f"{first.stderr[-6000:]}")
         m1 = root.manifest(*WATCHED)
         second, t_second = root.install()
+        info["t_second"] = t_second
         _log(f"second install.sh run: {t_second:.0f} s (rc {second.returncode})")
         m2 = root.manifest(*WATCHED)
         _log(f"base root {t_base:.0f} s, dry run {t_dry:.0f} s, first run {t_first:.0f} s, "
              f"second run {t_second:.0f} s")
-        yield {"root": root, "dry": dry, "etc_before": before, "etc_after_dry": after_dry,
-               "first": first, "second": second, "m1": m1, "m2": m2,
-               "t_first": t_first, "t_second": t_second}
+        info.update({"root": root, "dry": dry, "etc_before": before, "etc_after_dry": after_dry,
+                     "first": first, "second": second, "m1": m1, "m2": m2})
+        yield info
     finally:
-        root.teardown()
+        try:
+            root.teardown()
+        finally:
+            def fmt(v, f="{:.0f}s"):
+                return "none" if v is None else f.format(v)
+            _log(f"summary: target={SUITE}-{ARCH} python={info['python']} base={t_base:.0f}s "
+                 f"first_install={fmt(info['t_first'])} second_install={fmt(info['t_second'])} "
+                 f"wake_peak={fmt(info['wake_peak'], '{:.4f}')}")
 
 
 # ----------------------------------------------------------------------------- tests
@@ -309,6 +374,63 @@ def test_wake_models_resolve_and_load(unit):
     path = res.stdout.strip().splitlines()[-1]
     assert path.startswith(f"{PREFIX}/venv/") and path.endswith("pyopen_wakeword/models/hey_jarvis.tflite"), path
     assert "wake-word model hey_jarvis loads" in unit["first"].stderr
+
+
+WAKE_ON_CLIP = """
+import time, wave
+from pathlib import Path
+import numpy as np
+import voxbox
+from voxbox.wake import CHUNK_SAMPLES, WakeWordDetector
+clip = Path(voxbox.__file__).parent / "data" / "hey_jarvis.wav"
+with wave.open(str(clip)) as w:
+    assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 16000)
+    x = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+pad = np.zeros(16000, dtype=np.int16)  # 1 s of silence either side
+x = np.concatenate([pad, x, pad])
+t0, c0 = time.monotonic(), time.process_time()
+det = WakeWordDetector("hey_jarvis")
+peak, at = 0.0, 0.0
+for i in range(0, len(x), CHUNK_SAMPLES):
+    for t_end, s in det.scores(x[i:i + CHUNK_SAMPLES], i / 16000):
+        if s > peak:
+            peak, at = s, t_end
+cpu = time.process_time() - c0
+print(f"clip {clip}; {len(x) / 16000:.2f} s of audio, {det.chunks} chunks")
+print(f"peak {peak:.4f} at {at:.2f} s; {time.monotonic() - t0:.1f} s wall (load and score), "
+      f"{cpu / (len(x) / 16000):.3f} CPU s per audio s")
+print(f"PEAK {peak:.6f}")
+"""
+
+
+def test_wake_word_on_the_packaged_clip(unit):
+    """openWakeWord on LiteRT, as the service user, over the clip that ships in the package
+    (data/hey_jarvis.wav, 1 s of silence either side): the wake word is found."""
+    root = unit["root"]
+    res = root.run(f"{PREFIX}/venv/bin/python", "-c", WAKE_ON_CLIP, user="voxbox",
+                   env={"XDG_CACHE_HOME": "/tmp"})
+    assert res.returncode == 0, (res.stdout, res.stderr[-4000:])
+    lines = res.stdout.strip().splitlines()
+    assert lines[0].startswith(f"clip {PREFIX}/venv/"), lines  # the installed package's data
+    peak = float(lines[-1].split()[1])
+    unit["wake_peak"] = peak
+    _log(f"wake word on the packaged clip ({SUITE}-{ARCH}): " + "; ".join(lines[:-1]))
+    assert peak >= 0.5, lines
+
+
+def test_gpio_on_arm(unit):
+    """On ARM the venv sees the system's packages (python3-lgpio on Raspberry Pi OS); plain
+    Debian has no python3-lgpio, so install.sh warns and goes on."""
+    if ARCH not in ("arm64", "armhf"):
+        pytest.skip("GPIO from python3-lgpio is set up on ARM only")
+    root = unit["root"]
+    cfg = root.p(f"{PREFIX}/venv/pyvenv.cfg").read_text()
+    assert "include-system-site-packages = true" in cfg, cfg
+    first = unit["first"].stderr
+    if root.run("dpkg-query", "-W", "python3-lgpio").returncode == 0:
+        assert "install apt package: python3-lgpio" in first
+    else:
+        assert "warning: python3-lgpio is not available" in first, first[-3000:]
 
 
 def test_units_installed_enabled_and_verify(unit):
