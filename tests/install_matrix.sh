@@ -21,7 +21,7 @@
 # Python of the root. Logs: $VOXBOX_MATRIX_LOGS (default /var/tmp/voxbox-install-matrix).
 #
 # arm64 on an amd64 host runs under qemu-user through binfmt_misc. Debian 12's qemu 7.2
-# crashes on some of the wheels (import onnxruntime, LiteRT), so this uses qemu 10 from
+# crashes on some wheels (it segfaults on `import onnxruntime`), so this uses qemu 10 from
 # Debian 13's qemu-user package, without touching the host's apt sources:
 #   1. apt-get update / apt-get download qemu-user with an apt configuration of its own
 #      (a sources.list naming only trixie, lists and cache under the cache directory);

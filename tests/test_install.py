@@ -162,6 +162,24 @@ def _repo_files() -> list[str]:
     return [f for f in res.stdout.decode().split("\0") if f and (REPO / f).is_file()]
 
 
+def _remove_stale_roots() -> None:
+    """Roots left by a run that was killed (SIGTERM skips the fixture's teardown): unmount
+    what is mounted under them, then remove them. A root whose run is alive is left alone."""
+    for path in CACHE.glob("root-*"):
+        pid = path.name.removeprefix("root-")
+        if not pid.isdigit() or int(pid) == os.getpid() or Path(f"/proc/{pid}").exists():
+            continue
+        for m in sorted(_mounts_under(path), key=len, reverse=True):
+            if subprocess.run(["umount", m], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", m], capture_output=True)
+        left = _mounts_under(path)
+        if left:  # never delete through a bind mount (the host's /dev, the caches)
+            _log(f"stale root {path} still has mounts, not removed: {left}")
+            continue
+        _log(f"removing stale root {path} (its run, pid {pid}, is gone)")
+        shutil.rmtree(path, ignore_errors=True)
+
+
 class Root:
     """A Debian root unpacked from the cached tarball, with /proc, /sys, /dev and the caches
     mounted; ``run`` runs a command in it with chroot."""
@@ -271,6 +289,7 @@ def unit():
     t0 = time.monotonic()
     tarball = _base_tarball()
     t_base = time.monotonic() - t0
+    _remove_stale_roots()
     root = Root(CACHE / f"root-{os.getpid()}")
     if root.path.exists():
         shutil.rmtree(root.path)
