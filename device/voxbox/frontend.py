@@ -37,6 +37,15 @@ talk includes part of the user's wake word); the wake-word detector does better 
 tap. The tap never changes the main output (it only copies frames), and it is
 block-size independent and deterministic like the main output. ``None`` (default):
 no tap, ``wake_tap`` stays ``None``.
+
+Frame observer (optional, ``front_end.observer = callable``): called once per Speex frame,
+inside :meth:`CaptureFrontEnd.process`, with ``(frame, ratio_db, far)``: the cleaned frame
+(int16 ``(frame_size,)``, a buffer reused on the next frame: copy what you keep), the
+residual echo suppressor's double-talk statistic of that frame (residual power over the
+estimated residual echo, dB, 300-4000 Hz; ``nan`` with ``residual_echo`` off) and whether
+the frame's reference held far-end signal. The barge-in detector
+(:mod:`voxbox.bargein`) reads it: the cleaned frame reaches it ``frame_size - 1``
+samples before it leaves the output ring.
 """
 
 from __future__ import annotations
@@ -178,6 +187,8 @@ class CaptureFrontEnd(NativeState):
         #: The latest block's wake-tap samples (int16, same length and latency as the
         #: main output), or ``None`` without a tap.
         self.wake_tap: Int16Array | None = None
+        #: per-frame observer ``(frame, ratio_db, far) -> None`` (see the module docstring)
+        self.observer = None
         if wake_tap is not None:
             natural = f - 1 if wake_tap == "aec" else 2 * f - 1
             self._tap_delay = (self.latency_samples - natural) // f
@@ -315,6 +326,12 @@ class CaptureFrontEnd(NativeState):
                     frame[:] = y
                 self._fill = 0
                 self.frames_processed += 1
+                obs = self.observer
+                if obs is not None:
+                    if res is not None:
+                        obs(frame, res.last_ratio_db, res.last_far)
+                    else:
+                        obs(frame, float("nan"), bool(rbuf.any()))
                 push[0] = frame
                 if tap_mode is not None:
                     d = self._tap_delay

@@ -195,6 +195,9 @@ class ResidualEchoSuppressor:
         self._see = np.zeros(k)
         self._sxx = np.zeros((L, k))
         self.frames = 0
+        self.last_dt = 0.0
+        self.last_ratio_db = float("-inf")
+        self.last_far = False
 
     @staticmethod
     def _fsmooth(x):
@@ -257,6 +260,11 @@ class ResidualEchoSuppressor:
         self._r_prev = r
         od = s.overdrive_st + (s.overdrive - s.overdrive_st) * c
         self.last_dt = c
+        #: the double-talk detector's raw statistic of this hop: residual power over the
+        #: estimated residual echo, dB, 300-4000 Hz (high: the near end talks)
+        self.last_ratio_db = float(ratio)
+        #: the hop's analysis window held far-end signal
+        self.last_far = far
         if s.coh_weight > 0:
             # short-term coherence of E with the reference X at lags 0..L-1 hops (the
             # reference leads its echo): the part of E that is linear in the far end
