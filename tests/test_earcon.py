@@ -188,3 +188,66 @@ def test_packaged_spoken_prompts_load_at_the_playback_rate():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert set(mod.PROMPTS) == set(PROMPT_NAMES)
+
+
+# ---- the start-up cue (trains the echo canceller at boot) -------------------------------
+def test_startup_cue_length_level_and_soft_edges():
+    x = load_earcon("startup").astype(np.float64)
+    assert 1400 <= len(x) / EARCON_RATE * 1000 <= 1600
+    peak = np.max(np.abs(x))
+    assert -12.5 <= 20 * np.log10(peak / 32767) <= -11.5
+    assert x[0] == 0 and x[-1] == 0
+    edge = int(0.001 * EARCON_RATE)
+    assert np.max(np.abs(x[:edge])) < 0.15 * peak and np.max(np.abs(x[-edge:])) < 0.15 * peak
+    # band-limited below 8 kHz (Bernstein: |x'| <= 2 pi f_max max|x|) and no DC
+    assert np.max(np.abs(np.diff(x))) <= 2 * np.pi * 8000 / EARCON_RATE * peak
+    assert abs(np.mean(x)) < 0.01 * peak
+    # loud for most of its length (it has to excite the echo path), quiet at the end
+    env = np.sqrt(np.convolve(x * x, np.ones(2400) / 2400, mode="same"))  # 100 ms RMS
+    rms = 20 * np.log10(np.sqrt(np.mean(x * x)) / 32767)
+    assert -30 <= rms <= -20
+    assert np.mean(env > 0.25 * env.max()) > 0.6
+
+
+def test_startup_cue_is_broadband():
+    """Energy in every octave the 16 kHz capture sees (250 Hz-8 kHz), none far below the
+    strongest: the echo canceller's filter adapts per frequency band."""
+    x = load_earcon("startup").astype(np.float64)
+    p = np.abs(np.fft.rfft(x)) ** 2
+    f = np.fft.rfftfreq(len(x), 1 / EARCON_RATE)
+    bands = [np.sum(p[(f >= lo) & (f < 2 * lo)]) for lo in (250, 500, 1000, 2000, 4000)]
+    db = 10 * np.log10(np.asarray(bands) / max(bands))
+    assert np.all(db > -10), db
+    assert np.sum(p[f > 8000]) < 0.02 * np.sum(p)  # little above the capture's Nyquist
+
+
+def test_startup_cue_has_the_chime_notes():
+    """The rising C-major-9 arpeggio stands out of the whoosh: each note's fundamental is
+    a spectral peak well above the noise around it, and they enter in rising order."""
+    x = load_earcon("startup").astype(np.float64)
+    n = 1 << 16
+    p = np.abs(np.fft.rfft(x * np.hanning(len(x)), n)) ** 2
+    f = np.fft.rfftfreq(n, 1 / EARCON_RATE)
+    for note in (523.25, 659.26, 783.99, 1174.66):
+        k = int(round(note / f[1]))
+        peak = p[k - 3:k + 4].max()
+        around = np.median(np.concatenate([p[k - 120:k - 20], p[k + 20:k + 120]]))
+        assert 10 * np.log10(peak / around) > 10, note
+    onsets = []
+    for note in (523.25, 659.26, 783.99, 1174.66):
+        t = np.arange(len(x)) / EARCON_RATE
+        # the note's envelope by quadrature demodulation, 20 ms smoothing
+        z = x * np.exp(-2j * np.pi * note * t)
+        env = np.abs(np.convolve(z, np.ones(480) / 480, mode="same"))
+        onsets.append(int(np.argmax(env > 0.5 * env.max())))
+    assert onsets == sorted(onsets) and len(set(onsets)) == 4, onsets
+
+
+def test_startup_cue_default_and_old_configs():
+    """A configuration written before the cue existed (no ``startup`` key) stays valid and
+    gets the packaged cue; ``"off"`` turns it off."""
+    old = {"wake": "wake", "end": "end", "error": "error", "mute": "mute", "unmute": "unmute"}
+    s = EarconSet(old)
+    assert np.array_equal(s.get("startup"), load_earcon("startup"))
+    assert EarconSet({**old, "startup": "off"}).get("startup") is None
+    assert "startup" in CUES and "startup" in NAMES

@@ -13,6 +13,18 @@ tone so nothing clicks, phase-continuous frequency steps.
 | error | low double buzz, 196 Hz with odd harmonics, 2 × 100 ms, 50 ms apart | 250 ms |
 | mute | falling two-tone, lower, 523 → 392 Hz | 150 ms |
 | unmute | rising two-tone, lower, 392 → 523 Hz | 150 ms |
+| startup | rising C-major-9 chime arpeggio (C5 E5 G5 D6, soft bell partials) over a swelling, \
+pink-tilted noise "whoosh" (150 Hz-7 kHz, +6 dB re the chime) | 1500 ms |
+
+The start-up cue is played once at boot through the normal playback path: besides saying
+"ready", its broadband whoosh trains the echo canceller's adaptive filter in every
+frequency band the capture sees (16 kHz capture: up to 8 kHz), so the first reply starts
+with a converged canceller (``tests/benchmarks/test_warmstart_bench.py``: the whoosh's
+level matters more than the cue's length; 1.5 s with the whoosh 6 dB above the chime puts
+the canceller's ERLE over the first 2 s of the first reply at 21 dB, against 8 dB cold and
+24 dB warm). Its noise is a counter-based hash (splitmix64 of the sample index), not a
+random generator, so the file is the same on every machine and numpy version (up to the
+1 LSB of floating-point rounding the test allows).
 
 Usage: ``python tools/make_earcons.py [OUT_DIR]`` (default: the package directory).
 """
@@ -71,6 +83,76 @@ def buzz(freq: float, dur_s: float) -> np.ndarray:
     return out * envelope(n, 0.008, 0.025)
 
 
+def hash_noise(n: int, seed: int) -> np.ndarray:
+    """Deterministic white noise, zero mean, unit RMS: splitmix64 of the sample index
+    (uint64 arithmetic wraps), the sum of two uniforms (triangular). No RNG state."""
+    with np.errstate(over="ignore"):
+        z = (np.arange(n, dtype=np.uint64) + np.uint64(seed)) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    u1 = (z >> np.uint64(40)).astype(np.float64) / 2.0 ** 24  # 24 high bits
+    u2 = (z & np.uint64(0xFFFFFF)).astype(np.float64) / 2.0 ** 24  # 24 low bits
+    x = u1 + u2 - 1.0
+    return x / np.sqrt(np.mean(x * x))
+
+
+def shaped_noise(n: int, seed: int, lo_hz: float = 150.0, hi_hz: float = 7000.0,
+                 tilt_db_per_oct: float = -3.0) -> np.ndarray:
+    """Band-limited noise, unit RMS: ``hash_noise`` shaped in the frequency domain, flat
+    raised-cosine skirts (one octave) below ``lo_hz`` and above ``hi_hz``, and a spectral
+    tilt (-3 dB/octave = pink: soft, "shhh" rather than hiss)."""
+    m = 1 << (n - 1).bit_length()
+    spec = np.fft.rfft(hash_noise(n, seed), m)
+    f = np.fft.rfftfreq(m, 1 / RATE)
+    g = np.zeros_like(f)
+    band = f > 0
+    g[band] = (f[band] / 1000.0) ** (tilt_db_per_oct / (20 * np.log10(2)))
+
+    def skirt(x):  # 0 -> 1 raised cosine over x in [0, 1]
+        return 0.5 - 0.5 * np.cos(np.pi * np.clip(x, 0.0, 1.0))
+
+    with np.errstate(divide="ignore"):
+        octs_lo = np.log2(np.where(band, f, 1e-9) / (lo_hz / 2))
+        octs_hi = np.log2((hi_hz * 1.5) / np.where(band, f, 1e-9))
+    g *= skirt(octs_lo) * skirt(octs_hi / np.log2(1.5))
+    y = np.fft.irfft(spec * g, m)[:n]
+    return y / np.sqrt(np.mean(y * y))
+
+
+def startup_cue(length_s: float = 1.5, whoosh_db: float = 6.0,
+                notes: tuple[float, ...] = (523.25, 659.26, 783.99, 1174.66), note_step_s: float = 0.11,
+                decay_s: float = 0.45) -> np.ndarray:
+    """The start-up cue (float, arbitrary scale; :func:`normalise` sets the peak).
+
+    A rising arpeggio of bell-like notes (partials 1, 2, 3, 4 at 1, 0.35, 0.15, 0.08,
+    5 ms attack, exponential decay ``decay_s``), ``note_step_s`` apart, over a pink noise
+    whoosh (:func:`shaped_noise`) whose RMS is ``whoosh_db`` re the chime's RMS; the whoosh
+    swells in over the first 40 % and fades over the rest (raised cosines), and the whole
+    cue gets a 10 ms attack and a 150 ms release so it starts and ends at 0.
+    """
+    n = int(round(length_s * RATE))
+    t = np.arange(n) / RATE
+    chime = np.zeros(n)
+    for i, f0 in enumerate(notes):
+        t0 = i * note_step_s
+        tt = t - t0
+        on = tt >= 0
+        env = np.where(on, np.exp(-np.maximum(tt, 0) / decay_s), 0.0)
+        att = int(round(0.005 * RATE))
+        s0 = int(round(t0 * RATE))
+        env[s0:s0 + att] *= 0.5 - 0.5 * np.cos(np.pi * np.arange(min(att, n - s0)) / att)
+        for k, a in enumerate((1.0, 0.35, 0.15, 0.08)):
+            if (k + 1) * f0 < 8000:
+                chime += a * env * np.sin(2 * np.pi * (k + 1) * f0 * np.maximum(tt, 0))
+    chime_rms = np.sqrt(np.mean(chime[chime != 0] ** 2))
+    swell = np.where(t < 0.4 * length_s, 0.5 - 0.5 * np.cos(np.pi * t / (0.4 * length_s)),
+                     0.5 + 0.5 * np.cos(np.pi * (t - 0.4 * length_s) / (0.6 * length_s)))
+    whoosh = shaped_noise(n, seed=0x5EED) * swell
+    whoosh *= chime_rms * 10 ** (whoosh_db / 20) / np.sqrt(np.mean(whoosh ** 2))
+    return (chime + whoosh) * envelope(n, 0.010, 0.150)
+
+
 def normalise(x: np.ndarray) -> np.ndarray:
     peak = 10 ** (PEAK_DBFS / 20) * 32767
     return np.round(x / np.max(np.abs(x)) * peak).astype(np.int16)
@@ -90,6 +172,7 @@ def synthesize() -> dict[str, np.ndarray]:
     cues["error"] = np.concatenate([buzz(196.0, 0.100), gap, buzz(196.0, 0.100)])
     cues["mute"] = two_tone(523.25, 392.0, 0.150, 0.008, 0.040)
     cues["unmute"] = two_tone(392.0, 523.25, 0.150, 0.008, 0.040)
+    cues["startup"] = startup_cue()
     return {name: normalise(x) for name, x in cues.items()}
 
 

@@ -1,10 +1,17 @@
-"""Earcons: the short sounds the unit plays on wake, end of listening, error, mute.
+"""Earcons: the short sounds the unit plays on wake, end of listening, error, mute, and
+once at start-up.
 
 The packaged cues live in ``voxbox/earcons/*.wav`` (16-bit mono, 24 000 Hz, peak
 -12 dBFS; made by ``tools/make_earcons.py``). A configuration maps each cue to a packaged
 name, a user WAV file, or ``"off"``:
 
     {"wake": "wake", "end": "/etc/voxbox/ding.wav", "error": "off"}
+
+The ``startup`` cue (1.5 s: a rising chime over a broadband "whoosh") is meant to be
+played once when the unit starts, through the normal playback path: its broadband content
+trains the echo canceller's adaptive filter (whose state cannot be saved across restarts,
+see :mod:`voxbox.echostate`), so the first reply is cancelled about as well as later ones.
+A user WAV for it should be broadband too (a noise swell, not a pure tone) to keep that.
 
 :func:`load_earcon` reads one WAV (8/16/24/32-bit integer PCM, mono or multi-channel,
 downmixed to mono) and resamples it to the playback rate with soxr when the rates differ.
@@ -25,8 +32,10 @@ from voxbox.wavfile import WavError, read_wav
 #: the rate the packaged WAVs are stored at (= the playback rate)
 EARCON_RATE = 24000
 #: packaged earcons, by name
-NAMES = ("wake", "end", "error", "mute", "unmute")
+NAMES = ("wake", "end", "error", "mute", "unmute", "startup")
 #: the cues the daemon can play; by default each plays the packaged earcon of its name
+#: (a configuration that does not name a cue gets its packaged default, so adding a cue
+#: here keeps older configurations valid)
 CUES = NAMES
 OFF = "off"
 #: a cue longer than this is a configuration mistake (a song, a recording)
@@ -56,8 +65,8 @@ def _read_wav(src, label: str) -> tuple[np.ndarray, int]:
 
 
 def load_earcon(name_or_path: str | os.PathLike, rate: int = EARCON_RATE) -> np.ndarray:
-    """A packaged earcon by name (``wake``, ``end``, ``error``, ``mute``, ``unmute``) or a
-    user WAV file by path, as mono ``numpy.int16`` at ``rate`` Hz."""
+    """A packaged earcon by name (``wake``, ``end``, ``error``, ``mute``, ``unmute``,
+    ``startup``) or a user WAV file by path, as mono ``numpy.int16`` at ``rate`` Hz."""
     if isinstance(name_or_path, str) and name_or_path in NAMES:
         res = _package_file(name_or_path)
         label = f"{name_or_path!r} (packaged {res})"
