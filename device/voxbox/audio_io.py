@@ -375,6 +375,9 @@ class PlaybackLoop(_Loop):
         super().__init__(name, device, rate, period, periods, on_xrun, reopen_backoff, pcm_factory)
         self.source = source
         self.on_written = on_written
+        #: called on the loop thread with the number of frames a drop() discarded (those
+        #: were handed to ``on_written`` but never played): a reference must forget them
+        self.on_drop: Callable[[int], None] | None = None
         self._drop = threading.Event()
         self.frames_written = 0
         self.samples_written = 0
@@ -436,6 +439,8 @@ class PlaybackLoop(_Loop):
                 self.last_drop_discarded = self._delay
                 pcm.drop()  # → SETUP; the next write() re-prepares
                 self.drops += 1
+                if self.on_drop is not None and self._delay:
+                    self.on_drop(self._delay)  # frames handed to on_written, never heard
                 self._delay = 0
             frame = self.source()
             data = np.ascontiguousarray(frame, dtype=np.int16).tobytes()

@@ -51,6 +51,12 @@ class DaemonHarness:
     dialect: the Realtime dialect the daemon speaks (the local server detects it).
     echo_db: closed acoustic loop gain (dB), None for no echo.
     echo_delay_ms: acoustic delay from speaker to microphone (ms).
+    echo_rir, echo_nonlinearity: the room and the loudspeaker of the closed loop
+        (:class:`voxbox.rig.MicFeeder`); None: a pure delay and gain.
+    mic_noise_dbfs: the microphone's background noise (white), dBFS.
+    speaker_pipe_bytes: the paced speaker's pipe (bytes; default 4 pages, ~43 ms at 24 kHz
+        with 8 channels): a larger pipe absorbs the daemon's scheduling delays like a
+        card's buffer, so a late write does not shift the echo path.
     config: extra config sections merged over the harness defaults.
     server_options: keyword arguments for the local server.
     pipe_bytes: the rig's microphone FIFO size, and the speaker's with ``speaker_channels=1``
@@ -63,7 +69,13 @@ class DaemonHarness:
     def __init__(self, workdir: Path, dialect: str = "openai-ga", echo_db: float | None = None,
                  echo_delay_ms: float = 25.0, config: dict[str, dict[str, Any]] | None = None,
                  server_options: dict[str, Any] | None = None, api_key: str = API_KEY,
-                 pipe_bytes: int = 4096, speaker_channels: int = 8):
+                 pipe_bytes: int = 4096, speaker_channels: int = 8,
+                 echo_rir=None, echo_nonlinearity=None, mic_noise_dbfs: float = -60.0,
+                 speaker_pipe_bytes: int | None = None):
+        self.speaker_pipe_bytes = speaker_pipe_bytes
+        self.echo_rir = echo_rir
+        self.echo_nonlinearity = echo_nonlinearity
+        self.mic_noise_dbfs = mic_noise_dbfs
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.dialect = dialect
@@ -115,7 +127,8 @@ class DaemonHarness:
                       "volume": 100, "jitter_stretch": False},
             "gpio": {"pin_factory": "mock"},
             # cues off by default: tests compare the speaker stream with the reply bit for bit
-            "earcons": {"wake": "off", "end": "off", "error": "off", "mute": "off", "unmute": "off"},
+            "earcons": {"wake": "off", "end": "off", "error": "off", "mute": "off", "unmute": "off",
+                        "startup": "off"},
             # the rig's speaker pipe buffers ~85 ms that ALSA does not report
             "frontend": {"reference_delay_ms": 80},
             "log": {"format": "json", "level": "info"},
@@ -136,13 +149,15 @@ class DaemonHarness:
         if self.server is None:
             self.start_server()
         self.rig = FileDeviceRig(self.workdir / "rig", pipe_bytes=self.pipe_bytes,
-                                 speaker_channels=self.speaker_channels)
+                                 speaker_channels=self.speaker_channels,
+                                 speaker_pipe_bytes=self.speaker_pipe_bytes)
         self.speaker = self.rig.speaker()
         echo = {}
         if self.echo_db is not None:
             echo = dict(echo_from=self.speaker, echo_gain_db=self.echo_db,
-                        echo_delay_ms=self.echo_delay_ms)
-        self.mic = self.rig.mic(None, tail="noise", noise_dbfs=-60.0, **echo)
+                        echo_delay_ms=self.echo_delay_ms, echo_rir=self.echo_rir,
+                        echo_nonlinearity=self.echo_nonlinearity)
+        self.mic = self.rig.mic(None, tail="noise", noise_dbfs=self.mic_noise_dbfs, **echo)
         self.mic.start()
         write_config(self.config_path, self.config_sections())
         self._start_notify()

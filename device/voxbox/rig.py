@@ -239,16 +239,22 @@ class Speaker(_FifoWorker):
     Opens the FIFO ``O_RDONLY | O_NONBLOCK`` at construction (so the daemon's open of the
     PCM never blocks) and shrinks the pipe to one page, so the daemon's writes block like a
     real card's. The thread wakes every 10 ms and reads what is due by
-    ``time.monotonic()`` since start (no drift). A shortfall is an underrun: the speaker
-    clock runs on and the gap is played as silence (``underrun_samples``), never caught up.
+    ``time.monotonic()`` since start (no drift). Like a card, whose buffer is consumed at
+    the exact rate whatever a 10 ms tick sees, a shortfall of up to ``slack_periods``
+    periods is carried to the next tick (pipe pages free up a whole period at a time, so a
+    tick that is late by a fraction of a period finds the writer a little behind); a
+    longer shortfall is an underrun: the speaker clock runs on and the gap is played as
+    silence (``underrun_samples``), never caught up. Without the slack every such tick
+    would shift the played stream, and with it a closed loop's echo path, by a few samples.
 
     ``samples``: all int16 received, in order (bit-exact with what the daemon wrote).
     ``times``: per received sample, the monotonic time of the 10 ms block that consumed it.
     ``snapshot()``: both at once, the same length (while the thread runs, read them there).
     """
 
-    def __init__(self, rig: FileDeviceRig, start: bool = True):
+    def __init__(self, rig: FileDeviceRig, start: bool = True, slack_periods: int = 2):
         self.rig = rig
+        self.slack = slack_periods * rig.playback_period
         self.rate = rig.playback_rate
         self.fd = os.open(rig.speaker_fifo, os.O_RDONLY | os.O_NONBLOCK)
         self.pipe_size = _shrink_pipe(self.fd, rig.speaker_pipe_bytes)
@@ -276,6 +282,7 @@ class Speaker(_FifoWorker):
         t0 = time.monotonic()
         self.t0 = t0
         due_bytes = 0
+        deficit = 0  # samples due but not yet read (within the slack: not an underrun)
         k = 0
         while not self._stop.is_set():
             k += 1
@@ -289,8 +296,8 @@ class Speaker(_FifoWorker):
             if want <= 0:
                 continue
             due_bytes += want
-            got = self._read(want, frame)
-            nsamp_want = want // frame
+            nsamp_want = want // frame + deficit
+            got = self._read(nsamp_want * frame, frame)
             block = np.frombuffer(got, dtype=np.int16)
             if ch > 1:
                 block = block.reshape(-1, ch)[:, 0].copy()
@@ -300,11 +307,13 @@ class Speaker(_FifoWorker):
                     self._chunk_times.append(now)
                     self.received += len(block)
                 short = nsamp_want - len(block)
-                if short > 0:
+                if short > self.slack:
                     self.underrun_samples += short
                     played = np.concatenate([block, np.zeros(short, np.int16)])
+                    deficit = 0
                 else:
                     played = block
+                    deficit = max(0, short)
                 self._played.append(played)
                 self._played_len += len(played)
 
@@ -399,12 +408,18 @@ class MicFeeder(_FifoWorker):
     Acoustic echo: with ``echo_from=speaker`` the speaker's played stream (24 kHz, with
     gaps as silence) is resampled to 16 kHz with soxr, scaled by ``echo_gain_db`` and
     mixed in ``echo_delay_ms`` after it was played (plus the feeder's own ≤ 10 ms chunking).
+    A closed acoustic loop like a real room: ``echo_nonlinearity`` (a callable on float
+    samples in [-1, 1], the loudspeaker's distortion at its drive level) is applied first,
+    then ``echo_rir`` (the speaker-to-microphone impulse response at 16 kHz, float, with
+    the acoustic flight time; convolved by overlap-add with the tail carried across chunks),
+    then the gain. Without them the echo is the played stream, delayed and scaled.
     """
 
     def __init__(self, rig: FileDeviceRig, signal: np.ndarray | None = None,
                  tail: str = "silence", noise_dbfs: float = -70.0,
                  echo_from: Speaker | None = None, echo_gain_db: float = -20.0,
-                 echo_delay_ms: float = 50.0, start: bool = False, seed: int = 0):
+                 echo_delay_ms: float = 50.0, start: bool = False, seed: int = 0,
+                 echo_rir: np.ndarray | None = None, echo_nonlinearity=None):
         self.rig = rig
         self.rate = rig.capture_rate
         self.chunk = rig.capture_period
@@ -415,6 +430,9 @@ class MicFeeder(_FifoWorker):
         self.echo_from = echo_from
         self.echo_gain = 10 ** (echo_gain_db / 20)
         self.echo_delay = echo_delay_ms / 1000.0
+        self.echo_rir = None if echo_rir is None else np.asarray(echo_rir, dtype=np.float64)
+        self.echo_nonlinearity = echo_nonlinearity
+        self._rir_tail = np.zeros(0)  # convolution tail carried into the next chunk
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
         self._queue: list[np.ndarray] = []
@@ -494,6 +512,8 @@ class MicFeeder(_FifoWorker):
         if new:
             x = np.concatenate(new).astype(np.float32)
             y = self._resampler.resample_chunk(x)
+            if len(y) and (self.echo_nonlinearity is not None or self.echo_rir is not None):
+                y = self._room(y)
             self._echo16 = np.concatenate([self._echo16, y])
         # echo stream index of the mic sample captured at t_first
         j0 = int(round((t_first - self.echo_delay - spk.t0) * self.rate)) - self._echo_base
@@ -508,6 +528,20 @@ class MicFeeder(_FifoWorker):
             self._echo16 = self._echo16[keep_from:]
             self._echo_base += keep_from
         return out * self.echo_gain
+
+    def _room(self, y: np.ndarray) -> np.ndarray:
+        """The loudspeaker and the room on a new piece of the 16 kHz echo stream."""
+        v = y.astype(np.float64) / 32768.0
+        if self.echo_nonlinearity is not None:
+            v = np.asarray(self.echo_nonlinearity(v), dtype=np.float64)
+        if self.echo_rir is not None:
+            from scipy.signal import oaconvolve
+
+            full = oaconvolve(v, self.echo_rir)
+            tail = self._rir_tail
+            full[:len(tail)] += tail
+            v, self._rir_tail = full[:len(v)], full[len(v):].copy()
+        return (v * 32768.0).astype(np.float32)
 
     def _run(self) -> None:
         n = self.chunk

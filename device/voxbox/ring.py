@@ -28,6 +28,7 @@ class SampleRing:
         self.overflows = 0
         self.shortfalls = 0
         self.resyncs = 0
+        self._line: int | None = None  # read_delayed's line (None: place the reader)
 
     @property
     def available(self) -> int:
@@ -52,6 +53,55 @@ class SampleRing:
             if self._w - self._r > self._cap:
                 self.overflows += 1
                 self._r = self._w - self._cap
+
+    def unwrite(self, n: int) -> int:
+        """Take back the newest ``n`` samples not read yet (a device dropped them unplayed:
+        the reference must not pair them with the microphone). Returns how many."""
+        with self._lock:
+            k = max(0, min(int(n), self._w - self._r))
+            self._w -= k
+            return k
+
+    def read_delayed(self, out: np.ndarray, line: int) -> int:
+        """Fill ``out`` (int16, shape (n,)) from a delay line counted in samples, not in
+        time: the reader is placed ``line`` samples behind the writer on the first call,
+        moved by the difference when ``line`` changes, and otherwise reads the next ``n``
+        samples whatever the writer's timing. A writer that hands over its periods in
+        bursts (a card, a pipe, a USB bus freeing space unevenly) so never shifts the
+        pairing of reference and microphone, which for an echo canceller is an echo-path
+        change. Only a distance the writer's timing cannot explain places the reader
+        again (counted in ``resyncs``): nothing left to read (the writer stalled; the
+        missing samples are zeros, counted in ``shortfalls``) or more than the ring holds.
+        Returns how many were real samples."""
+        n = out.shape[0]
+        with self._lock:
+            old = self._line
+            if old is None:
+                self._r = self._w - n - line
+            elif line != old:
+                self._r += old - line
+            self._line = line
+            if self._w - self._r > self._cap:  # older than the ring holds
+                self._r = self._w - n - min(line, self._cap - n)
+                self.resyncs += 1
+            avail = self._w - self._r
+            if avail < n:  # the writer stalled (or has not started): place the reader again
+                self._line = None
+                self.resyncs += 1
+                if avail < 0:
+                    self._r = self._w
+                    avail = 0
+            k = min(n, avail)
+            start = self._r % self._cap
+            first = min(k, self._cap - start)
+            out[:first] = self._buf[start:start + first]
+            if first < k:
+                out[first:k] = self._buf[:k - first]
+            self._r += k
+        if k < n:
+            out[k:] = 0
+            self.shortfalls += 1
+        return k
 
     def read_into(self, out: np.ndarray, max_backlog: int | None = None, min_backlog: int = 0) -> int:
         """Fill ``out`` (int16, shape (n,)); returns how many were real samples (rest zeros).
