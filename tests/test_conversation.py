@@ -313,3 +313,62 @@ def test_every_transition_logged_once_with_its_cause():
     pairs = [(t.old, t.new) for t in c.transitions]
     assert all(a is not b for a, b in pairs)
     assert all(t.cause for t in c.transitions)
+
+
+def local():
+    c = Conversation(listen_timeout_s=8, follow_up_s=6, thinking_timeout_s=20, local_barge_in=True,
+                     barge_in_on_speech=False)
+    c.link_up(0.0)
+    c.wake(1.0)
+    c.speech_started(1.5)
+    c.speech_stopped(3.0)
+    c.response_started(3.1)
+    return c
+
+
+def test_local_barge_in_the_device_decides_during_the_reply():
+    c = local()
+    c.playback_started(3.4)
+    assert c.state is State.SPEAKING
+    # the service's VAD hears the echo: ignored while the reply plays
+    assert c.speech_started(4.0) == [] and c.state is State.SPEAKING
+    # the device's near-end detector hears the user: the reply pauses, kept
+    acts = no_cues(c.near_end_speech(4.5))
+    assert acts == [PauseReply()] and c.interruption_pending
+    assert c.state is State.LISTENING and c.turn == 2
+    assert c.near_end_speech(4.6) == []  # one pause at a time
+    # with the speaker quiet the user still talks: final, the client cancels
+    assert c.near_end_confirmed(4.9) == [Interrupt("near-end speech", by_server=False)]
+    assert not c.interruption_pending and c.near_end_confirmed(5.0) == []
+    # the service then hears the user's question
+    c.speech_started(4.7)
+    c.speech_stopped(6.0)
+    assert c.state is State.THINKING
+
+
+def test_local_barge_in_ignores_the_detector_outside_a_reply():
+    c = local()
+    assert c.state is State.THINKING
+    assert c.near_end_speech(3.2) == []
+    c.playback_started(3.4)
+    c.response_done(3.5, "completed")
+    c.playback_drained(6.0)
+    assert c.state is State.FOLLOW_UP and c.near_end_speech(6.1) == []
+
+
+def test_local_barge_in_user_talks_on_while_the_unit_thinks():
+    c = local()
+    acts = no_cues(c.speech_started(3.3))
+    assert acts == [Interrupt("user speech", by_server=False)] and c.state is State.LISTENING
+
+
+def test_local_barge_in_on_the_echo_resumes_the_reply():
+    c = local()
+    c.playback_started(3.4)
+    assert no_cues(c.near_end_speech(4.5)) == [PauseReply()]
+    acts = c.near_end_rejected(4.9)
+    assert acts == [ResumeReply()] and c.state is State.SPEAKING and c.turn == 1
+    assert c.near_end_rejected(5.0) == []
+    c.response_done(5.5, "completed")
+    c.playback_drained(9.0)
+    assert c.state is State.FOLLOW_UP

@@ -142,9 +142,10 @@ def test_barge_in_by_wake_word_during_the_reply(tmp_path):
 
     sig, _ = demo_utterance()
     wake = speech("Hey Jarvis!", lead_s=0.0, tail_s=0.3, voice="en-gb")
-    # the server VAD would also catch the user's voice; keep it out of the way so that this
-    # test measures the wake-word path
+    # the server VAD and the device's own near-end detector would also catch the user's
+    # voice; keep them out of the way so that this test measures the wake-word path
     cfg = {"realtime": {"turn_detection": {"interrupt_response": False}},
+           "barge_in": {"mode": "service"},
            "conversation": {"resume_false_interruptions": False}}
     with DaemonHarness(tmp_path, echo_db=-30, config=cfg) as h:
         h.start()

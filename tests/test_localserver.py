@@ -23,8 +23,10 @@ from voxbox.localserver import (
     ServerRecord,
     ServerThread,
     SessionCore,
+    SpeechVad,
     classify_request,
     speak_24k,
+    threshold_to_probability,
 )
 
 RATE = 24_000
@@ -307,6 +309,150 @@ def test_energy_vad_honours_prefix_and_silence():
     assert stop_ms == 2500                   # last voiced 2000 ms + silence 500 ms
 
 
+# ---------------------------------------------------------------------------------------
+# speech VAD (Silero): speech at any level starts a turn, noise and silence do not
+# ---------------------------------------------------------------------------------------
+UTTERANCE = "What will the weather be like tomorrow?"
+VAD_TOLERANCE_MS = 100
+
+
+def speech_clip(dbfs: float, rate: int = RATE, lead_s: float = 0.8, tail_s: float = 1.0,
+                text: str = UTTERANCE) -> tuple[np.ndarray, int, int]:
+    """espeak-ng speech with its active part (first to last sample above 1 % of the peak)
+    at ``dbfs`` RMS, between ``lead_s`` and ``tail_s`` of digital silence. Returns
+    (int16 samples, onset, offset) with onset/offset as sample indices of the clip."""
+    from voxbox.speech import render_speech
+
+    x = (speak_24k(text) if rate == RATE else render_speech(text)).astype(np.float64)
+    a = np.abs(x)
+    idx = np.flatnonzero(a > 0.01 * a.max())
+    on, off = int(idx[0]), int(idx[-1]) + 1
+    x = x[on:off] * (32768.0 * 10 ** (dbfs / 20) / np.sqrt(np.mean(x[on:off] ** 2)))
+    lead = int(lead_s * rate)
+    pcm = np.concatenate([np.zeros(lead), x, np.zeros(int(tail_s * rate))])
+    return np.clip(np.round(pcm), -32768, 32767).astype(np.int16), lead, lead + len(x)
+
+
+def feed_all(vad, pcm: np.ndarray, chunk: int = 480) -> list[tuple[str, int]]:
+    events = []
+    for i in range(0, len(pcm), chunk):
+        events += vad.feed(pcm[i:i + chunk])
+    return events
+
+
+def ms(samples: int, rate: int = RATE) -> float:
+    return samples * 1000 / rate
+
+
+@pytest.mark.parametrize("dbfs", [-20, -35, -50])     # -50: residual echo of the assistant's voice
+def test_speech_vad_hears_speech_at_any_level(dbfs):
+    pcm, onset, offset = speech_clip(dbfs)
+    vad = SpeechVad(RATE, threshold=0.5, prefix_padding_ms=300, silence_duration_ms=500)
+    events = feed_all(vad, pcm)
+    assert [k for k, _ in events] == ["start", "stop"], events
+    (_, start), (_, stop) = events
+    # start = onset - prefix padding, stop = last voiced sample + silence (EnergyVad's semantics)
+    assert abs(ms(start + vad.prefix - onset)) <= VAD_TOLERANCE_MS, (ms(start), ms(onset))
+    assert abs(ms(stop - vad.silence - offset)) <= VAD_TOLERANCE_MS, (ms(stop), ms(offset))
+    assert not vad.speaking and vad.pos == len(pcm)
+
+
+def test_speech_vad_at_16k_prefix_padding_and_session_timeline():
+    """Voice Live's 16 kHz input (no resampling); a VAD built mid-session (``pos``) reports
+    session-timeline positions; prefix padding and silence as configured."""
+    pcm, onset, offset = speech_clip(-30, rate=16000)
+    vad = SpeechVad(16000, prefix_padding_ms=100, silence_duration_ms=800)
+    vad.pos = base = 123_456
+    events = feed_all(vad, pcm, chunk=320)
+    assert [k for k, _ in events] == ["start", "stop"], events
+    (_, start), (_, stop) = events
+    assert start - base >= 0 and abs(ms(start - base + 1600 - onset, 16000)) <= VAD_TOLERANCE_MS
+    assert abs(ms(stop - base - 12800 - offset, 16000)) <= VAD_TOLERANCE_MS
+    assert vad.pos == base + len(pcm)
+
+
+def test_speech_vad_ignores_noise_tones_and_silence():
+    from voxbox.speech import pink_noise
+
+    n = 4 * RATE
+    rng = np.random.default_rng(7)
+    cases = {
+        "white -30 dBFS": rng.standard_normal(n) * 32768 * 10 ** (-30 / 20),
+        "pink -30 dBFS": pink_noise(n, -30.0, seed=5, rate=RATE),
+        "silence": np.zeros(n),
+        "dither": rng.integers(-1, 2, n).astype(np.float64),
+        # not speech to a speech VAD (tests that send tones as "speech" use vad="energy")
+        "tone -20 dBFS": tone(4.0, amp=0.1 * 2 ** 0.5).astype(np.float64),
+    }
+    for name, x in cases.items():
+        vad = SpeechVad(RATE)
+        assert feed_all(vad, np.clip(np.round(x), -32768, 32767).astype(np.int16)) == [], name
+
+
+def test_speech_vad_threshold_hysteresis_and_skip_to():
+    assert threshold_to_probability(0.5) == 0.5 and threshold_to_probability(0.8) == 0.8
+    assert threshold_to_probability(0.0) == 0.05 and threshold_to_probability(1.0) == 0.95
+    vad = SpeechVad(RATE, threshold=0.7)
+    assert vad.start_p == 0.7 and vad.stop_p == pytest.approx(0.55)
+    assert vad.frame == 768 and vad.min_frames == 2            # 32 ms chunks; 60 ms -> 2 chunks
+    # a commit/clear while speaking (skip_to) forgets the turn; speech that goes on after
+    # it starts a new one no earlier than the skip point
+    pcm, onset, _ = speech_clip(-30)
+    mid = onset + RATE // 2
+    first = feed_all(vad, pcm[:mid])
+    assert [k for k, _ in first] == ["start"] and vad.speaking
+    vad.skip_to(mid)
+    assert not vad.speaking
+    rest = feed_all(vad, pcm[mid:])
+    assert [k for k, _ in rest] == ["start", "stop"], rest
+    assert mid - vad.prefix <= rest[0][1] <= mid + RATE // 10
+
+
+def test_vad_option_selects_the_detector():
+    td = {"type": "session.update", "session": {"turn_detection": {"type": "azure_semantic_vad"}}}
+    for dialect in ("openai-ga", "voice-live"):
+        assert isinstance(SessionCore(DIALECTS[dialect]).vad, SpeechVad)            # the default
+        assert isinstance(SessionCore(DIALECTS[dialect], config=LocalServerConfig(vad="energy")).vad, EnergyVad)
+    core = SessionCore(DIALECTS["voice-live"])
+    core.handle_event(td)
+    assert isinstance(core.vad, SpeechVad)
+    core = SessionCore(DIALECTS["openai-beta"])
+    core.handle_event({"type": "session.update", "session": {"turn_detection": {"type": "semantic_vad"}}})
+    assert isinstance(core.vad, SpeechVad) and core.vad.silence == 600 * RATE // 1000
+    assert isinstance(LocalRealtimeServer(vad="energy").config.vad, str)
+    with pytest.raises(ValueError):
+        LocalServerConfig(vad="loud")
+
+
+def test_speech_vad_turn_and_quiet_barge_in_over_the_wire():
+    """Default server: a -20 dBFS utterance is a turn (positions within 100 ms of the
+    speech's onset - prefix and offset + silence); speech at -50 dBFS while the reply streams (the
+    assistant's residual echo) is speech too: speech_started, the response is cancelled."""
+    async def go():
+        server, c, _ = await started("openai-ga", pace_min=1.0, pace_max=1.0)
+        pcm, onset, offset = speech_clip(-20, lead_s=0.5, tail_s=0.8)
+        await c.append(pcm)
+        started_ev = await c.until("input_audio_buffer.speech_started", timeout=10)
+        stopped_ev = await c.until("input_audio_buffer.speech_stopped", timeout=10)
+        assert abs(started_ev["audio_start_ms"] + 300 - ms(onset)) <= VAD_TOLERANCE_MS
+        assert abs(stopped_ev["audio_end_ms"] - 500 - ms(offset)) <= VAD_TOLERANCE_MS
+        committed = await c.until("input_audio_buffer.committed")
+        assert committed["item_id"] == started_ev["item_id"]
+        created = await c.until("response.created", timeout=10)
+        rid = created["response"]["id"]
+        await c.until(names("openai-ga")["audio.delta"])
+        echo, e_on, _ = speech_clip(-50, lead_s=0.2, tail_s=0.3)
+        await c.append(echo)
+        barge = await c.until("input_audio_buffer.speech_started", timeout=10)
+        assert abs(barge["audio_start_ms"] + 300 - ms(len(pcm) + e_on)) <= VAD_TOLERANCE_MS
+        done = await c.until("response.done", pred=lambda e: e["response"]["id"] == rid)
+        assert done["response"]["status"] == "cancelled"
+        assert done["response"]["status_details"]["reason"] == "turn_detected"
+        await c.close()
+        await server.stop()
+    run(go())
+
+
 def test_core_pacing_is_deterministic_with_a_seed():
     def chunks(seed):
         core = SessionCore(DIALECTS["openai-beta"], config=LocalServerConfig(seed=seed))
@@ -372,7 +518,7 @@ def test_core_truncate_and_response_state_without_sockets():
 @pytest.mark.parametrize("dialect", list(DIALECTS))
 def test_server_vad_turn_event_order(dialect):
     async def go():
-        server, c, created = await started(dialect, seed=3)
+        server, c, created = await started(dialect, seed=3, vad="energy")   # a tone as "speech"
         s = created["session"]
         assert s["id"].startswith("sess_")
         if DIALECTS[dialect].ga_names:
@@ -436,7 +582,7 @@ def test_server_vad_turn_event_order(dialect):
 
 def test_voice_live_16k_input_and_azure_fields():
     async def go():
-        server, c, _ = await started("voice-live")
+        server, c, _ = await started("voice-live", vad="energy")          # a tone as "speech"
         await c.send({"type": "session.update", "session": {
             "input_audio_sampling_rate": 16000,
             "input_audio_noise_reduction": {"type": "azure_deep_noise_suppression"},
@@ -556,7 +702,7 @@ def test_truncate_validation(dialect):
 def test_barge_in_cancels_response(dialect):
     async def go():
         # slow pacing so that the response is still streaming when the user speaks again
-        server, c, _ = await started(dialect, pace_min=1.0, pace_max=1.0)
+        server, c, _ = await started(dialect, pace_min=1.0, pace_max=1.0, vad="energy")  # tones
         await c.append(np.concatenate([silence(0.3), tone(2.0), silence(0.7)]))
         created = await c.until("response.created", timeout=10)
         rid = created["response"]["id"]
@@ -1001,7 +1147,7 @@ def test_scripted_calls_need_declared_tools_and_skip_unknown_names():
     async def go():
         script = [{"name": "set_timer", "arguments": {"minutes": 5}},
                   {"name": "get_weather", "arguments": '{"city": "Oslo"}', "call_id": "call_fixed"}]
-        server, c, _ = await started("openai-ga", tool_calls=script)
+        server, c, _ = await started("openai-ga", tool_calls=script, vad="energy")   # a tone as "speech"
         turn = np.concatenate([silence(0.3), tone(0.6), silence(0.7)])
         n = names("openai-ga")
 

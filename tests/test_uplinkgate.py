@@ -97,3 +97,16 @@ def test_bad_period_is_named():
     g = UplinkGate(N, RATE)
     with pytest.raises(ValueError, match="clean"):
         g.process(np.zeros(N, dtype=np.float32), far=True, near=False)
+
+
+def test_open_after_a_checked_barge_in_reaches_back_to_the_onset():
+    g = UplinkGate(N, RATE, preroll_ms=300, max_preroll_ms=1000)
+    xs = periods(120)
+    for x in xs[:100]:
+        g.process(x, far=True, near=False, noise_floor_dbfs=-70.0)  # the reply, then the check
+    g.open(70 * N)  # 700 ms: from the user's onset, before the pause and the check
+    out, change = g.process(xs[100], far=False, near=False)
+    assert change.state is GateState.OPEN and change.preroll_samples == 70 * N
+    np.testing.assert_array_equal(out, np.concatenate(xs[30:101]))
+    out, change = g.process(xs[101], far=False, near=False)
+    assert out is xs[101] and change is None and g.state is GateState.OPEN

@@ -175,6 +175,25 @@ class FrontEnd(_Section):
     record_s: Annotated[int, Field(ge=0, le=600)] = 0
 
 
+class BargeIn(_Section):
+    """Barge-in while the unit speaks (see voxbox.bargein and voxbox.uplinkgate)."""
+
+    #: "local": the device decides whether the user talks over the reply (a near-end
+    #: detector on the echo canceller's output that knows the echo estimate), stops the
+    #: speaker, truncates at what was played and cancels the response itself; the
+    #: service's interrupt_response is sent off, so echo it hears cannot cancel a reply.
+    #: Needs frontend.echo_cancel and frontend.residual_echo (else "service" is used).
+    #: "service": the service's VAD decides (realtime.turn_detection.interrupt_response).
+    mode: Literal["local", "service"] = "local"
+    #: local mode: while the unit speaks, periods without the user's voice go out as
+    #: comfort noise at the measured noise floor, so the service never hears the echo
+    uplink_gate: bool = True
+    #: audio sent ahead of the user's first detected period when the gate opens, ms
+    preroll_ms: Annotated[int, Field(ge=0, le=1000)] = 300
+    #: the gate and the detector stay active this long after the speaker stops, ms
+    tail_ms: Annotated[int, Field(ge=0, le=2000)] = 300
+
+
 class Wake(_Section):
     """Local wake word (openWakeWord)."""
 
@@ -236,13 +255,18 @@ class Conversation(_Section):
 
 class Earcons(_Section):
     """Short cues: a packaged cue name (``wake``, ``end``, ``error``, ``mute``,
-    ``unmute``), a path to a WAV file, or ``"off"``."""
+    ``unmute``, ``startup``), a path to a WAV file, or ``"off"``.
+
+    ``startup`` plays once when audio starts: a 1.5 s chime over a soft noise swell that
+    trains the echo canceller before the first reply (the first reply after boot then
+    behaves like the tenth; off = no training)."""
 
     wake: str = "wake"
     end: str = "end"
     error: str = "error"
     mute: str = "mute"
     unmute: str = "unmute"
+    startup: str = "startup"
 
 
 class Broker(_Section):
@@ -292,6 +316,7 @@ class Config(_Section):
     realtime: Realtime = Realtime()
     audio: Audio = Audio()
     frontend: FrontEnd = FrontEnd()
+    barge_in: BargeIn = BargeIn()
     wake: Wake = Wake()
     gpio: Gpio = Gpio()
     conversation: Conversation = Conversation()

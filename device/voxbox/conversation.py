@@ -162,6 +162,11 @@ class Conversation:
     barge_in_on_speech: the service's speech detection interrupts a reply (the session's
         ``turn_detection.interrupt_response``); False leaves barge-in to the wake word and
         the button.
+    local_barge_in: the device's own near-end detector decides barge-in during a reply
+        (:meth:`near_end_speech`; ``barge_in.mode = "local"``): the service's speech
+        events during a reply are ignored (its VAD may hear the echo), and speech the
+        service hears while the unit thinks cancels the pending response from the client
+        (the service's ``interrupt_response`` is off).
     resume_turn_s: a turn cut by a link loss (a drop, a stall, the session's expiry) is
         held this long for the next session (:class:`ResendTurn` at :meth:`link_up`); the
         unit stays in the turn's state meanwhile. Past it, the turn is lost and the user
@@ -175,6 +180,7 @@ class Conversation:
     min_interruption_ms: int = 300
     barge_in_on_speech: bool = True
     resume_turn_s: float = 5.0
+    local_barge_in: bool = False
     state: State = State.OFFLINE
     turn: int = 0
     transitions: list[Transition] = field(default_factory=list)
@@ -432,8 +438,14 @@ class Conversation:
             acts = self._go(t, State.LISTENING, "follow-up speech")
             self._user_speaking = True
             return acts
-        if self.state in (State.SPEAKING, State.THINKING) and not self.barge_in_on_speech:
-            return []
+        if self.local_barge_in and self.state is State.THINKING and not self.push_to_talk:
+            # the user goes on talking before the reply plays: the service keeps its
+            # response (interrupt_response off), so the client cancels it
+            acts = self._barge_in(t, "user speech", by_server=False)
+            self._user_speaking = True
+            return acts
+        if self.state in (State.SPEAKING, State.THINKING) and (self.local_barge_in or not self.barge_in_on_speech):
+            return []  # during a reply the device's own detector decides (or nothing does)
         if self.state is State.SPEAKING and self.resume_false_interruptions:
             # tentative: pause, keep the reply until the service confirms a user turn
             self._paused_at = t
@@ -445,6 +457,38 @@ class Conversation:
             self._user_speaking = True
             return acts
         return []
+
+    def near_end_speech(self, t: float) -> list[Action]:
+        """The device's near-end detector heard the user over the reply (local barge-in,
+        first stage): pause the reply now (the speaker goes quiet, the reply is kept) and
+        listen; :meth:`near_end_confirmed` or :meth:`near_end_rejected` follows once the
+        microphone has been heard without the echo. Only while a reply plays and
+        ``local_barge_in`` is on; otherwise nothing."""
+        if not self.local_barge_in or self.push_to_talk or self.state is not State.SPEAKING \
+                or self._paused_at is not None:
+            return []
+        self._paused_at = t
+        acts = self._go(t, State.LISTENING, "barge-in by near-end speech")
+        return acts + [PauseReply()]
+
+    def near_end_confirmed(self, t: float) -> list[Action]:
+        """Second stage: with the speaker quiet the user is still talking: the barge-in is
+        final (truncate at what was played, the client cancels the response)."""
+        if self._paused_at is None:
+            return []
+        self._paused_at = None
+        self._playing = False
+        self._response_done = True
+        log.info("interruption confirmed (the user talks with the speaker quiet)",
+                 extra={"VOXBOX_EVENT": "barge_in_confirmed"})
+        return [Interrupt("near-end speech", by_server=False)]
+
+    def near_end_rejected(self, t: float) -> list[Action]:
+        """Second stage: with the speaker quiet nobody talks: it was the echo; the reply
+        resumes where it paused."""
+        if self._paused_at is None:
+            return []
+        return self._resume(t, "no speech once the speaker was quiet")
 
     def _confirm(self, t: float, why: str) -> list[Action]:
         self._paused_at = None

@@ -50,11 +50,20 @@ from voxbox.turnaudio import TurnAudio
 
 log = logging.getLogger("voxbox.daemon")
 
+
+def _fmt_stats(stats: dict[str, float]) -> str:
+    """The near-end detector's statistics as one journal field: ``key=value ...``."""
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items())
+
 UPLINK_BLOCK_MS = 40
 """Uplink audio is sent in blocks of this many ms (one ``input_audio_buffer.append`` each)."""
 
 CREDENTIAL_POLL_S = 2.0
 """How often an unprovisioned unit looks for its credential (s)."""
+
+REF_MOVE_QUIET_PERIODS = 30
+"""A move of the reference delay line that is not urgent (the reference still leads its
+echo) waits until the reference has been silent this many capture periods (300 ms)."""
 
 TURN_PING_S = 1.0
 IDLE_PING_S = 10.0
@@ -130,15 +139,33 @@ class Daemon:
         self.cap_period = a.capture_rate * a.period_ms // 1000
         self.play_period = a.playback_rate * a.period_ms // 1000
         cc = cfg.conversation
+        fe = cfg.frontend
+        #: local barge-in: the device's near-end detector decides (voxbox.bargein), the
+        #: service's interrupt_response is sent off (echo it hears cannot cancel a reply)
+        self.local_barge_in = cfg.barge_in.mode == "local" and fe.echo_cancel and fe.residual_echo
+        rt_cfg = cfg.realtime
+        if self.local_barge_in:
+            rt_cfg = rt_cfg.model_copy(update={"turn_detection": rt_cfg.turn_detection.model_copy(
+                update={"interrupt_response": False})})
+        #: the Realtime settings the sessions are opened with
+        self.rt_cfg = rt_cfg
         self.conv = Conversation(cc.listen_timeout_s, cc.follow_up_s, cc.thinking_timeout_s,
                                  resume_false_interruptions=cc.resume_false_interruptions,
                                  min_interruption_ms=cc.min_interruption_ms,
-                                 barge_in_on_speech=cfg.realtime.turn_detection.interrupt_response,
-                                 resume_turn_s=cc.resume_turn_s)
+                                 barge_in_on_speech=rt_cfg.turn_detection.interrupt_response,
+                                 resume_turn_s=cc.resume_turn_s, local_barge_in=self.local_barge_in)
         #: the user's audio of the current turn (resent into the next session after a loss)
         self.turn_audio = TurnAudio(PCM_RATE, TURN_AUDIO_MAX_S, preroll_s=1.0)
         self._turn_audio_state = self.conv.state
         self._state_path = sd.state_dir() / cc.state_file
+        #: the echo path measured on these devices (voxbox.echostate): restored at start so
+        #: the first reply after boot has its reference delay and drift right
+        self._echo_state_path = self._state_path.parent / "echo.json"
+        self._echo_devices = (f"capture={a.capture_device} playback={a.playback_device} "
+                              f"rate={a.playback_rate} period_ms={a.period_ms} periods={a.periods}")
+        self._echo_state = None
+        self._echo_saving = False
+        self._echo_saved_at = 0.0
         self._ptt_samples = 0  # uplink samples streamed in the current push-to-talk hold
         self._ptt_voiced_frames = 0  # capture periods above VOICE_DBFS during the hold
         # earcons: the playback thread mixes the current cue into the reply (whole frames)
@@ -159,6 +186,9 @@ class Daemon:
         # threads wake at different times, and a shorter backlog starves the reference
         self._ref_floor = MIN_REF_DELAY_PERIODS * self.cap_period
         self._ref_delay = max(self._ref_floor, a.capture_rate * cfg.frontend.reference_delay_ms // 1000)
+        self._resyncs_seen = 0
+        self._ref_quiet = 0  # echo worker: periods since the reference last held signal
+        self._pending_move: tuple[int, float, float] | None = None  # a line move waiting for a pause
         self._line_from_alsa = False
         self._underruns_at_turn = 0
         self._added_at_turn = self.jitter.added_latency()
@@ -204,12 +234,23 @@ class Daemon:
         self._play_buf = np.zeros(self.play_period, dtype=np.int16)
         self._mix_i32 = np.zeros(self.play_period, dtype=np.int32)  # earcon mixing scratch
         self._last_pull = PullResult(None, 0, False, False, 0)
+        # float, not int16: soxr's int16 output carries +-1 of dither after the signal, and a
+        # reference that is never exactly silent keeps the far end "active" for ever
         self._ref_resampler = (None if a.playback_rate == a.capture_rate else
-                               soxr.ResampleStream(a.playback_rate, a.capture_rate, 1, dtype="int16"))
+                               soxr.ResampleStream(a.playback_rate, a.capture_rate, 1, dtype="float32"))
         self._playing_item: str | None = None
         self._reply_resampler = (None if a.playback_rate == PCM_RATE else
                                  soxr.ResampleStream(PCM_RATE, a.playback_rate, 1, dtype="int16"))
         self.frontend = None
+        self.near_end = None  # voxbox.bargein.NearEndDetector (local barge-in)
+        self.gate = None  # voxbox.uplinkgate.UplinkGate
+        self._fe_far = False  # the latest front-end frame's reference held far-end signal
+        self._near = False  # the detector's latest decision
+        self._check = None  # voxbox.interruption.InterruptionCheck (the second stage)
+        self._check_start = False  # loop -> capture thread: start the check
+        self._tentative = False  # a reply is paused on the detector's word, being checked
+        self._onset_t = 0.0  # when the detector heard the user (monotonic s)
+        self._gate_open: int | None = None  # loop -> capture thread: open the gate, pre-roll
         self.recorder = None
         self.wake = None
         self.capture = None
@@ -309,6 +350,12 @@ class Daemon:
         log.info("voxbox %s starting (dialect %s)", __version__, cfg.realtime.dialect,
                  extra={"VOXBOX_EVENT": "start", "VOXBOX_VERSION": __version__})
         self._build_dsp()
+        if self.delay_tracker is not None:
+            from voxbox.echostate import load_echo_state
+
+            self._echo_state = load_echo_state(self._echo_state_path, self._echo_devices)
+            if self._echo_state is not None and self._drift_comp is not None:
+                self._drift_target_ppm = self._echo_state.drift_ppm
         self._build_gpio()
         if self._load_muted():
             self._apply(self.conv.restore_muted(time.monotonic()))
@@ -323,6 +370,7 @@ class Daemon:
         self.capture = CaptureLoop(cfg.audio.capture_device, self._on_capture_frame,
                                    rate=cfg.audio.capture_rate, period=self.cap_period,
                                    periods=cfg.audio.periods)
+        self.playback.on_drop = self._playback_dropped
         self.playback.start()
         self.capture.start()
         if self._echo_q is not None:
@@ -341,6 +389,8 @@ class Daemon:
             await asyncio.gather(*tasks, return_exceptions=True)
             self.capture.stop()
             self._echo_stop.set()
+            if self.delay_tracker is not None and self.aligner is not None and self.aligner.moves:
+                await self._save_echo_state(None, None, force=True)
             self.playback.stop()
             if self.server is not None:
                 # off the loop: the server's close handshake needs this loop's client side
@@ -366,6 +416,26 @@ class Daemon:
 
         # the same builder as `voxbox dsp`; the wake-word tap does not change the uplink output
         self.frontend = build_frontend(cfg, wake_tap="aec" if cfg.wake.enabled and cfg.wake.playback_aware else None)
+        if self.frontend is not None and self.local_barge_in:
+            from voxbox.bargein import BargeInSettings, NearEndDetector, SileroVad
+
+            # the first stage only pauses the reply (the check with the speaker quiet decides),
+            # so it is more sensitive than the detector's stand-alone defaults: a short
+            # "Stop." in double talk reaches Silero 0.5-0.7, rarely 0.8
+            self.near_end = NearEndDetector(
+                BargeInSettings(frame_size=self.frontend.frame_size, sample_rate=cfg.audio.capture_rate,
+                                vad_min=0.5, onset_fill=0.75),
+                vad=SileroVad(cfg.audio.capture_rate))
+            self.frontend.observer = self._on_frontend_frame
+            from voxbox.interruption import InterruptionCheck
+
+            self._check = InterruptionCheck(1000 * self.frontend.frame_size / cfg.audio.capture_rate)
+            if cfg.barge_in.uplink_gate:
+                from voxbox.uplinkgate import UplinkGate
+
+                self.gate = UplinkGate(self.cap_period, cfg.audio.capture_rate,
+                                       preroll_ms=cfg.barge_in.preroll_ms, tail_ms=cfg.barge_in.tail_ms,
+                                       max_preroll_ms=cfg.barge_in.preroll_ms + 1200)
         if cfg.frontend.record_s > 0:
             from voxbox.recorder import CaptureRecorder
 
@@ -374,7 +444,7 @@ class Daemon:
 
         try:
             es = EarconSet(self.cfg.earcons.model_dump(), rate=cfg.audio.playback_rate)
-            self._earcons = {c: es.get(c) for c in ("wake", "end", "error", "mute", "unmute")}
+            self._earcons = {c: es.get(c) for c in ("wake", "end", "error", "mute", "unmute", "startup")}
         except (EarconError, KeyError, ValueError) as exc:  # a bad cue file must not stop the unit
             log.error("earcons off: %s", exc, extra={"VOXBOX_EVENT": "config_error"})
             self._earcons = {}
@@ -448,9 +518,31 @@ class Daemon:
         if frame.any():
             self.last_nonsilent_t = t
         ref = self._ref_frame
-        self.ref_ring.read_into(ref, max_backlog=self._ref_delay + 2 * self.cap_period,
-                                min_backlog=max(0, self._ref_delay - 2 * self.cap_period))
+        ring = self.ref_ring
+        backlog = ring.available
+        ring.read_delayed(ref, self._ref_delay)
+        if ring.resyncs != self._resyncs_seen:
+            self._resyncs_seen = ring.resyncs
+            self._loop.call_soon_threadsafe(self._log_resync, backlog, self._ref_delay, ring.resyncs)
         clean = self.frontend.process(frame, ref) if self.frontend is not None else frame
+        gate = self.gate
+        if gate is not None:
+            req = self._gate_open
+            if req is not None:
+                self._gate_open = None
+                gate.open(req)
+            # while a paused reply is checked the service hears nothing (the gate stays
+            # closed); a confirmed barge-in opens it with the user's audio from the onset
+            # during a reply only a confirmed barge-in opens it (open()); elsewhere (a cue
+            # playing while the user has the floor) the detector's word passes the user
+            tentative = self._tentative
+            near = self._near and not tentative and self.conv.state is not State.SPEAKING
+            up, change = gate.process(clean, self._fe_far or tentative, near or self.conv.push_to_talk,
+                                      self.near_end.noise_floor_dbfs)
+            if change is not None:
+                self._loop.call_soon_threadsafe(self._log_gate, change, self._near_end_stats(), t)
+        else:
+            up = clean
         if self._echo_q is not None:  # analysed by the echo worker, never on this thread
             self._echo_q.put(ref, frame)
         if self.recorder is not None:
@@ -482,7 +574,7 @@ class Daemon:
             if self._up_resampler is None:
                 self._up_resampler = soxr.ResampleStream(self.cfg.audio.capture_rate, PCM_RATE, 1,
                                                          dtype="int16")
-            up = self._up_resampler.resample_chunk(clean)
+            up = self._up_resampler.resample_chunk(up)
             self._up_parts.append(up)
             self._up_samples += up.shape[0]
             if self._up_samples >= self._up_block:
@@ -494,6 +586,37 @@ class Daemon:
             self._up_resampler = None
             self._up_parts.clear()
             self._up_samples = 0
+
+    def _log_resync(self, backlog: int, line: int, count: int) -> None:
+        """The reference delay line slipped: the echo path moved for the canceller."""
+        rate = self.cfg.audio.capture_rate
+        log.debug("reference delay line resynced (%d so far): backlog %.1f ms against the line's %.1f ms",
+                  count, backlog * 1000 / rate, line * 1000 / rate,
+                  extra={"VOXBOX_EVENT": "reference_resync", "VOXBOX_COUNT": count})
+
+    def _on_frontend_frame(self, frame: np.ndarray, ratio_db: float, far: bool) -> None:
+        """Capture thread, once per front-end frame (16 ms): the near-end detector."""
+        self._fe_far = far
+        d = self.near_end
+        near = d.push(frame, ratio_db, far)
+        if near and not self._near and self.conv.state is State.SPEAKING and not self._tentative:
+            self._loop.call_soon_threadsafe(self._on_near_end, time.monotonic(), self._near_end_stats())
+        self._near = near
+        check = self._check
+        if self._check_start:
+            self._check_start = False
+            check.start()
+        if check.active:
+            verdict = check.push(d.vad_prob, d.level_dbfs, d.noise_floor_dbfs, far)
+            if verdict is not None:
+                self._loop.call_soon_threadsafe(self._on_verdict, verdict, self._near_end_stats(),
+                                                check.spoken, check.judged)
+
+    def _near_end_stats(self) -> dict[str, float]:
+        """Capture thread: the near-end detector's latest statistics, for the journal."""
+        d = self.near_end
+        return {"vad": d.vad_prob, "ratio_db": d.ratio_db, "level_dbfs": d.level_dbfs,
+                "floor_dbfs": d.noise_floor_dbfs}
 
     def _echo_worker(self) -> None:
         """Echo-delay worker thread: drains the periods the capture thread queued and runs
@@ -509,6 +632,13 @@ class Daemon:
         retune the drift compensator when the aligner says so (see voxbox.align). The
         audio threads read the two results (an int and a float) without a lock."""
         tr = self.delay_tracker
+        # a move of the line is an echo-path change for the canceller: one that is not
+        # urgent waits for a pause of the far end (between replies), where it costs nothing
+        self._ref_quiet = self._ref_quiet + 1 if not ref.any() else 0
+        pending = self._pending_move
+        if pending is not None and self._ref_quiet >= REF_MOVE_QUIET_PERIODS:
+            self._pending_move = None
+            self._move_line(*pending)
         est = tr.push(ref, mic)
         if est is None:
             return
@@ -516,10 +646,11 @@ class Daemon:
         if new is not None:
             new = max(new, self._ref_floor)
         if new is not None and new != self._ref_delay:
-            old = self._ref_delay
-            self._ref_delay = new
-            tr.reset()  # turn records show only estimates on the current line
-            self._loop.call_soon_threadsafe(self._log_alignment, est.delay_ms, old, new, est.erl_db)
+            if est.delay_ms >= 0 and self._ref_quiet < REF_MOVE_QUIET_PERIODS:
+                self._pending_move = (new, est.delay_ms, est.erl_db)  # the reference leads: wait
+            else:
+                self._pending_move = None
+                self._move_line(new, est.delay_ms, est.erl_db)
             return
         if self._drift_comp is not None:
             ppm = self.aligner.on_drift(tr.drift_ppm, tr.drift_stderr_ppm, self._drift_target_ppm)
@@ -527,6 +658,15 @@ class Daemon:
                 self._drift_target_ppm = ppm
                 tr.reset_drift()
                 self._loop.call_soon_threadsafe(self._log_drift, ppm)
+
+    def _move_line(self, new: int, delay_ms: float, erl_db: float) -> None:
+        """Echo worker: set the reference delay line to ``new`` samples."""
+        old = self._ref_delay
+        if new == old:
+            return
+        self._ref_delay = new
+        self.delay_tracker.reset()  # turn records show only estimates on the current line
+        self._loop.call_soon_threadsafe(self._log_alignment, delay_ms, old, new, erl_db)
 
     def _log_alignment(self, delay_ms: float, old: int, new: int, erl_db: float) -> None:
         rate = self.cfg.audio.capture_rate
@@ -536,10 +676,40 @@ class Daemon:
                  extra={"VOXBOX_EVENT": "echo_delay", "VOXBOX_ECHO_DELAY_MS": round(delay_ms, 2),
                         "VOXBOX_REFERENCE_DELAY_MS": round(new * 1000 / rate, 2),
                         "VOXBOX_ERL_DB": round(erl_db, 1)})
+        # the lead the canceller sees on the new line
+        self._loop.create_task(self._save_echo_state(delay_ms - (new - old) * 1000 / rate, erl_db))
 
     def _log_drift(self, ppm: float) -> None:
         log.info("clock drift between capture and playback: compensating %+.1f ppm", ppm,
                  extra={"VOXBOX_EVENT": "clock_drift", "VOXBOX_DRIFT_PPM": round(ppm, 1)})
+        last = self.delay_tracker.last if self.delay_tracker is not None else None
+        self._loop.create_task(self._save_echo_state(getattr(last, "delay_ms", None),
+                                                     getattr(last, "erl_db", None)))
+
+    async def _save_echo_state(self, echo_ms: float | None, erl_db: float | None, force: bool = False) -> None:
+        """Persist the echo path (reference delay, drift, ERL) for the next start: at most
+        once a minute (and at stop), written off the event loop (an fsync on an SD card)."""
+        now = time.monotonic()
+        if self._echo_saving or (not force and now - self._echo_saved_at < 60.0):
+            return
+        from voxbox.echostate import EchoState, save_echo_state
+
+        rate = self.cfg.audio.capture_rate
+        prev = self._echo_state
+        if echo_ms is None and prev is not None:
+            echo_ms, erl_db = prev.echo_delay_ms, erl_db if erl_db is not None else prev.erl_db
+        self._echo_saving = True
+        try:
+            st = EchoState.from_measurement(self._ref_delay * 1000 / rate, echo_ms, self._drift_target_ppm,
+                                            erl_db, self._echo_devices)
+            await asyncio.to_thread(save_echo_state, self._echo_state_path, st)
+            self._echo_state = st
+            self._echo_saved_at = now
+        except (OSError, ValueError) as exc:
+            log.error("cannot save the echo path in %s: %s", self._echo_state_path, exc,
+                      extra={"VOXBOX_EVENT": "state_file"})
+        finally:
+            self._echo_saving = False
 
     # ------------------------------------------------------------------ playback thread
     def _playback_source(self) -> np.ndarray:
@@ -563,8 +733,20 @@ class Daemon:
                 self._cue = None
         return self._play_buf
 
+    def _playback_dropped(self, frames: int) -> None:
+        """Playback thread: a barge-in dropped ``frames`` the device held, never played:
+        the reference forgets them, so it keeps pairing with what the microphone hears."""
+        a = self.cfg.audio
+        self.ref_ring.unwrite(frames * a.capture_rate // a.playback_rate)
+
     def _playback_written(self, frame: np.ndarray, t: float) -> None:
-        ref = frame if self._ref_resampler is None else self._ref_resampler.resample_chunk(frame)
+        if self._ref_resampler is None:
+            ref = frame
+        else:
+            y = self._ref_resampler.resample_chunk(frame.astype(np.float32))
+            np.rint(y, out=y)
+            np.clip(y, -32768, 32767, out=y)
+            ref = y.astype(np.int16)
         comp = self._drift_comp
         if comp is not None:
             if comp.ppm != self._drift_target_ppm:
@@ -595,6 +777,50 @@ class Daemon:
             self._uplink_q.put_nowait(block)
         except asyncio.QueueFull:
             log.warning("uplink queue full; dropping %d ms of audio", UPLINK_BLOCK_MS)
+
+    def _on_near_end(self, t: float, stats: dict[str, float]) -> None:
+        """The near-end detector heard the user over the reply: pause it, check the user
+        with the speaker quiet (voxbox.interruption)."""
+        self._tentative = True  # first: the capture thread must never see the state change alone
+        acts = self.conv.near_end_speech(time.monotonic())
+        if not acts:
+            self._tentative = False
+            return
+        log.info("near-end speech over the reply: paused to check (%s)", _fmt_stats(stats),
+                 extra={"VOXBOX_EVENT": "near_end", "VOXBOX_T": round(t, 4),
+                        "VOXBOX_DEBUG": _fmt_stats(stats)})
+        self._onset_t = t
+        self._apply(acts)
+        self._check_start = True
+
+    def _on_verdict(self, verdict, stats: dict[str, float], spoken: int, judged: int) -> None:
+        """The interruption check's verdict on a paused reply."""
+        from voxbox.interruption import Verdict
+
+        if not self._tentative:
+            return  # the pause ended some other way meanwhile
+        now = time.monotonic()
+        log.info("interruption check: %s (%d of %d frames spoke with the speaker quiet; %s)", verdict,
+                 spoken, judged, _fmt_stats(stats),
+                 extra={"VOXBOX_EVENT": "barge_in_check", "VOXBOX_VERDICT": str(verdict),
+                        "VOXBOX_DEBUG": _fmt_stats(stats)})
+        self._tentative = False
+        if verdict is Verdict.CONFIRMED:
+            # the service hears the user from before the onset the detector saw
+            rate = self.cfg.audio.capture_rate
+            back_ms = (now - self._onset_t) * 1000 + self.cfg.barge_in.preroll_ms
+            self._gate_open = int(back_ms * rate / 1000)
+            self._apply(self.conv.near_end_confirmed(now))
+        else:
+            self._apply(self.conv.near_end_rejected(now))
+
+    def _log_gate(self, change, stats: dict[str, float], t: float) -> None:
+        """A change of the uplink gate's decision, with the detector's statistics."""
+        log.info("uplink gate %s -> %s%s", change.previous, change.state,
+                 f" with {change.preroll_samples * 1000 // self.cfg.audio.capture_rate} ms pre-roll"
+                 if change.preroll_samples else "",
+                 extra={"VOXBOX_EVENT": "uplink_gate", "VOXBOX_GATE": str(change.state),
+                        "VOXBOX_T": round(t, 4), "VOXBOX_DEBUG": _fmt_stats(stats)})
 
     def _on_wake(self, score: float, t: float) -> None:
         log.info("wake word %s score %.3f", self.cfg.wake.model, score,
@@ -716,6 +942,10 @@ class Daemon:
                 self._play_prompt(a.name)
             elif isinstance(a, ResendTurn):
                 self._resend_turn(a)
+        if self._tentative and not self.conv.interruption_pending:
+            self._tentative = False  # the paused reply ended some other way (a tap, a drop)
+            if self._check is not None:
+                self._check.cancel()
         self._show_state()
         self._flush_session()
 
@@ -755,7 +985,7 @@ class Daemon:
         self.jitter.pause(unplayed)
         if self.playback is not None:
             self.playback.drop()
-        log.info("reply paused: the service heard speech", extra={"VOXBOX_EVENT": "barge_in_paused"})
+        log.info("reply paused: tentative barge-in", extra={"VOXBOX_EVENT": "barge_in_paused"})
 
     def _end_push_to_talk(self) -> None:
         """Release: commit after the audio already queued, then ask for the response."""
@@ -1032,7 +1262,7 @@ class Daemon:
             self._uplink_q.get_nowait()
 
     async def _serve(self, ws, conn_no: int, t_open: float) -> None:
-        session = RealtimeSession(self.cfg.realtime, prefix=f"vx{conn_no}",
+        session = RealtimeSession(self.rt_cfg, prefix=f"vx{conn_no}",
                                   tools=self.tools.declarations() if self.tools is not None else None)
         session.start()
         self.session = session
@@ -1370,6 +1600,16 @@ class Daemon:
         its first sample), plus ``frontend.reference_delay_ms`` for buffering ALSA cannot
         see (USB, Bluetooth, a rig's pipes). The echo-delay tracker then refines it."""
         a = self.cfg.audio
+        st = self._echo_state
+        if st is not None:
+            line = max(self._ref_floor, round(st.reference_delay_ms * a.capture_rate / 1000))
+            self._ref_delay = line
+            log.info("reference delay line %.1f ms, drift %+.1f ppm: restored from %s (measured on these "
+                     "devices; echo return loss %s dB)", line * 1000 / a.capture_rate, st.drift_ppm,
+                     self._echo_state_path, "?" if st.erl_db is None else f"{st.erl_db:.1f}",
+                     extra={"VOXBOX_EVENT": "echo_delay", "VOXBOX_REFERENCE_DELAY_MS":
+                            round(line * 1000 / a.capture_rate, 2), "VOXBOX_RESTORED": 1})
+            return
         play = self.playback.delay_samples() if self.playback is not None else 0
         play16 = play * a.capture_rate // a.playback_rate
         extra = a.capture_rate * self.cfg.frontend.reference_delay_ms // 1000
@@ -1390,6 +1630,8 @@ class Daemon:
             if audio and not self._line_from_alsa:
                 self._line_from_alsa = True
                 self._init_reference_line()
+                # trains the echo canceller on the right alignment before the first reply
+                self._play_earcon("startup")
             if audio and (self._session_ready or now - t0 > self.cfg.realtime.connect_timeout_s):
                 self.notifier.ready(self._status_text())
                 log.info("ready (session %s)", "up" if self._session_ready else "not up yet",

@@ -29,10 +29,11 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from voxbox.statefile import atomic_write
 
 __all__ = ["ERL_RANGE_DB", "MAX_DELAY_MS", "MAX_DRIFT_PPM", "VERSION", "EchoState", "load_echo_state",
            "save_echo_state"]
@@ -227,40 +228,4 @@ def save_echo_state(path: str | os.PathLike, state: EchoState) -> None:
     Raises:
         OSError: the directory or file cannot be written (the caller logs it).
     """
-    p = Path(os.fspath(path))
-    text = state.to_json().encode("utf-8")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        try:
-            view = memoryview(text)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(p.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """fsync a directory (makes a rename durable); a no-op where directories cannot be
-    opened (not POSIX)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except (OSError, AttributeError):
-        if os.name != "posix":
-            return
-        raise
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    atomic_write(path, state.to_json().encode("utf-8"))

@@ -189,6 +189,7 @@ class CaptureFrontEnd(NativeState):
         self.wake_tap: Int16Array | None = None
         #: per-frame observer ``(frame, ratio_db, far) -> None`` (see the module docstring)
         self.observer = None
+        self.frame_mic_power = 0.0
         if wake_tap is not None:
             natural = f - 1 if wake_tap == "aec" else 2 * f - 1
             self._tap_delay = (self.latency_samples - natural) // f
@@ -328,6 +329,8 @@ class CaptureFrontEnd(NativeState):
                 self.frames_processed += 1
                 obs = self.observer
                 if obs is not None:
+                    #: the frame's microphone power (mean square, int16 units), for the observer
+                    self.frame_mic_power = float(np.dot(mbuf, mbuf.astype(np.float64))) / f
                     if res is not None:
                         obs(frame, res.last_ratio_db, res.last_far)
                     else:

@@ -74,6 +74,11 @@ MESSAGE_IDS: dict[str, str] = {
     "wake": "b8a87e8e99bc4aeaa2bdd68e8008a122",
     "watchdog_resumed": "80c722c42dfe49f2b8e27e5529442f5e",
     "watchdog_withheld": "bcad139764f44397a9c52ccca8c1e512",
+    "near_end": "3a2358c1d174416785e9a7b1ee383cb5",
+    "barge_in_check": "7bfebb3a143d4e18800caf8eb821d142",
+    "uplink_gate": "4c52ca512d0c4639a4fcfd655e59d4e5",
+    "echo_state": "da4a2eb7fd3b431c98205ecfbd198853",
+    "reference_resync": "74c8038cfd4946788889ded8b5446316",
 }
 
 

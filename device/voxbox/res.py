@@ -198,6 +198,7 @@ class ResidualEchoSuppressor:
         self.last_dt = 0.0
         self.last_ratio_db = float("-inf")
         self.last_far = False
+        self.last_coh_frac = 0.0
 
     @staticmethod
     def _fsmooth(x):
@@ -284,6 +285,11 @@ class ResidualEchoSuppressor:
             b = s.coh_bias
             coh = np.clip((coh - b) / (1 - b), 0.0, 1.0)
             self.last_coh = coh
+            # how much of the residual is (linearly) the far end: residual echo after an
+            # echo-path change or in a cold start is coherent with the reference, the
+            # near-end talker is not (300-4000 Hz, power weighted, 0..1)
+            pb = pe[k0:k1]
+            self.last_coh_frac = float(np.dot(pb, coh[k0:k1]) / (pb.sum() + 1e-3))
             r = np.maximum(r, s.coh_weight * (1 - s.coh_dt * c) * coh * pe)
         # -- gain -------------------------------------------------------------------------
         g = 1.0 - od * r / (pe + 1e-3)

@@ -91,17 +91,8 @@ class SampleRing:
                 if avail < 0:
                     self._r = self._w
                     avail = 0
-            k = min(n, avail)
-            start = self._r % self._cap
-            first = min(k, self._cap - start)
-            out[:first] = self._buf[start:start + first]
-            if first < k:
-                out[first:k] = self._buf[:k - first]
-            self._r += k
-        if k < n:
-            out[k:] = 0
-            self.shortfalls += 1
-        return k
+            k = self._take(out, min(n, avail))
+        return self._pad(out, k)
 
     def read_into(self, out: np.ndarray, max_backlog: int | None = None, min_backlog: int = 0) -> int:
         """Fill ``out`` (int16, shape (n,)); returns how many were real samples (rest zeros).
@@ -121,14 +112,22 @@ class SampleRing:
                 out[:] = 0
                 self.resyncs += 1
                 return 0
-            k = min(n, self._w - self._r)
-            start = self._r % self._cap
-            first = min(k, self._cap - start)
-            out[:first] = self._buf[start:start + first]
-            if first < k:
-                out[first:k] = self._buf[:k - first]
-            self._r += k
-        if k < n:
+            k = self._take(out, min(n, self._w - self._r))
+        return self._pad(out, k)
+
+    def _take(self, out: np.ndarray, k: int) -> int:
+        """Copy the next ``k`` samples into ``out[:k]`` and consume them (lock held)."""
+        start = self._r % self._cap
+        first = min(k, self._cap - start)
+        out[:first] = self._buf[start:start + first]
+        if first < k:
+            out[first:k] = self._buf[:k - first]
+        self._r += k
+        return k
+
+    def _pad(self, out: np.ndarray, k: int) -> int:
+        """Zeros after the ``k`` real samples (a shortfall)."""
+        if k < out.shape[0]:
             out[k:] = 0
             self.shortfalls += 1
         return k

@@ -16,6 +16,10 @@ playback the gate passes everything unchanged.
 Shapes and units: periods are int16 ``(n,)`` at ``rate`` Hz; the output of a period is
 ``(n,)``, or ``(n + preroll,)`` when the gate opens on the near end (the service's audio
 timeline grows by the pre-roll: it hears the user's first syllable once, a little later).
+
+A barge-in that pauses the reply to check the user (:mod:`voxbox.interruption`) keeps
+the gate closed while it checks, then calls :meth:`UplinkGate.open` with a pre-roll that
+reaches back to the user's onset (the ring keeps up to ``max_preroll_ms``).
 """
 
 from __future__ import annotations
@@ -71,12 +75,14 @@ class UplinkGate:
     """
 
     def __init__(self, period: int, rate: int, preroll_ms: int = 300, tail_ms: int = 300,
-                 seed: int = 0) -> None:
+                 seed: int = 0, max_preroll_ms: int = 1500) -> None:
         for name, v in (("period", period), ("rate", rate)):
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"UplinkGate {name} must be a positive int, got {v!r}")
         if not 0 <= preroll_ms <= 1000:
             raise ValueError(f"UplinkGate preroll_ms must be in 0..1000 ms, got {preroll_ms!r}")
+        if not preroll_ms <= max_preroll_ms <= 3000:
+            raise ValueError(f"UplinkGate max_preroll_ms must be in preroll_ms..3000 ms, got {max_preroll_ms!r}")
         if not 0 <= tail_ms <= 2000:
             raise ValueError(f"UplinkGate tail_ms must be in 0..2000 ms, got {tail_ms!r}")
         self.period, self.rate = period, rate
@@ -84,8 +90,9 @@ class UplinkGate:
         self.tail_periods = int(np.ceil(tail_ms * rate / 1000 / period))
         self._rng = np.random.default_rng(seed)
         self._noise = np.zeros(period, dtype=np.float32)
-        # pre-roll ring: the last preroll_samples of real audio, in time order on read
-        self._ring = np.zeros(max(self.preroll_samples, 1), dtype=np.int16)
+        # pre-roll ring: the last ring_samples of real audio, in time order on read
+        self.ring_samples = max(1, int(round(max_preroll_ms * rate / 1000)))
+        self._ring = np.zeros(self.ring_samples, dtype=np.int16)
         self._ring_pos = 0
         self._ring_fill = 0
         self.reset()
@@ -97,6 +104,7 @@ class UplinkGate:
         self._ring_fill = 0
         self._ring_pos = 0
         self._gated_run = 0  # samples replaced in the current gated stretch
+        self._open_preroll: int | None = None  # open() asked for this pre-roll
         self.gated_periods = 0  # periods replaced by comfort noise (a counter for metrics)
 
     @property
@@ -124,8 +132,16 @@ class UplinkGate:
         """
         if not isinstance(clean, np.ndarray) or clean.dtype != np.int16 or clean.ndim != 1:
             raise ValueError(f"UplinkGate.process: clean must be a 1-d int16 array, got {clean!r:.60}")
-        self._since_far = 0 if far else self._since_far + 1
         prev = self.state
+        if self._open_preroll is not None:  # open(): the far end was stopped for the user
+            want, self._open_preroll = self._open_preroll, None
+            preroll = min(want, self._ring_fill, self._gated_run) if prev is GateState.GATED else 0
+            out = np.concatenate([self._ring_read(preroll), clean]) if preroll else clean
+            self._gated_run = 0
+            self._ring_write(clean)
+            self.state = GateState.OPEN
+            return out, (GateChange(GateState.OPEN, prev, preroll) if prev is not GateState.OPEN else None)
+        self._since_far = 0 if far else self._since_far + 1
         if not self.active:
             new = GateState.OPEN
         elif near:
@@ -143,7 +159,7 @@ class UplinkGate:
                 # opening on the near end: the user's first syllable, which the detector
                 # saw before it decided, goes out ahead of this period (never more than
                 # the gate replaced: the rest was sent already)
-                preroll = min(self._ring_fill, self._gated_run)
+                preroll = min(self.preroll_samples, self._ring_fill, self._gated_run)
                 if preroll:
                     out = np.concatenate([self._ring_read(preroll), clean])
             self._gated_run = 0
@@ -151,6 +167,13 @@ class UplinkGate:
         self.state = new
         change = GateChange(new, prev, preroll) if new is not prev else None
         return out, change
+
+    def open(self, preroll_samples: int) -> None:
+        """The far end was stopped for the user (a confirmed barge-in): from the next
+        period the gate passes everything, the first period led by up to
+        ``preroll_samples`` of the real audio it replaced (bounded by the ring)."""
+        self._open_preroll = max(0, int(preroll_samples))
+        self._since_far = self.tail_periods + 1
 
     # -- internals ---------------------------------------------------------------------
     def _comfort(self, n: int, floor_dbfs: float | None) -> Int16Array:
@@ -163,7 +186,7 @@ class UplinkGate:
         return noise.astype(np.int16)
 
     def _ring_write(self, x: Int16Array) -> None:
-        size = self.preroll_samples
+        size = self.ring_samples
         if size == 0:
             return
         x = x[-size:]
@@ -178,7 +201,7 @@ class UplinkGate:
 
     def _ring_read(self, fill: int) -> Int16Array:
         """The newest ``fill`` samples of the ring, oldest first."""
-        size, pos = self.preroll_samples, self._ring_pos
+        size, pos = self.ring_samples, self._ring_pos
         start = (pos - fill) % size
         if start + fill <= size:
             return self._ring[start:start + fill].copy()

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -251,21 +250,10 @@ class Volume:
     def _save(self, percent: int) -> None:
         if self.path is None:
             return
+        from voxbox.statefile import atomic_write
+
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".volume.", dir=self.path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    json.dump({"percent": percent}, f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
+            atomic_write(self.path, json.dumps({"percent": percent}).encode())
         except OSError as exc:
             log.warning("cannot save the volume to %s: %s", self.path, exc)
 

@@ -1,0 +1,62 @@
+"""Small state files written so that a power cut or a full disk never leaves a torn or
+empty file: a temporary file in the same directory, flushed and fsynced, renamed over the
+target, then the directory fsynced (the rename itself survives a power cut).
+
+Adapter (file system only). Used for the echo path (:mod:`voxbox.echostate`) and the
+volume (:mod:`voxbox.volume`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["atomic_write", "fsync_dir"]
+
+
+def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` atomically (the parent directories are created if
+    needed). On any failure the temporary file is removed and the old ``path`` (if any)
+    is left untouched.
+
+    Raises:
+        OSError: the directory or the file cannot be written (the caller reports it).
+    """
+    p = Path(os.fspath(path))
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, mode)
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(p.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """fsync a directory (makes a rename durable); a no-op where directories cannot be
+    opened (not POSIX)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except (OSError, AttributeError):
+        if os.name != "posix":
+            return
+        raise
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+

@@ -1,0 +1,323 @@
+"""Closed-loop full-duplex benchmark: the real daemon, in real time, hearing itself.
+
+Run (on demand; about 8 minutes per echo level on 2 cores):
+
+    ./dev bench tests/benchmarks/test_closedloop_bench.py
+    VOXBOX_CL_LEVELS=6 VOXBOX_CL_TRIALS=5 ./dev bench tests/benchmarks/test_closedloop_bench.py
+
+What runs: the daemon process on the ALSA file rig against the local server (whose server
+VAD is speech-like: Silero, it hears speech at any level). What the unit plays comes back
+into its microphone through a room of the front-end family's REPORTING half
+(``roomfamily.REPORTING``: the impulse response, the loudspeaker's nonlinearity and the
+system delay of the room, the daemon's own aligner finding the delay), at an echo level
+set relative to the user's voice at the microphone (``+6 dB``: the echo of the reply is
+6 dB louder than the user; active RMS, computed offline through the same room). Room
+noise: white at -65 dBFS. The user speaks at -30 dBFS (espeak-ng, other voices than the
+reply's). Replies are 7-10 s of espeak-ng speech, streamed at 2x real time.
+
+Per echo level (``VOXBOX_CL_LEVELS``, default -10,0,6,10), after a warm-up question:
+
+- ``VOXBOX_CL_TRIALS`` (default 20) questions, nobody talking over the reply:
+  false barge-ins per reply (a confirmed local barge-in, the reply cut), pauses per reply
+  (the first stage heard the echo, the check resumed the reply: a short gap), the share
+  of the reply played, and the responses per question (``response.created`` at the
+  server between one question and the next);
+- the same number of interruptions: the user says "Stop. ..." 1.5-4 s into the reply.
+  Detected = a confirmed local barge-in within 2 s of the user's onset; speaker quiet =
+  the last reply sample the rig's speaker played after the onset, minus the onset (ms);
+  truncate error = ``audio_end_ms`` sent minus the reply audio the rig's speaker actually
+  played of that item (found by matching the last 100 ms played against the reply), ms;
+- at +6 dB: the wake word ("Hey Jarvis") 1.5-4 s into a reply, ``VOXBOX_CL_TRIALS`` times
+  warm, and as many times in the first reply after a restart (the echo state file and
+  the start-up cue as on a unit); self-triggers = wake events with nobody saying it.
+
+Figures printed per level: counts, medians and p95s. Acceptance in issue 15: 0 false
+barge-ins, >= 95 % of each reply played, 1 response per question, >= 95 % detection,
+speaker quiet <= 300 ms (median and p95), truncate within 20 ms, wake >= 90 %.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from voxbox.harness import DaemonHarness
+from voxbox.speech import render_speech
+
+from .roomfamily import REPORTING_SEEDS, echo_path, family_room
+
+pytestmark = pytest.mark.benchmark
+
+SR = 16000
+USER_DBFS = -30.0
+LEVELS = tuple(float(x) for x in os.environ.get("VOXBOX_CL_LEVELS", "-10,0,6,10").split(","))
+TRIALS = int(os.environ.get("VOXBOX_CL_TRIALS", "20"))
+REPLY_TEXTS = (
+    ("Sure. Tomorrow will start cloudy with light rain in the morning, clearing by the afternoon, "
+     "with a high of eighteen degrees and a light breeze from the west.", "en-us+f3"),
+    ("I have added milk, eggs and two loaves of bread to your shopping list. Would you like me to "
+     "remind you when you get to the store?", "en-gb+f4"),
+    ("The next train to the city centre leaves from platform four in twelve minutes. There is a "
+     "short delay on the northern line this evening.", "en-us+m3"),
+)
+QUESTIONS = (("What will the weather be like tomorrow?", "en-gb+m3"),
+             ("Can you add bread to my shopping list?", "en-us+m1"),
+             ("When does the next train leave?", "en-gb-scotland+f2"))
+STOP = ("Stop. What about the weekend instead?", "en-us+m1")
+WAKE = ("Hey Jarvis!", "en-gb+m3")
+
+
+def active_rms_db(x: np.ndarray, frame: int = 160) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x) // frame
+    p = np.mean(x[:n * frame].reshape(n, frame) ** 2, axis=1) + 1e-9
+    act = p[p >= np.percentile(p, 95) * 1e-3]
+    return float(10 * np.log10(np.mean(act) / 32768.0 ** 2))
+
+
+def at_level(x: np.ndarray, dbfs: float) -> np.ndarray:
+    return np.clip(x * 10 ** ((dbfs - active_rms_db(x)) / 20), -32768, 32767).astype(np.int16)
+
+
+def onset_s(x: np.ndarray) -> float:
+    """First 10 ms frame within 30 dB of the loudest (s)."""
+    n = len(x) // 160
+    p = np.mean(x[:n * 160].astype(np.float64).reshape(n, 160) ** 2, axis=1)
+    return float(np.argmax(p > p.max() * 1e-3) * 0.01)
+
+
+def to24k(x16: np.ndarray) -> np.ndarray:
+    import soxr
+
+    return soxr.resample(np.asarray(x16, dtype=np.int16), SR, 24000).astype(np.int16)
+
+
+def pct(xs, q):
+    return float(np.percentile(xs, q)) if xs else float("nan")
+
+
+@dataclass
+class LevelResult:
+    level: float
+    room: str
+    replies: int = 0
+    false_barge_ins: int = 0
+    pauses: int = 0
+    played: list[float] = field(default_factory=list)
+    responses: list[int] = field(default_factory=list)
+    tries: int = 0
+    detected: int = 0
+    quiet_ms: list[float] = field(default_factory=list)
+    truncate_err_ms: list[float] = field(default_factory=list)
+    wake_warm: list[tuple[bool, bool]] = field(default_factory=list)  # (detected, floor given)
+    wake_first: list[tuple[bool, bool]] = field(default_factory=list)
+    self_triggers: int = 0
+
+
+class Loop:
+    """One daemon in one room at one echo level."""
+
+    def __init__(self, workdir: Path, level: float, seed: int, reply_clips: list[np.ndarray]):
+        self.room = family_room(seed)
+        rir, nl, delay_ms = echo_path(self.room)
+        self.rir, self.nl, self.delay_ms = rir, nl, delay_ms
+        # the echo level relative to the user: measured through this room on the replies
+        from scipy.signal import oaconvolve
+
+        e = np.concatenate([oaconvolve(nl(c.astype(np.float64) / 32768.0), rir) * 32768.0 for c in reply_clips])
+        self.gain_db = USER_DBFS + level - active_rms_db(e)
+        self.replies24 = [to24k(c) for c in reply_clips]
+        self.workdir = workdir
+        self.h: DaemonHarness | None = None
+
+    def start(self, startup_cue: bool = False) -> DaemonHarness:
+        cfg = {"gpio": {"hold_ms": 3000, "long_hold_ms": 30000},
+               "conversation": {"follow_up_s": 0.0}}
+        if startup_cue:
+            cfg["earcons"] = {"startup": "startup"}
+        self.h = DaemonHarness(self.workdir, echo_db=self.gain_db, echo_delay_ms=self.delay_ms,
+                               echo_rir=self.rir, echo_nonlinearity=self.nl, mic_noise_dbfs=-65.0,
+                               server_options={"reply_audio": self.replies24, "pace_min": 2.0, "pace_max": 2.0},
+                               config=cfg)
+        self.h.__enter__()
+        self.h.start()
+        return self.h
+
+    def stop(self) -> None:
+        if self.h is not None:
+            self.h.__exit__(None, None, None)
+            self.h = None
+
+
+def responses_between(h: DaemonHarness, t0: float, t1: float) -> int:
+    n = 0
+    for c in h.server.record.connections():
+        for e in c.server_events:
+            if e.get("type") == "response.created" and t0 <= e.get("t", 0) < t1:
+                n += 1
+    return n
+
+
+def wait_idle(h: DaemonHarness, after: float, timeout: float = 40.0) -> None:
+    h.wait_for(lambda: h.states()[-1] == "idle" and time.monotonic() - after > 1.0, timeout, "idle")
+
+
+def ask(h: DaemonHarness, q: np.ndarray) -> tuple[float, dict]:
+    """Tap, ask ``q``; returns (tap time, the playback_start record of the reply)."""
+    t0 = time.monotonic()
+    h.press(0.05)
+    h.wait_state("listening", timeout=5, after=t0)
+    h.mic.play(q)
+    start = h.wait_event("playback_start", timeout=30, after=t0)
+    return t0, start
+
+
+def played_ms_of_item(h: DaemonHarness, reply24: np.ndarray, t_quiet: float) -> float | None:
+    """How much of ``reply24`` the rig's speaker played before ``t_quiet``: the last 100 ms
+    played, matched against the reply (ms into the reply at its end)."""
+    samples, times = h.speaker.snapshot()
+    idx = np.nonzero((times <= t_quiet) & (samples != 0))[0]
+    if idx.size < 2400:
+        return None
+    seg = samples[idx[-2400]:idx[-1] + 1].astype(np.float64)[-2400:]
+    ref = reply24.astype(np.float64)
+    c = np.correlate(ref, seg, mode="valid")
+    e = np.convolve(ref ** 2, np.ones(seg.size), mode="valid")
+    ncc = c / (np.linalg.norm(seg) * np.sqrt(np.maximum(e, 1e-9)))
+    k = int(np.argmax(ncc))
+    if ncc[k] < 0.9:
+        return None
+    return (k + seg.size) * 1000 / 24000
+
+
+def wake_over_reply(h: DaemonHarness, q: np.ndarray, wake: np.ndarray, rng) -> tuple[bool, bool]:
+    """Ask ``q``, say the wake word 1.5-4 s into the reply. Returns (the wake word was
+    detected, the user got the floor: a barge-in by the wake word or by the near-end
+    detector) within 3 s."""
+    ask(h, q)
+    time.sleep(rng.uniform(1.5, 4.0))
+    h.mic.play(wake)
+    time.sleep(0.02)
+    tw = h.mic.t_start
+    try:
+        h.wait_event("wake", timeout=3.0, after=tw)
+        detected = True
+    except Exception:
+        detected = False
+    floor = any(r["mono"] >= tw and r["mono"] - tw < 3.0 for r in h.events("barge_in"))
+    return detected, floor
+
+
+def run_level(level: float, seed: int, tmp: Path) -> LevelResult:
+    replies = [render_speech(t, v) for t, v in REPLY_TEXTS]
+    questions = [at_level(np.concatenate([render_speech(t, v), np.zeros(SR // 2)]), USER_DBFS) for t, v in QUESTIONS]
+    stop = at_level(render_speech(*STOP), USER_DBFS)
+    stop_on = onset_s(stop)
+    loop = Loop(tmp / f"l{level:+.0f}", level, seed, replies)
+    res = LevelResult(level, loop.room.name)
+    rng = np.random.default_rng(int(level * 10) + 1000)
+    h = loop.start()
+    try:
+        # warm-up question (the canceller and the aligner learn this room)
+        _, st = ask(h, questions[0])
+        wait_idle(h, st["mono"])
+        for i in range(TRIALS):  # replies nobody talks over
+            t0, st = ask(h, questions[i % len(questions)])
+            wait_idle(h, st["mono"])
+            t1 = time.monotonic()
+            res.replies += 1
+            barges = [r for r in h.events("barge_in") if t0 <= r["mono"] <= t1]
+            res.false_barge_ins += len(barges)
+            res.pauses += len([r for r in h.events("barge_in_check") if t0 <= r["mono"] <= t1
+                               and r.get("VOXBOX_VERDICT") == "rejected"])
+            if barges:
+                ms = [int(x.split(":")[1]) for b in barges for x in b.get("VOXBOX_TRUNCATE_MS", "").split(",") if x]
+                reply_ms = max(len(r) for r in loop.replies24) * 1000 / 24000
+                res.played.append(min(ms) / reply_ms if ms else 0.0)
+            else:
+                res.played.append(1.0)
+            res.responses.append(responses_between(h, t0, t1))
+        for i in range(TRIALS):  # the user interrupts
+            t0, st = ask(h, questions[i % len(questions)])
+            time.sleep(rng.uniform(1.5, 4.0))
+            h.mic.play(stop)
+            time.sleep(0.05)
+            onset = h.mic.t_start + stop_on
+            res.tries += 1
+            try:
+                b = h.wait_event("barge_in", timeout=3.0, after=onset - 0.5)
+                ok = b["mono"] - onset < 2.0 and b.get("VOXBOX_CAUSE") == "near-end speech"
+            except Exception:
+                ok, b = False, None
+            if ok:
+                res.detected += 1
+                pause = [r for r in h.events("near_end") if r["mono"] >= onset - 0.5]
+                t_pause = pause[0]["mono"] if pause else b["mono"]
+                samples, times = h.speaker.snapshot()
+                loud = np.nonzero((times >= onset) & (times <= t_pause + 0.4) & (np.abs(samples.astype(np.int32)) > 0))[0]
+                t_quiet = float(times[loud[-1]]) if loud.size else onset
+                res.quiet_ms.append((t_quiet - onset) * 1000)
+                item = st.get("VOXBOX_ITEM_ID")
+                sent = [int(x.split(":")[1]) for x in b.get("VOXBOX_TRUNCATE_MS", "").split(",")
+                        if x and x.split(":")[0] == item]
+                audio = h.server.record.connection(-1).item_audio.get(item, b"")
+                played = played_ms_of_item(h, np.frombuffer(audio, dtype=np.int16), t_quiet + 0.01) \
+                    if len(audio) > 4800 else None
+                if sent and played is not None:
+                    res.truncate_err_ms.append(sent[0] - played)
+            wait_idle(h, onset, timeout=60)
+        if level == 6.0:  # the wake word over the reply, warm
+            wake = at_level(render_speech(*WAKE), USER_DBFS)
+            for i in range(TRIALS):
+                res.wake_warm.append(wake_over_reply(h, questions[i % len(questions)], wake, rng))
+                wait_idle(h, h.mic.t_start, timeout=60)
+        # self-triggers: wake events while nobody said it (every trial above)
+        res.self_triggers = len(h.events("wake")) - sum(w for w, _ in res.wake_warm)
+    finally:
+        loop.stop()
+    if level == 6.0:  # the first reply after boot: restart, echo state and start-up cue as on a unit
+        wake = at_level(render_speech(*WAKE), USER_DBFS)
+        for i in range(TRIALS):
+            h = loop.start(startup_cue=True)
+            try:
+                time.sleep(2.0)  # the start-up cue plays out
+                res.wake_first.append(wake_over_reply(h, questions[i % len(questions)], wake, rng))
+            finally:
+                loop.stop()
+    return res
+
+
+def report(r: LevelResult) -> str:
+    def f(xs, q):
+        return f"{pct(xs, q):.0f}" if xs else "-"
+    lines = [f"echo {r.level:+.0f} dB ({r.room}):",
+             f"  replies {r.replies}: false barge-ins {r.false_barge_ins} ({r.false_barge_ins / max(r.replies, 1):.2f}/reply), "
+             f"pauses resumed {r.pauses} ({r.pauses / max(r.replies, 1):.2f}/reply), "
+             f"played min {min(r.played, default=float('nan')) * 100:.0f} % median {statistics.median(r.played or [0]) * 100:.0f} %, "
+             f"responses/question {sorted(set(r.responses))}",
+             f"  interruptions {r.tries}: detected {r.detected} ({r.detected / max(r.tries, 1) * 100:.0f} %), "
+             f"speaker quiet median {f(r.quiet_ms, 50)} p95 {f(r.quiet_ms, 95)} ms, "
+             f"truncate error median {f(r.truncate_err_ms, 50)} ms, max |err| "
+             f"{max((abs(x) for x in r.truncate_err_ms), default=float('nan')):.0f} ms (n={len(r.truncate_err_ms)})"]
+    if r.wake_warm or r.wake_first:
+        def wf(xs):
+            return f"{sum(w for w, _ in xs)}/{len(xs)} (the user got the floor {sum(f for _, f in xs)}/{len(xs)})"
+        lines.append(f"  wake word during playback: warm {wf(r.wake_warm)}, first reply after boot "
+                     f"{wf(r.wake_first)}, self-triggers {r.self_triggers}")
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_closed_loop(level):
+    seed = REPORTING_SEEDS[int(abs(level)) % len(REPORTING_SEEDS)]
+    with tempfile.TemporaryDirectory() as tmp:
+        r = run_level(level, seed, Path(tmp))
+    print()
+    print(report(r))
