@@ -34,7 +34,7 @@ def car_loop(tmp_path) -> tuple[DaemonHarness, np.ndarray]:
     room = cl.CAR
     gain = cl.echo_gain_db(reply16, room, USER_DBFS, ECHO_DB)
     h = DaemonHarness(tmp_path, echo_db=gain, echo_delay_ms=room.delay_ms, echo_rir=cl.room_ir(room),
-                      echo_nonlinearity=cl.loudspeaker(room.drive), mic_noise_dbfs=-65.0,
+                      echo_nonlinearity=cl.loudspeaker(room.drive), mic_noise_dbfs=-65.0, speaker_slack_periods=2,
                       server_options={"reply_audio": [cl.to24k(reply16)], "pace_min": 2.0, "pace_max": 2.0},
                       config={"gpio": {"hold_ms": 3000}, "conversation": {"follow_up_s": 0.0},
                               })
@@ -70,7 +70,7 @@ def test_car_at_plus_6_db_one_question_one_complete_reply(tmp_path):
             item = start["VOXBOX_ITEM_ID"]
             sent = h.server.record.connection(-1).item_audio.get(item, b"")
             print(f"reply {k + 1}: {len(sent) / 48000:.1f} s sent, played for {end['mono'] - start['mono']:.1f} s; "
-                  f"barge-ins {len(barges)}, pauses checked {len(pauses)} "
+                  f"barge-ins {[b.get('VOXBOX_CAUSE') for b in barges]}, pauses checked {len(pauses)} "
                   f"({[p.get('VOXBOX_VERDICT') for p in pauses]}), responses {n}")
             assert not barges, barges
             assert n == 1, f"{n} responses to one question: the unit answered its own voice"

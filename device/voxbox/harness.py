@@ -54,6 +54,9 @@ class DaemonHarness:
     echo_rir, echo_nonlinearity: the room and the loudspeaker of the closed loop
         (:class:`voxbox.rig.MicFeeder`); None: a pure delay and gain.
     mic_noise_dbfs: the microphone's background noise (white), dBFS.
+    speaker_slack_periods: the rig's speaker carries a shortfall of up to this many periods
+        to its next tick instead of playing silence (:class:`voxbox.rig.Speaker`); the closed
+        loop uses 2, so the daemon's scheduling never moves the echo path.
     speaker_pipe_bytes: the paced speaker's pipe (bytes; default 4 pages, ~43 ms at 24 kHz
         with 8 channels): a larger pipe absorbs the daemon's scheduling delays like a
         card's buffer, so a late write does not shift the echo path.
@@ -71,8 +74,9 @@ class DaemonHarness:
                  server_options: dict[str, Any] | None = None, api_key: str = API_KEY,
                  pipe_bytes: int = 4096, speaker_channels: int = 8,
                  echo_rir=None, echo_nonlinearity=None, mic_noise_dbfs: float = -60.0,
-                 speaker_pipe_bytes: int | None = None):
+                 speaker_pipe_bytes: int | None = None, speaker_slack_periods: int = 0):
         self.speaker_pipe_bytes = speaker_pipe_bytes
+        self.speaker_slack_periods = speaker_slack_periods
         self.echo_rir = echo_rir
         self.echo_nonlinearity = echo_nonlinearity
         self.mic_noise_dbfs = mic_noise_dbfs
@@ -151,7 +155,7 @@ class DaemonHarness:
         self.rig = FileDeviceRig(self.workdir / "rig", pipe_bytes=self.pipe_bytes,
                                  speaker_channels=self.speaker_channels,
                                  speaker_pipe_bytes=self.speaker_pipe_bytes)
-        self.speaker = self.rig.speaker()
+        self.speaker = self.rig.speaker(slack_periods=self.speaker_slack_periods)
         echo = {}
         if self.echo_db is not None:
             echo = dict(echo_from=self.speaker, echo_gain_db=self.echo_db,

@@ -50,7 +50,7 @@ class CheckSettings:
 
     settle_ms: float = 48.0
     window_ms: float = 480.0
-    need: float = 0.25
+    need: float = 0.1
     vad_min: float = 0.5
     level_db: float = 10.0
     max_wait_ms: float = 1000.0

@@ -239,9 +239,10 @@ class Speaker(_FifoWorker):
     Opens the FIFO ``O_RDONLY | O_NONBLOCK`` at construction (so the daemon's open of the
     PCM never blocks) and shrinks the pipe to one page, so the daemon's writes block like a
     real card's. The thread wakes every 10 ms and reads what is due by
-    ``time.monotonic()`` since start (no drift). Like a card, whose buffer is consumed at
-    the exact rate whatever a 10 ms tick sees, a shortfall of up to ``slack_periods``
-    periods is carried to the next tick (pipe pages free up a whole period at a time, so a
+    ``time.monotonic()`` since start (no drift). With ``slack_periods`` > 0 (the closed
+    acoustic loop), like a card, whose buffer is consumed at the exact rate whatever a
+    10 ms tick sees, a shortfall of up to ``slack_periods`` periods is carried to the next
+    tick (pipe pages free up a whole period at a time, so a
     tick that is late by a fraction of a period finds the writer a little behind); a
     longer shortfall is an underrun: the speaker clock runs on and the gap is played as
     silence (``underrun_samples``), never caught up. Without the slack every such tick
@@ -252,7 +253,7 @@ class Speaker(_FifoWorker):
     ``snapshot()``: both at once, the same length (while the thread runs, read them there).
     """
 
-    def __init__(self, rig: FileDeviceRig, start: bool = True, slack_periods: int = 2):
+    def __init__(self, rig: FileDeviceRig, start: bool = True, slack_periods: int = 0):
         self.rig = rig
         self.slack = slack_periods * rig.playback_period
         self.rate = rig.playback_rate

@@ -119,6 +119,7 @@ class LevelResult:
     wake_warm: list[tuple[bool, bool]] = field(default_factory=list)  # (detected, floor given)
     wake_first: list[tuple[bool, bool]] = field(default_factory=list)
     self_triggers: int = 0
+    misses: list[str] = field(default_factory=list)  # per missed interruption: the checks seen
 
 
 class Loop:
@@ -143,7 +144,7 @@ class Loop:
         if startup_cue:
             cfg["earcons"] = {"startup": "startup"}
         self.h = DaemonHarness(self.workdir, echo_db=self.gain_db, echo_delay_ms=self.delay_ms,
-                               echo_rir=self.rir, echo_nonlinearity=self.nl, mic_noise_dbfs=-65.0,
+                               echo_rir=self.rir, echo_nonlinearity=self.nl, mic_noise_dbfs=-65.0, speaker_slack_periods=2,
                                server_options={"reply_audio": self.replies24, "pace_min": 2.0, "pace_max": 2.0},
                                config=cfg)
         self.h.__enter__()
@@ -256,6 +257,10 @@ def run_level(level: float, seed: int, tmp: Path) -> LevelResult:
                 ok = b["mono"] - onset < 2.0 and b.get("VOXBOX_CAUSE") == "near-end speech"
             except Exception:
                 ok, b = False, None
+            if not ok:  # why: the first stage never paused, or the check said echo
+                checks = [r.get("VOXBOX_VERDICT") for r in h.events("barge_in_check")
+                          if onset - 0.5 <= r["mono"] <= onset + 3.0]
+                res.misses.append(",".join(checks) or "no pause")
             if ok:
                 res.detected += 1
                 pause = [r for r in h.events("near_end") if r["mono"] >= onset - 0.5]
@@ -305,7 +310,8 @@ def report(r: LevelResult) -> str:
              f"  interruptions {r.tries}: detected {r.detected} ({r.detected / max(r.tries, 1) * 100:.0f} %), "
              f"speaker quiet median {f(r.quiet_ms, 50)} p95 {f(r.quiet_ms, 95)} ms, "
              f"truncate error median {f(r.truncate_err_ms, 50)} ms, max |err| "
-             f"{max((abs(x) for x in r.truncate_err_ms), default=float('nan')):.0f} ms (n={len(r.truncate_err_ms)})"]
+             f"{max((abs(x) for x in r.truncate_err_ms), default=float('nan')):.0f} ms (n={len(r.truncate_err_ms)})"
+             + (f"; missed: {r.misses}" if r.misses else "")]
     if r.wake_warm or r.wake_first:
         def wf(xs):
             return f"{sum(w for w, _ in xs)}/{len(xs)} (the user got the floor {sum(f for _, f in xs)}/{len(xs)})"
