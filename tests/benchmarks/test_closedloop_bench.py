@@ -3,7 +3,7 @@
 Run (on demand; about 8 minutes per echo level on 2 cores):
 
     ./dev bench tests/benchmarks/test_closedloop_bench.py
-    VOXBOX_CL_LEVELS=6 VOXBOX_CL_TRIALS=5 ./dev bench tests/benchmarks/test_closedloop_bench.py
+    VOXBOX_CL_LEVELS=6 VOXBOX_CL_TRIALS=5 VOXBOX_CL_WAKE_TRIALS=5 ./dev bench tests/benchmarks/test_closedloop_bench.py
 
 What runs: the daemon process on the ALSA file rig against the local server (whose server
 VAD is speech-like: Silero, it hears speech at any level). What the unit plays comes back
@@ -59,6 +59,7 @@ SR = 16000
 USER_DBFS = -30.0
 LEVELS = tuple(float(x) for x in os.environ.get("VOXBOX_CL_LEVELS", "-10,0,6,10").split(","))
 TRIALS = int(os.environ.get("VOXBOX_CL_TRIALS", "20"))
+WAKE_TRIALS = int(os.environ.get("VOXBOX_CL_WAKE_TRIALS", str(TRIALS)))
 REPLY_TEXTS = (
     ("Sure. Tomorrow will start cloudy with light rain in the morning, clearing by the afternoon, "
      "with a high of eighteen degrees and a light breeze from the west.", "en-us+f3"),
@@ -280,7 +281,7 @@ def run_level(level: float, seed: int, tmp: Path) -> LevelResult:
             wait_idle(h, onset, timeout=60)
         if level == 6.0:  # the wake word over the reply, warm
             wake = at_level(render_speech(*WAKE), USER_DBFS)
-            for i in range(TRIALS):
+            for i in range(WAKE_TRIALS):
                 res.wake_warm.append(wake_over_reply(h, questions[i % len(questions)], wake, rng))
                 wait_idle(h, h.mic.t_start, timeout=60)
         # self-triggers: wake events while nobody said it (every trial above)
@@ -289,7 +290,7 @@ def run_level(level: float, seed: int, tmp: Path) -> LevelResult:
         loop.stop()
     if level == 6.0:  # the first reply after boot: restart, echo state and start-up cue as on a unit
         wake = at_level(render_speech(*WAKE), USER_DBFS)
-        for i in range(TRIALS):
+        for i in range(WAKE_TRIALS):
             h = loop.start(startup_cue=True)
             try:
                 time.sleep(2.0)  # the start-up cue plays out
