@@ -173,6 +173,7 @@ def wait_idle(h: DaemonHarness, after: float, timeout: float = 40.0) -> None:
 
 def ask(h: DaemonHarness, q: np.ndarray) -> tuple[float, dict]:
     """Tap, ask ``q``; returns (tap time, the playback_start record of the reply)."""
+    h.wait_for(lambda: h.states() and h.states()[-1] == "idle", 30, "idle before the question")
     t0 = time.monotonic()
     h.press(0.05)
     h.wait_state("listening", timeout=5, after=t0)
