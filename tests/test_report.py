@@ -346,3 +346,102 @@ def test_selftest_state_file_comes_from_the_state_directory(tmp_path):
 
     assert report.SELFTEST_STATE_FILE == selftest.STATE_FILE
     assert sd.state_dir({"STATE_DIRECTORY": f"{tmp_path}:/other"}) == tmp_path
+
+
+# ----------------------------------------------- an unreadable key file (issue 16)
+def _unreadable(monkeypatch, *paths: Path) -> None:
+    """Make ``paths`` unreadable: mode 000, and (tests run as root, who ignores modes) an
+    ``open`` that answers EACCES for them, as the kernel does for an unprivileged user."""
+    import errno
+    import io
+
+    blocked = {str(p) for p in paths}
+    for p in paths:
+        p.chmod(0)
+    real_open = io.open
+
+    def guarded(file, *a, **kw):
+        if str(file) in blocked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, *a, **kw)
+
+    monkeypatch.setattr(io, "open", guarded)
+
+
+def _no_inline_secret_config(unit) -> None:
+    unit["cfg"].write_text('[realtime]\ndialect = "openai-ga"\n\n[audio]\ncapture_device = "hw:0"\n')
+
+
+def test_unreadable_key_file_scrubs_what_it_can_know_and_is_not_verified(unit, monkeypatch, capsys):
+    # `sudo voxbox report` outside the unit (no $CREDENTIALS_DIRECTORY), the key only in
+    # /etc/voxbox/credentials, which cannot be read; the journal holds the key in several
+    # forms (an old daemon logged it), among them a "Bearer" header and its base64
+    _no_inline_secret_config(unit)
+    del unit["env"]["CREDENTIALS_DIRECTORY"]
+    key_file = unit["paths"].etc_dir / "credentials" / "voxbox-api-key"
+    _unreadable(monkeypatch, key_file)
+    out, manifest, _ = _build(unit)
+    m = _members(out)
+    _assert_clean(m, KEY)  # raw, base64 (also inside "api:KEY"), URL: the Bearer value gave it away
+    red = json.loads(m["manifest.json"])["redaction"]
+    assert red["verified"] is False
+    assert red["verification"].startswith("not verified: ")
+    assert f"key file {key_file} unreadable: Permission denied" in red["verification"]
+    assert red["unchecked"] == [f"key file {key_file} unreadable: Permission denied"]
+    assert "seen in journal.jsonl" in red["secret_sources"]
+    assert b"not verified: key file" in m["README.txt"]
+    assert manifest["redaction"] == red
+
+    # the command says so too
+    for k, v in unit["env"].items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.delenv("VOXBOX_API_KEY", raising=False)
+    monkeypatch.setenv(report.JOURNAL_FILE_ENV, str(unit["journal"]))
+    monkeypatch.setattr(report, "run_command", _fake_run([]))
+    monkeypatch.setattr(report, "Paths", lambda: unit["paths"])
+    parser = argparse.ArgumentParser(prog="voxbox")
+    report.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["report", "--out", str(unit["tmp"] / "cli.tar.gz"), "--config", str(unit["cfg"])])
+    assert args.func(args) == 0
+    err = capsys.readouterr().err
+    assert f"not verified: key file {key_file} unreadable: Permission denied" in err
+    assert KEY not in err
+
+
+def test_unverifiable_secret_is_reported_not_claimed(unit, monkeypatch):
+    # the key appears only base64-encoded: with its file unreadable nothing can recognise
+    # it, and the manifest must not say "verified"
+    _no_inline_secret_config(unit)
+    del unit["env"]["CREDENTIALS_DIRECTORY"]
+    rec = {"__REALTIME_TIMESTAMP": "1700000000000000", "VOXBOX_EVENT": "protocol",
+           "MESSAGE": "frame " + base64.b64encode(KEY.encode()).decode()}
+    unit["journal"].write_text(json.dumps(rec) + "\n")
+    key_file = unit["paths"].etc_dir / "credentials" / "voxbox-api-key"
+    _unreadable(monkeypatch, key_file)
+    _, manifest, _ = _build(unit)
+    assert manifest["redaction"]["verified"] is False
+    assert "Permission denied" in manifest["redaction"]["verification"]
+
+    # a credential directory that cannot be listed is named as well
+    monkeypatch.undo()
+    key_file.chmod(0o600)
+    cred_dir = unit["paths"].etc_dir / "credentials"
+    real_iterdir = Path.iterdir
+
+    def iterdir(self):
+        if self == cred_dir:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    _, manifest, _ = _build(unit)
+    assert f"credential directory {cred_dir} cannot be listed: Permission denied" in manifest["redaction"]["verification"]
+
+
+def test_verified_only_with_every_secret_in_hand(unit):
+    out, manifest, _ = _build(unit)
+    red = manifest["redaction"]
+    assert red["verified"] is True and red["unchecked"] == []
+    assert red["verification"].startswith("verified: ")
+    assert b"verified: after writing" in _members(out)["README.txt"]

@@ -35,11 +35,16 @@ def _preflight(cfg: Config, *, allow_unprovisioned: bool = False):
     token-broker mode; an empty Secret when ``allow_unprovisioned`` and there is none yet: the daemon then runs
     in the ``unprovisioned`` state and waits for the credential).
 
+    A credential that is present but malformed (:class:`voxbox.credentials.CredentialInvalid`:
+    a line break, control character or whitespace in it) always raises, also with
+    ``allow_unprovisioned``: waiting would not make it valid.
+
     Raises:
-        ConfigError / CredentialError / AudioDeviceError naming the problem.
+        ConfigError / CredentialError / AudioDeviceError naming the problem (a credential
+        by its source, never its value).
     """
     from voxbox.broker import load_connect_secret
-    from voxbox.credentials import CredentialError, Secret
+    from voxbox.credentials import CredentialError, CredentialInvalid, Secret
     from voxbox.dialects import check_features
 
     log = logging.getLogger("voxbox")
@@ -49,7 +54,7 @@ def _preflight(cfg: Config, *, allow_unprovisioned: bool = False):
         # the API key, or in token-broker mode the unit's own secret (and its unit id)
         key = load_connect_secret(cfg, required=True)
     except CredentialError as exc:
-        if not allow_unprovisioned:
+        if not allow_unprovisioned or isinstance(exc, CredentialInvalid):
             raise
         log.error("%s; waiting for provisioning", exc, extra={"VOXBOX_EVENT": "unprovisioned"})
         key = Secret("", "none")

@@ -1,7 +1,8 @@
 """Voxbox configuration: one TOML file, validated at start.
 
 The file (default ``/etc/voxbox/config.toml``) has the tables ``[realtime]``, ``[audio]``,
-``[frontend]``, ``[wake]``, ``[gpio]``, ``[conversation]`` and ``[log]``. Every key is
+``[frontend]``, ``[barge_in]``, ``[wake]``, ``[gpio]``, ``[conversation]``, ``[earcons]``,
+``[tools]``, ``[broker]``, ``[metrics]`` and ``[log]``. Every key is
 optional except where noted; unknown keys are errors (a typo must not silently fall back to
 a default on a unit in the field). Validation is done by pydantic; :func:`load_config`
 turns its errors into one :class:`ConfigError` whose message names each offending key
@@ -13,10 +14,12 @@ The API key is never part of this file: see :mod:`voxbox.credentials`.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import tomllib
 import typing
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -52,6 +55,53 @@ class TurnDetection(_Section):
     #: Voice Live ``azure_semantic_vad*`` only: semantic end-of-utterance detection
     #: (``end_of_utterance_detection``), which waits out mid-sentence pauses
     end_of_utterance: bool = False
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ``::1``)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _shown_url(url: str) -> str:
+    """``url`` as an error message may show it: without user info, query or fragment
+    (an Azure ``api-key=`` query parameter is a secret)."""
+    head = url.split("?", 1)[0].split("#", 1)[0]
+    scheme, sep, rest = head.partition("://")
+    if sep:
+        netloc, slash, path = rest.partition("/")
+        head = f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path}"
+    return head
+
+
+def check_realtime_url(url: str) -> str | None:
+    """Why ``url`` cannot be ``realtime.url``, or None when it can. Pure (no I/O).
+
+    Allowed: ``"local"`` (the parrot server inside the daemon), ``wss://host/...``, and
+    ``ws://`` only to a loopback host (``localhost``, 127.0.0.0/8, ``::1``): over plain
+    ``ws://`` the API key (or token) and the audio would cross the network in clear text.
+    The message shows the URL without user info or query.
+    """
+    if url == "local":
+        return None
+    shown = _shown_url(url)
+    if not url.startswith(("ws://", "wss://")):
+        return f"must be 'local' or start with wss:// (or ws:// to a loopback host), got {shown!r}"
+    try:
+        host = urlsplit(url).hostname
+    except ValueError as exc:
+        return f"{shown!r} is not a valid URL: {exc}"
+    if not host:
+        return f"{shown!r} has no host"
+    if url.startswith("ws://") and not is_loopback_host(host):
+        return (f"{shown!r} uses plain ws:// to {host}, which would send the API key and the "
+                "audio unencrypted: use wss:// (ws:// is allowed only to a loopback host: "
+                "localhost, 127.0.0.0/8, ::1)")
+    return None
 
 
 class Realtime(_Section):
@@ -97,10 +147,9 @@ class Realtime(_Section):
 
     @model_validator(mode="after")
     def _url_scheme(self) -> "Realtime":
-        if self.url != "local" and not self.url.startswith(("ws://", "wss://")):
-            raise ValueError(
-                f"realtime.url must be 'local' or start with ws:// or wss://, got {self.url!r}"
-            )
+        why = check_realtime_url(self.url)
+        if why:
+            raise ValueError(f"realtime.url: {why}")
         return self
 
 
@@ -303,6 +352,29 @@ class Tools(_Section):
     allow: list[str] = []
 
 
+class Metrics(_Section):
+    """Fleet metrics (voxbox.metrics): counters and gauges written atomically in the
+    Prometheus text format for node_exporter's textfile collector. Off while ``textfile``
+    is empty."""
+
+    #: the ``.prom`` file to write, an absolute path inside the directory node_exporter
+    #: reads (``--collector.textfile.directory``); "" = off
+    textfile: str = ""
+    #: time between two writes of the file (s, 1..3600)
+    interval_s: Annotated[float, Field(ge=1, le=3600)] = 15.0
+
+    @model_validator(mode="after")
+    def _textfile(self) -> Metrics:
+        if self.textfile:
+            path = PurePosixPath(self.textfile)
+            if not path.is_absolute():
+                raise ValueError(f"metrics.textfile must be an absolute path, got {self.textfile!r}")
+            if path.suffix != ".prom":
+                raise ValueError("metrics.textfile must name a file ending in .prom (node_exporter's "
+                                 f"textfile collector reads only those), got {self.textfile!r}")
+        return self
+
+
 class Log(_Section):
     """Logging. ``format = "auto"`` logs to journald under systemd, else to stderr."""
 
@@ -323,6 +395,7 @@ class Config(_Section):
     earcons: Earcons = Earcons()
     tools: Tools = Tools()
     broker: Broker = Broker()
+    metrics: Metrics = Metrics()
     log: Log = Log()
 
 

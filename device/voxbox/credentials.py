@@ -3,11 +3,18 @@
 Order: ``$CREDENTIALS_DIRECTORY/voxbox-api-key`` (systemd ``LoadCredential=``), then the
 environment variable ``VOXBOX_API_KEY``. The key is wrapped in :class:`Secret` so that it
 cannot reach a log by accident: its ``str``/``repr`` are redacted.
+
+A key is one line of printable characters: leading and trailing whitespace (the newline
+at the end of a key file) is stripped; a line break, a control or invisible format
+character, whitespace inside the key or bytes that are not UTF-8 are refused
+(:class:`CredentialInvalid`, naming where the key came from, never the key), since such
+a key cannot authenticate and would only be retried for ever.
 """
 
 from __future__ import annotations
 
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +24,62 @@ ENV_VAR = "VOXBOX_API_KEY"
 
 class CredentialError(RuntimeError):
     """No usable API key was found. The message says where Voxbox looked."""
+
+
+class CredentialUnreadable(CredentialError):
+    """A credential file exists but cannot be read.
+
+    Attributes:
+        path: the file.
+        reason: why (``strerror``, e.g. "Permission denied").
+    """
+
+    def __init__(self, path: Path | str, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read credential {path}: {reason}")
+
+
+class CredentialInvalid(CredentialError):
+    """A credential is present but malformed (:func:`check_secret_value`): a configuration
+    error, not a credential still to come. The message names the source, never the value.
+
+    Attributes:
+        source: where the value came from (``credential voxbox-api-key (/path)`` or
+            ``environment variable VOXBOX_API_KEY``).
+    """
+
+    def __init__(self, source: str, problem: str):
+        self.source = source
+        super().__init__(f"{source}: {problem}")
+
+
+def check_secret_value(value: str) -> str | None:
+    """Why ``value`` (already stripped) cannot be sent as a credential, or None when it
+    can. The answer names the kind of character at fault, never the value or its position.
+    """
+    for c in value:
+        if c in "\r\n":
+            return "contains a line break (CR or LF)"
+        cat = unicodedata.category(c)
+        if cat == "Cc":
+            return "contains a control character"
+        if cat == "Cs":
+            return "contains bytes that are not valid UTF-8"
+        if cat == "Cf":
+            return "contains an invisible format character (such as a byte-order mark or zero-width space)"
+        if c.isspace():
+            return "contains whitespace"
+    return None
+
+
+def _checked(value: str, source: str, what: str) -> str:
+    problem = check_secret_value(value)
+    if problem:
+        raise CredentialInvalid(source, f"the {what} {problem}; a key is one line of printable "
+                                        "characters without spaces: write it again (a trailing "
+                                        "newline is fine)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -42,8 +105,12 @@ def load_credential(name: str, env_var: str, what: str, environ: dict[str, str] 
         required: when False, a missing secret returns an empty :class:`Secret`.
 
     Raises:
-        CredentialError: none found (when ``required``), an empty or unreadable credential
-            file; the message says where Voxbox looked.
+        CredentialInvalid: the value found is malformed (:func:`check_secret_value`), or
+            the file is not UTF-8 text: always, ``required`` or not. The message names the
+            credential and its file, or the environment variable.
+        CredentialUnreadable: the credential file exists but cannot be read (always).
+        CredentialError: none found (when ``required``), an empty credential file; the
+            message says where Voxbox looked.
     """
     env = os.environ if environ is None else environ
     cred_dir = env.get("CREDENTIALS_DIRECTORY")
@@ -51,20 +118,23 @@ def load_credential(name: str, env_var: str, what: str, environ: dict[str, str] 
     if cred_dir:
         path = Path(cred_dir) / name
         looked.append(str(path))
+        source = f"credential {name} ({path})"
         try:
             value = path.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             value = None
+        except UnicodeDecodeError:
+            raise CredentialInvalid(source, f"the {what} is not UTF-8 text") from None
         except OSError as exc:
-            raise CredentialError(f"cannot read credential {path}: {exc.strerror}") from None
+            raise CredentialUnreadable(path, exc.strerror or str(exc)) from None
         if value is not None:
             if not value:
                 raise CredentialError(f"credential {path} is empty")
-            return Secret(value, f"credential:{name}")
+            return Secret(_checked(value, source, what), f"credential:{name}")
     looked.append(f"${env_var}")
     value = env.get(env_var, "").strip()
     if value:
-        return Secret(value, f"env:{env_var}")
+        return Secret(_checked(value, f"environment variable {env_var}", what), f"env:{env_var}")
     if not required:
         return Secret("", "none")
     raise CredentialError(
@@ -77,6 +147,7 @@ def load_api_key(environ: dict[str, str] | None = None, required: bool = True) -
     """The Realtime API key (credential ``voxbox-api-key``, env ``VOXBOX_API_KEY``).
 
     Raises:
-        CredentialError: see :func:`load_credential`.
+        CredentialError: see :func:`load_credential` (a malformed key is
+            :class:`CredentialInvalid`).
     """
     return load_credential(CREDENTIAL_NAME, ENV_VAR, "Realtime API key", environ, required)

@@ -25,8 +25,16 @@ in ``$CREDENTIALS_DIRECTORY`` and ``/etc/voxbox/credentials/``, ``LoadCredential
 replaced by ``<redacted>`` in every member, together with its base64 (standard and URL-safe,
 at any byte alignment), URL-encoded and JSON-escaped forms; ``NAME=value`` assignments and
 ``Authorization:``/``api-key:`` headers with secret-looking names are redacted whatever the
-value. The finished archive is then read back and searched for every one of those forms;
-if one is found the archive is deleted and the command fails.
+value. A value found in a secret's place in the collected text (a header, a ``Bearer``
+token, a secret-looking ``NAME=value`` or config key) is added to the known secrets, so its
+encoded forms go too. The finished archive is then read back and searched for every one of
+those forms; if one is found the archive is deleted and the command fails.
+
+The manifest's ``redaction.verified`` is true only when every place a secret is kept (key
+files, credential directories, the unit) could be read, so that search had every secret in
+hand; otherwise ``redaction.verification`` says "not verified: " and what could not be
+checked and why (e.g. ``key file /etc/voxbox/credentials/voxbox-api-key unreadable:
+Permission denied``), README.txt says so, and the command prints it.
 
 Tests and offline use: ``$VOXBOX_REPORT_JOURNAL`` names a JSON-lines file read instead of
 ``journalctl`` (``build_report`` takes any ``journal_source`` callable).
@@ -52,7 +60,6 @@ import sys
 import tarfile
 import time
 import tomllib
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -151,33 +158,32 @@ def redact_tree(value: Any, secret: bool = False) -> Any:
     return value
 
 
-def _b64_cores(data: bytes) -> set[str]:
-    """The base64 characters that depend on ``data`` alone, at each of the three byte
-    alignments, standard and URL-safe alphabets: whatever surrounds the secret in an
-    encoded blob, one of these appears in it."""
-    out: set[str] = set()
-    n = len(data)
-    for o in range(3):
-        for enc in (base64.b64encode, base64.urlsafe_b64encode):
-            s = enc(b"\0" * o + data).decode("ascii")
-            core = s[-(-8 * o // 6):(8 * (o + n)) // 6]
-            if len(core) >= 8:
-                out.add(core)
-    return out
+secret_forms = sd.secret_forms
+"""Every form of a secret scrubbed and searched for, longest first: the same forms the
+daemon's log redaction removes (:func:`voxbox.sd.secret_forms`)."""
 
-
-def secret_forms(secret: str) -> list[str]:
-    """Every form of ``secret`` scrubbed and searched for, longest first."""
-    forms = {secret, urllib.parse.quote(secret, safe=""), json.dumps(secret)[1:-1]}
-    forms |= _b64_cores(secret.encode("utf-8"))
-    return sorted((f for f in forms if f), key=len, reverse=True)
+MIN_SEEN_LEN = 12
+"""A value seen in a secret's place (see :func:`seen_secrets`) is taken for a secret only
+when it is this long and holds both a letter and a digit (``token=none`` is not one)."""
 
 
 @dataclass
 class Secrets:
+    """What the report knows about the unit's secrets.
+
+    Attributes:
+        values: every secret value known (scrubbed, with its forms, from every member).
+        sources: where they came from (credential names, files, variables; never values).
+        notes: remarks for the manifest (values too short to scrub, a refused key).
+        unchecked: what could not be read, and why (a key file, a credential directory,
+            the unit): while this is not empty the archive cannot be *verified* free of
+            secrets, because the search did not have every secret in hand.
+    """
+
     values: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    unchecked: dict[str, str] = field(default_factory=dict)
 
     def add(self, value: str | None, source: str) -> None:
         for v in _candidate_values(value):
@@ -189,13 +195,35 @@ class Secrets:
             if source not in self.sources:
                 self.sources.append(source)
 
+    def add_seen(self, value: str, source: str) -> None:
+        """Add ``value``, found in a secret's place in collected text, when it looks like a
+        secret (:data:`MIN_SEEN_LEN`, a letter and a digit)."""
+        v = value.strip()
+        if (len(v) >= MIN_SEEN_LEN and REDACTED not in v and any(c.isdigit() for c in v)
+                and any(c.isalpha() for c in v)):
+            self.add(v, source)
+
+    def cannot_read(self, what: str, path: Path | str, reason: str) -> None:
+        """Record that ``what`` (e.g. "key file") at ``path`` could not be read."""
+        self.unchecked.setdefault(str(path), f"{what} {path} unreadable: {reason}")
+
     def add_file(self, path: Path, source: str | None = None) -> None:
+        """Add the value(s) in the file at ``path`` (none when it does not exist; an
+        unreadable file is recorded in :attr:`unchecked`)."""
         try:
-            if not path.is_file():
-                return
-            data = path.read_bytes()[:65536]
+            st = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return
         except OSError as exc:
-            self.notes.append(f"cannot read {path} ({exc.strerror}): its value is scrubbed by pattern only")
+            self.cannot_read("key file", path, exc.strerror or str(exc))
+            return
+        if not stat.S_ISREG(st.st_mode):
+            return
+        try:
+            with path.open("rb") as f:
+                data = f.read(65536)
+        except OSError as exc:
+            self.cannot_read("key file", path, exc.strerror or str(exc))
             return
         self.add(data.decode("utf-8", errors="replace"), source or f"file:{path}")
 
@@ -228,22 +256,24 @@ def gather_secrets(environ: Mapping[str, str], credential_dirs: Iterable[Path],
                    unit_text: str = "") -> Secrets:
     """Every secret the unit knows, from the credential loader, credential directories, the
     unit (``systemctl cat``) and secret-looking environment variables."""
-    from voxbox.credentials import CredentialError, load_api_key
+    from voxbox.credentials import CredentialError, CredentialUnreadable, load_api_key
 
     s = Secrets()
     try:
         key = load_api_key(dict(environ), required=False)
         s.add(key.value, key.source or "api key")
-    except CredentialError as exc:
+    except CredentialUnreadable as exc:
+        s.cannot_read("key file", exc.path, exc.reason)
+    except CredentialError as exc:  # a malformed key is still read below, from its file
         s.notes.append(f"credential loader: {exc}")
     for d in credential_dirs:
         try:
             entries = sorted(d.iterdir())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             continue
         except OSError as exc:
-            s.notes.append(f"cannot list {d} ({exc.strerror}): its credentials are scrubbed by pattern only; "
-                           "run the report as root")
+            s.unchecked.setdefault(str(d), f"credential directory {d} cannot be listed: "
+                                           f"{exc.strerror or exc} (run the report as root)")
             continue
         for f in entries:
             s.add_file(f)
@@ -266,8 +296,11 @@ def gather_secrets(environ: Mapping[str, str], credential_dirs: Iterable[Path],
         elif directive == "EnvironmentFile":
             p = Path(rest.lstrip("-"))
             try:
-                text = p.read_text(errors="replace") if p.is_file() else ""
-            except OSError:
+                text = p.read_text(errors="replace")
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                text = ""
+            except OSError as exc:
+                s.cannot_read("environment file", p, exc.strerror or str(exc))
                 text = ""
             for line in text.splitlines():
                 n, _, v = line.strip().partition("=")
@@ -308,6 +341,46 @@ def scrub_text(text: str, forms: list[str]) -> tuple[str, int]:
     if text != before:
         count += 1
     return text, count
+
+
+_BEARER = re.compile(r"(?i)(?<![\w-])bearer[ \t]+([A-Za-z0-9._~+/=\-]+)")
+_JSON_PAIR = re.compile(r'"([A-Za-z_][A-Za-z0-9_.\-]*)"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def seen_secrets(text: str) -> list[str]:
+    """Values that sit in a secret's place in ``text``: the value of an ``Authorization:``
+    / ``api-key:`` header (the password inside a ``Basic`` one), a ``Bearer`` token, a
+    ``NAME=value`` or ``"name": "value"`` pair with a secret-looking name. The report adds
+    them to the secrets it knows (:meth:`Secrets.add_seen`), so their other forms (base64,
+    URL, JSON) are scrubbed too, even when the credential file itself was unreadable."""
+    out: list[str] = []
+    for m in _HEADER.finditer(text):
+        value = m.group(4)
+        out.append(value)
+        if (m.group(3) or "").lower().startswith("basic"):
+            try:
+                decoded = base64.b64decode(value + "=" * (-len(value) % 4), validate=False).decode("utf-8")
+            except (ValueError, UnicodeDecodeError):
+                continue
+            out.append(decoded.partition(":")[2])
+    out += [m.group(1) for m in _BEARER.finditer(text)]
+    out += [m.group(2) for m in _ASSIGN.finditer(text) if looks_secret(m.group(1))]
+    for m in _JSON_PAIR.finditer(text):
+        if looks_secret(m.group(1)):
+            try:
+                out.append(json.loads(f'"{m.group(2)}"'))
+            except ValueError:
+                out.append(m.group(2))
+    return [v for v in out if v and v != REDACTED]
+
+
+def _tree_secrets(value: Any, secret: bool = False) -> list[str]:
+    """The string values under secret-looking keys of a parsed TOML/JSON tree."""
+    if isinstance(value, dict):
+        return [v for k, x in value.items() for v in _tree_secrets(x, secret or looks_secret(str(k)))]
+    if isinstance(value, list):
+        return [v for x in value for v in _tree_secrets(x, secret)]
+    return [value] if secret and isinstance(value, str) else []
 
 
 # --------------------------------------------------------------------------- commands
@@ -446,6 +519,9 @@ class _Bundle:
     members: dict[str, str] = field(default_factory=dict)
     included: list[dict[str, Any]] = field(default_factory=list)
     unavailable: list[dict[str, str]] = field(default_factory=list)
+    #: (value, member) pairs under secret-looking keys of the parsed TOML files, which the
+    #: members hold redacted: added to the known secrets so their other forms go too
+    seen: list[tuple[str, str]] = field(default_factory=list)
 
     def add(self, name: str, text: str, source: str, note: str = "") -> None:
         self.members[name] = text
@@ -513,10 +589,16 @@ def _add_toml(b: _Bundle, name: str, path: Path, item: str) -> None:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
+        for line in text.splitlines():
+            m = _TOML_LINE.match(line)
+            if m and looks_secret(m.group(2).split(".")[-1]):
+                b.seen.append((m.group(4).strip().strip("\"'"), name))
         b.add(name, redact_toml_text(text), str(path),
               f"does not parse ({exc}); copied with secret-looking lines redacted")
         return
     import tomli_w
+
+    b.seen += [(v, name) for v in _tree_secrets(data)]
 
     header = f"# {path}, parsed; values under secret-looking keys replaced by {REDACTED!r}\n"
     b.add(name, header + tomli_w.dumps(redact_tree(data)), str(path), "parsed and redacted")
@@ -611,8 +693,10 @@ def _readme(manifest: dict[str, Any]) -> str:
               for e in manifest["included"]]
     lines += ["", "unavailable:"]
     lines += [f"  {e['item']:<28} {e['source']}: {e['reason']}" for e in manifest["unavailable"]] or ["  (nothing)"]
-    lines += ["", f"secrets: {manifest['redaction']['known_secrets']} known values (and their encoded forms) "
-              f"replaced by {REDACTED}; the archive was searched for them after writing."]
+    red = manifest["redaction"]
+    lines += ["", f"secrets: {red['known_secrets']} known values (and their encoded forms) "
+              f"replaced by {REDACTED}; the archive was searched for them after writing.",
+              red["verification"]]
     return "\n".join(lines) + "\n"
 
 
@@ -693,6 +777,17 @@ def build_report(out: Path | str, *, since: str = DEFAULT_SINCE, config_path: Pa
     # secrets: gather, scrub every member
     cred_dirs = [Path(d) for d in (env.get("CREDENTIALS_DIRECTORY"),) if d] + [paths.etc_dir / "credentials"]
     secrets = gather_secrets(env, cred_dirs, unit_text)
+    unit_missing = next((e["reason"] for e in b.unavailable if e["item"] == "commands/systemctl-cat.txt"), None)
+    if unit_missing is not None:
+        secrets.unchecked.setdefault(f"unit {UNIT}", f"unit {UNIT} could not be read (systemctl cat: {unit_missing}): "
+                                                     "its LoadCredential=/SetCredential=/Environment= secrets are unknown")
+    # secrets the collected text itself gives away (a header, a NAME=value, a config key):
+    # known now, so their encoded forms are scrubbed too
+    for value, name in b.seen:
+        secrets.add_seen(value, f"seen in {name}")
+    for name, text in b.members.items():
+        for value in seen_secrets(text):
+            secrets.add_seen(value, f"seen in {name}")
     forms = secrets.forms()
     replacements = 0
     for name, text in list(b.members.items()):
@@ -716,8 +811,7 @@ def build_report(out: Path | str, *, since: str = DEFAULT_SINCE, config_path: Pa
             "secret_sources": secrets.sources,
             "notes": secrets.notes,
             "replacements": replacements,
-            "verified": "after writing, every member was searched for every known secret and its "
-                        "base64 / URL / JSON forms; the command fails and deletes the archive otherwise",
+            **_verification(secrets),
         },
     }
     manifest_text, _ = scrub_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", forms)
@@ -728,6 +822,26 @@ def build_report(out: Path | str, *, since: str = DEFAULT_SINCE, config_path: Pa
         out.unlink(missing_ok=True)
         raise ReportError(f"a secret survived scrubbing in {', '.join(sorted(leaks))}; archive deleted")
     return manifest
+
+
+def _verification(secrets: Secrets) -> dict[str, Any]:
+    """The manifest's verdict: ``verified`` is True only when every place a secret is kept
+    was read, so the search after writing had every secret in hand; otherwise
+    ``verification`` says "not verified: " and ``unchecked`` lists what could not be
+    checked and why."""
+    unchecked = list(secrets.unchecked.values())
+    if unchecked:
+        return {"verified": False, "unchecked": unchecked,
+                "verification": ("not verified: " + "; ".join(unchecked) + ". Known secrets and "
+                                 "secret-looking patterns were scrubbed, but a secret that could not "
+                                 "be read may remain in an encoded form")}
+    if not secrets.values:
+        nothing = ("no secret was found on this unit (no API key, credential file or secret-looking "
+                   "variable): there was nothing to search for")
+        return {"verified": False, "unchecked": [nothing], "verification": f"not verified: {nothing}"}
+    return {"verified": True, "unchecked": [],
+            "verification": "verified: after writing, every member was searched for every known secret and "
+                            "its base64 / URL / JSON forms; the command fails and deletes the archive otherwise"}
 
 
 def _write(out: Path, members: dict[str, str], top: str, now: float) -> None:
@@ -784,6 +898,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"voxbox report: no {e['item']}: {e['reason']}", file=sys.stderr)
     for note in manifest["redaction"]["notes"]:
         print(f"voxbox report: {note}", file=sys.stderr)
+    if not manifest["redaction"]["verified"]:
+        print(f"voxbox report: {manifest['redaction']['verification']}", file=sys.stderr)
     print(out)
     return 0
 

@@ -7,43 +7,122 @@ with structured fields: every ``extra`` key that starts with ``VOXBOX_`` (and
 as readable text (``key=value`` after the message), or one JSON object per line with
 ``log.format = "json"`` (what the end-to-end tests read).
 
-Secrets registered with :func:`redact` are replaced by ``<redacted>`` in every record.
+Secrets registered with :func:`redact` are replaced by ``<redacted>`` in every record, in
+every form :func:`secret_forms` lists (raw, base64, URL-encoded, JSON- and repr-escaped),
+in the message, the exception text and every field value, before the record is
+serialized (so JSON escaping cannot hide a secret that holds ``\r\n`` or ``"``).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
+import re
 import sys
+import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Mapping
 
 from voxbox.journal_ids import message_id  # noqa: E402  (stable MESSAGE_ID per event kind)
 
-_SECRETS: list[str] = []
+REDACTED = "<redacted>"
+MIN_B64_CORE = 8
+"""Shortest base64 fragment (of a secret embedded in a larger encoded blob) scrubbed."""
+
+_SECRETS: dict[str, tuple[str, ...]] = {}
+"""Registered secrets, each with its precomputed forms (copy-on-write: never mutated)."""
+_FORMS: tuple[str, ...] = ()
+"""Every form of every registered secret, longest first (what :func:`scrub` replaces)."""
+_LOCK = threading.Lock()
+
+
+def _b64_cores(data: bytes) -> set[str]:
+    """The base64 characters that depend on ``data`` alone, at each of the three byte
+    alignments, standard and URL-safe alphabets: whatever surrounds the secret in an
+    encoded blob (``user:key`` in HTTP Basic), one of these appears in it. Fragments
+    shorter than :data:`MIN_B64_CORE` are left out (they would match ordinary text)."""
+    out: set[str] = set()
+    n = len(data)
+    for o in range(3):
+        for enc in (base64.b64encode, base64.urlsafe_b64encode):
+            s = enc(b"\0" * o + data).decode("ascii")
+            core = s[-(-8 * o // 6):(8 * (o + n)) // 6]
+            if len(core) >= MIN_B64_CORE:
+                out.add(core)
+    return out
+
+
+def _lower_hex(text: str) -> str:
+    return re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), text)
+
+
+def secret_forms(secret: str) -> list[str]:
+    """Every form of ``secret`` that :func:`scrub` (and ``voxbox report``) removes,
+    longest first:
+
+    - raw;
+    - JSON-escaped (ASCII and UTF-8, with and without ``\\/``) and ``repr``-escaped
+      (of the text and of its UTF-8 bytes), without the quotes;
+    - URL-encoded (percent-encoding with upper- and lower-case hex, ``/`` kept or not,
+      ``+`` for spaces);
+    - base64 of the UTF-8 bytes, standard and URL-safe alphabets, with and without
+      padding, and the fragments that appear when the secret is encoded inside a larger
+      blob (:func:`_b64_cores`).
+
+    An empty ``secret`` has no forms."""
+    if not secret:
+        return []
+    raw = secret.encode("utf-8", "surrogatepass")
+    forms = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1],
+             repr(secret)[1:-1], repr(raw)[2:-1]}
+    forms |= {f.replace("/", "\\/") for f in list(forms) if "/" in f}
+    for q in (urllib.parse.quote(raw, safe=""), urllib.parse.quote(raw),
+              urllib.parse.quote_plus(raw, safe="")):
+        forms |= {q, _lower_hex(q)}
+    for enc in (base64.b64encode, base64.urlsafe_b64encode):
+        full = enc(raw).decode("ascii")
+        forms |= {full, full.rstrip("=")}
+    forms |= _b64_cores(raw)
+    return sorted((f for f in forms if f), key=lambda f: (-len(f), f))
+
+
+def _rebuild(secrets: dict[str, tuple[str, ...]]) -> None:
+    global _SECRETS, _FORMS
+    forms = {f for fs in secrets.values() for f in fs}
+    _FORMS = tuple(sorted(forms, key=lambda f: (-len(f), f)))
+    _SECRETS = secrets
 
 
 def forget(secret: str) -> None:
-    """Stop redacting ``secret`` (a short-lived token that expired)."""
-    try:
-        _SECRETS.remove(secret)
-    except ValueError:
-        pass
+    """Stop redacting ``secret`` and its forms (a short-lived token that expired).
+    Forgetting a secret that is not registered does nothing."""
+    with _LOCK:
+        if secret in _SECRETS:
+            _rebuild({k: v for k, v in _SECRETS.items() if k != secret})
 
 
 def redact(secret: str) -> None:
-    """Never let ``secret`` reach a log record (defence in depth)."""
-    if secret and secret not in _SECRETS:
-        _SECRETS.append(secret)
+    """Never let ``secret``, in any of its :func:`secret_forms`, reach a log record
+    (defence in depth). The forms are computed here, once, so that :func:`scrub` costs
+    one substring search per form. An empty ``secret`` is ignored."""
+    if not secret or secret in _SECRETS:
+        return
+    forms = tuple(secret_forms(secret))
+    with _LOCK:
+        if secret not in _SECRETS:
+            _rebuild({**_SECRETS, secret: forms})
 
 
 def scrub(text: str) -> str:
-    """``text`` with every secret registered with :func:`redact` replaced by ``<redacted>``."""
-    for s in _SECRETS:
-        if s in text:
-            text = text.replace(s, "<redacted>")
+    """``text`` with every form of every secret registered with :func:`redact` replaced by
+    ``<redacted>`` (longest forms first)."""
+    for f in _FORMS:  # one snapshot: redact/forget replace the tuple, never change it
+        if f in text:
+            text = text.replace(f, REDACTED)
     return text
 
 
@@ -51,33 +130,48 @@ def _fields(record: logging.LogRecord) -> dict[str, object]:
     return {k: v for k, v in record.__dict__.items() if k.startswith("VOXBOX_") or k == "MESSAGE_ID"}
 
 
+def _scrubbed(value: object) -> object:
+    """A field value for a log line: numbers, booleans and None as they are, anything
+    else as scrubbed text."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return scrub(value if isinstance(value, str) else str(value))
+
+
 class TextFormatter(logging.Formatter):
+    """``HH:MM:SS.mmm LEVEL logger: message  [key=value ...]``, every part scrubbed."""
+
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%H:%M:%S", time.localtime(record.created))
-        fields = " ".join(f"{k[7:].lower()}={v}" for k, v in _fields(record).items()
+        fields = " ".join(f"{k[7:].lower()}={_scrubbed(v)}" for k, v in _fields(record).items()
                           if k not in ("VOXBOX_EVENT",))
         msg = record.getMessage()
         if record.exc_info:
             msg += "\n" + self.formatException(record.exc_info)
-        line = f"{ts}.{int(record.msecs):03d} {record.levelname:<7} {record.name.removeprefix('voxbox.')}: {msg}"
+        line = (f"{ts}.{int(record.msecs):03d} {record.levelname:<7} "
+                f"{record.name.removeprefix('voxbox.')}: {scrub(msg)}")
         if fields:
             line += f"  [{fields}]"
-        return scrub(line)
+        return line
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ``mono``, ``level``, ``logger``, ``msg``, the
+    ``VOXBOX_*`` fields and ``exception``. The message, the exception text and every field
+    value are scrubbed before serialization."""
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {
             "mono": round(time.monotonic(), 4),
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": scrub(record.getMessage()),
         }
         for k, v in _fields(record).items():
-            out[k] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+            out[k] = _scrubbed(v)
         if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
-        return scrub(json.dumps(out))
+            out["exception"] = scrub(self.formatException(record.exc_info))
+        return json.dumps(out)
 
 
 class JournalHandler(logging.Handler):
@@ -94,9 +188,10 @@ class JournalHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            msg = scrub(record.getMessage())
+            msg = record.getMessage()
             if record.exc_info:
                 msg += "\n" + logging.Formatter().formatException(record.exc_info)
+            msg = scrub(msg)
             fields = {k: scrub(str(v)) for k, v in _fields(record).items()}
             if "MESSAGE_ID" not in fields and (mid := message_id(fields.get("VOXBOX_EVENT"))):
                 fields["MESSAGE_ID"] = mid
