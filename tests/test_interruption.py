@@ -94,3 +94,25 @@ def test_bad_settings_are_named(kw, name):
 def test_bad_frame_duration():
     with pytest.raises(ValueError, match="frame_ms"):
         InterruptionCheck(0)
+
+
+def test_speech_the_canceller_still_sees_echo_in_does_not_confirm():
+    """Closed loop, +6/+10 dB, strongly nonlinear loudspeakers: the checks that confirmed on
+    the unit's own voice heard speech-like frames (VAD 0.75-0.93, 15-50 dB over the floor)
+    with the RES statistic at -16 to -5 dB: the canceller's echo estimate was above them."""
+    c = InterruptionCheck(FRAME_MS)
+    c.start()
+    assert run(c, [(0.93, -48.0, -107.0, False, -10.2)] * 40)[1] is Verdict.REJECTED
+    c.start()
+    assert run(c, [(0.93, -48.0, -107.0, False, 5.9)] * 40)[1] is Verdict.REJECTED
+    c.start()  # the user, with the echo estimate decayed
+    assert run(c, [(0.93, -30.0, -107.0, False, 25.0)] * 40)[1] is Verdict.CONFIRMED
+    c = InterruptionCheck(FRAME_MS, CheckSettings(ratio_db=-math.inf))  # the statistic not used
+    c.start()
+    assert run(c, [(0.93, -48.0, -107.0, False, -10.2)] * 40)[1] is Verdict.CONFIRMED
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, "6", True])
+def test_ratio_db_setting_is_checked(bad):
+    with pytest.raises(ValueError, match="ratio_db"):
+        CheckSettings(ratio_db=bad)
