@@ -133,7 +133,7 @@ def test_missing_required_key(tmp_path, logs, key):
 
 
 @pytest.mark.parametrize("literal", ["1e999", "-1e999", "NaN", "Infinity", "-Infinity"])
-@pytest.mark.parametrize("key", ["reference_delay_ms", "echo_delay_ms", "drift_ppm", "erl_db"])
+@pytest.mark.parametrize("key", ["reference_delay_ms", "echo_delay_ms", "drift_ppm", "erl_db", "saved_at"])
 def test_non_finite_numbers_are_rejected(tmp_path, logs, key, literal):
     text = json.dumps(good_dict(**{key: 12345.0})).replace("12345.0", literal)
     p = write(tmp_path, text)
@@ -307,3 +307,24 @@ def test_unwritable_directory_raises_oserror(tmp_path):
     blocker.write_text("x")
     with pytest.raises(OSError):
         save_echo_state(blocker / "echo.json", state())
+
+
+def test_random_garbage_never_raises(tmp_path, caplog):
+    """Mutated state files (wrong types, huge and non-finite numbers, truncation, binary
+    noise): load_echo_state returns None or an EchoState, never raises."""
+    import random
+
+    caplog.set_level(logging.CRITICAL, logger="voxbox.echostate")
+    rnd = random.Random(16)
+    junk = [None, True, 0, -1, 1e308, "1e999", 10 ** 400, [], {}, "x", "NaN", 1.5]
+    p = tmp_path / "echo.json"
+    for _ in range(400):
+        d = good_dict()
+        for _ in range(rnd.randint(1, 3)):
+            d[rnd.choice([*d, "version", "extra"])] = rnd.choice(junk)
+        text = json.dumps(d).replace('"1e999"', "1e999").replace('"NaN"', "NaN")
+        if rnd.random() < 0.2:
+            text = text[:rnd.randint(0, len(text))]
+        raw = bytes(rnd.randrange(256) for _ in range(40)) if rnd.random() < 0.1 else text.encode()
+        p.write_bytes(raw)
+        assert load_echo_state(p, DEV) is None or isinstance(load_echo_state(p, DEV), EchoState)

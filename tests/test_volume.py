@@ -90,6 +90,80 @@ def test_state_dir_created_and_bad_state_ignored(tmp_path, caplog):
     assert Volume(None, default_percent=10).set(90) == 90  # not persisted: no error
 
 
+# every kind of unusable volume.json: defaults, one warning naming the file and the key, no
+# exception (1e999 used to raise OverflowError out of Volume(): exit 1 and a crash loop)
+_KEY = "key 'percent'"
+
+
+@pytest.mark.parametrize("content,words", [
+    ('{"percent": 1e999}', f"{_KEY} is not a finite number: inf"),
+    ('{"percent": -1e999}', f"{_KEY} is not a finite number: -inf"),
+    ('{"percent": NaN}', f"{_KEY} is not a finite number: nan"),
+    ('{"percent": Infinity}', f"{_KEY} is not a finite number"),
+    ('{"percent": ' + "9" * 400 + "}", f"{_KEY} is not a finite number"),  # an int too big for a float
+    ('{"percent": -1}', f"{_KEY} = -1 is outside 0..100"),
+    ('{"percent": 100.5}', f"{_KEY} = 100.5 is outside 0..100"),
+    ('{"percent": 1e308}', f"{_KEY} = 1e+308 is outside 0..100"),
+    ('{"percent": "40"}', f"{_KEY} is not a number (str)"),
+    ('{"percent": true}', f"{_KEY} is not a number (bool)"),
+    ('{"percent": null}', f"{_KEY} is not a number (NoneType)"),
+    ('{"percent": [40]}', f"{_KEY} is not a number (list)"),
+    ('{"percent": {"value": 40}}', f"{_KEY} is not a number (dict)"),
+    ('{"volume": 40}', f"{_KEY} is missing"),
+    ("[40]", "not a JSON object with key 'percent' (a list)"),
+    ("40", "not a JSON object with key 'percent' (a int)"),
+    ("null", "not a JSON object with key 'percent' (a NoneType)"),
+    ('"percent"', "not a JSON object with key 'percent' (a str)"),
+    ("", "not valid JSON"),
+    ('{"percent": 4', "not valid JSON"),  # truncated (power cut)
+    (b"\xff\xfe\x00\x9c garbage", "not valid JSON"),  # binary
+    (b"\x00" * 32, "not valid JSON"),
+    ("[" * 2000 + "]" * 2000, "maximum recursion depth"),  # RecursionError inside json
+    ('{"percent": 40, "pad": "' + "x" * 5000 + '"}', "larger than 4096 bytes"),
+])
+def test_unusable_state_file_gives_defaults_and_one_warning(tmp_path, caplog, content, words):
+    path = tmp_path / STATE_FILE
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with caplog.at_level(logging.WARNING, logger="voxbox.volume"):
+        v = Volume(tmp_path, default_percent=45)
+    assert (v.get(), v.gain) == (45, pytest.approx(percent_to_gain(45)))
+    recs = [r for r in caplog.records if r.name == "voxbox.volume"]
+    assert len(recs) == 1, [r.getMessage() for r in recs]
+    msg = recs[0].getMessage()
+    print(msg[:200])
+    assert recs[0].levelno == logging.WARNING and recs[0].VOXBOX_EVENT == "state_file"
+    assert f"ignoring volume state file {path}: " in msg and words in msg, msg
+    assert v.set(60) == 60 and json.loads(path.read_text()) == {"percent": 60}  # overwritten
+    assert Volume(tmp_path, default_percent=45).get() == 60
+
+
+def test_unusable_state_file_with_a_mixer_keeps_the_mixer_level(tmp_path, caplog):
+    """Defaults with a mixer are the mixer's current level, as without a state file."""
+    (tmp_path / STATE_FILE).write_text('{"percent": 1e999}')
+    alsa = FakeAlsa(levels=(30, 30))
+    with caplog.at_level(logging.WARNING, logger="voxbox.volume"):
+        v = Volume(tmp_path, mixer="PCM", alsa=alsa, default_percent=45)
+    assert v.get() == 30 and alsa.sets == [30] and "'percent'" in caplog.text
+
+
+@pytest.mark.parametrize("content,expected", [
+    ('{"percent": 0}', 0), ('{"percent": 100}', 100), ('{"percent": 72.4}', 72),
+    ('{"percent": 33, "other": "kept"}', 33),
+])
+def test_usable_state_file_edges(tmp_path, caplog, content, expected):
+    (tmp_path / STATE_FILE).write_text(content)
+    with caplog.at_level(logging.WARNING, logger="voxbox.volume"):
+        assert Volume(tmp_path, default_percent=45).get() == expected
+    assert caplog.records == []
+
+
+def test_unreadable_state_file_is_not_fatal(tmp_path, caplog):
+    (tmp_path / STATE_FILE).mkdir()  # a directory where the file should be: EISDIR
+    with caplog.at_level(logging.WARNING, logger="voxbox.volume"):
+        assert Volume(tmp_path, default_percent=45).get() == 45
+    assert f"ignoring volume state file {tmp_path / STATE_FILE}: cannot read it" in caplog.text
+
+
 def test_unwritable_state_dir_is_not_fatal(tmp_path, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("")

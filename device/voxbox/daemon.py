@@ -607,7 +607,7 @@ class Daemon:
             self._check_start = False
             check.start()
         if check.active:
-            verdict = check.push(d.vad_prob, d.level_dbfs, d.noise_floor_dbfs, far)
+            verdict = check.push(d.vad_prob, d.level_dbfs, d.noise_floor_dbfs, far, ratio_db)
             if verdict is not None:
                 self._loop.call_soon_threadsafe(self._on_verdict, verdict, self._near_end_stats(),
                                                 check.spoken, check.judged)
@@ -996,27 +996,69 @@ class Daemon:
         except asyncio.QueueFull:
             log.warning("uplink queue full at push-to-talk release")
 
-    def _set_muted(self, muted: bool) -> None:
+    def _set_muted(self, muted: bool) -> bool:
+        """Log the mute change and persist it in the state file (``{"muted": true}``),
+        atomically (:func:`voxbox.statefile.atomic_write`: temporary file, fsync, rename,
+        directory fsync), so a restart comes back muted.
+
+        Returns:
+            True when saved. False when it cannot be saved (a full disk, a read-only or
+            missing state directory): the temporary file is gone, the old file (if any) is
+            untouched, and one error (``VOXBOX_EVENT=state_file``) names the file and says
+            the change will not survive a restart. Never raises.
+        """
+        from voxbox.statefile import atomic_write
+
         log.info("microphone %s", "muted" if muted else "unmuted",
                  extra={"VOXBOX_EVENT": "mute", "VOXBOX_MUTED": int(muted)})
         try:
-            self._state_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._state_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"muted": muted}) + "\n")
-            os.replace(tmp, self._state_path)
+            atomic_write(self._state_path, (json.dumps({"muted": bool(muted)}) + "\n").encode("utf-8"))
         except OSError as exc:
-            log.error("cannot save the mute state in %s: %s", self._state_path, exc,
-                      extra={"VOXBOX_EVENT": "state_file"})
+            log.error("cannot save the mute state in %s: %s; the %s will not survive a restart",
+                      self._state_path, exc, "mute" if muted else "unmute",
+                      extra={"VOXBOX_EVENT": "state_file", "VOXBOX_MUTED": int(muted)})
+            # LED hook: show here that the mute state could not be persisted.
+            return False
+        return True
 
     def _load_muted(self) -> bool:
+        """Whether the microphone was muted at the last stop (``{"muted": true}`` in the
+        state file).
+
+        Never raises. False without a word when the file does not exist; False with one
+        warning (``VOXBOX_EVENT=state_file``) naming the file and the key when it cannot be
+        read, is larger than 64 KiB, is not JSON (truncated, binary garbage), is not a JSON
+        object, or its ``muted`` is missing or not ``true``/``false``.
+        """
+        path = self._state_path
+        limit = 64 * 1024  # bytes; a larger file is not a mute state
         try:
-            return bool(json.loads(self._state_path.read_text()).get("muted", False))
+            with open(path, "rb") as f:
+                raw = f.read(limit + 1)
         except FileNotFoundError:
             return False
-        except (OSError, ValueError, AttributeError) as exc:
-            log.warning("ignoring unreadable state file %s: %s", self._state_path, exc,
-                        extra={"VOXBOX_EVENT": "state_file"})
-            return False
+        except (OSError, ValueError) as exc:
+            why = f"cannot read it: {exc}"
+        else:
+            if len(raw) > limit:
+                why = f"larger than {limit} bytes: not a mute state"
+            else:
+                try:
+                    data = json.loads(raw.decode("utf-8"))
+                except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+                    why = f"not valid JSON: {exc}"
+                else:
+                    if not isinstance(data, dict):
+                        why = f"not a JSON object with key 'muted' (a {type(data).__name__})"
+                    elif "muted" not in data:
+                        why = "key 'muted' is missing (true or false is needed)"
+                    elif not isinstance(data["muted"], bool):
+                        why = f"key 'muted' is not true or false (a {type(data['muted']).__name__})"
+                    else:
+                        return data["muted"]
+        log.warning("ignoring state file %s: %s; starting unmuted", path, why,
+                    extra={"VOXBOX_EVENT": "state_file"})
+        return False
 
     def _play_earcon(self, name: str) -> None:
         cue = self._earcons.get(name)

@@ -2,7 +2,11 @@
 
 :class:`Volume` keeps one number, the volume in percent (0..100), in
 ``<state_dir>/volume.json`` (``{"percent": 40}``; the daemon passes
-``$STATE_DIRECTORY``, ``/var/lib/voxbox`` outside systemd). It applies it in one of two ways:
+``$STATE_DIRECTORY``, ``/var/lib/voxbox`` outside systemd; written atomically by
+:func:`voxbox.statefile.atomic_write`). A state file that cannot be used (unreadable,
+truncated, not a JSON object, ``percent`` missing, not a number, NaN, ``1e999``, outside
+0..100) is never fatal: one warning names the file and the key, and the defaults are used
+as if there were no file. It applies the volume in one of two ways:
 
 * ``backend == "alsa"``: through a playback mixer control of pyalsaaudio
   (``alsaaudio.Mixer(control, device=mixer_device)``, e.g. control ``"PCM"`` on
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 from pathlib import Path
@@ -44,6 +49,8 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "volume.json"
 DEFAULT_PERCENT = 50
+#: a state file larger than this is not a volume state (bytes)
+_MAX_FILE_BYTES = 4096
 
 
 class VolumeError(RuntimeError):
@@ -233,19 +240,30 @@ class Volume:
         self.gain = percent_to_gain(percent)
 
     def _load(self) -> int | None:
+        """The persisted volume (0..100 %), or None when there is none to use.
+
+        Never raises. None without a word when the file does not exist; None with one
+        warning naming the file and the key when it cannot be read, is not a JSON object,
+        or its ``percent`` is missing, not a number (a bool, a string...), not finite
+        (NaN, ``1e999``) or outside 0..100. The caller then uses the defaults (the mixer's
+        current level, else ``default_percent``) and the next :meth:`set` overwrites the file.
+        """
         if self.path is None:
             return None
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            value = data["percent"]
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"'percent' is {value!r}")
-            return _clamp(value)
+            with open(self.path, "rb") as f:
+                raw = f.read(_MAX_FILE_BYTES + 1)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring volume state file %s: %s", self.path, exc)
-            return None
+        except (OSError, ValueError) as exc:
+            why = f"cannot read it: {exc}"
+        else:
+            why, value = _parse_state(raw)
+            if why is None:
+                return value
+        log.warning("ignoring volume state file %s: %s; using the default volume", self.path, why,
+                    extra={"VOXBOX_EVENT": "state_file"})
+        return None
 
     def _save(self, percent: int) -> None:
         if self.path is None:
@@ -256,6 +274,42 @@ class Volume:
             atomic_write(self.path, json.dumps({"percent": percent}).encode())
         except OSError as exc:
             log.warning("cannot save the volume to %s: %s", self.path, exc)
+
+
+def _parse_state(raw: bytes) -> tuple[str | None, int | None]:
+    """``(None, percent)`` for the content of a good ``volume.json``, else ``(why, None)``
+    where ``why`` names the key at fault. Never raises."""
+    if len(raw) > _MAX_FILE_BYTES:
+        return f"larger than {_MAX_FILE_BYTES} bytes: not a volume state", None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return f"not valid JSON: {exc}", None
+    if not isinstance(data, dict):
+        return f"not a JSON object with key 'percent' (a {type(data).__name__})", None
+    if "percent" not in data:
+        return "key 'percent' is missing (a number in 0..100 is needed)", None
+    value = data["percent"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"key 'percent' is not a number ({type(value).__name__}): {_short(value)}", None
+    try:
+        v = float(value)
+    except OverflowError:  # an int too large for a float
+        v = math.inf
+    if not math.isfinite(v):
+        return f"key 'percent' is not a finite number: {_short(value)}", None
+    if not 0.0 <= v <= 100.0:
+        return f"key 'percent' = {v:g} is outside 0..100", None
+    return None, _clamp(v)
+
+
+def _short(value: Any) -> str:
+    """``repr(value)`` cut to 40 characters (a state file may hold anything)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int with more digits than int -> str allows
+        return "<a very large integer>"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _clamp(percent: int | float) -> int:
