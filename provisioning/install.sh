@@ -23,6 +23,13 @@
 #   --no-model-check    only check that the model files exist, do not load them
 #   --dry-run           say what would be done, change nothing
 #   --verbose           show pip's and apt's output
+#   --journal-upload-url URL
+#                       forward the journal to this systemd-journal-remote collector
+#                       (https://HOST[:PORT]): installs systemd-journal-remote and
+#                       provisioning/journal-upload.conf as
+#                       /etc/systemd/journal-upload.conf.d/voxbox.conf, enables
+#                       systemd-journal-upload; the TLS files go in
+#                       /etc/voxbox/journal-upload/ (docs/journald.md)
 #   -h, --help          this help
 #
 # Log: /var/log/voxbox-install.log (and standard error).
@@ -47,6 +54,7 @@ OFFLINE=0
 MODEL_LOAD=1
 DRY_RUN=0
 VERBOSE=0
+JOURNAL_UPLOAD_URL=
 
 SERVICE_USER=voxbox
 STATE_DIR=/var/lib/voxbox
@@ -82,10 +90,20 @@ while (($#)); do
         --no-model-check) MODEL_LOAD=0; shift ;;
         --dry-run) DRY_RUN=1; shift ;;
         --verbose|-v) VERBOSE=1; shift ;;
+        --journal-upload-url) JOURNAL_UPLOAD_URL=${2:?--journal-upload-url needs a URL}; shift 2 ;;
+        --journal-upload-url=*) JOURNAL_UPLOAD_URL=${1#*=}; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
+
+# https only; no characters that would need quoting in sed or in the file
+JU_URL_RE='^https://[][A-Za-z0-9.:-]+(/[A-Za-z0-9._/-]*)?$'
+if [ -n "$JOURNAL_UPLOAD_URL" ]; then
+    [[ "$JOURNAL_UPLOAD_URL" =~ $JU_URL_RE ]] ||
+        { echo "install.sh: --journal-upload-url must be https://HOST[:PORT][/PATH]: $JOURNAL_UPLOAD_URL" >&2; exit 2; }
+    APT_PACKAGES+=(systemd-journal-remote)
+fi
 
 # ------------------------------------------------------------------------ logging
 CHANGES=0
@@ -467,6 +485,52 @@ step_units() {
     fi
 }
 
+# ------------------------------------------------- 8. journal upload (optional)
+step_journal_upload() {
+    [ -n "$JOURNAL_UPLOAD_URL" ] || return 0
+    local dst=/etc/systemd/journal-upload.conf.d/voxbox.conf dir=$ETC_DIR/journal-upload
+    local ju=systemd-journal-upload tmp restart=0 f missing=()
+    tmp=$(mktemp)
+    sed "s|^URL=.*|URL=$JOURNAL_UPLOAD_URL|" "$SCRIPT_DIR/journal-upload.conf" > "$tmp"
+    if cmp -s "$tmp" "$dst"; then
+        ok "$dst up to date"
+    else
+        changed "install $dst (URL=$JOURNAL_UPLOAD_URL)"
+        run install -D -m 0644 -o root -g root "$tmp" "$dst"
+        restart=1
+    fi
+    rm -f "$tmp"
+    # The service runs with DynamicUser=yes as user $ju; a static user of that name is
+    # used when one exists (systemd.exec(5)), which lets the key be readable by its group.
+    if ! getent passwd "$ju" >/dev/null; then
+        changed "create system user $ju (reads the TLS key)"
+        run useradd --system --user-group --no-create-home --home-dir / --shell /usr/sbin/nologin \
+            --comment "systemd Journal Upload" "$ju"
+    fi
+    if [ ! -d "$dir" ]; then
+        changed "create $dir (the TLS files: client.key, client.pem, ca.pem)"
+        run install -d -m 0755 -o root -g root "$dir"
+    fi
+    for f in client.key client.pem ca.pem; do [ -e "$dir/$f" ] || missing+=("$f"); done
+    if ((${#missing[@]})); then
+        log "warning: TLS files missing in $dir: ${missing[*]} (docs/journald.md); copy them in and run this again"
+    elif [ "$(stat -c '%U:%G %a' "$dir/client.key")" != "root:$ju 640" ]; then
+        changed "$dir/client.key: owner root:$ju, mode 0640"
+        run chown "root:$ju" "$dir/client.key"
+        run chmod 0640 "$dir/client.key"
+        restart=1
+    fi
+    if systemctl is-enabled --quiet "$ju.service" 2>/dev/null; then
+        ok "$ju.service enabled"
+    else
+        changed "enable $ju.service"
+        run systemctl enable "$ju.service"
+    fi
+    if ((SYSTEMD_RUNNING && restart)); then
+        run systemctl try-restart "$ju.service"
+    fi
+}
+
 step_apt
 step_gpio
 step_user
@@ -475,6 +539,7 @@ step_package
 step_models
 step_config
 step_units
+step_journal_upload
 
 # ---------------------------------------------------------------------- summary
 version=$("$VENV/bin/voxbox" --version 2>/dev/null || echo "voxbox (not installed yet)")
