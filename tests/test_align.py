@@ -395,7 +395,7 @@ def test_aligner_moves_the_line_to_the_wanted_lead_and_fixes_a_late_reference_at
 
 def test_aligner_settles_in_one_move_on_a_steady_path():
     """The estimates kept across a move are the ones the new line sees: on a constant
-    40 ms echo path the aligner moves once and then holds (it used to take the old line's
+    60 ms echo path the aligner moves once and then holds (it used to take the old line's
     estimates for spread and make three more moves)."""
     from voxbox.align import ReferenceAligner
 
@@ -403,8 +403,32 @@ def test_aligner_settles_in_one_move_on_a_steady_path():
     a = ReferenceAligner(16000, lead_ms=10.0, tolerance_ms=3.0, confirm=2)
     line = 0
     for _ in range(40):
-        lead_ms = 40.0 - line / 16 + rng.normal(0, 0.3)  # what the canceller would measure
+        lead_ms = 60.0 - line / 16 + rng.normal(0, 0.3)  # what the canceller would measure
         new = a.on_delay(lead_ms, line)
         if new is not None:
             line = new
-    assert a.moves == 1 and abs((40.0 - line / 16) - 10.0) < 1.0
+    assert a.moves == 1 and abs((60.0 - line / 16) - 10.0) < 1.0
+
+
+def test_aligner_keeps_a_lead_within_its_slack_on_a_spread_path():
+    """Closed loop, t06 at +6 dB: estimates spread by several ms made the aligner move the
+    line after every reply (101.9 -> 50 -> 34.7 -> 26.5 -> 20.3 ms of lead), and each move
+    cost the next reply ~400 ms without echo cancellation. A lead within ``slack_ms`` above
+    the wanted one is kept: one move, then it holds."""
+    from voxbox.align import ReferenceAligner
+
+    rng = np.random.default_rng(5)
+    a = ReferenceAligner(16000, lead_ms=10.0, tolerance_ms=3.0, confirm=2, slack_ms=30.0)
+    line = 0
+    for _ in range(60):
+        lead_ms = 100.0 - line / 16 + rng.normal(0, 6.0)
+        new = a.on_delay(lead_ms, line)
+        if new is not None:
+            line = new
+    assert a.moves == 1
+    assert 7.0 <= 100.0 - line / 16 <= 10.0 + 40.0 + 30.0
+    # a lead short of the wanted one is still corrected (the reference must never lag)
+    b = ReferenceAligner(16000, lead_ms=10.0, tolerance_ms=3.0, confirm=2, slack_ms=30.0)
+    assert b.on_delay(4.0, 1600) is None and b.on_delay(4.5, 1600) is not None
+    with pytest.raises(ValueError, match="slack_ms"):
+        ReferenceAligner(slack_ms=0)
