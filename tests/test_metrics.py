@@ -275,3 +275,50 @@ def test_render_is_the_text_format_and_has_no_nan(clocks):
         if not line.startswith("#"):
             v = float(line.rsplit(" ", 1)[1])
             assert math.isfinite(v), line
+
+
+@pytest.mark.e2e
+def test_the_daemon_writes_the_metrics_file(tmp_path):
+    """The real daemon with ``metrics.textfile`` set: after a turn and a dropped link the
+    file, parsed by the official parser, counts them; the link gauge follows the link."""
+    import time
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from voxbox.harness import DaemonHarness
+    from voxbox.speech import render_speech
+
+    prom = tmp_path / "textfile" / "voxbox.prom"
+    prom.parent.mkdir()
+
+    def values() -> dict[str, float]:
+        out = {}
+        for fam in text_string_to_metric_families(prom.read_text()):
+            for s in fam.samples:
+                key = s.name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}"
+                                if s.labels else "")
+                out[key] = s.value
+        return out
+
+    cfg = {"metrics": {"textfile": str(prom), "interval_s": 1.0}}
+    with DaemonHarness(tmp_path / "h", echo_db=None, config=cfg) as h:
+        h.start()
+        h.wait_for(lambda: prom.exists() and values().get("voxbox_link_up") == 1.0, 10, "link up in the file")
+        t0 = time.monotonic()
+        h.press()
+        h.wait_state("listening", timeout=5, after=t0)
+        h.mic.play(render_speech("What time is it?"))
+        h.wait_event("turn", timeout=30, after=t0)
+        h.wait_for(lambda: values().get("voxbox_turns_total") == 1.0, 5, "the turn in the file")
+        t1 = time.monotonic()
+        assert h.server.drop_all_connections() >= 1
+        h.wait_event("reconnected", timeout=10, after=t1)
+        h.wait_for(lambda: values().get("voxbox_reconnects_total", 0) >= 1.0
+                   and values().get("voxbox_link_up") == 1.0, 5, "the reconnect in the file")
+        v = values()
+        assert v["voxbox_wake_words_total"] == 0.0
+        assert v["voxbox_barge_in_rejected_total"] == 0.0
+        assert v['voxbox_link_state{state=up}'] == 1.0
+        assert v["voxbox_uptime_seconds"] > 0
+        assert h.stop_daemon() == 0
+    assert not [p for p in prom.parent.iterdir() if p.name != "voxbox.prom"]  # no temp file left

@@ -62,6 +62,13 @@ CREDENTIAL_POLL_S = 2.0
 """How often an unprovisioned unit looks for its credential (s)."""
 
 REF_MOVE_QUIET_PERIODS = 30
+#: after an echo-path change the daemon made itself (a move of the reference delay line,
+#: a resync of it) the near-end detector pauses no reply during this much far-end signal
+#: (ms): the canceller is reconverging, and its residual looks like a talker to the
+#: detector and, with an echo estimate not yet caught up, to the check. Measured in the
+#: closed loop (t06, +6 dB): replies after a move began with 0-4 dB of echo cancellation for
+#: about 400 ms, and were paused, and cut, on their own echo at 250-350 ms.
+RECONVERGE_FAR_MS = 1000.0
 """A move of the reference delay line that is not urgent (the reference still leads its
 echo) waits until the reference has been silent this many capture periods (300 ms)."""
 
@@ -245,6 +252,10 @@ class Daemon:
         self.near_end = None  # voxbox.bargein.NearEndDetector (local barge-in)
         self.gate = None  # voxbox.uplinkgate.UplinkGate
         self._fe_far = False  # the latest front-end frame's reference held far-end signal
+        #: far-end front-end frames left during which the detector pauses no reply (the
+        #: canceller reconverges after an echo-path change; written by the echo worker and
+        #: the capture thread, an int: no lock)
+        self._reconverge_frames = 0
         self._near = False  # the detector's latest decision
         self._check = None  # voxbox.interruption.InterruptionCheck (the second stage)
         self._check_start = False  # loop -> capture thread: start the check
@@ -282,6 +293,10 @@ class Daemon:
         #: recent conversation as text, replayed into a new session: (role, text, turn)
         self.history: deque[tuple[str, str, int]] = deque()
         self.stats = {"uplink_samples": 0, "truncates": 0, "reconnects": 0, "tool_calls": 0}
+        from voxbox.metrics import UnitMetrics
+
+        #: fleet metrics (voxbox.metrics), written by _metrics_writer when metrics.textfile is set
+        self.metrics = UnitMetrics(version=__version__)
         self.t_start = time.monotonic()
         from voxbox.volume import Volume
 
@@ -350,6 +365,7 @@ class Daemon:
         log.info("voxbox %s starting (dialect %s)", __version__, cfg.realtime.dialect,
                  extra={"VOXBOX_EVENT": "start", "VOXBOX_VERSION": __version__})
         self._build_dsp()
+        self._echo_path_changed()  # a cold canceller: the first second of far-end signal converges it
         if self.delay_tracker is not None:
             from voxbox.echostate import load_echo_state
 
@@ -360,6 +376,7 @@ class Daemon:
         if self._load_muted():
             self._apply(self.conv.restore_muted(time.monotonic()))
         if self._unprovisioned():
+            self.metrics.set_link("unprovisioned")
             self._apply(self.conv.unprovisioned(time.monotonic(), "no Realtime API key"))
         self._show_state()
         from voxbox.audio_io import CaptureLoop, PlaybackLoop
@@ -380,6 +397,8 @@ class Daemon:
                  asyncio.create_task(self._ticker(), name="ticker"),
                  asyncio.create_task(self._watchdog(), name="watchdog"),
                  asyncio.create_task(self._ready_gate(), name="ready")]
+        if cfg.metrics.textfile:
+            tasks.append(asyncio.create_task(self._metrics_writer(), name="metrics"))
         try:
             await self._stop.wait()
         finally:
@@ -523,6 +542,7 @@ class Daemon:
         ring.read_delayed(ref, self._ref_delay)
         if ring.resyncs != self._resyncs_seen:
             self._resyncs_seen = ring.resyncs
+            self._echo_path_changed()
             self._loop.call_soon_threadsafe(self._log_resync, backlog, self._ref_delay, ring.resyncs)
         clean = self.frontend.process(frame, ref) if self.frontend is not None else frame
         gate = self.gate
@@ -599,7 +619,10 @@ class Daemon:
         self._fe_far = far
         d = self.near_end
         near = d.push(frame, ratio_db, far)
-        if near and not self._near and self.conv.state is State.SPEAKING and not self._tentative:
+        settling = self._reconverge_frames > 0
+        if settling and far:
+            self._reconverge_frames -= 1
+        if near and not self._near and self.conv.state is State.SPEAKING and not self._tentative and not settling:
             self._loop.call_soon_threadsafe(self._on_near_end, time.monotonic(), self._near_end_stats())
         self._near = near
         check = self._check
@@ -659,16 +682,26 @@ class Daemon:
                 tr.reset_drift()
                 self._loop.call_soon_threadsafe(self._log_drift, ppm)
 
+    def _echo_path_changed(self) -> None:
+        """The daemon changed the echo path the canceller sees (any thread): the near-end
+        detector pauses no reply for the next ``RECONVERGE_FAR_MS`` of far-end signal."""
+        if self.frontend is not None:
+            self._reconverge_frames = int(RECONVERGE_FAR_MS * self.cfg.audio.capture_rate
+                                          / 1000 / self.frontend.frame_size)
+
     def _move_line(self, new: int, delay_ms: float, erl_db: float) -> None:
         """Echo worker: set the reference delay line to ``new`` samples."""
         old = self._ref_delay
         if new == old:
             return
         self._ref_delay = new
+        self._echo_path_changed()
         self.delay_tracker.reset()  # turn records show only estimates on the current line
         self._loop.call_soon_threadsafe(self._log_alignment, delay_ms, old, new, erl_db)
 
     def _log_alignment(self, delay_ms: float, old: int, new: int, erl_db: float) -> None:
+        self.metrics.set_echo_delay_ms(delay_ms)
+        self.metrics.set_erl_db(erl_db)
         rate = self.cfg.audio.capture_rate
         log.info("echo delay %.1f ms (reference lead wanted %.1f ms): reference delay %.1f -> %.1f ms; "
                  "echo return loss %.1f dB", delay_ms, self.cfg.frontend.reference_lead_ms,
@@ -812,6 +845,7 @@ class Daemon:
             self._gate_open = int(back_ms * rate / 1000)
             self._apply(self.conv.near_end_confirmed(now))
         else:
+            self.metrics.on_barge_in_rejected()
             self._apply(self.conv.near_end_rejected(now))
 
     def _log_gate(self, change, stats: dict[str, float], t: float) -> None:
@@ -823,6 +857,7 @@ class Daemon:
                         "VOXBOX_T": round(t, 4), "VOXBOX_DEBUG": _fmt_stats(stats)})
 
     def _on_wake(self, score: float, t: float) -> None:
+        self.metrics.on_wake_word()
         log.info("wake word %s score %.3f", self.cfg.wake.model, score,
                  extra={"VOXBOX_EVENT": "wake", "VOXBOX_WAKE_SCORE": round(score, 4),
                         "VOXBOX_T": round(t, 4)})
@@ -876,6 +911,7 @@ class Daemon:
         counts all of them (``VOXBOX_JITTER_UNDERRUNS``)."""
         if epoch != self.jitter.epoch:
             return
+        self.metrics.on_underrun()
         n = self.jitter.underruns - self._underruns_at_turn
         if n > UNDERRUN_LOG_MAX:
             return
@@ -1095,6 +1131,7 @@ class Daemon:
         rate = self.cfg.audio.playback_rate
         played24 = {k: v * PCM_RATE // rate for k, v in played.items()}
         res = self.session.interrupt(played24, cancel=not a.by_server)
+        self.metrics.on_barge_in(a.cause)
         self.stats["truncates"] += len(res.truncated)
         log.info("barge-in by %s: cancel=%s truncated=%s deleted=%s", a.cause, res.cancelled,
                  res.truncated, res.deleted,
@@ -1173,6 +1210,7 @@ class Daemon:
                 key = load_connect_secret(self.cfg, required=False)
             except CredentialError as exc:
                 log.warning("%s", exc, extra={"VOXBOX_EVENT": "unprovisioned"})
+                self.metrics.set_link("unprovisioned")
                 continue
             if key.value:
                 redact(key.value)
@@ -1281,7 +1319,39 @@ class Daemon:
                 except asyncio.TimeoutError:
                     pass
 
+    async def _metrics_writer(self) -> None:
+        """Write the fleet metrics file (``metrics.textfile``) every ``metrics.interval_s``
+        and once at stop, off the event loop (an fsync). A failure is logged when its
+        reason changes (``VOXBOX_EVENT=metrics``), never raised."""
+        from voxbox.metrics import MetricsWriter
+
+        m = self.cfg.metrics
+        writer = MetricsWriter(self.metrics, m.textfile, selftest_path=sd.state_dir() / "selftest.json")
+        loop = asyncio.get_running_loop()
+        said = None
+
+        async def write() -> None:
+            nonlocal said
+            ok = await loop.run_in_executor(None, writer.write)
+            err = None if ok else writer.error
+            if err != said:
+                if err is None:
+                    log.info("metrics written again to %s", m.textfile, extra={"VOXBOX_EVENT": "metrics"})
+                else:
+                    log.error("cannot write the metrics file %s: %s", m.textfile, err,
+                              extra={"VOXBOX_EVENT": "metrics"})
+                said = err
+
+        try:
+            while True:
+                await write()
+                await asyncio.sleep(m.interval_s)
+        except asyncio.CancelledError:
+            await write()  # the last figures, at stop
+            raise
+
     def _fatal(self, cause: str) -> None:
+        self.metrics.set_link("fatal")
         log.error("the service refused the unit: %s; next attempt in %.0f s", cause,
                   self.link.fatal_retry_s, extra={"VOXBOX_EVENT": "link_fatal", "VOXBOX_CAUSE": cause})
         self._apply(self.conv.fatal(time.monotonic(), cause))
@@ -1290,6 +1360,7 @@ class Daemon:
         """One journal line per failed attempt or lost session: the cause, how many
         attempts have failed in a row, when the next one is."""
         self.stats["reconnects"] += 1
+        self.metrics.set_link("down")
         sup = self.link
         log.warning("link lost: %s; %d failure(s) in a row; next attempt in %.1f s", cause,
                     sup.failures, delay,
@@ -1469,7 +1540,9 @@ class Daemon:
                             "VOXBOX_CONNECT_MS": int((now - t_open) * 1000)})
             down_since = self.link.down_since
             self.link.session_ready(now, self._expires_at)
+            self.metrics.set_link("up")
             if down_since is not None:
+                self.metrics.on_reconnect()
                 log.info("link back: session ready %d ms after the link was lost (outage)",
                          (now - down_since) * 1000,
                          extra={"VOXBOX_EVENT": "reconnected",
@@ -1579,6 +1652,7 @@ class Daemon:
 
     def _log_turn_end(self, old: State) -> None:
         t = self.turn
+        self.metrics.on_turn()
         fields = {"VOXBOX_EVENT": "turn", "VOXBOX_TURN": t.turn,
                   "VOXBOX_SESSION_ID": self.session.session_id if self.session else ""}
         fields.update(t.latencies_ms())
