@@ -5,6 +5,11 @@ Run (on demand; about 8 minutes per echo level on 2 cores):
     ./dev bench tests/benchmarks/test_closedloop_bench.py
     VOXBOX_CL_LEVELS=6 VOXBOX_CL_TRIALS=5 VOXBOX_CL_WAKE_TRIALS=5 ./dev bench tests/benchmarks/test_closedloop_bench.py
 
+Also: ``VOXBOX_CL_REPLY_TRIALS`` (replies nobody talks over; default ``VOXBOX_CL_TRIALS``),
+``VOXBOX_CL_SPLIT=tuning`` (rooms of the family's tuning half, for choosing settings; the
+default is the reporting half), ``VOXBOX_CL_VERBOSE=1`` (a line per trial) and
+``VOXBOX_CL_RECORD=DIR`` (each interruption trial's microphone, reference and output).
+
 What runs: the daemon process on the ALSA file rig against the local server (whose server
 VAD is speech-like: Silero, it hears speech at any level). What the unit plays comes back
 into its microphone through a room of the front-end family's REPORTING half
@@ -24,9 +29,14 @@ Per echo level (``VOXBOX_CL_LEVELS``, default -10,0,6,10), after a warm-up quest
   server between one question and the next);
 - the same number of interruptions: the user says "Stop. ..." 1.5-4 s into the reply.
   Detected = a confirmed local barge-in within 2 s of the user's onset; speaker quiet =
-  the last reply sample the rig's speaker played after the onset, minus the onset (ms);
+  the last reply sample the rig's speaker played before the confirmed barge-in ended the
+  reply, minus the onset (ms; a first pause that the check rejected resumed the reply, and
+  the user heard that: such trials are counted as "after the reply had resumed once");
+  the rig's speaker plays what the daemon wrote before the pause (the ``file`` plugin
+  flushes its buffer at a drop, where a card discards it), so the rig's figure includes
+  the playback buffer a card's drop would cut (about 60-90 ms here);
   truncate error = ``audio_end_ms`` sent minus the reply audio the rig's speaker actually
-  played of that item (found by matching the last 100 ms played against the reply), ms;
+  played of the item truncated (found by matching the last 100 ms played against it), ms;
 - at +6 dB: the wake word ("Hey Jarvis") 1.5-4 s into a reply, ``VOXBOX_CL_TRIALS`` times
   warm, and as many times in the first reply after a restart (the echo state file and
   the start-up cue as on a unit); self-triggers = wake events with nobody saying it.
@@ -51,7 +61,7 @@ import pytest
 from voxbox.harness import DaemonHarness
 from voxbox.speech import render_speech
 
-from .roomfamily import REPORTING_SEEDS, echo_path, family_room
+from .roomfamily import REPORTING_SEEDS, TUNING_SEEDS, echo_path, family_room
 
 pytestmark = pytest.mark.benchmark
 
@@ -60,6 +70,14 @@ USER_DBFS = -30.0
 LEVELS = tuple(float(x) for x in os.environ.get("VOXBOX_CL_LEVELS", "-10,0,6,10").split(","))
 TRIALS = int(os.environ.get("VOXBOX_CL_TRIALS", "20"))
 WAKE_TRIALS = int(os.environ.get("VOXBOX_CL_WAKE_TRIALS", str(TRIALS)))
+VERBOSE = os.environ.get("VOXBOX_CL_VERBOSE", "") not in ("", "0")  # a line per trial
+#: a directory: each interruption trial's last 12 s of microphone, reference and front-end
+#: output (the daemon's recorder, SIGUSR1) are kept there, with trials.json (per trial: the
+#: recording, the user's onset in it, s, and what the daemon decided), for offline study
+RECORD = os.environ.get("VOXBOX_CL_RECORD", "")
+#: "reporting" (default: the figures) or "tuning" (the rooms settings may be chosen on)
+SPLIT = os.environ.get("VOXBOX_CL_SPLIT", "reporting")
+REPLY_TRIALS = int(os.environ.get("VOXBOX_CL_REPLY_TRIALS", str(TRIALS)))
 REPLY_TEXTS = (
     ("Sure. Tomorrow will start cloudy with light rain in the morning, clearing by the afternoon, "
      "with a high of eighteen degrees and a light breeze from the west.", "en-us+f3"),
@@ -121,6 +139,7 @@ class LevelResult:
     wake_first: list[tuple[bool, bool]] = field(default_factory=list)
     self_triggers: int = 0
     misses: list[str] = field(default_factory=list)  # per missed interruption: the checks seen
+    resumed: int = 0  # detected interruptions whose first pause the check rejected (the reply resumed)
 
 
 class Loop:
@@ -142,6 +161,8 @@ class Loop:
     def start(self, startup_cue: bool = False) -> DaemonHarness:
         cfg = {"gpio": {"hold_ms": 3000, "long_hold_ms": 30000},
                "conversation": {"follow_up_s": 0.0}}
+        if RECORD:
+            cfg["frontend"] = {"record_s": 12}
         if startup_cue:
             cfg["earcons"] = {"startup": "startup"}
         self.h = DaemonHarness(self.workdir, echo_db=self.gain_db, echo_delay_ms=self.delay_ms,
@@ -218,6 +239,25 @@ def wake_over_reply(h: DaemonHarness, q: np.ndarray, wake: np.ndarray, rng) -> t
     return detected, floor
 
 
+def record_trial(h: DaemonHarness, i: int, onset: float | None, ok: bool, b: dict | None) -> dict:
+    """SIGUSR1: the daemon writes its recorder's ring; returns the trial's record (the
+    user's onset as seconds before the end of the recording; None: nobody spoke over the
+    reply; pause and check times relative to the onset, or to the end of the recording)."""
+    import signal
+
+    t_sig = time.monotonic()
+    h.proc.send_signal(signal.SIGUSR1)
+    rec = h.wait_event("recording", timeout=10, after=t_sig)
+    ref = onset if onset is not None else t_sig
+    pauses = [r["mono"] - ref for r in h.events("near_end") if t_sig - 12 <= r["mono"] <= t_sig]
+    checks = [(r["mono"] - ref, r.get("VOXBOX_VERDICT")) for r in h.events("barge_in_check")
+              if t_sig - 12 <= r["mono"] <= t_sig]
+    return {"trial": i, "path": Path(rec.get("VOXBOX_PATH", "")).name,
+            "onset_before_end_s": None if onset is None else t_sig - onset,
+            "detected": ok, "confirmed_s": (b["mono"] - onset) if b else None, "pauses_s": pauses,
+            "checks": checks}
+
+
 def run_level(level: float, seed: int, tmp: Path) -> LevelResult:
     replies = [render_speech(t, v) for t, v in REPLY_TEXTS]
     questions = [at_level(np.concatenate([render_speech(t, v), np.zeros(SR // 2)]), USER_DBFS) for t, v in QUESTIONS]
@@ -227,11 +267,12 @@ def run_level(level: float, seed: int, tmp: Path) -> LevelResult:
     res = LevelResult(level, loop.room.name)
     rng = np.random.default_rng(int(level * 10) + 1000)
     h = loop.start()
+    recorded: list[dict] = []
     try:
         # warm-up question (the canceller and the aligner learn this room)
         _, st = ask(h, questions[0])
         wait_idle(h, st["mono"])
-        for i in range(TRIALS):  # replies nobody talks over
+        for i in range(REPLY_TRIALS):  # replies nobody talks over
             t0, st = ask(h, questions[i % len(questions)])
             wait_idle(h, st["mono"])
             t1 = time.monotonic()
@@ -240,6 +281,11 @@ def run_level(level: float, seed: int, tmp: Path) -> LevelResult:
             res.false_barge_ins += len(barges)
             res.pauses += len([r for r in h.events("barge_in_check") if t0 <= r["mono"] <= t1
                                and r.get("VOXBOX_VERDICT") == "rejected"])
+            if barges and VERBOSE:
+                checks = [r.get("VOXBOX_DEBUG") for r in h.events("barge_in_check") if t0 <= r["mono"] <= t1
+                          and r.get("VOXBOX_VERDICT") == "confirmed"]
+                pauses = [r.get("VOXBOX_DEBUG") for r in h.events("near_end") if t0 <= r["mono"] <= t1]
+                print(f"  false barge-in: pauses {pauses}; confirmed checks {checks}")
             if barges:
                 ms = [int(x.split(":")[1]) for b in barges for x in b.get("VOXBOX_TRUNCATE_MS", "").split(",") if x]
                 reply_ms = max(len(r) for r in loop.replies24) * 1000 / 24000
@@ -247,6 +293,8 @@ def run_level(level: float, seed: int, tmp: Path) -> LevelResult:
             else:
                 res.played.append(1.0)
             res.responses.append(responses_between(h, t0, t1))
+            if RECORD:  # the reply and its tail: echo only
+                recorded.append(record_trial(h, -1 - i, None, False, None))
         for i in range(TRIALS):  # the user interrupts
             t0, st = ask(h, questions[i % len(questions)])
             time.sleep(rng.uniform(1.5, 4.0))
@@ -267,18 +315,32 @@ def run_level(level: float, seed: int, tmp: Path) -> LevelResult:
                 res.detected += 1
                 pause = [r for r in h.events("near_end") if r["mono"] >= onset - 0.5]
                 t_pause = pause[0]["mono"] if pause else b["mono"]
+                # the speaker's last reply sample before the confirmed barge-in stopped the
+                # reply for good (a pause the check rejected resumed it: the user heard that)
+                time.sleep(max(0.0, b["mono"] + 0.5 - time.monotonic()))
                 samples, times = h.speaker.snapshot()
-                loud = np.nonzero((times >= onset) & (times <= t_pause + 0.4) & (np.abs(samples.astype(np.int32)) > 0))[0]
+                loud = np.nonzero((times >= onset) & (times <= b["mono"] + 0.4) & (np.abs(samples.astype(np.int32)) > 0))[0]
                 t_quiet = float(times[loud[-1]]) if loud.size else onset
                 res.quiet_ms.append((t_quiet - onset) * 1000)
-                item = st.get("VOXBOX_ITEM_ID")
-                sent = [int(x.split(":")[1]) for x in b.get("VOXBOX_TRUNCATE_MS", "").split(",")
-                        if x and x.split(":")[0] == item]
+                res.resumed += int(any(r.get("VOXBOX_VERDICT") == "rejected" for r in h.events("barge_in_check")
+                                       if onset - 0.5 <= r["mono"] <= b["mono"]))
+                # the item the barge-in truncated (the reply's item being played)
+                trunc = [x.split(":") for x in b.get("VOXBOX_TRUNCATE_MS", "").split(",") if x]
+                item = trunc[0][0] if trunc else st.get("VOXBOX_ITEM_ID")
+                sent = [int(ms) for it, ms in trunc if it == item]
                 audio = h.server.record.connection(-1).item_audio.get(item, b"")
                 played = played_ms_of_item(h, np.frombuffer(audio, dtype=np.int16), t_quiet + 0.01) \
                     if len(audio) > 4800 else None
                 if sent and played is not None:
                     res.truncate_err_ms.append(sent[0] - played)
+                if VERBOSE:
+                    print(f"  interruption {i}: pause +{(t_pause - onset) * 1000:.0f} ms, confirmed "
+                          f"+{(b['mono'] - onset) * 1000:.0f} ms, quiet +{res.quiet_ms[-1]:.0f} ms, truncate "
+                          f"sent {sent} played {played} (item {item}; {b.get('msg')})")
+            elif VERBOSE:
+                print(f"  interruption {i}: missed ({res.misses[-1]})")
+            if RECORD:
+                recorded.append(record_trial(h, i, onset, ok, b))
             wait_idle(h, onset, timeout=60)
         if level == 6.0:  # the wake word over the reply, warm
             wake = at_level(render_speech(*WAKE), USER_DBFS)
@@ -288,6 +350,15 @@ def run_level(level: float, seed: int, tmp: Path) -> LevelResult:
         # self-triggers: wake events while nobody said it (every trial above)
         res.self_triggers = len(h.events("wake")) - sum(w for w, _ in res.wake_warm)
     finally:
+        if RECORD and loop.h is not None:
+            import json
+            import shutil
+
+            out = Path(RECORD) / f"l{level:+.0f}"
+            out.mkdir(parents=True, exist_ok=True)
+            for f in (loop.h.state_dir / "recordings").glob("voxbox-*"):
+                shutil.copy2(f, out / f.name)
+            (out / "trials.json").write_text(json.dumps({"room": loop.room.name, "trials": recorded}, indent=1))
         loop.stop()
     if level == 6.0:  # the first reply after boot: restart, echo state and start-up cue as on a unit
         wake = at_level(render_speech(*WAKE), USER_DBFS)
@@ -309,7 +380,8 @@ def report(r: LevelResult) -> str:
              f"pauses resumed {r.pauses} ({r.pauses / max(r.replies, 1):.2f}/reply), "
              f"played min {min(r.played, default=float('nan')) * 100:.0f} % median {statistics.median(r.played or [0]) * 100:.0f} %, "
              f"responses/question {sorted(set(r.responses))}",
-             f"  interruptions {r.tries}: detected {r.detected} ({r.detected / max(r.tries, 1) * 100:.0f} %), "
+             f"  interruptions {r.tries}: detected {r.detected} ({r.detected / max(r.tries, 1) * 100:.0f} %; "
+             f"{r.resumed} after the reply had resumed once), "
              f"speaker quiet median {f(r.quiet_ms, 50)} p95 {f(r.quiet_ms, 95)} ms, "
              f"truncate error median {f(r.truncate_err_ms, 50)} ms, max |err| "
              f"{max((abs(x) for x in r.truncate_err_ms), default=float('nan')):.0f} ms (n={len(r.truncate_err_ms)})"
@@ -324,7 +396,8 @@ def report(r: LevelResult) -> str:
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_closed_loop(level):
-    seed = REPORTING_SEEDS[int(abs(level)) % len(REPORTING_SEEDS)]
+    seeds = TUNING_SEEDS if SPLIT == "tuning" else REPORTING_SEEDS
+    seed = seeds[int(abs(level)) % len(seeds)]
     with tempfile.TemporaryDirectory() as tmp:
         r = run_level(level, seed, Path(tmp))
     print()
