@@ -7,8 +7,10 @@ own rig with ``rig.apply_env()`` (measured: changing the variable between opens 
 from __future__ import annotations
 
 import errno
+import os
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +20,11 @@ import alsaaudio  # noqa: E402
 from voxbox.audio_io import (  # noqa: E402
     AudioDeviceError,
     CaptureLoop,
+    DeviceBlockedError,
     PlaybackLoop,
     list_devices,
     open_check,
+    probe_open,
 )
 from voxbox.rig import FileDeviceRig  # noqa: E402
 
@@ -83,6 +87,129 @@ def test_missing_device_raises_clear_error(rig):
     assert "voxbox_mic" in ei.value.available  # lists what exists
     with pytest.raises(AudioDeviceError, match="voxbox_no_such_speaker"):
         open_check("voxbox_no_such_speaker", "playback")
+
+
+def _blocking_and_late_devices(rig) -> dict[str, Path]:
+    """Adds to the rig's ALSA configuration PCMs whose open blocks (a ``file`` plugin on a
+    FIFO with no peer: opening a FIFO for reading waits for a writer, for writing waits
+    for a reader) and a microphone whose device node is not there yet (``late.fifo``)."""
+    d = rig.workdir
+    paths = {"stuck_in": d / "stuck-in.fifo", "stuck_out": d / "stuck-out.fifo", "late": d / "late.fifo"}
+    os.mkfifo(paths["stuck_in"])
+    os.mkfifo(paths["stuck_out"])
+    with open(rig.config_path, "a") as f:
+        f.write(f'pcm.stuck_mic {{ type file; slave.pcm "null"; file "/dev/null"; infile "{paths["stuck_in"]}"; format "raw" }}\n'
+                f'pcm.stuck_speaker {{ type file; slave.pcm "null"; file "{paths["stuck_out"]}"; format "raw" }}\n'
+                f'pcm.late_mic {{ type file; slave.pcm "null"; file "/dev/null"; infile "{paths["late"]}"; format "raw" }}\n')
+    return paths
+
+
+def _probe_children(device: str) -> list[int]:
+    """PIDs of open-probe children for ``device`` still alive."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"alsaaudio" in cmd and f'"device": "{device}"'.encode() in cmd:
+                pids.append(int(d.name))
+    return pids
+
+
+@pytest.mark.parametrize("device,kind", [("stuck_mic", "capture"), ("stuck_speaker", "playback")])
+def test_a_blocking_open_is_probed_in_a_child_and_never_freezes_this_process(rig, device, kind):
+    """pyalsaaudio holds the GIL while an open blocks: in this process it would freeze
+    every thread. The probe child blocks instead, is killed after the timeout, and the
+    error says the open blocked; this process kept running meanwhile (a ticker thread
+    ticked all along) and no child is left behind."""
+    _blocking_and_late_devices(rig)
+    ticks: list[float] = []
+    stop = threading.Event()
+
+    def ticker():
+        while not stop.is_set():
+            ticks.append(time.monotonic())
+            time.sleep(0.05)
+
+    th = threading.Thread(target=ticker, daemon=True)
+    th.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(DeviceBlockedError) as ei:
+            probe_open(device, kind, 16000, 160, timeout_s=1.5)
+    finally:
+        stop.set()
+        th.join()
+    took = time.monotonic() - t0
+    gaps = np.diff([t0] + ticks)
+    print(f"{kind} probe of {device}: blocked, reported after {took:.2f} s; longest gap between "
+          f"ticks of this process meanwhile {gaps.max() * 1000:.0f} ms")
+    assert ei.value.reason == "blocked" and device in str(ei.value) and "1.5 s" in str(ei.value)
+    assert 1.5 <= took < 4.0
+    assert gaps.max() < 0.5  # this process never froze
+    assert _probe_children(device) == []
+
+
+def test_missing_device_error_says_what_is_missing(rig):
+    """ALSA's own message for the part that is missing comes with the error: an unknown
+    PCM name, or a device file that is not there."""
+    _blocking_and_late_devices(rig)
+    with pytest.raises(AudioDeviceError) as ei:
+        probe_open("voxbox_no_such_mic", "capture", 16000, 160)
+    assert ei.value.reason == "missing" and "Unknown PCM voxbox_no_such_mic" in str(ei.value)
+    with pytest.raises(AudioDeviceError) as ei:
+        probe_open("late_mic", "capture", 16000, 160)
+    assert ei.value.reason == "missing" and "late.fifo" in str(ei.value)
+
+
+def test_loop_waits_for_a_device_that_appears_later(rig):
+    """``wait_for_device``: start() returns although the device is missing; status()
+    says why; once the device node appears the loop opens it within ``retry_s`` and
+    frames flow."""
+    paths = _blocking_and_late_devices(rig)
+    feeder = rig.mic(tail="noise")
+    col = _Collector()
+    loop = CaptureLoop("late_mic", col, wait_for_device=True, retry_s=0.2)
+    t0 = time.monotonic()
+    loop.start()
+    assert time.monotonic() - t0 < 0.5
+    deadline = time.monotonic() + 5
+    while loop.status().state != "waiting" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    st = loop.status()
+    assert st.state == "waiting" and st.error.reason == "missing" and "late_mic" in str(st.error)
+    assert st.last_progress is None
+    os.symlink(rig.mic_fifo, paths["late"])  # the device appears
+    feeder.start()
+    deadline = time.monotonic() + 5
+    while loop.frames_delivered < 20 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    st = loop.status()
+    assert st.state == "open" and st.error is None and loop.frames_delivered >= 20
+    assert st.last_progress is not None and time.monotonic() - st.last_progress < 0.5
+    assert loop.open_failures >= 1
+    assert loop.stop(timeout=1.0)
+    assert loop.status().state == "stopped"
+    feeder.close()
+
+
+def test_loop_waiting_on_a_blocking_device_stops_promptly(rig):
+    """A loop whose device open blocks stays stoppable: stop() kills the probe child."""
+    _blocking_and_late_devices(rig)
+    spk = PlaybackLoop("stuck_speaker", lambda: np.zeros(240, np.int16), wait_for_device=True,
+                       open_timeout_s=30.0)
+    spk.start()
+    deadline = time.monotonic() + 5
+    while not _probe_children("stuck_speaker") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert spk.status().state == "probing" and _probe_children("stuck_speaker")
+    t = time.monotonic()
+    assert spk.stop(timeout=2.0)
+    print(f"stop() with a probe blocked in the open: {time.monotonic() - t:.2f} s")
+    assert time.monotonic() - t < 2.0
+    assert _probe_children("stuck_speaker") == []
 
 
 def test_capture_is_bit_exact_and_real_time(rig):
