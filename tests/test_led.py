@@ -6,22 +6,31 @@ import pytest
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from voxbox.conversation import State
-from voxbox.led import (ACK_ON_S, ACK_S, AMBER, PATTERNS, RED, GpioLed, GpioRgbLed,
-                        Pattern, frame, pattern_for)
+from voxbox.health import AUDIO_DEVICE, DEAF_MICROPHONE, STATE_NOT_SAVED
+from voxbox.led import (ACK_ON_S, ACK_S, AMBER, FAULT_PATTERNS, PATTERNS, RED, GpioLed, GpioRgbLed,
+                        Pattern, display_pattern, frame, pattern_for)
 
 STEP = 0.02
 WINDOW = 4.0
 TIMES = [i * STEP for i in range(int(WINDOW / STEP))]
 
 
+def _pattern(state_or_fault):
+    return FAULT_PATTERNS[state_or_fault] if state_or_fault in FAULT_PATTERNS else pattern_for(state_or_fault)
+
+
 def mono_trace(state):
-    p = pattern_for(state)
+    p = _pattern(state)
     return tuple(round(p.brightness(t), 3) for t in TIMES)
 
 
 def rgb_trace(state):
-    p = pattern_for(state)
+    p = _pattern(state)
     return tuple(tuple(round(c, 3) for c in p.color(t)) for t in TIMES)
+
+
+#: every light the unit shows: the states and the unit's own faults
+LIGHTS = list(State) + list(FAULT_PATTERNS)
 
 
 # ---- core -------------------------------------------------------------------------------
@@ -42,8 +51,8 @@ def test_values_are_in_range(state):
 
 @pytest.mark.parametrize("trace", [mono_trace, rgb_trace], ids=["single", "rgb"])
 def test_no_two_states_share_a_trace(trace):
-    traces = {s: trace(s) for s in State}
-    for a, b in itertools.combinations(State, 2):
+    traces = {s: trace(s) for s in LIGHTS}
+    for a, b in itertools.combinations(LIGHTS, 2):
         assert traces[a] != traces[b], f"{a} and {b} look the same"
 
 
@@ -60,8 +69,8 @@ def signature(trace):
 def test_states_are_distinct_at_a_glance(trace):
     """Stronger than "traces differ": no two states are the same light shifted in time,
     and every pair differs by a visible amount somewhere (≥ 0.3 of full scale)."""
-    sigs = {s: signature(trace(s)) for s in State}
-    for a, b in itertools.combinations(State, 2):
+    sigs = {s: signature(trace(s)) for s in LIGHTS}
+    for a, b in itertools.combinations(LIGHTS, 2):
         assert sigs[a] != sigs[b], f"{a} and {b} differ only in phase"
         ta, tb = trace(a), trace(b)
         gap = max(max(abs(x - y) for x, y in zip(u if isinstance(u, tuple) else (u,),
@@ -80,6 +89,30 @@ def test_muted_single_led_is_a_double_flash_every_2s():
 def test_rgb_muted_is_steady_red_and_unprovisioned_blinks_amber():
     assert set(rgb_trace(State.MUTED)) == {RED}
     assert set(rgb_trace(State.UNPROVISIONED)) == {AMBER, (0.0, 0.0, 0.0)}
+
+
+def test_fault_patterns_cover_the_health_faults_and_stay_in_range():
+    assert set(FAULT_PATTERNS) == {AUDIO_DEVICE, DEAF_MICROPHONE, STATE_NOT_SAVED}
+    for name, p in FAULT_PATTERNS.items():
+        assert p.name == name
+        for t in TIMES:
+            assert 0.0 <= p.brightness(t) <= 1.0
+            assert all(0.0 <= c <= 1.0 for c in p.color(t))
+    # on the RGB LED a sound-device fault is red, like the other microphone faults
+    assert {c for c in rgb_trace(AUDIO_DEVICE)} == {RED, (0.0, 0.0, 0.0)}
+    assert set(rgb_trace(STATE_NOT_SAVED)) == {AMBER, (0.0, 0.0, 0.0)}
+
+
+def test_a_fault_shows_outside_a_turn_and_the_turn_shows_during_one():
+    for s in State:
+        shown = display_pattern(s, AUDIO_DEVICE)
+        if s in (State.LISTENING, State.THINKING, State.SPEAKING):
+            assert shown is pattern_for(s)
+        else:
+            assert shown is FAULT_PATTERNS[AUDIO_DEVICE]
+        assert display_pattern(s, None) is pattern_for(s)
+    with pytest.raises(KeyError):
+        display_pattern(State.IDLE, "no_such_fault")
 
 
 def test_acknowledge_overlay():

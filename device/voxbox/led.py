@@ -21,6 +21,16 @@ for an RGB LED on three PWM pins) only sample those functions. Documented in
 
 A tap can be acknowledged with a short flash over any pattern (:func:`frame` with
 ``ack_age``; :meth:`GpioLed.acknowledge`): 80 ms full (white), then 70 ms dark.
+
+Faults of the unit itself (:mod:`voxbox.health`) have patterns of their own
+(:data:`FAULT_PATTERNS`), shown instead of the state's outside a turn
+(:func:`display_pattern`):
+
+| fault | single LED | RGB LED |
+|---|---|---|
+| audio_device (a sound device missing, blocked or stuck) | three flashes every 2 s | red, three flashes every 2 s |
+| deaf_microphone (only digital silence) | slow blink, 1 s full / 1 s at 8 % | red, breathing (1 s up / 1 s down) |
+| state_not_saved (a mute could not be saved; 10 s) | four quick flashes every second | amber, four quick flashes every second |
 """
 
 from __future__ import annotations
@@ -145,8 +155,31 @@ PATTERNS: dict[State, Pattern] = {
 }
 
 
+FAULT_PATTERNS: dict[str, Pattern] = {
+    "audio_device": Pattern("audio_device", "flashes", on_s=0.1, off_s=0.15, count=3, period_s=2.0,
+                            tint=RED),
+    "deaf_microphone": Pattern("deaf_microphone", "blink", on_s=1.0, off_s=1.0, low=0.08,
+                               rgb=Pattern("deaf_microphone", "pulse", fade_s=1.0, tint=RED)),
+    "state_not_saved": Pattern("state_not_saved", "flashes", on_s=0.05, off_s=0.1, count=4, period_s=1.0,
+                               tint=AMBER),
+}
+"""Patterns of the unit's own faults (names from :mod:`voxbox.health`)."""
+
+#: states in which a turn is on: the LED follows the turn even with a fault
+TURN_STATES = frozenset({State.LISTENING, State.THINKING, State.SPEAKING})
+
+
 def pattern_for(state: State) -> Pattern:
     return PATTERNS[State(state)]
+
+
+def display_pattern(state: State, fault: str | None) -> Pattern:
+    """What the LED shows: the fault's pattern (:data:`FAULT_PATTERNS`) when there is one,
+    except during a turn (listening, thinking, speaking: the user pressed or spoke, and
+    sees the turn go on); otherwise the state's. Raises KeyError for an unknown fault."""
+    if fault is None or State(state) in TURN_STATES:
+        return pattern_for(state)
+    return FAULT_PATTERNS[fault]
 
 
 def frame(pattern: Pattern, t: float, *, rgb: bool = False,
