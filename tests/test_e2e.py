@@ -172,14 +172,30 @@ def _run_daemon(tmp_path: Path, config: dict, env: dict | None = None) -> subpro
     ({"audio": {"capture_devcie": "x"}}, {"VOXBOX_API_KEY": "k"}, "audio.capture_devcie: unknown key"),
     ({"wake": {"threshold": "high"}}, {"VOXBOX_API_KEY": "k"}, "wake.threshold"),
     ({"realtime": {"dialect": "azure"}}, {"VOXBOX_API_KEY": "k"}, "allowed values"),
-    ({"audio": {"capture_device": "no_such_pcm"}}, {"VOXBOX_API_KEY": "k"}, "no_such_pcm"),
     ({"gpio": {"pin_factory": "mock"}}, {}, "VOXBOX_API_KEY"),
-], ids=["unknown-key", "wrong-type", "bad-dialect", "missing-device", "missing-credential"])
+], ids=["unknown-key", "wrong-type", "bad-dialect", "missing-credential"])
 def test_bad_config_exits_naming_the_problem(tmp_path, config, env, expect):
+    """A missing audio device is not one of these: the daemon waits for it
+    (test_missing_audio_devices_keep_the_unit_running_until_they_appear); check-config
+    names it (test_check_config_names_a_device_that_cannot_be_opened)."""
     res = _run_daemon(tmp_path, config, env)
     assert res.returncode == 78, res.stderr
     assert expect in res.stderr
     assert "starting" not in res.stderr  # exited before touching audio
+
+
+def test_check_config_names_a_device_that_cannot_be_opened(tmp_path):
+    """``voxbox check-config`` (the installer, a person at the unit) still says clearly
+    that a device name cannot be opened, and what ALSA does know."""
+    cfg = tmp_path / "config.toml"
+    write_config(cfg, {"audio": {"capture_device": "no_such_pcm"}})
+    penv = {**os.environ, "VOXBOX_API_KEY": "sk-check-config-0123456789"}
+    res = subprocess.run([sys.executable, "-m", "voxbox", "check-config", "--config", str(cfg)],
+                         env=penv, capture_output=True, text=True, timeout=60)
+    print(res.stderr.strip())
+    assert res.returncode == 78
+    assert "capture device 'no_such_pcm'" in res.stderr and "Unknown PCM no_such_pcm" in res.stderr
+    assert "available capture PCMs" in res.stderr
 
 
 def test_api_key_never_logged(tmp_path):
@@ -407,23 +423,230 @@ def test_watchdog_only_while_capture_delivers_frames(tmp_path):
             os.close(hold)
 
 
-def test_watchdog_withheld_on_a_deaf_microphone(tmp_path):
-    """The capture device keeps delivering frames, but only digital zeros: after
-    ``audio.deaf_after_s`` the watchdog stops (systemd then restarts the unit) with the
-    reason logged; sound again resumes it."""
+def _watchdogs(h: DaemonHarness, after: float, before: float = float("inf")) -> int:
+    return sum(1 for t, m in h.notify if m == "WATCHDOG=1" and after < t < before)
+
+
+def _statuses(h: DaemonHarness) -> list[str]:
+    return [m for _, m in h.notify if m.startswith("STATUS=")]
+
+
+def test_deaf_microphone_is_reported_not_restart_looped(tmp_path):
+    """The capture device keeps delivering frames, but only digital zeros (a hardware mute
+    switch, a dead ADC): after ``audio.deaf_after_s`` it is reported (LED, STATUS=, one
+    journal line naming the device) and the watchdog stays fed (no restart); the link and
+    the button keep working; sound again ends it with one more line."""
     with DaemonHarness(tmp_path, echo_db=None, config={"audio": {"deaf_after_s": 2.0}}) as h:
         h.start()
         time.sleep(1.5)
         assert any(m == "WATCHDOG=1" for _, m in h.notify)
         h.mic.tail = "silence"
         t_deaf = time.monotonic()
-        ev = h.wait_event("watchdog_withheld", timeout=10, after=t_deaf)
-        assert "deaf microphone" in ev["VOXBOX_CAUSE"]
-        t_check = time.monotonic() + 0.2
+        ev = h.wait_event("deaf_microphone", timeout=10, after=t_deaf)
+        assert ev["VOXBOX_DEAF"] == 1 and ev["VOXBOX_DEVICE"] == "voxbox_mic" and ev["level"] == "WARNING"
+        assert "voxbox_mic" in ev["msg"] and "mute switch" in ev["msg"]
+        h.wait_for(lambda: "deaf_microphone" in h.led_patterns(), 2, "the deaf-microphone LED pattern")
+        h.wait_for(lambda: any("deaf microphone: capture device 'voxbox_mic'" in m for m in _statuses(h)), 2,
+                   "STATUS= naming the deaf microphone")
+        # the link is up and the button works: a tap starts a turn (the LED follows it)
+        assert h.server.record.connections()
+        t_tap = time.monotonic()
+        h.press()
+        h.wait_state("listening", timeout=5, after=t_tap)
+        h.press()  # and cancels it
+        h.wait_state("idle", timeout=5, after=t_tap)
+        t_check = time.monotonic()
         time.sleep(3.0)
-        assert [t for t, m in h.notify if m == "WATCHDOG=1" and t > t_check] == []
-        assert any("deaf microphone" in m for _, m in h.notify if m.startswith("STATUS="))
+        fed = _watchdogs(h, t_check)
+        assert fed >= 2  # fed all along (WATCHDOG_USEC = 2 s: every second)
+        assert h.events("watchdog_withheld") == []
+        assert [e["VOXBOX_DEAF"] for e in h.events("deaf_microphone")] == [1]  # once, no repeat yet
         h.mic.tail = "noise"
-        h.wait_event("watchdog_resumed", timeout=10)
-        print(f"deaf microphone detected {ev['mono'] - t_deaf:.1f} s after the last sound "
-              f"(deaf_after_s = 2.0, watchdog interval 1 s)")
+        end = h.wait_event("deaf_microphone", timeout=10, where=lambda r: r["VOXBOX_DEAF"] == 0)
+        h.wait_for(lambda: h.led_patterns()[-1] == "idle", 2, "the LED back to idle")
+        h.wait_for(lambda: "deaf" not in _statuses(h)[-1], 2, "STATUS= without the fault")
+        assert h.proc.poll() is None  # never exited: no restart
+        print(f"deaf microphone reported {ev['mono'] - t_deaf:.1f} s after the last sound (deaf_after_s 2.0); "
+              f"WATCHDOG=1 sent {fed} times in the 3 s after; ended after {end['VOXBOX_SILENT_S']} s of silence; "
+              f"watchdog_withheld: {len(h.events('watchdog_withheld'))}; restarts: 0")
+        assert h.stop_daemon() == 0
+
+
+USB_MIC, USB_SPEAKER = "voxbox_usb_mic", "voxbox_usb_speaker"
+
+
+def _usb_mic_config(node: Path) -> str:
+    """A capture PCM whose device node (the file plugin's infile) may not exist yet, like
+    ``plughw:CARD=usbmic`` before the card is enumerated."""
+    return (f'pcm.{USB_MIC} {{ type file; slave.pcm "null"; file "/dev/null"; infile "{node}"; '
+            'format "raw" }\n')
+
+
+def test_missing_audio_devices_keep_the_unit_running_until_they_appear(tmp_path):
+    """Both devices missing at start (the microphone's device node is not there; the
+    speaker's PCM is not defined: its card is not enumerated): the daemon does not exit
+    (it used to exit 78, which systemd never restarts). It runs: READY=1, LED
+    ``audio_device``, STATUS= and one journal line per device naming it, the watchdog fed,
+    the link up, the button working. When the devices appear it opens them (tried every
+    2 s) and answers a turn."""
+    node = tmp_path / "usb-mic.fifo"
+    with DaemonHarness(tmp_path, echo_db=None, alsa_config=_usb_mic_config(node),
+                       config={"audio": {"capture_device": USB_MIC, "playback_device": USB_SPEAKER}}) as h:
+        t0 = time.monotonic()
+        h.start(ready_timeout=30)
+        t_ready = h.wait_notify("READY=1")
+        down = {e["VOXBOX_DEVICE"]: e for e in
+                [h.wait_event("audio_device", timeout=10, where=lambda r, d=d: r["VOXBOX_DEVICE"] == d)
+                 for d in (USB_MIC, USB_SPEAKER)]}
+        for dev, kind, words in ((USB_MIC, "capture", "usb-mic.fifo"), (USB_SPEAKER, "playback", "Unknown PCM")):
+            e = down[dev]
+            assert e["VOXBOX_DEVICE_KIND"] == kind and e["VOXBOX_DEVICE_STATE"] == "missing"
+            assert e["level"] == "ERROR" and dev in e["msg"] and words in e["VOXBOX_CAUSE"]
+        h.wait_for(lambda: h.led_patterns()[-1:] == ["audio_device"], 3, "the audio_device LED pattern")
+        h.wait_for(lambda: any(f"capture device '{USB_MIC}' missing" in m and f"playback device '{USB_SPEAKER}' "
+                               "missing" in m for m in _statuses(h)), 3, "STATUS= naming both devices")
+        h.wait_event("session_ready", timeout=10)  # the link works
+        t_tap = time.monotonic()
+        h.press()  # the button works
+        h.wait_state("listening", timeout=5, after=t_tap)
+        h.press()
+        h.wait_state("idle", timeout=5, after=t_tap)
+        t_check = time.monotonic()
+        time.sleep(3.0)
+        assert _watchdogs(h, t_check) >= 2 and h.events("watchdog_withheld") == []
+        # one line per device so far (then one a minute: tests/test_health.py)
+        assert len([e for e in h.events("audio_device") if e["VOXBOX_DEVICE"] == USB_MIC]) == 1
+        # the microphone is plugged in: its device node appears
+        t_mic = time.monotonic()
+        os.symlink(h.rig.mic_fifo, node)
+        up_mic = h.wait_event("audio_device", timeout=10, after=t_mic,
+                              where=lambda r: r["VOXBOX_DEVICE"] == USB_MIC and r["VOXBOX_DEVICE_STATE"] == "open")
+        # the speaker's card is enumerated: its PCM exists
+        t_spk = time.monotonic()
+        h.set_alsa_config(_usb_mic_config(node) + f'pcm.{USB_SPEAKER} {{ type plug; slave.pcm "voxbox_speaker" }}\n')
+        up_spk = h.wait_event("audio_device", timeout=10, after=t_spk,
+                              where=lambda r: r["VOXBOX_DEVICE"] == USB_SPEAKER and r["VOXBOX_DEVICE_STATE"] == "open")
+        h.wait_for(lambda: h.led_patterns()[-1] == "idle", 3, "the LED back to idle")
+        h.wait_for(lambda: "missing" not in _statuses(h)[-1], 3, "STATUS= without the devices")
+        # and the unit runs normally: a turn is answered through the new devices
+        t_turn = time.monotonic()
+        h.press()
+        h.wait_state("listening", timeout=5, after=t_turn)
+        h.mic.play(question("What time is it?"))
+        h.wait_event("playback_end", timeout=40, after=t_turn)
+        assert h.speaker.received > 0
+        assert h.proc.poll() is None  # the same process all along: no restart
+        print(f"both devices missing: READY=1 {t_ready - t0:.1f} s after launch; microphone open "
+              f"{up_mic['mono'] - t_mic:.1f} s after its node appeared, speaker "
+              f"{up_spk['mono'] - t_spk:.1f} s after its PCM; a turn answered; restarts: 0")
+        assert h.stop_daemon() == 0
+
+
+def _probe_children(device: str) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"alsaaudio" in cmd and device.encode() in cmd:
+                pids.append(int(d.name))
+    return pids
+
+
+def test_a_blocking_device_open_never_freezes_the_daemon(tmp_path):
+    """A capture PCM whose open blocks (a file plugin on a FIFO nobody writes: opening it
+    for reading waits for a writer; pyalsaaudio holds the GIL meanwhile, so in-process it
+    froze the whole daemon, SIGTERM included). The open is tried in a child process: the
+    daemon stays alive (watchdog fed, link up), reports the device as blocked, and exits
+    on SIGTERM within a few seconds, the blocked child killed."""
+    fifo = tmp_path / "stuck.fifo"
+    os.mkfifo(fifo)
+    stuck = "voxbox_stuck_mic"
+    conf = f'pcm.{stuck} {{ type file; slave.pcm "null"; file "/dev/null"; infile "{fifo}"; format "raw" }}\n'
+    with DaemonHarness(tmp_path, echo_db=None, alsa_config=conf, config={"audio": {"capture_device": stuck}}) as h:
+        t0 = time.monotonic()
+        h.start(ready_timeout=30)
+        ev = h.wait_event("audio_device", timeout=15, where=lambda r: r["VOXBOX_DEVICE"] == stuck)
+        assert ev["VOXBOX_DEVICE_STATE"] == "blocked" and "did not return within 5 s" in ev["VOXBOX_CAUSE"]
+        h.wait_for(lambda: any(f"capture device '{stuck}' blocked" in m for m in _statuses(h)), 3,
+                   "STATUS= naming the blocked device")
+        h.wait_event("session_ready", timeout=10)
+        # alive while the probe blocked: the watchdog was fed during the 5 s
+        fed = _watchdogs(h, t0 + 1.0, ev["mono"])
+        assert fed >= 3
+        # SIGTERM while the next probe is blocked in the open
+        h.wait_for(lambda: _probe_children(stuck), 5, "the next probe")
+        time.sleep(1.0)
+        assert _probe_children(stuck)
+        t_term = time.monotonic()
+        h.proc.send_signal(15)
+        rc = h.proc.wait(10)
+        took = time.monotonic() - t_term
+        left = _probe_children(stuck)
+        print(f"blocking open: reported as blocked {ev['mono'] - t0:.1f} s after launch, WATCHDOG=1 sent "
+              f"{fed} times meanwhile; SIGTERM during a blocked probe: exit {rc} after {took:.2f} s; "
+              f"probe children left: {len(left)}")
+        assert rc == 0 and took < 3.0 and left == []
+
+
+def test_watchdog_withheld_when_playback_is_wedged(tmp_path):
+    """The playback thread stops completing writes (the speaker stops draining: the write
+    blocks in the device) while capture goes on: the watchdog stops (systemd restarts the
+    unit), with the cause naming the playback device."""
+    with DaemonHarness(tmp_path, echo_db=None) as h:
+        h.start()
+        time.sleep(2.0)
+        assert _watchdogs(h, 0) >= 1
+        # a reader that never reads: the speaker pipe fills and the daemon's write blocks
+        hold = os.open(h.rig.speaker_fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            h.speaker.close()
+            t_wedge = time.monotonic()
+            ev = h.wait_event("watchdog_withheld", timeout=10, after=t_wedge)
+            assert "playback device 'voxbox_speaker' completed no write" in ev["VOXBOX_CAUSE"]
+            t_check = time.monotonic() + 0.2
+            frames = h.wait_for(lambda: any("watchdog withheld: playback device" in m for m in _statuses(h)), 3,
+                                "STATUS= with the cause")
+            time.sleep(3.0)
+            late = _watchdogs(h, t_check)
+            print(f"playback wedged: watchdog withheld {ev['mono'] - t_wedge:.1f} s after the speaker stopped "
+                  f"(stall threshold 2 s); WATCHDOG=1 after: {late}")
+            assert late == 0 and frames
+        finally:
+            h.proc.kill()
+            os.close(hold)
+
+
+def test_a_mute_that_cannot_be_saved_shows_on_the_led_and_in_status(tmp_path):
+    """The kernel refuses the state file (RLIMIT_FSIZE of 8 bytes on the daemon, as a full
+    disk refuses with ENOSPC): the long hold still mutes, the LED shows
+    ``state_not_saved`` for 10 s then ``muted``, and STATUS= says so until a save works."""
+    import resource
+
+    with DaemonHarness(tmp_path, echo_db=None, config={"gpio": {"long_hold_ms": 1000}}) as h:
+        h.start()
+        soft, hard = resource.prlimit(h.proc.pid, resource.RLIMIT_FSIZE)
+        resource.prlimit(h.proc.pid, resource.RLIMIT_FSIZE, (8, hard))  # the soft limit only
+        t_hold = time.monotonic()
+        h.button(True)
+        h.wait_state("muted", timeout=5, after=t_hold)
+        h.button(False)
+        err = h.wait_event("state_file", timeout=5, after=t_hold)
+        assert "File too large" in err["msg"] and "will not survive a restart" in err["msg"]
+        h.wait_for(lambda: h.led_patterns()[-1:] == ["state_not_saved"], 3, "the state_not_saved LED pattern")
+        h.wait_for(lambda: any("mute not saved: cannot write" in m for m in _statuses(h)), 3, "STATUS=")
+        t_led = next(r["mono"] for r in reversed(h.events("led")) if r["VOXBOX_LED"] == "state_not_saved")
+        back = h.wait_event("led", timeout=15, after=t_led + 0.01, where=lambda r: r["VOXBOX_LED"] == "muted")
+        assert "mute not saved" in _statuses(h)[-1]  # still said
+        # the disk has room again: the next change is saved, the fault is gone
+        resource.prlimit(h.proc.pid, resource.RLIMIT_FSIZE, (soft, hard))
+        t_hold = time.monotonic()
+        h.button(True)
+        h.wait_state("idle", timeout=5, after=t_hold)
+        h.button(False)
+        h.wait_for(lambda: "mute not saved" not in _statuses(h)[-1], 3, "STATUS= without the fault")
+        print(f"unsaved mute: LED state_not_saved for {back['mono'] - t_led:.1f} s, then muted; "
+              f"STATUS= said it until the unmute was saved")
+        assert h.stop_daemon() == 0

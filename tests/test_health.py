@@ -53,7 +53,7 @@ def test_capture_missing_at_start_is_reported_once_a_minute_and_never_withholds_
     first, *rest = [r for _, r in logged]
     assert first.level == logging.ERROR and first.event == "audio_device"
     assert MIC in first.message and "not available at start" in first.message
-    assert first.fields == {"VOXBOX_DEVICE": MIC, "VOXBOX_DEVICE_KIND": "capture",
+    assert first.fields == {"VOXBOX_EVENT": "audio_device", "VOXBOX_DEVICE": MIC, "VOXBOX_DEVICE_KIND": "capture",
                             "VOXBOX_DEVICE_STATE": "missing", "VOXBOX_CAUSE": str(missing.error)}
     assert all(r.level == logging.WARNING and "still missing" in r.message for r in rest)
     assert [f.name for f in h.faults(t)] == [AUDIO_DEVICE] and MIC in h.faults(t)[0].text

@@ -29,7 +29,7 @@ def _load(path: Path) -> Config:
     return load_config(path)
 
 
-def _preflight(cfg: Config, *, allow_unprovisioned: bool = False):
+def _preflight(cfg: Config, *, allow_unprovisioned: bool = False, check_devices: bool = True):
     """Everything that can be checked before touching audio. Returns the credential
     (:func:`voxbox.broker.load_connect_secret`: the API key, or the unit secret in
     token-broker mode; an empty Secret when ``allow_unprovisioned`` and there is none yet: the daemon then runs
@@ -38,6 +38,12 @@ def _preflight(cfg: Config, *, allow_unprovisioned: bool = False):
     A credential that is present but malformed (:class:`voxbox.credentials.CredentialInvalid`:
     a line break, control character or whitespace in it) always raises, also with
     ``allow_unprovisioned``: waiting would not make it valid.
+
+    ``check_devices``: open (in a child process: an open that blocks cannot hang this
+    one) and close both audio devices. ``voxbox check-config`` does; ``voxbox run`` does
+    not: a device missing at start (a USB card not enumerated yet) is the daemon's to wait
+    for, reported on the LED, in ``STATUS=`` and the journal; exiting would leave the unit
+    down until a person comes.
 
     Raises:
         ConfigError / CredentialError / AudioDeviceError naming the problem (a credential
@@ -58,10 +64,11 @@ def _preflight(cfg: Config, *, allow_unprovisioned: bool = False):
             raise
         log.error("%s; waiting for provisioning", exc, extra={"VOXBOX_EVENT": "unprovisioned"})
         key = Secret("", "none")
-    from voxbox.audio_io import open_check
+    if check_devices:
+        from voxbox.audio_io import open_check
 
-    open_check(cfg.audio.capture_device, "capture")
-    open_check(cfg.audio.playback_device, "playback")
+        open_check(cfg.audio.capture_device, "capture")
+        open_check(cfg.audio.playback_device, "playback")
     if cfg.wake.enabled:
         from voxbox.wake import find_model
 
@@ -81,14 +88,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(fmt, cfg.log.level)
     log = logging.getLogger("voxbox")
     try:
-        key = _preflight(cfg, allow_unprovisioned=True)
+        key = _preflight(cfg, allow_unprovisioned=True, check_devices=False)
     except Exception as exc:  # config-class problems: say what, exit before audio
-        from voxbox.audio_io import AudioDeviceError
         from voxbox.credentials import CredentialError
         from voxbox.dialects import UnsupportedFeature
         from voxbox.wake import WakeModelError
 
-        if isinstance(exc, (ConfigError, CredentialError, AudioDeviceError, WakeModelError, UnsupportedFeature)):
+        if isinstance(exc, (ConfigError, CredentialError, WakeModelError, UnsupportedFeature)):
             log.error("%s", exc, extra={"VOXBOX_EVENT": "config_error"})
             print(f"voxbox: {exc}", file=sys.stderr) if fmt == "json" else None
             return EXIT_CONFIG

@@ -177,8 +177,9 @@ class Audio(_Section):
     jitter_min_ms: Annotated[int, Field(ge=0, le=2000)] = 20
     jitter_max_ms: Annotated[int, Field(ge=0, le=2000)] = 600
     #: a capture stream of nothing but digital zeros for this long is a "deaf" microphone
-    #: (unplugged USB mic, dead codec): the watchdog is withheld so systemd restarts the
-    #: unit (s; 0 = off)
+    #: (a hardware mute switch, a dead codec): reported on the LED, in STATUS= and the
+    #: journal (deaf_microphone), never restart-looped: the watchdog stays fed while
+    #: frames come (s; 0 = off)
     deaf_after_s: Annotated[float, Field(ge=0, le=3600)] = 20.0
     #: ALSA mixer control for the volume (e.g. "PCM", "Speaker"); "" = software gain
     mixer: str = ""

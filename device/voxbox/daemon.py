@@ -8,7 +8,12 @@ Threads:
   resampled to 16 kHz, into the far-end reference ring read by the capture thread.
 - gpiozero's own threads for the button callbacks and LED blinking.
 - the asyncio loop: the WebSocket link, the session core, the conversation state machine,
-  timers, sd_notify.
+  timers, sd_notify, and the health task (voxbox.health: the watchdog, the devices the
+  audio loops wait for, a deaf microphone; LED and STATUS=).
+
+The audio loops open their devices themselves, each open tried first in a child process
+(voxbox.audio_io.probe_open), and keep trying a device that is missing or blocked: the
+daemon never exits or freezes for a sound device.
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ from voxbox.credentials import Secret
 from voxbox.dialects import PCM_RATE, auth_headers, build_url
 from voxbox.gestures import ButtonGestures, Gesture
 from voxbox.jitter import JitterBuffer, LatencyHistogram, PullClock, PullResult
-from voxbox.led import pattern_for
+from voxbox.health import HealthMonitor
+from voxbox.led import display_pattern
 from voxbox.ring import FrameQueue, SampleRing
 from voxbox.sd import Notifier
 from voxbox.session import (FATAL_CLOSE_CODES, AudioDelta, AudioDone, FunctionCallRequested, InputCommitted,
@@ -96,6 +102,9 @@ VOICE_POWER = (32768 * 10 ** (-40 / 20)) ** 2
 
 _COMMIT: Any = object()  # uplink-queue marker: push-to-talk released, commit after the audio before it
 _TURN_DETECTION_OFF: Any = object()  # uplink-queue marker: turn detection off before the audio after it
+
+HEALTH_TICK_S = 0.5
+"""How often the audio devices are judged (voxbox.health) and the LED/STATUS= refreshed (s)."""
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 """Incoming WebSocket message limit (websockets defaults to 1 MiB; appends may be 15 MiB)."""
@@ -217,6 +226,11 @@ class Daemon:
             if cfg.frontend.drift_compensation:
                 self._drift_comp = DriftCompensator(0.0)
         self.notifier = Notifier()
+        from voxbox.audio_io import OPEN_TIMEOUT_S
+
+        #: judges the audio devices: the watchdog, the LED/STATUS= faults, their journal lines
+        self.health = HealthMonitor(a.capture_device, a.playback_device, deaf_after_s=a.deaf_after_s,
+                                    probe_timeout_s=OPEN_TIMEOUT_S)
         self.session: RealtimeSession | None = None
         self.turn = TurnTimes()
         self.uplink_open = False  # read by the capture thread
@@ -381,12 +395,15 @@ class Daemon:
         self._show_state()
         from voxbox.audio_io import CaptureLoop, PlaybackLoop
 
+        # a device missing at start (a USB card not enumerated yet), lost or blocked: the
+        # loops keep trying it (in a child process first) and the unit runs meanwhile
         self.playback = PlaybackLoop(cfg.audio.playback_device, self._playback_source,
                                      self._playback_written, rate=cfg.audio.playback_rate,
-                                     period=self.play_period, periods=cfg.audio.periods)
+                                     period=self.play_period, periods=cfg.audio.periods,
+                                     wait_for_device=True)
         self.capture = CaptureLoop(cfg.audio.capture_device, self._on_capture_frame,
                                    rate=cfg.audio.capture_rate, period=self.cap_period,
-                                   periods=cfg.audio.periods)
+                                   periods=cfg.audio.periods, wait_for_device=True)
         self.playback.on_drop = self._playback_dropped
         self.playback.start()
         self.capture.start()
@@ -395,7 +412,7 @@ class Daemon:
             self._echo_thread.start()
         tasks = [asyncio.create_task(self._link(), name="link"),
                  asyncio.create_task(self._ticker(), name="ticker"),
-                 asyncio.create_task(self._watchdog(), name="watchdog"),
+                 asyncio.create_task(self._health_task(), name="health"),
                  asyncio.create_task(self._ready_gate(), name="ready")]
         if cfg.metrics.textfile:
             tasks.append(asyncio.create_task(self._metrics_writer(), name="metrics"))
@@ -971,7 +988,7 @@ class Daemon:
             elif isinstance(a, EndPushToTalk):
                 self._end_push_to_talk()
             elif isinstance(a, SetMuted):
-                self._set_muted(a.muted)
+                self._save_muted(a.muted)
             elif isinstance(a, Earcon):
                 self._play_earcon(a.name)
             elif isinstance(a, Prompt):
@@ -1040,7 +1057,7 @@ class Daemon:
         Returns:
             True when saved. False when it cannot be saved (a full disk, a read-only or
             missing state directory): the temporary file is gone, the old file (if any) is
-            untouched, and one error (``VOXBOX_EVENT=state_file``) names the file and says
+            untouched, one error (``VOXBOX_EVENT=state_file``) names the file and says
             the change will not survive a restart. Never raises.
         """
         from voxbox.statefile import atomic_write
@@ -1053,9 +1070,19 @@ class Daemon:
             log.error("cannot save the mute state in %s: %s; the %s will not survive a restart",
                       self._state_path, exc, "mute" if muted else "unmute",
                       extra={"VOXBOX_EVENT": "state_file", "VOXBOX_MUTED": int(muted)})
-            # LED hook: show here that the mute state could not be persisted.
-            return False
+            return False  # the caller shows it on the LED and in STATUS= (_save_muted)
         return True
+
+    def _save_muted(self, muted: bool) -> None:
+        """Save the mute state (:meth:`_set_muted`); one that cannot be saved is shown on
+        the LED (``state_not_saved``, for ``health.MUTE_WARNING_S`` s) and in ``STATUS=``
+        until the next successful save (:class:`voxbox.health.HealthMonitor`)."""
+        now = time.monotonic()
+        if self._set_muted(muted):
+            self.health.mute_saved(now)
+        else:
+            self.health.mute_not_saved(now, f"cannot write {self._state_path} (see the journal); the "
+                                            f"{'mute' if muted else 'unmute'} will not survive a restart")
 
     def _load_muted(self) -> bool:
         """Whether the microphone was muted at the last stop (``{"muted": true}`` in the
@@ -1142,7 +1169,7 @@ class Daemon:
         state = self.conv.state
         # a held turn keeps streaming into turn_audio while the link is down
         self.uplink_open = self.conv.uplink_open and (self._session_ready or self.conv.holding)
-        pattern = pattern_for(state)
+        pattern = display_pattern(state, self.health.led_fault(time.monotonic()))
         if pattern.name != self._led_name:
             self._led_name = pattern.name
             if self.led is not None:
@@ -1151,8 +1178,13 @@ class Daemon:
         self.notifier.status(self._status_text())
 
     def _status_text(self) -> str:
+        """``STATUS=``: the state, the session, the turn, then what is wrong with the unit
+        (voxbox.health: a device missing, a deaf microphone, a mute not saved…)."""
         sid = self.session.session_id if self.session is not None and self.session.session_id else "-"
-        return f"{self.conv.state.value}; session {sid}; turn {self.conv.turn}"
+        text = f"{self.conv.state.value}; session {sid}; turn {self.conv.turn}"
+        for fault in self.health.faults(time.monotonic()):
+            text += f"; {fault.text}"
+        return text
 
     # ------------------------------------------------------------------------ link
     def _flush_session(self) -> None:
@@ -1736,53 +1768,57 @@ class Daemon:
                  self.cap_period * 1000 / a.capture_rate, self.cfg.frontend.reference_delay_ms,
                  extra={"VOXBOX_EVENT": "echo_delay", "VOXBOX_REFERENCE_DELAY_MS": round(line * 1000 / a.capture_rate, 2)})
 
+    def _devices_down(self) -> list[str]:
+        """The audio devices the loops are waiting for (missing, busy, blocked)."""
+        return [loop.device for loop in (self.capture, self.playback)
+                if loop is not None and loop.status().state == "waiting"]
+
     async def _ready_gate(self) -> None:
-        """READY=1 once audio flows and the session is up; after the connect timeout READY=1
-        anyway (offline) so a unit booting in a tunnel is not killed by its start timeout."""
+        """READY=1 once audio flows (or a device the unit waits for is reported: a unit
+        whose USB card is not there yet runs, says so, and is not killed by its start
+        timeout) and the session is up; after the connect timeout READY=1 anyway (offline)
+        so a unit booting in a tunnel is not killed by its start timeout. The reference
+        delay line is set from ALSA once capture flows and playback is open."""
         t0 = time.monotonic()
-        while True:
+        ready = False
+        while not (ready and self._line_from_alsa):
             now = time.monotonic()
             audio = self._audio_alive(now, 1.0)
-            if audio and not self._line_from_alsa:
+            if (audio and not self._line_from_alsa and self.playback is not None
+                    and self.playback.status().state == "open"):
                 self._line_from_alsa = True
                 self._init_reference_line()
                 # trains the echo canceller on the right alignment before the first reply
                 self._play_earcon("startup")
-            if audio and (self._session_ready or now - t0 > self.cfg.realtime.connect_timeout_s):
+            down = self._devices_down()
+            if (not ready and (audio or down)
+                    and (self._session_ready or now - t0 > self.cfg.realtime.connect_timeout_s)):
+                ready = True
                 self.notifier.ready(self._status_text())
-                log.info("ready (session %s)", "up" if self._session_ready else "not up yet",
+                log.info("ready (session %s%s)", "up" if self._session_ready else "not up yet",
+                         f"; waiting for audio device(s) {', '.join(map(repr, down))}" if down else "",
                          extra={"VOXBOX_EVENT": "ready"})
-                return
             await asyncio.sleep(0.02)
 
-    async def _watchdog(self) -> None:
-        """WATCHDOG=1 only while the capture loop delivers frames, and they are not all
-        digital silence for ``audio.deaf_after_s`` (a deaf microphone); otherwise the
-        watchdog is withheld, with the reason logged once, and systemd restarts the unit."""
+    async def _health_task(self) -> None:
+        """Every HEALTH_TICK_S: judge the audio devices (:class:`voxbox.health.HealthMonitor`),
+        log what it reports, refresh the LED and ``STATUS=``, and send ``WATCHDOG=1`` (every
+        half ``WatchdogSec=``) only while capture and playback make progress. A missing or
+        blocked device and a deaf microphone are reported, never restart-looped."""
         interval = self.notifier.watchdog_interval_s or 1.0
-        deaf_after = self.cfg.audio.deaf_after_s
-        t0 = time.monotonic()
-        withheld: str | None = None
+        last_ping = 0.0
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(HEALTH_TICK_S)
             now = time.monotonic()
-            cause = None
-            if not self._audio_alive(now, max(0.5, interval)):
-                cause = f"capture delivered no frame for {now - self.last_capture_t:.1f} s"
-            elif deaf_after > 0 and now - max(self.last_nonsilent_t, t0) > deaf_after:
-                cause = (f"deaf microphone: capture delivered only digital silence for "
-                         f"{now - max(self.last_nonsilent_t, t0):.1f} s")
-            if cause is None:
+            cap = self.capture.status() if self.capture is not None else None
+            play = self.playback.status() if self.playback is not None else None
+            for r in self.health.update(now, cap, play, self.last_nonsilent_t or None):
+                log.log(r.level, "%s", r.message, extra=r.fields)
+            self._show_state()
+            if self.health.watchdog_cause is None and now - last_ping >= interval - HEALTH_TICK_S / 2:
+                last_ping = now
                 if self.notifier.watchdog_usec:
                     self.notifier.watchdog()
-                if withheld is not None:
-                    log.info("capture healthy again: watchdog resumed", extra={"VOXBOX_EVENT": "watchdog_resumed"})
-                withheld = None
-            elif withheld is None:
-                withheld = cause
-                log.error("%s: withholding the watchdog", cause,
-                          extra={"VOXBOX_EVENT": "watchdog_withheld", "VOXBOX_CAUSE": cause})
-                self.notifier.status(f"{self._status_text()}; {cause}")
 
 
 class _DaemonToolContext:

@@ -67,6 +67,10 @@ class DaemonHarness:
     speaker_channels: 8 (the default) paces the rig's speaker per 10 ms period like a real
         card; 1 takes 85 ms at a time (``FileDeviceRig``). The daemon is another process,
         so the paced speaker's blocking close cannot hold this process's GIL.
+    alsa_config: more ALSA configuration for the daemon (PCM definitions: a device that
+        appears later, one whose open blocks), in ``<workdir>/extra-asound.conf`` after the
+        rig's on ``ALSA_CONFIG_PATH``; :meth:`set_alsa_config` replaces it while the
+        daemon runs (a card that appears).
     """
 
     def __init__(self, workdir: Path, dialect: str = "openai-ga", echo_db: float | None = None,
@@ -74,8 +78,11 @@ class DaemonHarness:
                  server_options: dict[str, Any] | None = None, api_key: str = API_KEY,
                  pipe_bytes: int = 4096, speaker_channels: int = 8,
                  echo_rir=None, echo_nonlinearity=None, mic_noise_dbfs: float = -60.0,
-                 speaker_pipe_bytes: int | None = None, speaker_slack_periods: int = 0):
+                 speaker_pipe_bytes: int | None = None, speaker_slack_periods: int = 0,
+                 alsa_config: str | None = None):
         self.speaker_pipe_bytes = speaker_pipe_bytes
+        self.alsa_config = alsa_config
+        self.alsa_config_path = Path(workdir) / "extra-asound.conf"
         self.speaker_slack_periods = speaker_slack_periods
         self.echo_rir = echo_rir
         self.echo_nonlinearity = echo_nonlinearity
@@ -107,6 +114,15 @@ class DaemonHarness:
         self.state_dir = self.workdir / "state"
 
     # ------------------------------------------------------------------ set-up
+    def set_alsa_config(self, text: str) -> None:
+        """Replace the extra ALSA configuration (see ``alsa_config``). Written to a new
+        file renamed over the old one: alsa-lib re-reads a file whose inode or mtime
+        (whole seconds) changed, and a rename changes the inode."""
+        self.alsa_config = text
+        tmp = self.alsa_config_path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.alsa_config_path)
+
     def start_server(self, port: int = 0) -> None:
         """Start the local server (``server_options``, the harness's key) on ``port`` (0: any
         free port); also to bring it back on the same port after ``server.stop()``."""
@@ -163,6 +179,8 @@ class DaemonHarness:
                         echo_nonlinearity=self.echo_nonlinearity)
         self.mic = self.rig.mic(None, tail="noise", noise_dbfs=self.mic_noise_dbfs, **echo)
         self.mic.start()
+        if self.alsa_config is not None:
+            self.set_alsa_config(self.alsa_config)
         write_config(self.config_path, self.config_sections())
         self._start_notify()
         self.launch(env=env)
@@ -175,6 +193,8 @@ class DaemonHarness:
         """Start (or restart) the daemon process."""
         penv = dict(os.environ)
         penv.update(self.rig.env)
+        if self.alsa_config is not None:
+            penv["ALSA_CONFIG_PATH"] += f":{self.alsa_config_path}"
         penv.update({"STATE_DIRECTORY": str(self.state_dir),
                      "NOTIFY_SOCKET": str(self.workdir / "notify.sock"), "WATCHDOG_USEC": "2000000",
                      "VOXBOX_API_KEY": self.api_key, "VOXBOX_MOCK_GPIO_SOCKET": self.gpio_sock_path,

@@ -56,13 +56,16 @@ STATE_NOT_SAVED = "state_not_saved"
 
 @dataclass(frozen=True)
 class Report:
-    """One journal line: ``level`` (``logging`` level), ``event`` (``VOXBOX_EVENT``),
-    ``message``, and the other ``VOXBOX_*`` fields."""
+    """One journal line: ``level`` (``logging`` level), ``message``, and its fields
+    (``VOXBOX_EVENT`` and the other ``VOXBOX_*`` fields, for ``extra=``)."""
 
     level: int
-    event: str
     message: str
     fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def event(self) -> str:
+        return self.fields["VOXBOX_EVENT"]
 
 
 @dataclass(frozen=True)
@@ -170,13 +173,13 @@ class HealthMonitor:
 
     # ------------------------------------------------------------------ judging
     def _device(self, now: float, d: _Device, st, out: list[Report]) -> None:
-        fields = {"VOXBOX_DEVICE": d.name, "VOXBOX_DEVICE_KIND": d.kind}
         if st.state == "open":
             if d.down_since is not None:
                 down = now - d.down_since
-                out.append(Report(logging.INFO, "audio_device",
-                                  f"{d.kind} device {d.name!r} open after {down:.0f} s {d.reason}",
-                                  {**fields, "VOXBOX_DEVICE_STATE": "open", "VOXBOX_DOWN_S": round(down, 1)}))
+                out.append(Report(logging.INFO, f"{d.kind} device {d.name!r} open after {down:.0f} s {d.reason}",
+                                  {"VOXBOX_EVENT": "audio_device", "VOXBOX_DEVICE": d.name,
+                                   "VOXBOX_DEVICE_KIND": d.kind, "VOXBOX_DEVICE_STATE": "open",
+                                   "VOXBOX_DOWN_S": round(down, 1)}))
                 d.down_since = None
             d.ever_open = True
             return
@@ -185,23 +188,21 @@ class HealthMonitor:
             return  # probing / opening: judged by the watchdog (bounded), not a fault yet
         reason = getattr(err, "reason", "unusable")
         text = str(err)
+        fields = {"VOXBOX_EVENT": "audio_device", "VOXBOX_DEVICE": d.name, "VOXBOX_DEVICE_KIND": d.kind,
+                  "VOXBOX_DEVICE_STATE": reason, "VOXBOX_CAUSE": text}
         if d.down_since is None:
             d.down_since, d.reason, d.error, d.reminded_at = now, reason, text, now
             what = "lost" if d.ever_open else "not available at start"
-            out.append(Report(logging.ERROR, "audio_device",
-                              f"{d.kind} device {d.name!r} {reason} ({what}): {text}; the unit keeps "
-                              "running and opens it as soon as it can",
-                              {**fields, "VOXBOX_DEVICE_STATE": reason, "VOXBOX_CAUSE": text}))
+            out.append(Report(logging.ERROR, f"{d.kind} device {d.name!r} {reason} ({what}): {text}; the unit "
+                                             "keeps running and opens it as soon as it can", fields))
         elif reason != d.reason or now - d.reminded_at >= self.remind_s:
             d.reason, d.error, d.reminded_at = reason, text, now
-            out.append(Report(logging.WARNING, "audio_device",
-                              f"{d.kind} device {d.name!r} still {reason} after {now - d.down_since:.0f} s: {text}",
-                              {**fields, "VOXBOX_DEVICE_STATE": reason, "VOXBOX_CAUSE": text,
-                               "VOXBOX_DOWN_S": round(now - d.down_since, 1)}))
+            down = now - d.down_since
+            out.append(Report(logging.WARNING, f"{d.kind} device {d.name!r} still {reason} after {down:.0f} s: {text}",
+                              {**fields, "VOXBOX_DOWN_S": round(down, 1)}))
 
     def _deafness(self, now: float, capture, last_sound: float | None, out: list[Report]) -> None:
         name = self._dev["capture"].name
-        fields = {"VOXBOX_DEVICE": name, "VOXBOX_DEVICE_KIND": "capture"}
         flowing = (capture is not None and capture.state == "open"
                    and now - max(capture.last_progress or capture.since, capture.since) <= self.stall_s)
         if self._deaf_since is not None:
@@ -209,16 +210,17 @@ class HealthMonitor:
             if heard or capture is None or capture.state != "open":
                 silent = (last_sound if heard else now) - self._deaf_since
                 why = "hears sound again" if heard else "closed"
-                out.append(Report(logging.INFO, "deaf_microphone",
-                                  f"capture device {name!r} {why} after {silent:.0f} s of digital silence",
-                                  {**fields, "VOXBOX_DEAF": 0, "VOXBOX_SILENT_S": round(silent, 1)}))
+                out.append(Report(logging.INFO, f"capture device {name!r} {why} after {silent:.0f} s of digital silence",
+                                  {"VOXBOX_EVENT": "deaf_microphone", "VOXBOX_DEVICE": name, "VOXBOX_DEAF": 0,
+                                   "VOXBOX_SILENT_S": round(silent, 1)}))
                 self._deaf_since = None
             elif now - self._deaf_reminded >= self.remind_s:
                 self._deaf_reminded = now
-                out.append(Report(logging.WARNING, "deaf_microphone",
-                                  f"capture device {name!r} still delivers only digital silence, for "
-                                  f"{now - self._deaf_since:.0f} s",
-                                  {**fields, "VOXBOX_DEAF": 1, "VOXBOX_SILENT_S": round(now - self._deaf_since, 1)}))
+                silent = now - self._deaf_since
+                out.append(Report(logging.WARNING, f"capture device {name!r} still delivers only digital silence, "
+                                                   f"for {silent:.0f} s",
+                                  {"VOXBOX_EVENT": "deaf_microphone", "VOXBOX_DEVICE": name, "VOXBOX_DEAF": 1,
+                                   "VOXBOX_SILENT_S": round(silent, 1)}))
             return
         if self.deaf_after_s <= 0 or not flowing:
             return
@@ -226,11 +228,11 @@ class HealthMonitor:
         if now - quiet_since > self.deaf_after_s:
             self._deaf_since = quiet_since
             self._deaf_reminded = now
-            out.append(Report(logging.WARNING, "deaf_microphone",
-                              f"deaf microphone: capture device {name!r} has delivered only digital silence "
-                              f"for {now - quiet_since:.0f} s (a hardware mute switch, or a dead microphone "
-                              "or ADC); the unit keeps running",
-                              {**fields, "VOXBOX_DEAF": 1, "VOXBOX_SILENT_S": round(now - quiet_since, 1)}))
+            out.append(Report(logging.WARNING, f"deaf microphone: capture device {name!r} has delivered only digital "
+                                               f"silence for {now - quiet_since:.0f} s (a hardware mute switch, or a "
+                                               "dead microphone or ADC); the unit keeps running",
+                              {"VOXBOX_EVENT": "deaf_microphone", "VOXBOX_DEVICE": name, "VOXBOX_DEAF": 1,
+                               "VOXBOX_SILENT_S": round(now - quiet_since, 1)}))
 
     def _stuck(self, now: float, kind: str, st) -> str | None:
         if st is None:
@@ -255,8 +257,9 @@ class HealthMonitor:
         cause = self._stuck(now, "capture", capture) or self._stuck(now, "playback", playback)
         if cause is not None and self.watchdog_cause is None:
             self.watchdog_cause = cause
-            out.append(Report(logging.ERROR, "watchdog_withheld", f"{cause}: withholding the watchdog",
-                              {"VOXBOX_CAUSE": cause}))
+            out.append(Report(logging.ERROR, f"{cause}: withholding the watchdog",
+                              {"VOXBOX_EVENT": "watchdog_withheld", "VOXBOX_CAUSE": cause}))
         elif cause is None and self.watchdog_cause is not None:
             self.watchdog_cause = None
-            out.append(Report(logging.INFO, "watchdog_resumed", "audio healthy again: watchdog resumed"))
+            out.append(Report(logging.INFO, "audio healthy again: watchdog resumed",
+                              {"VOXBOX_EVENT": "watchdog_resumed"}))

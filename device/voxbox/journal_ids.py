@@ -15,6 +15,7 @@ from __future__ import annotations
 
 MESSAGE_IDS: dict[str, str] = {
     "assistant_transcript": "7bade586ce434fbe81a2a22ee10ece59",
+    "audio_device": "30a7d4cca64b47629b155d9e0f39bef9",
     "barge_in": "bbac223669194ea1bea239c4992325e0",
     "barge_in_confirmed": "e8ec0d9a4747495d9ba633f98fd786a0",
     "barge_in_paused": "99919608d01d41afafba457ec8a3b68a",
@@ -26,6 +27,7 @@ MESSAGE_IDS: dict[str, str] = {
     "config_error": "5462202bcce948a5bdfd1ff6f27af2ee",
     "config_warning": "b77e0e6003794f2d851e2a7815147cfa",
     "context_replay": "7380d8b3335d476dbc15fc748728ae9a",
+    "deaf_microphone": "365358a4622d46b98c4688782b678b87",
     "earcon": "bb14c374df904b9b91b7c38605b60b19",
     "echo_delay": "6ac7aa6a7771441e93d21e18c3d4c240",
     "firstboot": "60feeaa5897a4d0789a98ebb6afd5e14",
