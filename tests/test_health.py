@@ -169,3 +169,22 @@ def test_unsaved_mute_shows_for_a_while_on_the_led_and_in_status_until_saved():
     h.update(600.0, St("waiting", 600.0, 599.0, Err("No such device")), ok(600.0), 599.0)
     assert h.led_fault(600.0) == AUDIO_DEVICE
     assert [f.name for f in h.faults(600.0)] == [AUDIO_DEVICE, STATE_NOT_SAVED]
+
+
+def test_stall_threshold_fits_the_units_watchdog():
+    """A stall (STALL_S) plus one check (the daemon's HEALTH_TICK_S) fits between two
+    pings (half of WatchdogSec=): a stuck loop always costs the next ping, so systemd
+    restarts the unit within about WatchdogSec of the stall; and the threshold is many
+    10 ms periods long, so scheduling hiccups are not stalls."""
+    import re
+    from pathlib import Path
+
+    from voxbox.daemon import HEALTH_TICK_S
+    from voxbox.health import STALL_S
+
+    unit = (Path(__file__).resolve().parents[1] / "systemd" / "voxbox.service").read_text()
+    watchdog_sec = float(re.search(r"^WatchdogSec=(\d+)\s*$", unit, re.M).group(1))
+    print(f"WatchdogSec={watchdog_sec:g}: ping every {watchdog_sec / 2:g} s; stall {STALL_S:g} s + check "
+          f"{HEALTH_TICK_S:g} s")
+    assert STALL_S + HEALTH_TICK_S < watchdog_sec / 2
+    assert STALL_S >= 100 * 0.010

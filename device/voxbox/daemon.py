@@ -1798,7 +1798,7 @@ class Daemon:
                 log.info("ready (session %s%s)", "up" if self._session_ready else "not up yet",
                          f"; waiting for audio device(s) {', '.join(map(repr, down))}" if down else "",
                          extra={"VOXBOX_EVENT": "ready"})
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02 if not ready else 0.1)  # after READY=1: waiting for a device
 
     async def _health_task(self) -> None:
         """Every HEALTH_TICK_S: judge the audio devices (:class:`voxbox.health.HealthMonitor`),

@@ -24,10 +24,15 @@ digital silence. The core decides three things:
   again; ``deaf_microphone`` when the silence starts, a reminder at most every
   ``remind_s``, and when sound comes back; ``watchdog_withheld``/``watchdog_resumed``.
 
-``STALL_S`` = 2 s, against the unit's ``WatchdogSec=10`` (pings every 5 s): 200 playback
-periods (a loaded Pi delays a period by tens of ms, a reopen is not a stall: the loop is
-then ``waiting``), and short enough that a stall seen just after a ping is acted on
-before systemd's deadline (2 s + the 0.5 s check < 10 s - 5 s).
+``STALL_S`` = 3 s, against the unit's ``WatchdogSec=10`` (``WATCHDOG=1`` every 5 s):
+
+- long enough: 300 periods of 10 ms; a loaded Pi delays a period by tens, at worst
+  hundreds of ms, and a reopen after a device error is not a stall (the loop is then
+  ``waiting``);
+- short enough: the stall plus one check (0.5 s) is under the 5 s between pings, so a
+  stall always costs the next ping and systemd restarts the unit within about
+  ``WatchdogSec`` (10-10.5 s) of the moment the loop stopped, where the capture-only
+  watchdog fed a unit whose playback was stuck for as long as it liked.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-STALL_S = 2.0
+STALL_S = 3.0
 """A loop that delivered no frame / completed no write for this long is stuck (s)."""
 
 REMIND_S = 60.0
