@@ -19,9 +19,12 @@ class St:
 
 
 class Err(Exception):
-    def __init__(self, text: str, reason: str = "missing"):
+    """As voxbox.audio_io.AudioDeviceError: the whole text, ALSA's words (detail), a reason."""
+
+    def __init__(self, text: str, reason: str = "missing", detail: str | None = None):
         super().__init__(text)
         self.reason = reason
+        self.detail = text if detail is None else detail
 
 
 MIC, SPK = "plughw:CARD=usbmic,DEV=0", "voxbox_speaker"
@@ -41,7 +44,9 @@ def events(reports):
 
 def test_capture_missing_at_start_is_reported_once_a_minute_and_never_withholds_the_watchdog():
     h = monitor()
-    missing = St("waiting", 0.5, None, Err(f"cannot open ALSA capture device {MIC!r}: No such device"))
+    missing = St("waiting", 0.5, None, Err(f"cannot open ALSA capture device {MIC!r}: No such device "
+                                           f"[{MIC}]; available capture PCMs: null",
+                                           detail=f"No such device [{MIC}]"))
     logged = []
     t = 0.0
     while t <= 185.0:
@@ -56,7 +61,9 @@ def test_capture_missing_at_start_is_reported_once_a_minute_and_never_withholds_
     assert first.fields == {"VOXBOX_EVENT": "audio_device", "VOXBOX_DEVICE": MIC, "VOXBOX_DEVICE_KIND": "capture",
                             "VOXBOX_DEVICE_STATE": "missing", "VOXBOX_CAUSE": str(missing.error)}
     assert all(r.level == logging.WARNING and "still missing" in r.message for r in rest)
-    assert [f.name for f in h.faults(t)] == [AUDIO_DEVICE] and MIC in h.faults(t)[0].text
+    assert [f.text for f in h.faults(t)] == [  # STATUS=: ALSA's words, not the list of PCMs
+        f"capture device {MIC!r} missing: waiting for it (No such device [{MIC}])"]
+    assert h.faults(t)[0].name == AUDIO_DEVICE
     assert h.led_fault(t) == AUDIO_DEVICE
     # the card appears: one line, the fault is gone
     reps = h.update(190.0, St("open", 189.0, 190.0), ok(190.0), 190.0)

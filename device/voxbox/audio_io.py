@@ -201,11 +201,13 @@ def _open_pcm(device: str, kind: str, mode: int, rate: int, period: int, periods
 
 def open_check(device: str, kind: str, rate: int | None = None, period: int | None = None,
                periods: int = 4) -> dict:
-    """Open and close ``device`` once to fail early with a clear :class:`AudioDeviceError`.
+    """Open and close ``device`` once to fail early with a clear :class:`AudioDeviceError`
+    (:class:`DeviceBlockedError` when the open does not return within ``OPEN_TIMEOUT_S``).
 
     ``kind`` is ``"capture"`` or ``"playback"``; rate/period default to the voxbox contract
     (capture 16 kHz / 160, playback 24 kHz / 240). Returns ``pcm.info()`` of the open.
-    The capture PCM is opened non-blocking and nothing is read, so no audio is consumed.
+    The open runs in a child process (:func:`probe_open`), non-blocking, and nothing is
+    read or written, so no audio is consumed and an open that blocks cannot hang the caller.
     """
     if rate is None:
         rate = 16000 if kind == "capture" else 24000

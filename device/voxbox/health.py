@@ -90,6 +90,7 @@ class _Device:
     down_since: float | None = None  # the device could not be opened since (s)
     reason: str = ""  # AudioDeviceError.reason of the last failure
     error: str = ""  # its text
+    detail: str = ""  # ALSA's words alone (no list of PCMs)
     reminded_at: float = 0.0
     ever_open: bool = False
 
@@ -156,7 +157,7 @@ class HealthMonitor:
         for d in self._dev.values():
             if d.down_since is not None:
                 out.append(Fault(AUDIO_DEVICE, f"{d.kind} device {d.name!r} {d.reason}: waiting for it "
-                                               f"({d.error})"))
+                                               f"({d.detail})"))
         if self._deaf_since is not None:
             out.append(Fault(DEAF_MICROPHONE, f"deaf microphone: capture device {self._dev['capture'].name!r} "
                                               "delivers only digital silence (mute switch? dead ADC?)"))
@@ -193,6 +194,7 @@ class HealthMonitor:
             return  # probing / opening: judged by the watchdog (bounded), not a fault yet
         reason = getattr(err, "reason", "unusable")
         text = str(err)
+        d.detail = getattr(err, "detail", text)  # ALSA's words alone, for STATUS=
         fields = {"VOXBOX_EVENT": "audio_device", "VOXBOX_DEVICE": d.name, "VOXBOX_DEVICE_KIND": d.kind,
                   "VOXBOX_DEVICE_STATE": reason, "VOXBOX_CAUSE": text}
         if d.down_since is None:
