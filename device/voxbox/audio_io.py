@@ -267,7 +267,7 @@ def probe_open(device: str, kind: str, rate: int, period: int, periods: int = 4,
     Raises:
         DeviceBlockedError: the open did not return within ``timeout_s``.
         AudioDeviceError: ALSA refused the open (the detail names what is missing), or the
-            device negotiated another rate/format, or the child failed.
+            device negotiated another rate/format, or the child could not start or failed.
     """
     _require_alsa()
     for p in list(_unreaped):  # reap children a previous probe had to leave behind
@@ -275,9 +275,12 @@ def probe_open(device: str, kind: str, rate: int, period: int, periods: int = 4,
             _unreaped.remove(p)
     libdir = _module_dir()
     args = json.dumps({"kind": kind, "device": device, "rate": rate, "period": period, "periods": periods})
-    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _PROBE_CODE, libdir, args],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    try:
+        proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _PROBE_CODE, libdir, args],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    except OSError as exc:  # no memory or processes left for the child
+        raise AudioDeviceError(device, kind, f"cannot start the open probe: {exc}") from exc
     deadline = time.monotonic() + timeout_s
     out = err = ""
     while True:

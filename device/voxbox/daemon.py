@@ -1057,7 +1057,7 @@ class Daemon:
         Returns:
             True when saved. False when it cannot be saved (a full disk, a read-only or
             missing state directory): the temporary file is gone, the old file (if any) is
-            untouched, one error (``VOXBOX_EVENT=state_file``) names the file and says
+            untouched, and one error (``VOXBOX_EVENT=state_file``) names the file and says
             the change will not survive a restart. Never raises.
         """
         from voxbox.statefile import atomic_write
