@@ -51,11 +51,11 @@ def test_speech_during_the_settle_time_does_not_count():
 def test_loud_noise_without_speech_and_quiet_speech_below_the_floor_do_not_confirm():
     c = InterruptionCheck(FRAME_MS)
     c.start()
-    assert run(c, [(0.1, -20.0, -70.0)] * 40)[1] is Verdict.REJECTED
+    assert run(c, [(0.1, -20.0, -70.0)] * 80)[1] is Verdict.REJECTED
     c.start()
-    assert run(c, [(0.95, -66.0, -70.0)] * 40)[1] is Verdict.REJECTED
+    assert run(c, [(0.95, -66.0, -70.0)] * 80)[1] is Verdict.REJECTED
     c.start()
-    assert run(c, [(math.nan, -30.0, -70.0)] * 40)[1] is Verdict.REJECTED
+    assert run(c, [(math.nan, -30.0, -70.0)] * 80)[1] is Verdict.REJECTED
 
 
 def test_judging_waits_for_the_far_end_to_go_quiet():
@@ -102,9 +102,9 @@ def test_speech_the_canceller_still_sees_echo_in_does_not_confirm():
     with the RES statistic at -16 to -5 dB: the canceller's echo estimate was above them."""
     c = InterruptionCheck(FRAME_MS)
     c.start()
-    assert run(c, [(0.93, -48.0, -107.0, False, -10.2)] * 40)[1] is Verdict.REJECTED
+    assert run(c, [(0.93, -48.0, -107.0, False, -10.2)] * 80)[1] is Verdict.REJECTED
     c.start()
-    assert run(c, [(0.93, -48.0, -107.0, False, 5.9)] * 40)[1] is Verdict.REJECTED
+    assert run(c, [(0.93, -48.0, -107.0, False, 5.9)] * 80)[1] is Verdict.REJECTED
     c.start()  # the user, with the echo estimate decayed
     assert run(c, [(0.93, -30.0, -107.0, False, 25.0)] * 40)[1] is Verdict.CONFIRMED
     c = InterruptionCheck(FRAME_MS, CheckSettings(ratio_db=-math.inf))  # the statistic not used

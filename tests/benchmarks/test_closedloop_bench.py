@@ -34,7 +34,10 @@ Per echo level (``VOXBOX_CL_LEVELS``, default -10,0,6,10), after a warm-up quest
   the user heard that: such trials are counted as "after the reply had resumed once");
   the rig's speaker plays what the daemon wrote before the pause (the ``file`` plugin
   flushes its buffer at a drop, where a card discards it), so the rig's figure includes
-  the playback buffer a card's drop would cut (about 60-90 ms here);
+  the playback buffer a card's drop would cut (about 60-90 ms here); "on a card" is the
+  time the daemon stopped handing audio to the device (``barge_in_paused``, the last one
+  before the confirmation) plus one 10 ms period (the playback loop drops the device's
+  buffer before its next write), minus the onset;
   truncate error = ``audio_end_ms`` sent minus the reply audio the rig's speaker actually
   played of the item truncated (found by matching the last 100 ms played against it), ms;
 - at +6 dB: the wake word ("Hey Jarvis") 1.5-4 s into a reply, ``VOXBOX_CL_TRIALS`` times
@@ -135,6 +138,7 @@ class LevelResult:
     detected: int = 0
     quiet_ms: list[float] = field(default_factory=list)
     truncate_err_ms: list[float] = field(default_factory=list)
+    quiet_card_ms: list[float] = field(default_factory=list)  # the same on a card (see the docstring)
     wake_warm: list[tuple[bool, bool]] = field(default_factory=list)  # (detected, floor given)
     wake_first: list[tuple[bool, bool]] = field(default_factory=list)
     self_triggers: int = 0
@@ -322,6 +326,10 @@ def run_level(level: float, seed: int, tmp: Path) -> LevelResult:
                 loud = np.nonzero((times >= onset) & (times <= b["mono"] + 0.4) & (np.abs(samples.astype(np.int32)) > 0))[0]
                 t_quiet = float(times[loud[-1]]) if loud.size else onset
                 res.quiet_ms.append((t_quiet - onset) * 1000)
+                # on a card the drop discards the buffer: quiet one period (10 ms) after the
+                # loop sees the pause (the last pause before the confirmation)
+                paused = [r["mono"] for r in h.events("barge_in_paused") if onset - 0.5 <= r["mono"] <= b["mono"]]
+                res.quiet_card_ms.append(((paused[-1] if paused else b["mono"]) + 0.010 - onset) * 1000)
                 res.resumed += int(any(r.get("VOXBOX_VERDICT") == "rejected" for r in h.events("barge_in_check")
                                        if onset - 0.5 <= r["mono"] <= b["mono"]))
                 # the item the barge-in truncated (the reply's item being played)
@@ -382,7 +390,8 @@ def report(r: LevelResult) -> str:
              f"responses/question {sorted(set(r.responses))}",
              f"  interruptions {r.tries}: detected {r.detected} ({r.detected / max(r.tries, 1) * 100:.0f} %; "
              f"{r.resumed} after the reply had resumed once), "
-             f"speaker quiet median {f(r.quiet_ms, 50)} p95 {f(r.quiet_ms, 95)} ms, "
+             f"speaker quiet median {f(r.quiet_ms, 50)} p95 {f(r.quiet_ms, 95)} ms "
+             f"(on a card: {f(r.quiet_card_ms, 50)} / {f(r.quiet_card_ms, 95)} ms), "
              f"truncate error median {f(r.truncate_err_ms, 50)} ms, max |err| "
              f"{max((abs(x) for x in r.truncate_err_ms), default=float('nan')):.0f} ms (n={len(r.truncate_err_ms)})"
              + (f"; missed: {r.misses}" if r.misses else "")]
