@@ -46,6 +46,7 @@ MESSAGE_IDS: dict[str, str] = {
     "ready": "672698a5de86479a889c1977ee30e1db",
     "reconnected": "f4964523ba47446bb82b862f5b156fcc",
     "recording": "c69bb4cadead41f093247246b92b0576",
+    "metrics": "847f73f3c6224878a4ca62eb0d33cc36",
     "reply_audio_start": "262a57c33cd14a66b9e612c2260f3901",
     "reply_overflow": "7d65c14b0df24a2aaa62a7b2bc352ae9",
     "response_done": "c54f63ea681d424a84e2b14e3eaf6220",
