@@ -27,6 +27,7 @@ from voxbox.audio_io import (  # noqa: E402
     probe_open,
 )
 from voxbox.rig import FileDeviceRig  # noqa: E402
+from probes import probe_children
 
 
 @pytest.fixture
@@ -104,20 +105,6 @@ def _blocking_and_late_devices(rig) -> dict[str, Path]:
     return paths
 
 
-def _probe_children(device: str) -> list[int]:
-    """PIDs of open-probe children for ``device`` still alive."""
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmd = (d / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"alsaaudio" in cmd and f'"device": "{device}"'.encode() in cmd:
-                pids.append(int(d.name))
-    return pids
-
-
 @pytest.mark.parametrize("device,kind", [("stuck_mic", "capture"), ("stuck_speaker", "playback")])
 def test_a_blocking_open_is_probed_in_a_child_and_never_freezes_this_process(rig, device, kind):
     """pyalsaaudio holds the GIL while an open blocks: in this process it would freeze
@@ -149,7 +136,7 @@ def test_a_blocking_open_is_probed_in_a_child_and_never_freezes_this_process(rig
     assert ei.value.reason == "blocked" and device in str(ei.value) and "1.5 s" in str(ei.value)
     assert 1.5 <= took < 4.0
     assert gaps.max() < 0.5  # this process never froze
-    assert _probe_children(device) == []
+    assert probe_children(device) == []
 
 
 def test_missing_device_error_says_what_is_missing(rig):
@@ -202,14 +189,14 @@ def test_loop_waiting_on_a_blocking_device_stops_promptly(rig):
                        open_timeout_s=30.0)
     spk.start()
     deadline = time.monotonic() + 5
-    while not _probe_children("stuck_speaker") and time.monotonic() < deadline:
+    while not probe_children("stuck_speaker") and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert spk.status().state == "probing" and _probe_children("stuck_speaker")
+    assert spk.status().state == "probing" and probe_children("stuck_speaker")
     t = time.monotonic()
     assert spk.stop(timeout=2.0)
     print(f"stop() with a probe blocked in the open: {time.monotonic() - t:.2f} s")
     assert time.monotonic() - t < 2.0
-    assert _probe_children("stuck_speaker") == []
+    assert probe_children("stuck_speaker") == []
 
 
 def test_capture_is_bit_exact_and_real_time(rig):

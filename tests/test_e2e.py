@@ -16,6 +16,7 @@ import pytest
 
 from voxbox.harness import DaemonHarness, write_config
 from voxbox.speech import demo_utterance, render_speech
+from probes import probe_children
 
 pytestmark = pytest.mark.e2e
 
@@ -549,19 +550,6 @@ def test_missing_audio_devices_keep_the_unit_running_until_they_appear(tmp_path)
         assert h.stop_daemon() == 0
 
 
-def _probe_children(device: str) -> list[int]:
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmd = (d / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"alsaaudio" in cmd and device.encode() in cmd:
-                pids.append(int(d.name))
-    return pids
-
-
 def test_a_blocking_device_open_never_freezes_the_daemon(tmp_path):
     """A capture PCM whose open blocks (a file plugin on a FIFO nobody writes: opening it
     for reading waits for a writer; pyalsaaudio holds the GIL meanwhile, so in-process it
@@ -584,14 +572,14 @@ def test_a_blocking_device_open_never_freezes_the_daemon(tmp_path):
         fed = _watchdogs(h, t0 + 1.0, ev["mono"])
         assert fed >= 3
         # SIGTERM while the next probe is blocked in the open
-        h.wait_for(lambda: _probe_children(stuck), 5, "the next probe")
+        h.wait_for(lambda: probe_children(stuck), 5, "the next probe")
         time.sleep(1.0)
-        assert _probe_children(stuck)
+        assert probe_children(stuck)
         t_term = time.monotonic()
         h.proc.send_signal(15)
         rc = h.proc.wait(10)
         took = time.monotonic() - t_term
-        left = _probe_children(stuck)
+        left = probe_children(stuck)
         print(f"blocking open: reported as blocked {ev['mono'] - t0:.1f} s after launch, WATCHDOG=1 sent "
               f"{fed} times meanwhile; SIGTERM during a blocked probe: exit {rc} after {took:.2f} s; "
               f"probe children left: {len(left)}")
