@@ -1236,12 +1236,16 @@ class Daemon:
         from voxbox.credentials import CredentialError
         from voxbox.sd import redact
 
+        said = None  # the last problem logged: a credential that stays bad is logged once
         while self._unprovisioned():
             await asyncio.sleep(CREDENTIAL_POLL_S)
             try:
                 key = load_connect_secret(self.cfg, required=False)
             except CredentialError as exc:
-                log.warning("%s", exc, extra={"VOXBOX_EVENT": "unprovisioned"})
+                if str(exc) != said:  # names the source, never the value
+                    said = str(exc)
+                    log.warning("%s; looking again every %.0f s", exc, CREDENTIAL_POLL_S,
+                                extra={"VOXBOX_EVENT": "unprovisioned"})
                 self.metrics.set_link("unprovisioned")
                 continue
             if key.value:
