@@ -129,7 +129,12 @@ def test_follow_up_turn_without_the_wake_word(tmp_path):
         h.mic.play(follow)
         h.wait_event("playback_end", timeout=40, after=end["mono"] + 0.1)
         assert len(h.events("wake")) == 1
-        turns = [r for r in h.events("state") if r["VOXBOX_STATE"] == "listening"]
+        assert h.events("barge_in") == []  # no reply was cut
+        # a tentative pause of a reply (the first stage of local barge-in, rejected by the
+        # check with the speaker quiet: the reply resumed) is not a turn; the closed-loop
+        # benchmark counts those pauses per reply
+        turns = [r for r in h.events("state") if r["VOXBOX_STATE"] == "listening"
+                 and "near-end speech" not in r.get("VOXBOX_CAUSE", "")]
         assert len(turns) == 2 and turns[1]["VOXBOX_CAUSE"] == "follow-up speech"
         assert turns[1]["VOXBOX_TURN"] == 2
         h.wait_state("idle", timeout=15, after=end["mono"] + 0.1)
