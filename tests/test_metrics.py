@@ -301,7 +301,7 @@ def test_the_daemon_writes_the_metrics_file(tmp_path):
         return out
 
     cfg = {"metrics": {"textfile": str(prom), "interval_s": 1.0}}
-    with DaemonHarness(tmp_path / "h", echo_db=None, config=cfg) as h:
+    with DaemonHarness(tmp_path / "h", echo_db=-20, config=cfg) as h:
         h.start()
         h.wait_for(lambda: prom.exists() and values().get("voxbox_link_up") == 1.0, 10, "link up in the file")
         t0 = time.monotonic()
@@ -320,5 +320,8 @@ def test_the_daemon_writes_the_metrics_file(tmp_path):
         assert v["voxbox_barge_in_rejected_total"] == 0.0
         assert v['voxbox_link_state{state=up}'] == 1.0
         assert v["voxbox_uptime_seconds"] > 0
+        # the reply's echo (-20 dB) was cancelled: ERLE over the far-end periods
+        print(f"ERLE {v['voxbox_erle_db']:.1f} dB, echo delay {v.get('voxbox_echo_delay_seconds')} s")
+        assert v["voxbox_erle_db"] > 6.0
         assert h.stop_daemon() == 0
     assert not [p for p in prom.parent.iterdir() if p.name != "voxbox.prom"]  # no temp file left

@@ -22,6 +22,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -244,6 +245,10 @@ class Daemon:
         # capture-thread state (touched only by the capture thread)
         self._ref_frame = np.zeros(self.cap_period, dtype=np.int16)
         self._cap_f32 = np.zeros(self.cap_period, dtype=np.float32)  # voice-level scratch
+        self._erle_f32 = np.zeros(self.cap_period, dtype=np.float32)  # ERLE scratch
+        #: microphone and cleaned energy summed over far-end periods (capture thread; read
+        #: and reset by the metrics writer: a race costs one period of 10 ms in a sum)
+        self._erle_mic = self._erle_out = 0.0
         self._up_resampler: soxr.ResampleStream | None = None
         self._up_parts: list[np.ndarray] = []
         self._up_samples = 0
@@ -562,6 +567,12 @@ class Daemon:
             self._echo_path_changed()
             self._loop.call_soon_threadsafe(self._log_resync, backlog, self._ref_delay, ring.resyncs)
         clean = self.frontend.process(frame, ref) if self.frontend is not None else frame
+        if self._fe_far and self.frontend is not None:  # ERLE over far-end periods (metrics)
+            f = self._erle_f32
+            np.copyto(f, frame)
+            self._erle_mic += float(np.dot(f, f))
+            np.copyto(f, clean)
+            self._erle_out += float(np.dot(f, f))
         gate = self.gate
         if gate is not None:
             req = self._gate_open
@@ -1368,6 +1379,10 @@ class Daemon:
 
         async def write() -> None:
             nonlocal said
+            mic, out = self._erle_mic, self._erle_out
+            if mic > 0 and out > 0:  # ERLE over the far-end periods since the last write, dB
+                self._erle_mic = self._erle_out = 0.0
+                self.metrics.set_erle_db(10 * math.log10(mic / out))
             ok = await loop.run_in_executor(None, writer.write)
             err = None if ok else writer.error
             if err != said:
