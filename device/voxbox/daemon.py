@@ -603,6 +603,7 @@ class Daemon:
                 self._wake_reset = False
                 wake.reset()
             if self._wake_aware:
+                wake.strict = self._reconverge_frames > 0  # reconverging: no low playback threshold
                 fe = self.frontend
                 # the canceller's output before the residual suppressor, which would also eat
                 # the user's wake word in double talk (the path the wake bench measures)

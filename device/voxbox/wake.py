@@ -500,6 +500,9 @@ class PlaybackAwareWake:
             raise ValueError(f"confirm_chunks must be an int >= 1, got {confirm_chunks!r}")
         self.confirm_chunks = confirm_chunks
         self._run = 0  # consecutive chunks scoring >= threshold_playback
+        #: set by the caller while the canceller reconverges after an echo-path change: the
+        #: playback threshold is not used (the echo it leaves can score like a wake word)
+        self.strict = False
         self.warmup_s = float(warmup_s)
         self._warm_chunks = math.ceil(self.warmup_s * SAMPLE_RATE / CHUNK_SAMPLES - 1e-9)
         self._since_reset = 0  # chunks scored since construction or reset()
@@ -561,7 +564,7 @@ class PlaybackAwareWake:
                 found = det
             self._since_reset += 1
             self._run = self._run + 1 if m >= self.threshold_playback else 0
-            low_ok = self.playing and self._since_reset > self._warm_chunks
+            low_ok = self.playing and self._since_reset > self._warm_chunks and not self.strict
             hit = m >= self.threshold or (low_ok and self._run >= self.confirm_chunks)
             if hit and self._pending is None:
                 last = self.last_detection
