@@ -173,7 +173,9 @@ def test_barge_in_by_wake_word_during_the_reply(tmp_path):
 
 def test_echo_delay_measured_and_reference_realigned(tmp_path):
     """The reference delay line starts too short (0 ms configured, the 30 ms floor used,
-    while the rig's speaker-to-microphone path is ~50-110 ms); during the first spoken
+    while the rig's speaker-to-microphone path is made ~150-210 ms: 100 ms of system delay
+    over the rig's own 50-110 ms, so the reference leads by far more than the aligner's
+    dead band keeps, ``slack_ms`` 30 ms beyond the wanted lead); during the first spoken
     reply the daemon measures the echo delay from the reply itself (no chirp), moves the
     delay line, and in the next reply the reference leads the echo by less than before."""
     q = speech("Tell me a long story about a small robot who lives in a lighthouse by the sea, "
@@ -184,7 +186,7 @@ def test_echo_delay_measured_and_reference_realigned(tmp_path):
            "realtime": {"turn_detection": {"type": "none"}}, "gpio": {"long_hold_ms": 30000}}
     # the harness's speaker is paced per period (a one-page mono pipe inserts silence at
     # page boundaries, so the rig's echo path would wander by tens of ms within a reply)
-    with DaemonHarness(tmp_path, echo_db=-20, config=cfg) as h:
+    with DaemonHarness(tmp_path, echo_db=-20, echo_delay_ms=100.0, config=cfg) as h:
         h.start()
         moves, turns = [], []
         for k in range(2):  # two replies: measured during the first, the line moved
