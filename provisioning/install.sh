@@ -380,7 +380,7 @@ step_models() {
     # Run as the service user: it must be able to read the venv and the models.
     code='
 import sys
-from voxbox.wake import find_model, WakeWordDetector
+from voxbox.wake.detector import find_model, WakeWordDetector
 p = find_model("hey_jarvis")
 for f in ("melspectrogram.tflite", "embedding_model.tflite"):
     if not (p.parent / f).is_file():
@@ -419,7 +419,7 @@ step_config() {
         changed "create $ETC_DIR"
         run install -d -m 0755 -o root -g root "$ETC_DIR"
     fi
-    # same owner and mode as voxbox.firstboot gives it
+    # same owner and mode as voxbox.field.firstboot gives it
     local cfg_group=root
     getent group "$SERVICE_USER" >/dev/null && cfg_group=$SERVICE_USER
     if [ -e "$ETC_DIR/config.toml" ]; then

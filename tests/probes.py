@@ -1,4 +1,4 @@
-"""Test helper: the device-open probe children (voxbox.audio_io.probe_open) still alive."""
+"""Test helper: the device-open probe children (voxbox.audio.alsa.probe_open) still alive."""
 
 from __future__ import annotations
 

@@ -36,10 +36,10 @@ def power(x: np.ndarray) -> float:
 
 def speech(text: str, lead_s: float = 0.0, tail_s: float = 1.0, *, voice: str = "en-us",
            seed: int = 5) -> np.ndarray:
-    """A spoken microphone signal: espeak-ng ``text`` (16 kHz, ``voxbox.speech``) between
+    """A spoken microphone signal: espeak-ng ``text`` (16 kHz, ``voxbox.audio.speech``) between
     ``lead_s`` and ``tail_s`` of silence, plus N(0, 20) noise from ``default_rng(seed)``,
     int16 (what the end-to-end tests and the link benchmark play into the rig's mic)."""
-    from voxbox.speech import render_speech
+    from voxbox.audio.speech import render_speech
 
     x = render_speech(text, voice)
     rng = np.random.default_rng(seed)

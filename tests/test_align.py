@@ -1,4 +1,4 @@
-"""Tests for echo-path alignment (voxbox.align): calibration chirp, GCC-PHAT delay and
+"""Tests for echo-path alignment (voxbox.dsp.align): calibration chirp, GCC-PHAT delay and
 echo return loss, streaming delay / clock-drift tracking, drift compensation.
 
 Echo paths are the benchmark rooms' simulated impulse responses (pyroomacoustics image
@@ -20,7 +20,7 @@ import soxr  # noqa: E402
 from scipy.signal import fftconvolve  # noqa: E402
 
 from benchmarks.rooms import FAR_TEXTS, FAR_VOICE, ROOMS, loudspeaker, room_irs, speech_track  # noqa: E402
-from voxbox.align import DelayEstimate, DriftCompensator, EchoDelayTracker, chirp, measure_delay  # noqa: E402
+from voxbox.dsp.align import DelayEstimate, DriftCompensator, EchoDelayTracker, chirp, measure_delay  # noqa: E402
 
 SR = 16000  # Hz
 BLOCK = 160  # samples (10 ms capture period)
@@ -373,7 +373,7 @@ def test_compensator_errors_name_the_argument() -> None:
 
 
 def test_aligner_moves_the_line_to_the_wanted_lead_and_fixes_a_late_reference_at_once():
-    from voxbox.align import ReferenceAligner
+    from voxbox.dsp.align import ReferenceAligner
 
     a = ReferenceAligner(16000, lead_ms=10.0, tolerance_ms=3.0, confirm=2)
     line = 480  # 30 ms
@@ -397,7 +397,7 @@ def test_aligner_settles_in_one_move_on_a_steady_path():
     """The estimates kept across a move are the ones the new line sees: on a constant
     60 ms echo path the aligner moves once and then holds (it used to take the old line's
     estimates for spread and make three more moves)."""
-    from voxbox.align import ReferenceAligner
+    from voxbox.dsp.align import ReferenceAligner
 
     rng = np.random.default_rng(3)
     a = ReferenceAligner(16000, lead_ms=10.0, tolerance_ms=3.0, confirm=2)
@@ -415,7 +415,7 @@ def test_aligner_keeps_a_lead_within_its_slack_on_a_spread_path():
     line after every reply (101.9 -> 50 -> 34.7 -> 26.5 -> 20.3 ms of lead), and each move
     cost the next reply ~400 ms without echo cancellation. A lead within ``slack_ms`` above
     the wanted one is kept: one move, then it holds."""
-    from voxbox.align import ReferenceAligner
+    from voxbox.dsp.align import ReferenceAligner
 
     rng = np.random.default_rng(5)
     a = ReferenceAligner(16000, lead_ms=10.0, tolerance_ms=3.0, confirm=2, slack_ms=30.0)

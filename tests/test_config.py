@@ -9,7 +9,7 @@ import pytest
 
 from voxbox import cli
 from voxbox.config import ConfigError, apply_overrides, load_config, parse_config
-from voxbox.credentials import CredentialError, CredentialInvalid, Secret, load_api_key
+from voxbox.host.credentials import CredentialError, CredentialInvalid, Secret, load_api_key
 
 
 def test_defaults_are_valid():

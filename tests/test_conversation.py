@@ -1,7 +1,7 @@
 """The attention state machine, driven with a fake clock."""
-from voxbox.conversation import (ClearInput, Conversation, Earcon, EndPushToTalk, Interrupt, PauseReply, Prompt,
+from voxbox.conversation.machine import (ClearInput, Conversation, Earcon, EndPushToTalk, Interrupt, PauseReply, Prompt,
                                  ResendTurn, ResetWake, ResumeReply, SetMuted, StartPushToTalk, State)
-from voxbox.gestures import ButtonGestures, Gesture
+from voxbox.gpio.gestures import ButtonGestures, Gesture
 
 
 def no_cues(actions):

@@ -1,7 +1,7 @@
 """Service-side features per dialect, validated against the official SDK types.
 
-Every ``session.update`` that :func:`voxbox.dialects.session_config` (through
-:meth:`voxbox.session.RealtimeSession.start`) can produce is checked against the types of the
+Every ``session.update`` that :func:`voxbox.realtime.dialects.session_config` (through
+:meth:`voxbox.realtime.session.RealtimeSession.start`) can produce is checked against the types of the
 installed SDKs, with no unknown field at any level:
 
 * openai-ga: ``openai.types.realtime.SessionUpdateEvent`` / ``RealtimeSessionCreateRequest``
@@ -51,8 +51,8 @@ from openai.types.realtime import (
 from openai.types.realtime.realtime_audio_config_input import RealtimeAudioConfigInput
 
 from voxbox.config import parse_config
-from voxbox.dialects import UnsupportedFeature, check_features, session_config
-from voxbox.session import RealtimeSession
+from voxbox.realtime.dialects import UnsupportedFeature, check_features, session_config
+from voxbox.realtime.session import RealtimeSession
 
 TOOLS = [{"type": "function", "name": "get_time", "description": "The current local time.",
           "parameters": {"type": "object", "properties": {}, "additionalProperties": False}}]
@@ -438,7 +438,7 @@ LOCAL_DIALECTS = {"openai-ga": ["openai-ga", "azure-ga"], "openai-beta": ["opena
 
 @pytest.mark.parametrize("dialect", ["openai-ga", "openai-beta", "azure-voicelive"])
 def test_localserver_accepts_every_valid_session(dialect):
-    from voxbox.localserver import DIALECTS, LocalServerConfig, SessionCore
+    from voxbox.parrot.server import DIALECTS, LocalServerConfig, SessionCore
 
     cores = [SessionCore(DIALECTS[name], config=LocalServerConfig(seed=1)) for name in LOCAL_DIALECTS[dialect]]
     n = 0

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voxbox.dsp import DspError, read_wav
-from voxbox.harness import DaemonHarness
-from voxbox.recorder import CaptureRecorder
-from voxbox.speech import demo_utterance
-from voxbox.wavfile import write_wav
+from voxbox.field.replay import DspError, read_wav
+from voxbox.sim.harness import DaemonHarness
+from voxbox.dsp.recorder import CaptureRecorder
+from voxbox.audio.speech import demo_utterance
+from voxbox.audio.wavfile import write_wav
 
 from synth import speechlike
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voxbox.harness import DaemonHarness, write_config
-from voxbox.speech import demo_utterance, render_speech
+from voxbox.sim.harness import DaemonHarness, write_config
+from voxbox.audio.speech import demo_utterance, render_speech
 from probes import probe_children
 
 pytestmark = pytest.mark.e2e

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import closedloop as cl
-from voxbox.harness import DaemonHarness
-from voxbox.speech import render_speech
+from voxbox.sim.harness import DaemonHarness
+from voxbox.audio.speech import render_speech
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ from functools import partial
 import numpy as np
 import pytest
 
-from voxbox.harness import DaemonHarness
+from voxbox.sim.harness import DaemonHarness
 
 import synth
 
@@ -60,7 +60,7 @@ def test_push_to_talk_turn(tmp_path):
         causes = [r["VOXBOX_CAUSE"] for r in h.events("state")]
         assert "push-to-talk" in causes and "push-to-talk released" in causes
         # the wake and end-of-listening cues reached the speaker, sample for sample
-        from voxbox.earcon import load_earcon
+        from voxbox.audio.earcon import load_earcon
 
         played = h.speaker.samples.astype(np.float64)
         for name in ("wake", "end"):
@@ -115,7 +115,7 @@ def test_mute_blocks_all_uplink_and_survives_a_restart(tmp_path):
 
 
 def test_follow_up_turn_without_the_wake_word(tmp_path):
-    from voxbox.speech import demo_utterance
+    from voxbox.audio.speech import demo_utterance
 
     sig, _ = demo_utterance()
     follow = speech("And what about tomorrow?", lead_s=0.0)
@@ -143,7 +143,7 @@ def test_follow_up_turn_without_the_wake_word(tmp_path):
 def test_barge_in_by_wake_word_during_the_reply(tmp_path):
     """The unit plays a long reply; the user says the wake word over it: playback stops,
     the reply is truncated at what was played, and the unit listens."""
-    from voxbox.speech import demo_utterance
+    from voxbox.audio.speech import demo_utterance
 
     sig, _ = demo_utterance()
     wake = speech("Hey Jarvis!", lead_s=0.0, tail_s=0.3, voice="en-gb")

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from voxbox.harness import DaemonHarness
+from voxbox.sim.harness import DaemonHarness
 
 from synth import speech
 

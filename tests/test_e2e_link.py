@@ -9,7 +9,7 @@ from functools import partial
 import numpy as np
 import pytest
 
-from voxbox.harness import DaemonHarness
+from voxbox.sim.harness import DaemonHarness
 
 import synth
 
@@ -81,7 +81,7 @@ def test_offline_prompt_and_nothing_captured_offline_is_sent_later(tmp_path):
         # the prompt reached the speaker, sample for sample
         from pathlib import Path
 
-        from voxbox.earcon import load_earcon
+        from voxbox.audio.earcon import load_earcon
         import voxbox
 
         cue = load_earcon(str(Path(voxbox.__file__).parent / "prompts" / "offline.wav"), 24000)
@@ -89,7 +89,7 @@ def test_offline_prompt_and_nothing_captured_offline_is_sent_later(tmp_path):
         win = np.lib.stride_tricks.sliding_window_view(h.speaker.samples, head.size)
         assert (win == head).all(axis=1).any(), "offline prompt not at the speaker"
         # the service comes back on the same port: the unit reconnects; nothing from offline is sent
-        from voxbox.localserver import ServerThread
+        from voxbox.parrot.server import ServerThread
 
         h.server = ServerThread(api_key=h.api_key, port=port)
         h.server.start()
@@ -108,7 +108,7 @@ def test_fatal_auth_is_not_retried_fast(tmp_path):
         h.server_options = {}
         h.start_server()
         h.server.stop()
-        from voxbox.localserver import ServerThread
+        from voxbox.parrot.server import ServerThread
 
         h.server = ServerThread(api_key="sk-the-right-key")
         h.server.start()
@@ -126,8 +126,8 @@ def test_token_broker_mode_end_to_end(tmp_path):
     """The unit holds only its per-unit secret: before each session it gets a short-lived
     token from the fleet broker; the Realtime server accepts exactly the broker's tokens;
     a reconnect reuses the cached token; a refused unit secret is fatal and retried slowly."""
-    from voxbox.brokerserver import BrokerServer
-    from voxbox.localserver import ServerThread
+    from brokerserver import BrokerServer
+    from voxbox.parrot.server import ServerThread
 
     broker = BrokerServer({"VX-0001": "unit-secret-0123456789"}, ttl_s=600)
     broker.start()

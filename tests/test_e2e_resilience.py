@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import soxr
 
-from voxbox.harness import DaemonHarness
-from voxbox.speech import demo_utterance
+from voxbox.sim.harness import DaemonHarness
+from voxbox.audio.speech import demo_utterance
 
 import synth
 

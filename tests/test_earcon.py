@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voxbox.earcon import CUES, EARCON_RATE, NAMES, EarconError, EarconSet, load_earcon
+from voxbox.audio.earcon import CUES, EARCON_RATE, NAMES, EarconError, EarconSet, load_earcon
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DIR = ROOT / "device" / "voxbox" / "earcons"
@@ -178,7 +178,7 @@ def test_packaged_spoken_prompts_load_at_the_playback_rate():
     import importlib.util
     from pathlib import Path
 
-    from voxbox.earcon import PROMPT_NAMES, load_prompts
+    from voxbox.audio.earcon import PROMPT_NAMES, load_prompts
     prompts = load_prompts(24000)
     assert set(prompts) == set(PROMPT_NAMES)
     assert all(p.dtype == np.int16 and p.size > 24000 and np.abs(p).max() > 1000 for p in prompts.values())

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from voxbox import echostate
-from voxbox.echostate import EchoState, load_echo_state, save_echo_state
+from voxbox.dsp import echostate
+from voxbox.dsp.echostate import EchoState, load_echo_state, save_echo_state
 
 DEV = "capture=plughw:CARD=Mic,DEV=0 playback=plughw:CARD=Spk,DEV=0"
 
@@ -39,12 +39,12 @@ def write(tmp_path, content, name="echo.json"):
 
 @pytest.fixture
 def logs(caplog):
-    caplog.set_level(logging.DEBUG, logger="voxbox.echostate")
+    caplog.set_level(logging.DEBUG, logger="voxbox.dsp.echostate")
     return caplog
 
 
 def only_message(caplog):
-    recs = [r for r in caplog.records if r.name == "voxbox.echostate"]
+    recs = [r for r in caplog.records if r.name == "voxbox.dsp.echostate"]
     assert len(recs) == 1, [r.getMessage() for r in recs]
     return recs[0].getMessage()
 
@@ -314,7 +314,7 @@ def test_random_garbage_never_raises(tmp_path, caplog):
     noise): load_echo_state returns None or an EchoState, never raises."""
     import random
 
-    caplog.set_level(logging.CRITICAL, logger="voxbox.echostate")
+    caplog.set_level(logging.CRITICAL, logger="voxbox.dsp.echostate")
     rnd = random.Random(16)
     junk = [None, True, 0, -1, 1e308, "1e999", 10 ** 400, [], {}, "x", "NaN", 1.5]
     p = tmp_path / "echo.json"

@@ -14,7 +14,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from voxbox.localserver import (
+from voxbox.parrot.server import (
     INSUFFICIENT_QUOTA,
     AudioJitter,
     LocalRealtimeServer,

@@ -1,4 +1,4 @@
-"""Tests for the capture front end (voxbox.frontend): re-framing, latency, determinism,
+"""Tests for the capture front end (voxbox.dsp.frontend): re-framing, latency, determinism,
 echo reduction and near-end transparency."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from voxbox.frontend import CaptureFrontEnd, FrontEndSettings
-from voxbox.res import ResSettings
+from voxbox.dsp.frontend import CaptureFrontEnd, FrontEndSettings
+from voxbox.dsp.res import ResSettings
 
 SR = 16000  # Hz
 BLOCK = 160  # samples (10 ms, the capture period)

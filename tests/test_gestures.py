@@ -1,7 +1,7 @@
 """Button gestures with debounce, on a fake clock."""
 import pytest
 
-from voxbox.gestures import ButtonGestures, Gesture
+from voxbox.gpio.gestures import ButtonGestures, Gesture
 
 
 def run(g, edges, until, step=0.001):

@@ -1,16 +1,16 @@
-"""The health core (voxbox.health) on a fake clock: devices missing and back, deaf
+"""The health core (voxbox.service.health) on a fake clock: devices missing and back, deaf
 microphone, stuck loops and the watchdog, an unsaved mute."""
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
-from voxbox.health import AUDIO_DEVICE, DEAF_MICROPHONE, STATE_NOT_SAVED, HealthMonitor
+from voxbox.service.health import AUDIO_DEVICE, DEAF_MICROPHONE, STATE_NOT_SAVED, HealthMonitor
 
 
 @dataclass
 class St:
-    """A loop status as voxbox.audio_io.LoopStatus has it."""
+    """A loop status as voxbox.audio.alsa.LoopStatus has it."""
 
     state: str
     since: float
@@ -19,7 +19,7 @@ class St:
 
 
 class Err(Exception):
-    """As voxbox.audio_io.AudioDeviceError: the whole text, ALSA's words (detail), a reason."""
+    """As voxbox.audio.alsa.AudioDeviceError: the whole text, ALSA's words (detail), a reason."""
 
     def __init__(self, text: str, reason: str = "missing", detail: str | None = None):
         super().__init__(text)
@@ -186,8 +186,8 @@ def test_stall_threshold_fits_the_units_watchdog():
     import re
     from pathlib import Path
 
-    from voxbox.daemon import HEALTH_TICK_S
-    from voxbox.health import STALL_S
+    from voxbox.service.daemon import HEALTH_TICK_S
+    from voxbox.service.health import STALL_S
 
     unit = (Path(__file__).resolve().parents[1] / "systemd" / "voxbox.service").read_text()
     watchdog_sec = float(re.search(r"^WatchdogSec=(\d+)\s*$", unit, re.M).group(1))

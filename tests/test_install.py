@@ -385,7 +385,7 @@ def test_cli_runs_as_the_service_user(unit):
 
 def test_wake_models_resolve_and_load(unit):
     root = unit["root"]
-    code = ("from voxbox.wake import find_model, WakeWordDetector; import numpy as np; "
+    code = ("from voxbox.wake.detector import find_model, WakeWordDetector; import numpy as np; "
             "p = find_model('hey_jarvis'); d = WakeWordDetector('hey_jarvis'); "
             "d.process(np.zeros(1280, dtype=np.int16), 0.0); print(p)")
     res = root.run(f"{PREFIX}/venv/bin/python", "-c", code, user="voxbox")
@@ -400,7 +400,7 @@ import time, wave
 from pathlib import Path
 import numpy as np
 import voxbox
-from voxbox.wake import CHUNK_SAMPLES, WakeWordDetector
+from voxbox.wake.detector import CHUNK_SAMPLES, WakeWordDetector
 clip = Path(voxbox.__file__).parent / "data" / "hey_jarvis.wav"
 with wave.open(str(clip)) as w:
     assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 16000)

@@ -1,10 +1,10 @@
-"""The interruption check core (voxbox.interruption), frame by frame."""
+"""The interruption check core (voxbox.duplex.interruption), frame by frame."""
 
 import math
 
 import pytest
 
-from voxbox.interruption import CheckSettings, InterruptionCheck, Verdict
+from voxbox.duplex.interruption import CheckSettings, InterruptionCheck, Verdict
 
 FRAME_MS = 16.0
 SPEECH = (0.9, -30.0, -70.0)

@@ -6,8 +6,8 @@ from collections import deque
 import numpy as np
 import pytest
 
-from voxbox import jitter
-from voxbox.jitter import MAX_ITEMS, MIN_CHUNK_MS, SEG_KEEP, JitterBuffer
+from voxbox.audio import jitter
+from voxbox.audio.jitter import MAX_ITEMS, MIN_CHUNK_MS, SEG_KEEP, JitterBuffer
 
 
 def pull(jb, n=240):
@@ -677,7 +677,7 @@ def test_added_latency_after_a_pause_is_not_measured():
 
 
 def test_latency_histogram_quantile_and_clamping():
-    from voxbox.jitter import LatencyHistogram
+    from voxbox.audio.jitter import LatencyHistogram
     h = LatencyHistogram(max_ms=100)
     assert h.mean_ms() is None and h.quantile_ms(0.5) is None
     h.add(-2.0, 10)   # counts in the first bin, mean keeps the sign
@@ -690,7 +690,7 @@ def test_latency_histogram_quantile_and_clamping():
 
 
 def test_pull_clock_ignores_late_wakeups_and_follows_the_device():
-    from voxbox.jitter import PullClock
+    from voxbox.audio.jitter import PullClock
     step = 0.01
     # a card: a pull per period; every 10th wakes 18 ms late and the next catches up
     c = PullClock(24000, 240)

@@ -5,9 +5,9 @@ import time
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-from voxbox.conversation import State
-from voxbox.health import AUDIO_DEVICE, DEAF_MICROPHONE, STATE_NOT_SAVED
-from voxbox.led import (ACK_ON_S, ACK_S, AMBER, FAULT_PATTERNS, PATTERNS, RED, GpioLed, GpioRgbLed,
+from voxbox.conversation.machine import State
+from voxbox.service.health import AUDIO_DEVICE, DEAF_MICROPHONE, STATE_NOT_SAVED
+from voxbox.gpio.led import (ACK_ON_S, ACK_S, AMBER, FAULT_PATTERNS, PATTERNS, RED, GpioLed, GpioRgbLed,
                         Pattern, display_pattern, frame, pattern_for)
 
 STEP = 0.02

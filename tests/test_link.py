@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from voxbox.link import LinkSupervisor, default_rollover_s, expiry_margin_s
+from voxbox.realtime.link import LinkSupervisor, default_rollover_s, expiry_margin_s
 
 
 def sup(**kw):

@@ -15,7 +15,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from voxbox.localserver import (
+from voxbox.parrot.server import (
     DIALECTS,
     EnergyVad,
     LocalRealtimeServer,
@@ -288,7 +288,7 @@ def test_reconnect_time_is_the_first_session_created_after_a_time():
 
 
 def test_speak_24k_is_espeak_at_the_output_rate():
-    from voxbox.speech import render_speech
+    from voxbox.audio.speech import render_speech
 
     x = speak_24k("Hello there.")
     src = render_speech("Hello there.")
@@ -321,7 +321,7 @@ def speech_clip(dbfs: float, rate: int = RATE, lead_s: float = 0.8, tail_s: floa
     """espeak-ng speech with its active part (first to last sample above 1 % of the peak)
     at ``dbfs`` RMS, between ``lead_s`` and ``tail_s`` of digital silence. Returns
     (int16 samples, onset, offset) with onset/offset as sample indices of the clip."""
-    from voxbox.speech import render_speech
+    from voxbox.audio.speech import render_speech
 
     x = (speak_24k(text) if rate == RATE else render_speech(text)).astype(np.float64)
     a = np.abs(x)
@@ -372,7 +372,7 @@ def test_speech_vad_at_16k_prefix_padding_and_session_timeline():
 
 
 def test_speech_vad_ignores_noise_tones_and_silence():
-    from voxbox.speech import pink_noise
+    from voxbox.audio.speech import pink_noise
 
     n = 4 * RATE
     rng = np.random.default_rng(7)
@@ -1093,7 +1093,7 @@ def test_scripted_function_call_then_spoken_output(dialect):
         assert WEATHER_OUTPUT in tr_done["transcript"]
         pcm = server.record.item_audio(msg["id"])
         # espeak-ng speech of the output at 24 kHz, not the user's 0.5 s tone played back
-        from voxbox.speech import render_speech
+        from voxbox.audio.speech import render_speech
         expect = len(render_speech(WEATHER_OUTPUT)) * RATE // 16_000
         assert abs(len(pcm) // 2 - expect) <= 2 and len(pcm) // 2 > RATE
         await c.close()

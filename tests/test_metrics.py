@@ -1,4 +1,4 @@
-"""Fleet metrics (voxbox.metrics): the core driven by events, the file written for
+"""Fleet metrics (voxbox.host.metrics): the core driven by events, the file written for
 node_exporter's textfile collector and read back with the official parser
 (prometheus_client.parser), and the atomic write (no temporary file left, a failed write
 leaves the previous file intact, never an OSError into the caller)."""
@@ -10,7 +10,7 @@ import threading
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from voxbox.metrics import LINK_STATES, MetricsWriter, UnitMetrics, read_selftest, render
+from voxbox.host.metrics import LINK_STATES, MetricsWriter, UnitMetrics, read_selftest, render
 
 
 class FakeClock:
@@ -285,8 +285,8 @@ def test_the_daemon_writes_the_metrics_file(tmp_path):
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from voxbox.harness import DaemonHarness
-    from voxbox.speech import render_speech
+    from voxbox.sim.harness import DaemonHarness
+    from voxbox.audio.speech import render_speech
 
     prom = tmp_path / "textfile" / "voxbox.prom"
     prom.parent.mkdir()

@@ -1,4 +1,4 @@
-"""Fleet provisioning (``voxbox provision``) and first boot (``voxbox.firstboot``)."""
+"""Fleet provisioning (``voxbox provision``) and first boot (``voxbox.field.firstboot``)."""
 from __future__ import annotations
 
 import csv
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from voxbox.config import load_config
-from voxbox.firstboot import FirstBootError, install, wipe
-from voxbox.provision import add_parser, bundle_checksum, cmd_provision
+from voxbox.field.firstboot import FirstBootError, install, wipe
+from voxbox.field.provision import add_parser, bundle_checksum, cmd_provision
 
 REPO = Path(__file__).resolve().parents[1]
 KEY1 = "sk-test-UNIT1-aaaaaaaaaaaaaaaaaaaaaaaa"
@@ -299,7 +299,7 @@ def test_only_unknown_serial(fleet, capsys):
 
 def test_module_entry_point_with_progress(fleet):
     f, units, out = fleet
-    res = subprocess.run([sys.executable, "-m", "voxbox.provision", str(f), str(units), "--out", str(out)],
+    res = subprocess.run([sys.executable, "-m", "voxbox.field.provision", str(f), str(units), "--out", str(out)],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "provisioned 3 unit(s)" in res.stdout
@@ -322,7 +322,7 @@ def card(fleet, capsys) -> tuple[Path, Path, Path]:
 
 def run_firstboot(boot: Path, etc: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "NOTIFY_SOCKET")}
-    return subprocess.run([sys.executable, "-m", "voxbox.firstboot", "--boot-dir", str(boot),
+    return subprocess.run([sys.executable, "-m", "voxbox.field.firstboot", "--boot-dir", str(boot),
                            "--etc-dir", str(etc), "--log-format", "json", *extra],
                           capture_output=True, text=True, env=env)
 
@@ -441,7 +441,7 @@ def test_firstboot_unit_verifies(tmp_path):
     assert "ConditionPathExists=/boot/firmware/voxbox" in unit
     assert "Type=oneshot" in unit and "Before=voxbox.service" in unit
     assert "--boot-dir /boot/firmware --etc-dir /etc/voxbox" in unit
-    assert "/opt/voxbox/venv/bin/python -m voxbox.firstboot" in unit
+    assert "/opt/voxbox/venv/bin/python -m voxbox.field.firstboot" in unit
     (tmp_path / "voxbox-firstboot.service").write_text(
         unit.replace("/opt/voxbox/venv/bin/python", sys.executable))
     res = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "voxbox-firstboot.service")],

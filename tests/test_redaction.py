@@ -12,9 +12,7 @@ import urllib.parse
 
 import pytest
 
-from voxbox import sd
-
-# CR/LF, quotes and a backslash: what JSON escaping changed after the old post-json.dumps
+from voxbox.host import sd  # CR/LF, quotes and a backslash: what JSON escaping changed after the old post-json.dumps
 # scrub; '/', '+' and '=' change under URL and base64 encoding; length 41 (not a multiple of
 # 3) gives base64 padding
 SECRET = 'sk-"quo\\te\r\nline/slash+plus=0123456789ab'
@@ -61,7 +59,7 @@ def secret():
 def _record(form_names: list[str]) -> logging.LogRecord:
     forms = _forms(SECRET)
     msg = " | ".join(f"{n}=%s" for n in form_names)
-    rec = logging.LogRecord("voxbox.link", logging.ERROR, __file__, 1, msg, tuple(forms[n] for n in form_names), None)
+    rec = logging.LogRecord("voxbox.realtime.link", logging.ERROR, __file__, 1, msg, tuple(forms[n] for n in form_names), None)
     rec.VOXBOX_EVENT = "link_down"
     rec.VOXBOX_CAUSE = f"Authorization: Bearer {SECRET}"
     rec.VOXBOX_HEADER = "Basic " + base64.b64encode(b"api:" + SECRET.encode()).decode()

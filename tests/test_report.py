@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from voxbox import report
-from voxbox.journal_ids import MESSAGE_IDS, message_id
-from voxbox.report import (REDACTED, CmdResult, Paths, ReportError, Unavailable, build_report,
+from voxbox.field import report
+from voxbox.host.journal_ids import MESSAGE_IDS, message_id
+from voxbox.field.report import (REDACTED, CmdResult, Paths, ReportError, Unavailable, build_report,
                            journalctl_source, looks_secret, redact_tree, scrub_text, secret_forms)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -283,7 +283,7 @@ def test_scrub_text_forms():
 # ----------------------------------------------------------------- the journald field set
 def _logged_events() -> set[str]:
     events = set()
-    for p in (REPO / "device" / "voxbox").glob("*.py"):
+    for p in (REPO / "device" / "voxbox").rglob("*.py"):
         events |= set(re.findall(r'"VOXBOX_EVENT":\s*"([a-z_]+)"', p.read_text()))
     return events
 
@@ -292,7 +292,7 @@ def test_every_event_has_a_message_id_and_is_documented():
     events = _logged_events()
     assert {"turn", "wake", "state", "watchdog_withheld", "link_fatal"} <= events
     missing = events - set(MESSAGE_IDS)
-    assert not missing, f"add a MESSAGE_ID (uuid4().hex) in voxbox/journal_ids.py for {sorted(missing)}"
+    assert not missing, f"add a MESSAGE_ID (uuid4().hex) in voxbox/host/journal_ids.py for {sorted(missing)}"
     doc = (REPO / "docs" / "journald.md").read_text()
     undocumented = [e for e in sorted(events) if f"`{e}`" not in doc]
     assert not undocumented, f"document these VOXBOX_EVENT values in docs/journald.md: {undocumented}"
@@ -304,7 +304,7 @@ def test_every_event_has_a_message_id_and_is_documented():
 
 def test_every_logged_field_is_documented():
     fields = set()
-    for p in (REPO / "device" / "voxbox").glob("*.py"):
+    for p in (REPO / "device" / "voxbox").rglob("*.py"):
         fields |= set(re.findall(r'"(VOXBOX_[A-Z_]+)"', p.read_text()))
     fields -= {"VOXBOX_API_KEY", "VOXBOX_MOCK_GPIO_SOCKET", "VOXBOX_UNIT_SECRET",  # environment, not fields
                report.JOURNAL_FILE_ENV}
@@ -342,8 +342,8 @@ def test_packages_follow_the_installed_metadata(monkeypatch):
 
 
 def test_selftest_state_file_comes_from_the_state_directory(tmp_path):
-    from voxbox import sd, selftest
-
+    from voxbox.host import sd
+    from voxbox.field import selftest
     assert report.SELFTEST_STATE_FILE == selftest.STATE_FILE
     assert sd.state_dir({"STATE_DIRECTORY": f"{tmp_path}:/other"}) == tmp_path
 

@@ -1,4 +1,4 @@
-"""Tests for the residual echo suppressor (voxbox.res): echo suppression, near-end
+"""Tests for the residual echo suppressor (voxbox.dsp.res): echo suppression, near-end
 transparency, latency, determinism, settings validation."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from synth import power, room_ir, speechlike  # tests/ is on sys.path
-from voxbox.res import ResidualEchoSuppressor, ResSettings
+from voxbox.dsp.res import ResidualEchoSuppressor, ResSettings
 
 SR = 16000  # Hz
 H = 256  # hop, samples

@@ -1,4 +1,4 @@
-"""``voxbox.rig``: the speaker end of the ALSA file-device rig (no ALSA needed)."""
+"""``voxbox.sim.rig``: the speaker end of the ALSA file-device rig (no ALSA needed)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from voxbox.rig import FileDeviceRig
+from voxbox.sim.rig import FileDeviceRig
 
 
 def test_speaker_snapshot_pairs_every_sample_with_its_block_time(tmp_path):

@@ -1,6 +1,6 @@
 import numpy as np
 
-from voxbox.ring import SampleRing
+from voxbox.audio.ring import SampleRing
 
 
 def test_fifo_wrap_and_shortfall():
@@ -28,7 +28,7 @@ def test_overflow_drops_oldest_and_backlog_resync():
 def test_frame_queue_hands_frames_over_in_order_and_drops_when_full():
     import numpy as np
 
-    from voxbox.ring import FrameQueue
+    from voxbox.audio.ring import FrameQueue
 
     q = FrameQueue(slots=3, width=4)
     out = np.zeros((2, 4), np.int16)
@@ -46,7 +46,7 @@ def test_frame_queue_hands_frames_over_in_order_and_drops_when_full():
 def test_read_delayed_keeps_the_pairing_through_a_bursty_writer():
     """A count delay line: bursts of the writer never move which reference sample pairs
     with which capture period; a change of the line moves it by exactly the change."""
-    from voxbox.ring import SampleRing
+    from voxbox.audio.ring import SampleRing
 
     ring = SampleRing(16000)
     n, line = 160, 800
@@ -79,7 +79,7 @@ def test_read_delayed_keeps_the_pairing_through_a_bursty_writer():
 
 
 def test_read_delayed_places_the_reader_again_after_a_stalled_writer():
-    from voxbox.ring import SampleRing
+    from voxbox.audio.ring import SampleRing
 
     ring = SampleRing(16000)
     out = np.zeros(160, np.int16)
@@ -97,7 +97,7 @@ def test_read_delayed_places_the_reader_again_after_a_stalled_writer():
 
 
 def test_unwrite_takes_back_only_unread_samples():
-    from voxbox.ring import SampleRing
+    from voxbox.audio.ring import SampleRing
 
     ring = SampleRing(1000)
     ring.write(np.arange(1, 101, dtype=np.int16))

@@ -1,13 +1,11 @@
-"""voxbox.sd helpers: secret scrubbing and the state directory."""
+"""voxbox.host.sd helpers: secret scrubbing and the state directory."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from voxbox import sd
-
-
+from voxbox.host import sd
 def test_scrub_and_forget():
     s = "tok-3f9a1c77e2"
     try:

@@ -1,6 +1,6 @@
-"""``voxbox selftest`` (voxbox.selftest) on the ALSA file devices of voxbox.rig.
+"""``voxbox selftest`` (voxbox.field.selftest) on the ALSA file devices of voxbox.sim.rig.
 
-The audio checks run the real command (``python -m voxbox.selftest``, the same parser
+The audio checks run the real command (``python -m voxbox.field.selftest``, the same parser
 ``voxbox selftest`` registers) as a subprocess against a rig in this process: the
 microphone feeder mixes the speaker's played stream back in with a known delay and gain.
 
@@ -30,9 +30,9 @@ import tomli_w
 
 import alsaaudio  # noqa: E402,F401
 
-from voxbox import selftest  # noqa: E402
+from voxbox.field import selftest  # noqa: E402
 from voxbox.config import parse_config  # noqa: E402
-from voxbox.rig import FileDeviceRig  # noqa: E402
+from voxbox.sim.rig import FileDeviceRig  # noqa: E402
 
 ECHO_DELAY_MS = 37.0
 ECHO_GAIN_DB = -20.0
@@ -50,7 +50,7 @@ def _run_cli(tmp_path: Path, rig: FileDeviceRig, args: list[str], config: dict |
     path.write_text(tomli_w.dumps(cfg))
     env = {**os.environ, **rig.env, "STATE_DIRECTORY": str(tmp_path / "state"), **(extra_env or {})}
     env.pop("JOURNAL_STREAM", None)
-    return subprocess.run([sys.executable, "-m", "voxbox.selftest", "--config", str(path),
+    return subprocess.run([sys.executable, "-m", "voxbox.field.selftest", "--config", str(path),
                            "--log-format", "json", *args],
                           env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -160,7 +160,7 @@ def test_missing_capture_device_fails_naming_it(tmp_path, monkeypatch):
 # -- network --------------------------------------------------------------------------------
 @pytest.fixture
 def server():
-    from voxbox.localserver import ServerThread
+    from voxbox.parrot.server import ServerThread
 
     s = ServerThread(api_key=KEY)
     s.start()
@@ -232,7 +232,7 @@ def test_network_http_401_is_auth():
 
 def test_network_fatal_answers_follow_the_daemon_rule():
     """Error codes in session.FATAL_ERROR_CODES and close 3000/4000 are marked fatal."""
-    from voxbox.localserver import ServerThread
+    from voxbox.parrot.server import ServerThread
 
     s = ServerThread(openai_beta_allowed=False)  # a GA-only endpoint: beta shape -> error, close 4000
     s.start()
@@ -284,8 +284,8 @@ UNIT_SECRET = "unit-secret-selftest-Zq8wYq3L"
 def test_network_in_token_broker_mode():
     """Only the unit secret is provisioned: the check gets a token from the broker and
     connects with it (the service accepts exactly the tokens the broker issued)."""
-    from voxbox.brokerserver import BrokerServer
-    from voxbox.localserver import ServerThread
+    from brokerserver import BrokerServer
+    from voxbox.parrot.server import ServerThread
 
     with BrokerServer({UNIT_ID: UNIT_SECRET}, ttl_s=600) as broker:
         service = ServerThread(accept_key=broker.accept)
@@ -330,12 +330,12 @@ def test_network_in_token_broker_mode():
 
 
 def test_network_broker_mode_without_unit_id(monkeypatch):
-    from voxbox.credentials import CredentialError
+    from voxbox.host.credentials import CredentialError
 
     def no_identity(path=None):
         raise CredentialError("no unit identity (set broker.unit_id or provision the unit)")
 
-    monkeypatch.setattr("voxbox.broker.load_unit_id", no_identity)
+    monkeypatch.setattr("voxbox.realtime.broker.load_unit_id", no_identity)
     cfg = parse_config({"realtime": {"url": "local"}, "broker": {"url": "http://127.0.0.1:9/t"}})
     r = selftest.check_network(cfg, {"VOXBOX_UNIT_SECRET": UNIT_SECRET})
     assert r.result == "FAIL" and "no unit identity" in r.hint, r
@@ -343,7 +343,7 @@ def test_network_broker_mode_without_unit_id(monkeypatch):
 
 def test_pink_noise_is_the_shared_generator():
     """The burst is speech.pink_noise band-limited, faded, at NOISE_DBFS RMS."""
-    from voxbox.speech import pink_noise
+    from voxbox.audio.speech import pink_noise
 
     n = 48000
     x = selftest._pink(n, -20.0)
@@ -359,8 +359,8 @@ def test_pink_noise_is_the_shared_generator():
 
 
 def test_shared_constants():
-    from voxbox import cli, report
-
+    from voxbox import cli
+    from voxbox.field import report
     assert selftest.EXIT_CONFIG is cli.EXIT_CONFIG == 78
     assert report.SELFTEST_STATE_FILE == selftest.STATE_FILE == "selftest.json"
 
@@ -389,7 +389,7 @@ def test_button_and_led_cycle_with_mock_pins():
     r = selftest.check_button_led(cfg, timeout_s=3, led_s=0.02, prompt=said.append, pin_factory=factory)
     th.join(2)
     assert r.result == "PASS" and 50 <= r.value < 3000, r
-    from voxbox.led import PATTERNS
+    from voxbox.gpio.led import PATTERNS
 
     assert sum(s.strip().startswith("LED:") for s in said) == len(PATTERNS)
     factory.reset()
@@ -414,7 +414,7 @@ def test_wake_word_on_the_packaged_sample(tmp_path):
     # the package ships voxbox/data/hey_jarvis.wav, so a unit needs no speech synthesiser
     assert r.result == "PASS" and r.value >= 0.5 and r.details["sample"].endswith("data/hey_jarvis.wav"), r
     # a stored sample of something else: not detected
-    from voxbox.speech import render_speech, write_wav
+    from voxbox.audio.speech import render_speech, write_wav
 
     other = tmp_path / "other.wav"
     write_wav(other, render_speech("Good morning, the kitchen lights are on."), 16000)

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from voxbox.config import parse_config
-from voxbox.dialects import auth_headers, build_url, canonical_event_type, session_config
-from voxbox.session import (AudioDelta, ProtocolError, RealtimeSession, ResponseDone,
+from voxbox.realtime.dialects import auth_headers, build_url, canonical_event_type, session_config
+from voxbox.realtime.session import (AudioDelta, ProtocolError, RealtimeSession, ResponseDone,
                             ResponseStarted, ServerError, SessionReady, SpeechStarted)
 
 

@@ -1,4 +1,4 @@
-"""Per-event validation of server events (voxbox.events): a malformed event becomes one
+"""Per-event validation of server events (voxbox.realtime.events): a malformed event becomes one
 InvalidEvent naming its first bad field, never an exception, and changes no session state."""
 import base64
 import copy
@@ -6,10 +6,10 @@ import json
 
 import pytest
 from pydantic import BaseModel
-from voxbox import events as schema
+from voxbox.realtime import events as schema
 from voxbox.config import parse_config
-from voxbox.dialects import _BETA_TO_GA
-from voxbox.session import (
+from voxbox.realtime.dialects import _BETA_TO_GA
+from voxbox.realtime.session import (
     _HANDLERS,
     AudioDelta,
     AudioDone,

@@ -1,4 +1,4 @@
-"""Tests for the ctypes binding of libspeexdsp (voxbox.speexdsp)."""
+"""Tests for the ctypes binding of libspeexdsp (voxbox.dsp.speexdsp)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import gc
 import numpy as np
 import pytest
 
-from voxbox import speexdsp
-from voxbox.speexdsp import EchoCanceller, Preprocessor, SpeexDSPError
+from voxbox.dsp import speexdsp
+from voxbox.dsp.speexdsp import EchoCanceller, Preprocessor, SpeexDSPError
 
 SR = 16000  # Hz
 FRAME = 256  # samples

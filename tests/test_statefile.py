@@ -1,4 +1,4 @@
-"""Small state files: the atomic write (voxbox.statefile) on a full disk and every other
+"""Small state files: the atomic write (voxbox.host.statefile) on a full disk and every other
 failure, and the daemon's mute state file built on it (``Daemon._set_muted`` and
 ``Daemon._load_muted``, run on a stand-in object that has only ``_state_path``)."""
 
@@ -15,9 +15,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from voxbox import statefile
-from voxbox.daemon import Daemon
-from voxbox.statefile import atomic_write
+from voxbox.host import statefile
+from voxbox.service.daemon import Daemon
+from voxbox.host.statefile import atomic_write
 
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -163,13 +163,13 @@ def stand_in(path):
 
 
 def daemon_records(caplog):
-    return [r for r in caplog.records if r.name == "voxbox.daemon" and r.levelno >= logging.WARNING]
+    return [r for r in caplog.records if r.name == "voxbox.service.daemon" and r.levelno >= logging.WARNING]
 
 
 def test_set_muted_saves_atomically_and_load_reads_it(tmp_path, caplog, monkeypatch):
     p = tmp_path / "lib" / "state.json"
     d = stand_in(p)
-    caplog.set_level(logging.INFO, logger="voxbox.daemon")
+    caplog.set_level(logging.INFO, logger="voxbox.service.daemon")
     synced = []
     real_fsync = os.fsync
     monkeypatch.setattr(statefile.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
@@ -194,7 +194,7 @@ def test_set_muted_on_a_full_disk_reports_it_and_leaves_no_temp(tmp_path, caplog
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(statefile.os, step, full)
-    with caplog.at_level(logging.INFO, logger="voxbox.daemon"):
+    with caplog.at_level(logging.INFO, logger="voxbox.service.daemon"):
         assert Daemon._set_muted(stand_in(p), True) is False
     (rec,) = daemon_records(caplog)
     msg = rec.getMessage()
@@ -207,7 +207,7 @@ def test_set_muted_on_a_full_disk_reports_it_and_leaves_no_temp(tmp_path, caplog
 def test_set_muted_unmute_that_cannot_be_saved_says_so(tmp_path, caplog, monkeypatch):
     p = tmp_path / "state.json"
     monkeypatch.setattr(statefile.os, "write", lambda fd, data: (_ for _ in ()).throw(ENOSPC))
-    with caplog.at_level(logging.ERROR, logger="voxbox.daemon"):
+    with caplog.at_level(logging.ERROR, logger="voxbox.service.daemon"):
         assert Daemon._set_muted(stand_in(p), False) is False
     assert "the unmute will not survive a restart" in caplog.text and leftovers(tmp_path) == []
 
@@ -222,7 +222,7 @@ def test_set_muted_when_the_kernel_refuses_the_write(tmp_path):
         import json, logging, resource, signal, sys
         from types import SimpleNamespace
         from pathlib import Path
-        from voxbox.daemon import Daemon
+        from voxbox.service.daemon import Daemon
         records = []
         class Keep(logging.Handler):
             def emit(self, r):
@@ -266,7 +266,7 @@ def test_set_muted_when_the_kernel_refuses_the_write(tmp_path):
 def test_load_muted_never_raises_on_garbage(tmp_path, caplog, content, words):
     p = tmp_path / "state.json"
     p.write_bytes(content if isinstance(content, bytes) else content.encode())
-    with caplog.at_level(logging.DEBUG, logger="voxbox.daemon"):
+    with caplog.at_level(logging.DEBUG, logger="voxbox.service.daemon"):
         assert Daemon._load_muted(stand_in(p)) is False
     (rec,) = daemon_records(caplog)
     msg = rec.getMessage()
@@ -277,11 +277,11 @@ def test_load_muted_never_raises_on_garbage(tmp_path, caplog, content, words):
 
 def test_load_muted_missing_or_unreadable(tmp_path, caplog):
     p = tmp_path / "state.json"
-    with caplog.at_level(logging.DEBUG, logger="voxbox.daemon"):
+    with caplog.at_level(logging.DEBUG, logger="voxbox.service.daemon"):
         assert Daemon._load_muted(stand_in(p)) is False
     assert daemon_records(caplog) == []  # first boot: silent
     p.mkdir()  # a directory where the file should be
-    with caplog.at_level(logging.DEBUG, logger="voxbox.daemon"):
+    with caplog.at_level(logging.DEBUG, logger="voxbox.service.daemon"):
         assert Daemon._load_muted(stand_in(p)) is False
     (rec,) = daemon_records(caplog)
     assert f"ignoring state file {p}: cannot read it" in rec.getMessage()
@@ -290,6 +290,6 @@ def test_load_muted_missing_or_unreadable(tmp_path, caplog):
 def test_load_muted_reads_true_and_extra_keys(tmp_path, caplog):
     p = tmp_path / "state.json"
     p.write_text('{"muted": true, "other": 3}\n')
-    with caplog.at_level(logging.DEBUG, logger="voxbox.daemon"):
+    with caplog.at_level(logging.DEBUG, logger="voxbox.service.daemon"):
         assert Daemon._load_muted(stand_in(p)) is True
     assert daemon_records(caplog) == []

@@ -1,4 +1,4 @@
-"""Tool registry, built-ins, plug-ins and the runner (voxbox.tools)."""
+"""Tool registry, built-ins, plug-ins and the runner (voxbox.conversation.tools)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import textwrap
 
 import pytest
 
-from voxbox import tools as T
-from voxbox.tools import (
+from voxbox.conversation import tools as T
+from voxbox.conversation.tools import (
     FunctionCall,
     Tool,
     ToolContext,
@@ -180,7 +180,7 @@ def test_plugins_loaded_broken_ones_skipped(caplog):
         FakeEP("steals_builtin", echo_tool("set_volume")),
         FakeEP("zz_duplicate", echo_tool("weather")),
     ]
-    with caplog.at_level(logging.ERROR, logger="voxbox.tools"):
+    with caplog.at_level(logging.ERROR, logger="voxbox.conversation.tools"):
         reg = ToolRegistry.default(entry_points=eps)
     assert reg.names() == ["set_volume", "get_time", "stop_conversation", "device_status",
                            "echo", "weather", "timer"]
@@ -197,7 +197,7 @@ def test_plugins_loaded_broken_ones_skipped(caplog):
 
 def test_plugin_through_real_entry_point_metadata(tmp_path, monkeypatch):
     (tmp_path / "vx_test_plugin.py").write_text(textwrap.dedent("""
-        from voxbox.tools import Tool
+        from voxbox.conversation.tools import Tool
         def make():
             return Tool("shout", "upper-case a word",
                         {"type": "object", "properties": {"word": {"type": "string"}}, "required": ["word"]},
@@ -206,10 +206,10 @@ def test_plugin_through_real_entry_point_metadata(tmp_path, monkeypatch):
     info = tmp_path / "vx_test_plugin-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: vx-test-plugin\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[voxbox.tools]\nshout = vx_test_plugin:make\n")
+    (info / "entry_points.txt").write_text("[voxbox.conversation.tools]\nshout = vx_test_plugin:make\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "vx_test_plugin", raising=False)
-    assert any(ep.name == "shout" for ep in importlib.metadata.entry_points(group="voxbox.tools"))
+    assert any(ep.name == "shout" for ep in importlib.metadata.entry_points(group="voxbox.conversation.tools"))
 
     reg = ToolRegistry.default()
     assert "shout" in reg
@@ -219,7 +219,7 @@ def test_plugin_through_real_entry_point_metadata(tmp_path, monkeypatch):
 
 def test_allow_list(caplog):
     eps = [FakeEP("weather", echo_tool("weather"))]
-    with caplog.at_level(logging.WARNING, logger="voxbox.tools"):
+    with caplog.at_level(logging.WARNING, logger="voxbox.conversation.tools"):
         reg = ToolRegistry.default(["get_time", "weather", "lights"], entry_points=eps)
     assert reg.names() == ["get_time", "weather"]
     assert "'lights'" in caplog.text and "no such tool" in caplog.text

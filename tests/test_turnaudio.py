@@ -1,7 +1,7 @@
 """The turn's local audio buffer (resend after a link loss)."""
 import pytest
 
-from voxbox.turnaudio import TurnAudio
+from voxbox.realtime.turnaudio import TurnAudio
 
 
 def blk(i: int, ms: int = 40) -> bytes:

@@ -1,9 +1,9 @@
-"""The uplink gate core (voxbox.uplinkgate): comfort noise for echo, pre-roll for the user."""
+"""The uplink gate core (voxbox.duplex.uplinkgate): comfort noise for echo, pre-roll for the user."""
 
 import numpy as np
 import pytest
 
-from voxbox.uplinkgate import GateState, UplinkGate
+from voxbox.duplex.uplinkgate import GateState, UplinkGate
 
 N, RATE = 160, 16000
 

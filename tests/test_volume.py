@@ -1,4 +1,4 @@
-"""Output volume: persistence, software gain, ALSA mixer adapter (voxbox.volume)."""
+"""Output volume: persistence, software gain, ALSA mixer adapter (voxbox.audio.volume)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from voxbox.volume import STATE_FILE, Volume, VolumeError, open_mixer, percent_to_gain
+from voxbox.audio.volume import STATE_FILE, Volume, VolumeError, open_mixer, percent_to_gain
 
 
 class FakeALSAError(Exception):
@@ -82,7 +82,7 @@ def test_state_dir_created_and_bad_state_ignored(tmp_path, caplog):
     Volume(d).set(20)
     assert Volume(d).get() == 20
     (d / STATE_FILE).write_text("{not json")
-    with caplog.at_level(logging.WARNING, logger="voxbox.volume"):
+    with caplog.at_level(logging.WARNING, logger="voxbox.audio.volume"):
         assert Volume(d, default_percent=45).get() == 45
     assert "ignoring volume state file" in caplog.text and STATE_FILE in caplog.text
     (d / STATE_FILE).write_text('{"percent": "loud"}')
@@ -124,10 +124,10 @@ _KEY = "key 'percent'"
 def test_unusable_state_file_gives_defaults_and_one_warning(tmp_path, caplog, content, words):
     path = tmp_path / STATE_FILE
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    with caplog.at_level(logging.WARNING, logger="voxbox.volume"):
+    with caplog.at_level(logging.WARNING, logger="voxbox.audio.volume"):
         v = Volume(tmp_path, default_percent=45)
     assert (v.get(), v.gain) == (45, pytest.approx(percent_to_gain(45)))
-    recs = [r for r in caplog.records if r.name == "voxbox.volume"]
+    recs = [r for r in caplog.records if r.name == "voxbox.audio.volume"]
     assert len(recs) == 1, [r.getMessage() for r in recs]
     msg = recs[0].getMessage()
     print(msg[:200])
@@ -141,7 +141,7 @@ def test_unusable_state_file_with_a_mixer_keeps_the_mixer_level(tmp_path, caplog
     """Defaults with a mixer are the mixer's current level, as without a state file."""
     (tmp_path / STATE_FILE).write_text('{"percent": 1e999}')
     alsa = FakeAlsa(levels=(30, 30))
-    with caplog.at_level(logging.WARNING, logger="voxbox.volume"):
+    with caplog.at_level(logging.WARNING, logger="voxbox.audio.volume"):
         v = Volume(tmp_path, mixer="PCM", alsa=alsa, default_percent=45)
     assert v.get() == 30 and alsa.sets == [30] and "'percent'" in caplog.text
 
@@ -152,14 +152,14 @@ def test_unusable_state_file_with_a_mixer_keeps_the_mixer_level(tmp_path, caplog
 ])
 def test_usable_state_file_edges(tmp_path, caplog, content, expected):
     (tmp_path / STATE_FILE).write_text(content)
-    with caplog.at_level(logging.WARNING, logger="voxbox.volume"):
+    with caplog.at_level(logging.WARNING, logger="voxbox.audio.volume"):
         assert Volume(tmp_path, default_percent=45).get() == expected
     assert caplog.records == []
 
 
 def test_unreadable_state_file_is_not_fatal(tmp_path, caplog):
     (tmp_path / STATE_FILE).mkdir()  # a directory where the file should be: EISDIR
-    with caplog.at_level(logging.WARNING, logger="voxbox.volume"):
+    with caplog.at_level(logging.WARNING, logger="voxbox.audio.volume"):
         assert Volume(tmp_path, default_percent=45).get() == 45
     assert f"ignoring volume state file {tmp_path / STATE_FILE}: cannot read it" in caplog.text
 
@@ -167,7 +167,7 @@ def test_unreadable_state_file_is_not_fatal(tmp_path, caplog):
 def test_unwritable_state_dir_is_not_fatal(tmp_path, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with caplog.at_level(logging.WARNING, logger="voxbox.volume"):
+    with caplog.at_level(logging.WARNING, logger="voxbox.audio.volume"):
         assert Volume(blocker / "sub").set(60) == 60
     assert "cannot save the volume" in caplog.text
 
@@ -233,7 +233,7 @@ def test_mixer_backend_sets_and_restores(tmp_path):
 
 def test_missing_mixer_control_falls_back_to_software(tmp_path, caplog):
     alsa = FakeAlsa(controls=("Speaker", "Mic"))
-    with caplog.at_level(logging.WARNING, logger="voxbox.volume"):
+    with caplog.at_level(logging.WARNING, logger="voxbox.audio.volume"):
         v = Volume(tmp_path, mixer="PCM", mixer_device="hw:CARD=Device", alsa=alsa, default_percent=50)
     assert v.backend == "software" and v.gain == pytest.approx(0.125)
     assert v.mixer_error == ("ALSA mixer control 'PCM' on device 'hw:CARD=Device': Unable to find mixer "

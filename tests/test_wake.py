@@ -1,4 +1,4 @@
-"""voxbox.wake: real openWakeWord (tflite via ai-edge-litert) on real espeak-ng speech."""
+"""voxbox.wake.detector: real openWakeWord (tflite via ai-edge-litert) on real espeak-ng speech."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from voxbox import speech, wake
-from voxbox.wake import Detection, PlaybackAwareWake, WakeModelError, WakeWordDetector, find_model
+from voxbox.audio import speech
+
+from voxbox.wake import detector as wake
+from voxbox.wake.detector import Detection, PlaybackAwareWake, WakeModelError, WakeWordDetector, find_model
 
 FRAME = 160  # the daemon's 10 ms capture period
 SR = 16_000
@@ -80,7 +82,7 @@ def test_no_ml_runtime_but_litert_is_imported():
     import subprocess
     import sys
 
-    code = ("import sys, numpy as np; from voxbox.wake import WakeWordDetector; "
+    code = ("import sys, numpy as np; from voxbox.wake.detector import WakeWordDetector; "
             "d = WakeWordDetector('hey_jarvis'); d.process(np.zeros(1280, np.int16), 0.0); "
             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('openwakeword', 'onnxruntime', 'scipy', 'sklearn', 'pyopen_wakeword', 'tflite_runtime', 'tensorflow'))))")

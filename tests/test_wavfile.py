@@ -1,4 +1,4 @@
-"""``voxbox.wavfile``: the package's one WAV reader/writer."""
+"""``voxbox.audio.wavfile``: the package's one WAV reader/writer."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import wave
 import numpy as np
 import pytest
 
-from voxbox.wavfile import WavError, read_pcm16_mono, read_wav, write_wav
+from voxbox.audio.wavfile import WavError, read_pcm16_mono, read_wav, write_wav
 
 
 def _raw_wav(path, frames: bytes, rate: int, width: int, channels: int):

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voxbox.wavfile import write_wav as _write_wav
+from voxbox.audio.wavfile import write_wav as _write_wav
 
 RATE = 24000
 PEAK_DBFS = -12.0

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from voxbox.speech import render_speech
-from voxbox.wavfile import write_wav
+from voxbox.audio.speech import render_speech
+from voxbox.audio.wavfile import write_wav
 
 PROMPTS = {
     "offline": "I can't reach the service right now. I'll keep trying.",

@@ -31,11 +31,11 @@ def _load(path: Path) -> Config:
 
 def _preflight(cfg: Config, *, allow_unprovisioned: bool = False, check_devices: bool = True):
     """Everything that can be checked before touching audio. Returns the credential
-    (:func:`voxbox.broker.load_connect_secret`: the API key, or the unit secret in
+    (:func:`voxbox.realtime.broker.load_connect_secret`: the API key, or the unit secret in
     token-broker mode; an empty Secret when ``allow_unprovisioned`` and there is none yet: the daemon then runs
     in the ``unprovisioned`` state and waits for the credential).
 
-    A credential that is present but malformed (:class:`voxbox.credentials.CredentialInvalid`:
+    A credential that is present but malformed (:class:`voxbox.host.credentials.CredentialInvalid`:
     a line break, control character or whitespace in it) always raises, also with
     ``allow_unprovisioned``: waiting would not make it valid.
 
@@ -49,9 +49,9 @@ def _preflight(cfg: Config, *, allow_unprovisioned: bool = False, check_devices:
         ConfigError / CredentialError / AudioDeviceError naming the problem (a credential
         by its source, never its value).
     """
-    from voxbox.broker import load_connect_secret
-    from voxbox.credentials import CredentialError, CredentialInvalid, Secret
-    from voxbox.dialects import check_features
+    from voxbox.realtime.broker import load_connect_secret
+    from voxbox.host.credentials import CredentialError, CredentialInvalid, Secret
+    from voxbox.realtime.dialects import check_features
 
     log = logging.getLogger("voxbox")
     for warning in check_features(cfg.realtime):  # raises UnsupportedFeature naming the key
@@ -65,19 +65,19 @@ def _preflight(cfg: Config, *, allow_unprovisioned: bool = False, check_devices:
         log.error("%s; waiting for provisioning", exc, extra={"VOXBOX_EVENT": "unprovisioned"})
         key = Secret("", "none")
     if check_devices:
-        from voxbox.audio_io import open_check
+        from voxbox.audio.alsa import open_check
 
         open_check(cfg.audio.capture_device, "capture")
         open_check(cfg.audio.playback_device, "playback")
     if cfg.wake.enabled:
-        from voxbox.wake import find_model
+        from voxbox.wake.detector import find_model
 
         find_model(cfg.wake.model)
     return key
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from voxbox.sd import redact, setup_logging
+    from voxbox.host.sd import redact, setup_logging
 
     try:
         cfg = _load(args.config)
@@ -90,9 +90,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         key = _preflight(cfg, allow_unprovisioned=True, check_devices=False)
     except Exception as exc:  # config-class problems: say what, exit before audio
-        from voxbox.credentials import CredentialError
-        from voxbox.dialects import UnsupportedFeature
-        from voxbox.wake import WakeModelError
+        from voxbox.host.credentials import CredentialError
+        from voxbox.realtime.dialects import UnsupportedFeature
+        from voxbox.wake.detector import WakeModelError
 
         if isinstance(exc, (ConfigError, CredentialError, WakeModelError, UnsupportedFeature)):
             log.error("%s", exc, extra={"VOXBOX_EVENT": "config_error"})
@@ -100,7 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return EXIT_CONFIG
         raise
     redact(key.value)
-    from voxbox.daemon import Daemon
+    from voxbox.service.daemon import Daemon
 
     daemon = Daemon(cfg, key, mock_gpio_socket=os.environ.get("VOXBOX_MOCK_GPIO_SOCKET"))
 
@@ -127,13 +127,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from voxbox.demo import run_demo
+    from voxbox.sim.demo import run_demo
 
     return run_demo(out_dir=args.out, dialect=args.dialect, echo_db=args.echo_db)
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from voxbox.localserver import main as server_main
+    from voxbox.parrot.server import main as server_main
 
     return server_main(["--port", str(args.port), "--host", args.host])
 
@@ -164,8 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="speaker-to-microphone echo gain in dB (closed acoustic loop)")
     demo.set_defaults(func=cmd_demo)
 
-    from voxbox import dsp, firstboot, provision, report, selftest
+    from voxbox.field import replay as dsp
 
+    from voxbox.field import firstboot
+
+    from voxbox.field import provision
+
+    from voxbox.field import report
+
+    from voxbox.field import selftest
     dsp.add_parser(sub)
     report.add_parser(sub)
     selftest.add_parser(sub)

@@ -8,7 +8,7 @@ a default on a unit in the field). Validation is done by pydantic; :func:`load_c
 turns its errors into one :class:`ConfigError` whose message names each offending key
 (``realtime.dialect``) with the value given and the values allowed.
 
-The API key is never part of this file: see :mod:`voxbox.credentials`.
+The API key is never part of this file: see :mod:`voxbox.host.credentials`.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ class FrontEnd(_Section):
     echo_suppress_db: Annotated[int, Field(ge=-90, le=0)] = -60
     echo_suppress_active_db: Annotated[int, Field(ge=-90, le=0)] = -30
     agc: bool = False
-    #: Voxbox's residual echo suppressor after the Speex preprocessor (voxbox.res)
+    #: Voxbox's residual echo suppressor after the Speex preprocessor (voxbox.dsp.res)
     residual_echo: bool = True
     #: high-pass filter on the microphone before the canceller, Hz (0 = off)
     highpass_hz: Annotated[int, Field(ge=0, le=1000)] = 0
@@ -226,7 +226,7 @@ class FrontEnd(_Section):
 
 
 class BargeIn(_Section):
-    """Barge-in while the unit speaks (see voxbox.bargein and voxbox.uplinkgate)."""
+    """Barge-in while the unit speaks (see voxbox.duplex.nearend and voxbox.duplex.uplinkgate)."""
 
     #: "local": the device decides whether the user talks over the reply (a near-end
     #: detector on the echo canceller's output that knows the echo estimate), stops the
@@ -289,7 +289,7 @@ class Conversation(_Section):
     follow_up_s: Annotated[float, Field(ge=0, le=60)] = 6.0
     thinking_timeout_s: Annotated[float, Field(gt=0, le=120)] = 20.0
     #: pause the reply when the service hears speech over it, resume it if the speech was
-    #: shorter than min_interruption_ms (a cough, a door): see voxbox.conversation
+    #: shorter than min_interruption_ms (a cough, a door): see voxbox.conversation.machine
     resume_false_interruptions: bool = True
     min_interruption_ms: Annotated[int, Field(ge=0, le=5000)] = 300
     #: a turn cut by a link loss is held this long for the next session, where the user's
@@ -320,7 +320,7 @@ class Earcons(_Section):
 
 
 class Broker(_Section):
-    """Token-broker mode (voxbox.broker): before each session the unit asks the fleet's
+    """Token-broker mode (voxbox.realtime.broker): before each session the unit asks the fleet's
     own HTTPS endpoint, with its per-unit secret (credential ``voxbox-unit-secret``), for
     a short-lived Realtime token, and never holds the account key. Off while ``url`` is
     empty."""
@@ -335,7 +335,7 @@ class Broker(_Section):
 
     @model_validator(mode="after")
     def _url(self) -> "Broker":
-        from voxbox.broker import check_broker_url  # the rule TokenBroker applies
+        from voxbox.realtime.broker import check_broker_url  # the rule TokenBroker applies
 
         why = check_broker_url(self.url) if self.url else None
         if why:
@@ -345,7 +345,7 @@ class Broker(_Section):
 
 class Tools(_Section):
     """Function tools the model may call: built-ins ``set_volume``, ``get_time``,
-    ``stop_conversation``, ``device_status`` and plug-ins of the ``voxbox.tools`` entry
+    ``stop_conversation``, ``device_status`` and plug-ins of the ``voxbox.conversation.tools`` entry
     point group."""
 
     enabled: bool = True
@@ -354,7 +354,7 @@ class Tools(_Section):
 
 
 class Metrics(_Section):
-    """Fleet metrics (voxbox.metrics): counters and gauges written atomically in the
+    """Fleet metrics (voxbox.host.metrics): counters and gauges written atomically in the
     Prometheus text format for node_exporter's textfile collector. Off while ``textfile``
     is empty."""
 

@@ -31,7 +31,7 @@ fields) draws, from ``numpy.random.default_rng([seed, 15])``:
   2nd-order 150 Hz high-pass follows it (folded into the echo impulse response);
 - system delay (ms, the playback + capture buffering between the reference handed to the
   canceller and the loudspeaker): 10-120 ms;
-- voices (espeak-ng, ``voxbox.speech.render_speech``, cached): one of ``FAR_VOICES`` for
+- voices (espeak-ng, ``voxbox.audio.speech.render_speech``, cached): one of ``FAR_VOICES`` for
   the far end (the assistant), one of ``NEAR_VOICES`` for the near end (the user);
   sentences of :mod:`rooms` in a rotated order;
 - background noise: car ``engine`` (rooms' engine noise: low-pass rumble + firing
@@ -43,7 +43,7 @@ fields) draws, from ``numpy.random.default_rng([seed, 15])``:
   is 10-20 cm from the microphone, the driver 0.5-0.9 m).
 
 Alignment of the reference (system delay): on the device the daemon's echo-delay
-aligner (``voxbox.align.ReferenceAligner``, config ``frontend.reference_lead_ms``, 10 ms
+aligner (``voxbox.dsp.align.ReferenceAligner``, config ``frontend.reference_lead_ms``, 10 ms
 by default) delays the reference so that it leads the echo's direct-path peak by
 ``reference_lead_ms`` whatever the system delay is. The scenarios model that: the
 reference leads the echo by ``lead_ms`` (10 ms) plus a residual alignment error
@@ -74,7 +74,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import butter, fftconvolve, lfilter
 
-from voxbox.speech import pink_noise
+from voxbox.audio.speech import pink_noise
 
 from .rooms import (
     FAR_TEXTS,

@@ -1,7 +1,7 @@
 """Simulated car and kiosk scenarios for the capture front-end benchmark (16 kHz).
 
 Deterministic: pyroomacoustics' image-source method (no random ISM, no ray tracing),
-seeded numpy generators, cached espeak-ng speech (``voxbox.speech.render_speech``).
+seeded numpy generators, cached espeak-ng speech (``voxbox.audio.speech.render_speech``).
 
 Echo path model (Hammerstein): far-end int16 (the reference the canceller gets) ->
 mildly nonlinear loudspeaker (tanh soft clipping + a small 2nd-order term) -> small
@@ -39,7 +39,7 @@ import numpy as np
 import pyroomacoustics as pra
 from scipy.signal import butter, fftconvolve, lfilter
 
-from voxbox.speech import render_speech
+from voxbox.audio.speech import render_speech
 
 __all__ = ["SR", "FRAME", "RoomSpec", "Scenario", "ROOMS", "variant", "scenarios", "room_irs", "active_rms"]
 

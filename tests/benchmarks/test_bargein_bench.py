@@ -1,10 +1,10 @@
-"""Barge-in benchmark: which VAD and which parameters for :class:`voxbox.bargein.NearEndDetector`.
+"""Barge-in benchmark: which VAD and which parameters for :class:`voxbox.duplex.nearend.NearEndDetector`.
 
 Run (on-demand, a few minutes on 2 cores; not part of the default test run):
 
     .venv/bin/python -m pytest -m benchmark -s -o addopts="-ra --timeout=1800" tests/benchmarks/test_bargein_bench.py
 
-Offline study through the real :class:`voxbox.frontend.CaptureFrontEnd` (defaults; fed
+Offline study through the real :class:`voxbox.dsp.frontend.CaptureFrontEnd` (defaults; fed
 in 10 ms blocks like the daemon), whose frame observer feeds the detector.
 
 Conditions: the car and the kiosk of ``rooms.py`` (mild loudspeaker nonlinearity,
@@ -54,9 +54,9 @@ import numpy as np
 import pytest
 from scipy.signal import fftconvolve
 
-from voxbox.bargein import BargeInSettings, NearEndDetector, SileroVad
-from voxbox.frontend import CaptureFrontEnd
-from voxbox.speech import render_speech
+from voxbox.duplex.nearend import BargeInSettings, NearEndDetector, SileroVad
+from voxbox.dsp.frontend import CaptureFrontEnd
+from voxbox.audio.speech import render_speech
 
 from .rooms import (
     FAR_TEXTS,
@@ -100,7 +100,7 @@ TAIL_MS = BargeInSettings().tail_ms
 
 # -- VAD adapters --------------------------------------------------------------------------
 class WebRtcVad:
-    """WebRTC VAD (PyPI ``webrtcvad-wheels``) as a ``voxbox.bargein.Vad``: 0/1 per chunk."""
+    """WebRTC VAD (PyPI ``webrtcvad-wheels``) as a ``voxbox.duplex.nearend.Vad``: 0/1 per chunk."""
 
     def __init__(self, mode: int = 3, chunk_samples: int = 320) -> None:
         import webrtcvad

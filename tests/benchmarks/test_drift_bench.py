@@ -10,14 +10,14 @@ Simulation (per room, car and kiosk from ``rooms``, nominal placement), 240 s (V
 single talk (espeak-ng replies back to back, the room's levels and background noise):
 
 - playback clock = true time. Every 10 ms the playback thread writes 160 reference
-  samples (16 kHz) into a :class:`voxbox.ring.SampleRing` (optionally through a
-  :class:`voxbox.align.DriftCompensator` first), which holds ``REF_DELAY_MS`` of silence
+  samples (16 kHz) into a :class:`voxbox.audio.ring.SampleRing` (optionally through a
+  :class:`voxbox.dsp.align.DriftCompensator` first), which holds ``REF_DELAY_MS`` of silence
   at the start (the playback loop has been writing silence before the far end talks);
 - capture clock = ``1 + ppm * 1e-6`` times faster: the capture thread completes a 10 ms
   period every ``0.01 / (1 + ppm 1e-6)`` s and reads one reference period from the ring
   exactly as the daemon does (``max_backlog = delay + 2 periods``, ``min_backlog = delay
   - 2 periods``), then runs ``CaptureFrontEnd(FrontEndSettings())`` and the
-  :class:`voxbox.align.EchoDelayTracker`;
+  :class:`voxbox.dsp.align.EchoDelayTracker`;
 - echo: the room's echo path (loudspeaker non-linearity, high-pass, RIR, system lead) on
   the playback clock, delayed by ``REF_DELAY_MS`` (so at t = 0 the reference leads the
   echo by the room's lead, as in the front-end benchmark), then resampled to the capture
@@ -54,9 +54,9 @@ import numpy as np
 import pytest
 import soxr
 
-from voxbox.align import DriftCompensator, EchoDelayTracker
-from voxbox.frontend import CaptureFrontEnd, FrontEndSettings
-from voxbox.ring import SampleRing
+from voxbox.dsp.align import DriftCompensator, EchoDelayTracker
+from voxbox.dsp.frontend import CaptureFrontEnd, FrontEndSettings
+from voxbox.audio.ring import SampleRing
 
 from .rooms import (FAR_TEXTS, FAR_VOICE, FRAME, ROOMS, SR, _echo, _room_noise, _scale_to, active_mask,
                     frame_powers, speech_track)

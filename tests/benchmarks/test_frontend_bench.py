@@ -48,8 +48,8 @@ import pytest
 from pesq import pesq
 from pystoi import stoi
 
-from voxbox.frontend import CaptureFrontEnd, FrontEndSettings
-from voxbox.speexdsp import EchoCanceller
+from voxbox.dsp.frontend import CaptureFrontEnd, FrontEndSettings
+from voxbox.dsp.speexdsp import EchoCanceller
 
 from .rooms import FRAME, ROOMS, SR, RoomSpec, Scenario, active_mask, frame_powers, scenarios, variant
 

@@ -51,8 +51,8 @@ import pytest
 from pesq import pesq
 from pystoi import stoi
 
-from voxbox.frontend import CaptureFrontEnd, FrontEndSettings
-from voxbox.res import ResSettings
+from voxbox.dsp.frontend import CaptureFrontEnd, FrontEndSettings
+from voxbox.dsp.res import ResSettings
 
 from .roomfamily import REPORTING, TUNING, FamilyRoom, scenarios
 from .rooms import FRAME, SR, Scenario, active_mask

@@ -20,8 +20,8 @@ import time
 
 import pytest
 
-from voxbox.harness import DaemonHarness
-from voxbox.speech import demo_utterance
+from voxbox.sim.harness import DaemonHarness
+from voxbox.audio.speech import demo_utterance
 
 pytestmark = pytest.mark.benchmark
 

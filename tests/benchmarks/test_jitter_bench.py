@@ -26,7 +26,7 @@ Profiles (network delay per chunk):
 
 Two more profiles replay the local server's own send model and fault (what the link
 benchmark, ``test_link_bench.py``, runs the real daemon through; ``AudioJitter`` in
-``voxbox.localserver``): the first chunk 50 ms after the response starts, each next one
+``voxbox.parrot.server``): the first chunk 50 ms after the response starts, each next one
 after its own duration / U(2, 4), and a sender that waits the fault's delay before each
 audio chunk, one chunk at a time, so the delays add up (a congested link, whose
 throughput can fall below real time):
@@ -85,7 +85,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from voxbox.jitter import JitterBuffer
+from voxbox.audio.jitter import JitterBuffer
 
 RATE, PERIOD, TICK = 24000, 240, 0.01
 REPLIES = 100  # ~8 min of reply audio, ~17 min of session per profile
@@ -127,7 +127,7 @@ def _server_trace(profile: str, seed: int) -> Trace:
     chunk, one chunk at a time."""
     from .test_link_bench import PROFILES as LINK_PROFILES
 
-    from voxbox.localserver import LocalServerConfig
+    from voxbox.parrot.server import LocalServerConfig
     srv = LocalServerConfig()
     j = LINK_PROFILES[{"server-4g": "4g-jitter", "server-lossy": "lossy-proxy"}[profile]]["jitter"]
     rng = np.random.default_rng(seed)
@@ -344,7 +344,7 @@ def _speech_quality():
     underruns on each gap, the stretching one expands (and accelerates the lag away)."""
     try:
         from pesq import pesq
-        from voxbox.speech import render_speech
+        from voxbox.audio.speech import render_speech
         x = render_speech("The quick brown fox jumps over the lazy dog. The reply keeps "
                           "playing while the network hiccups, and nobody should hear it.")
     except Exception as e:  # espeak-ng or pesq missing

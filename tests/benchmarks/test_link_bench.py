@@ -76,8 +76,8 @@ import time
 import numpy as np
 import pytest
 
-from voxbox.harness import DaemonHarness
-from voxbox.localserver import AudioJitter, speak_24k
+from voxbox.sim.harness import DaemonHarness
+from voxbox.parrot.server import AudioJitter, speak_24k
 
 from synth import speech
 

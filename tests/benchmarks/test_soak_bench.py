@@ -5,7 +5,7 @@ Run (on demand; as long as ``VOXBOX_SOAK_MIN`` says):
 
     VOXBOX_SOAK_MIN=30 ./dev bench tests/benchmarks/test_soak_bench.py
 
-What runs: :class:`voxbox.harness.DaemonHarness`, i.e. the ``voxbox run`` process on the
+What runs: :class:`voxbox.sim.harness.DaemonHarness`, i.e. the ``voxbox run`` process on the
 ALSA file rig (microphone and speaker paced in real time, a -30 dB echo of the speaker in
 the microphone, white noise at -60 dBFS), the local Realtime server in this process, mock
 GPIO, a ``NOTIFY_SOCKET``; the product's configuration otherwise (follow-up window,
@@ -73,8 +73,8 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from voxbox.harness import DaemonHarness, HarnessError
-from voxbox.speech import demo_utterance, render_speech
+from voxbox.sim.harness import DaemonHarness, HarnessError
+from voxbox.audio.speech import demo_utterance, render_speech
 
 SOAK_MIN = float(os.environ.get("VOXBOX_SOAK_MIN", "30"))
 TURN_S = float(os.environ.get("VOXBOX_SOAK_TURN_S", "120"))

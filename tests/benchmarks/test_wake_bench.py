@@ -25,7 +25,7 @@ input (``latency_samples`` removed).
 "FE on" is the daemon's wake path (:class:`WakePath`): the front end's wake tap
 (``CaptureFrontEnd(..., wake_tap=WAKE_TAP)``, the signal before the residual echo
 suppressor, at the same latency as the uplink output) and the block's reference go into
-one :class:`voxbox.wake.PlaybackAwareWake` (defaults) in 10 ms blocks, as
+one :class:`voxbox.wake.detector.PlaybackAwareWake` (defaults) in 10 ms blocks, as
 ``Daemon._on_capture_frame`` feeds it. "uplink" (diagnostic) is the wake path before
 that: the front end's uplink output into one plain detector. The plain detector (``WakeWordDetector`` with the
 ``hey_jarvis`` model, default threshold 0.5 and 1.5 s refractory time) runs continuously
@@ -76,9 +76,9 @@ import numpy as np
 import pytest
 from scipy.signal import fftconvolve
 
-from voxbox.frontend import CaptureFrontEnd, FrontEndSettings
-from voxbox.speech import render_speech
-from voxbox.wake import CHUNK_SAMPLES, PlaybackAwareWake, WakeWordDetector
+from voxbox.dsp.frontend import CaptureFrontEnd, FrontEndSettings
+from voxbox.audio.speech import render_speech
+from voxbox.wake.detector import CHUNK_SAMPLES, PlaybackAwareWake, WakeWordDetector
 
 # rooms.py's private helpers are used on purpose: the echo path, the noise and the
 # level scaling must be exactly those of the front-end benchmark.

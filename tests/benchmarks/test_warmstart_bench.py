@@ -5,7 +5,7 @@ Run (about 2 minutes on 2 cores; not part of the default test run):
 
     .venv/bin/python -m pytest -m benchmark -s tests/benchmarks/test_warmstart_bench.py
 
-Offline, through the real :class:`voxbox.frontend.CaptureFrontEnd` (default settings,
+Offline, through the real :class:`voxbox.dsp.frontend.CaptureFrontEnd` (default settings,
 with the ``"aec"`` wake tap), in the simulated car and kiosk of ``rooms.py`` (echo path
 model, background noise, microphone self-noise, the echo 6 dB above a near-end talker:
 ``ser_db = -6``), variants 0..``VOXBOX_BENCH_VARIANTS - 1`` averaged. One continuous
@@ -50,8 +50,8 @@ import numpy as np
 import pytest
 import soxr
 
-from voxbox.earcon import EARCON_RATE, load_earcon
-from voxbox.frontend import CaptureFrontEnd, FrontEndSettings
+from voxbox.audio.earcon import EARCON_RATE, load_earcon
+from voxbox.dsp.frontend import CaptureFrontEnd, FrontEndSettings
 
 from .rooms import (FAR_TEXTS, FAR_VOICE, FRAME, NEAR_TEXTS, NEAR_VOICE, ROOMS, SR, RoomSpec, _echo,
                     _room_noise, _scale_to, active_mask, frame_powers, room_irs, speech_track, variant)

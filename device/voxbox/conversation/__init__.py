@@ -1,0 +1,1 @@
+"""The conversation state machine and the tools the model may call."""

@@ -1,0 +1,377 @@
+"""Capture front end: [high-pass] → Speex echo canceller → Speex preprocessor → residual
+echo suppressor (voxbox's own, :mod:`voxbox.dsp.res`).
+
+Core module: ``CaptureFrontEnd.process(mic, ref) -> cleaned`` is a pure function of the
+sample stream (no clock, no I/O, no randomness), so the same input stream gives a
+bit-identical output stream, whether it comes from the daemon or from an offline tool.
+
+Re-framing: callers hand blocks of any size ``n`` (10 ms = 160 samples at 16 kHz on
+the device) but Speex runs on ``frame_size`` samples (256 = 16 ms by default: it beats
+160 by about 1.5 dB ERLE in the team's measured front-end notes, and is a power of two for the
+FFT). Input is collected into preallocated frame buffers; each full frame goes through
+the optional microphone high-pass (2nd-order Butterworth, ``highpass_hz``, filter state
+carried across frames), the echo canceller and, in place, the preprocessor (linked to
+the echo state, denoise on), then the residual echo suppressor (``residual_echo``; it
+reads the canceller's output, the microphone and the reference of the same frame), and
+lands in a preallocated output ring.
+
+Latency (fixed, in samples; ``latency_samples``) = re-framing + preprocessor + RES:
+- re-framing: the output ring is primed with ``frame_size - 1`` zeros, the smallest
+  fixed delay that lets every call return exactly ``n`` samples for any block size;
+- the Speex preprocessor's overlap-add analysis delays its output by exactly one frame
+  (``frame_size``; measured, libspeexdsp 1.2.1). The echo canceller and the high-pass
+  add none (beyond the high-pass's own phase response);
+- the residual echo suppressor's overlap-add adds one more frame (``frame_size``) when on.
+So output sample ``k`` is cleaned input sample ``k - (3 * frame_size - 1)`` (767 samples,
+47.9 ms at the defaults; ``2 * frame_size - 1`` = 511 samples with ``residual_echo`` off). Because the delay does not depend on the block size, the
+output stream is independent of how the input stream is cut into blocks: an offline
+tool feeding whole files and the daemon feeding 10 ms blocks get identical samples.
+
+Wake tap (optional second output, ``CaptureFrontEnd(settings, wake_tap="aec"|"pp")``):
+``process`` also sets ``self.wake_tap`` to a new int16 array of the same ``n`` samples
+holding the signal *before* the residual echo suppressor -- the echo canceller's output
+(``"aec"``) or the preprocessor's output (``"pp"``) -- delayed to the same
+``latency_samples`` as the main output, so both streams are sample-aligned. The RES
+is tuned for the uplink (it removes everything that looks like echo, which in double
+talk includes part of the user's wake word); the wake-word detector does better on the
+tap. The tap never changes the main output (it only copies frames), and it is
+block-size independent and deterministic like the main output. ``None`` (default):
+no tap, ``wake_tap`` stays ``None``.
+
+Frame observer (optional, ``front_end.observer = callable``): called once per Speex frame,
+inside :meth:`CaptureFrontEnd.process`, with ``(frame, ratio_db, far)``: the cleaned frame
+(int16 ``(frame_size,)``, a buffer reused on the next frame: copy what you keep), the
+residual echo suppressor's double-talk statistic of that frame (residual power over the
+estimated residual echo, dB, 300-4000 Hz; ``nan`` with ``residual_echo`` off) and whether
+the frame's reference held far-end signal. The barge-in detector
+(:mod:`voxbox.duplex.nearend`) reads it: the cleaned frame reaches it ``frame_size - 1``
+samples before it leaves the output ring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from voxbox.dsp.res import ResidualEchoSuppressor, ResSettings
+from voxbox.dsp.speexdsp import EchoCanceller, NativeState, Preprocessor
+
+__all__ = ["FrontEndSettings", "CaptureFrontEnd"]
+
+Int16Array = npt.NDArray[np.int16]
+
+
+@dataclass(frozen=True)
+class FrontEndSettings:
+    """Capture front end tuning (defaults measured on simulated rooms at 16 kHz).
+
+    Attributes:
+        frame_size: Speex frame in samples (256 = 16 ms at 16 kHz; 256/320 beat 160 by
+            about 1.5 dB ERLE and 256 is FFT friendly).
+        filter_ms: echo tail covered by the adaptive filter, ms (100 ms is too short for
+            a kiosk-sized room; 300 ms converges slower).
+        noise_suppress_db: maximum noise attenuation, dB (<= 0).
+        echo_suppress_db: maximum residual echo attenuation, dB (<= 0).
+        echo_suppress_active_db: the same while the near end talks, dB (<= 0).
+        agc: automatic gain control on/off.
+        sample_rate: Hz.
+        residual_echo: run voxbox's residual echo suppressor after the preprocessor
+            (+ about 6 dB ERLE in single talk and after an echo-path change; costs
+            one frame of latency).
+        res: its tuning (:class:`voxbox.dsp.res.ResSettings`).
+        highpass_hz: microphone high-pass corner in Hz before the echo canceller
+            (2nd-order Butterworth), 0 = off (default: the canceller's DC notch and the
+            preprocessor already handle rumble when the canceller is on; measured
+            no ERLE change at 100 Hz).
+
+    Raises:
+        ValueError: a non-positive size/rate/filter, a positive dB value, a non-bool
+            switch, ``res`` not a ``ResSettings``, or ``highpass_hz`` outside
+            ``[0, sample_rate / 2)``; the message names the field.
+    """
+
+    frame_size: int = 256
+    filter_ms: int = 200
+    noise_suppress_db: int = -25
+    echo_suppress_db: int = -60
+    echo_suppress_active_db: int = -30
+    agc: bool = False
+    sample_rate: int = 16000
+    residual_echo: bool = True
+    res: ResSettings = ResSettings()
+    highpass_hz: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("frame_size", "filter_ms", "sample_rate"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"FrontEndSettings.{name} must be a positive int, got {v!r}")
+        for name in ("noise_suppress_db", "echo_suppress_db", "echo_suppress_active_db"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v > 0:
+                raise ValueError(f"FrontEndSettings.{name} must be an int <= 0 (dB), got {v!r}")
+        for name in ("agc", "residual_echo"):
+            v = getattr(self, name)
+            if not isinstance(v, bool):
+                raise ValueError(f"FrontEndSettings.{name} must be a bool, got {v!r}")
+        if not isinstance(self.res, ResSettings):
+            raise ValueError(f"FrontEndSettings.res must be a ResSettings, got {self.res!r}")
+        v = self.highpass_hz
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < self.sample_rate // 2:
+            raise ValueError(
+                f"FrontEndSettings.highpass_hz must be an int in [0, {self.sample_rate // 2}) Hz (0 = off), got {v!r}"
+            )
+
+    @property
+    def filter_length(self) -> int:
+        """Adaptive filter length in samples (``filter_ms`` at ``sample_rate``)."""
+        return self.filter_ms * self.sample_rate // 1000
+
+
+class CaptureFrontEnd(NativeState):
+    """Echo-cancelled, denoised capture for one mono microphone.
+
+    Args:
+        settings: tuning; defaults to ``FrontEndSettings()``.
+
+    Raises:
+        ValueError: invalid settings.
+        voxbox.dsp.speexdsp.SpeexDSPError: libspeexdsp missing (Debian ``libspeexdsp1``).
+
+    Not thread-safe: call from one thread (the capture loop) at a time.
+    """
+
+    WAKE_TAPS = ("aec", "pp")
+
+    def __init__(self, settings: FrontEndSettings | None = None, wake_tap: str | None = None) -> None:
+        if wake_tap is not None and wake_tap not in self.WAKE_TAPS:
+            raise ValueError(f"wake_tap must be None, 'aec' or 'pp', got {wake_tap!r}")
+        self._ec: EchoCanceller | None = None
+        self._pp: Preprocessor | None = None
+        self.settings = settings if settings is not None else FrontEndSettings()
+        f = self.settings.frame_size
+        self.frame_size: int = f
+        #: Re-framing delay in samples (output ring primed with this many zeros).
+        self.reframe_latency_samples: int = f - 1
+        #: Total fixed delay of the output relative to the input, in samples:
+        #: re-framing (frame_size - 1) + preprocessor overlap-add (frame_size)
+        #: + residual echo suppressor overlap-add (frame_size, when on).
+        self.latency_samples: int = 2 * f - 1 + (f if self.settings.residual_echo else 0)
+        # Frame assembly buffers (mic, ref) and Speex output frame.
+        self._mic = np.zeros(f, dtype=np.int16)
+        self._ref = np.zeros(f, dtype=np.int16)
+        self._frame = np.zeros(f, dtype=np.int16)
+        self._mic_addr = self._mic.ctypes.data
+        self._ref_addr = self._ref.ctypes.data
+        self._frame_addr = self._frame.ctypes.data
+        # Output ring: holds at most (frame_size - 1) + frame_size samples; row 0 the
+        # output, row 1 (with a wake tap) the tapped signal at the same positions.
+        self._ring = np.zeros((2 if wake_tap is not None else 1, 2 * f), dtype=np.int16)
+        self._push = np.zeros((self._ring.shape[0], f), dtype=np.int16)  # the frame(s) entering
+        s = self.settings
+        self._res = ResidualEchoSuppressor(f, s.sample_rate, s.res) if s.residual_echo else None
+        self._e = np.zeros(f)  # echo canceller output (float copy for the RES)
+        if s.highpass_hz > 0:
+            from scipy.signal import butter
+
+            self._sos = butter(2, s.highpass_hz, btype="highpass", fs=s.sample_rate, output="sos")
+        else:
+            self._sos = None
+        self._hp_in = np.zeros(f)
+        # Wake tap: the tapped frame waits ``_tap_delay`` frames so that it leaves at the
+        # main output's latency (natural latency: f - 1 for the AEC output, 2f - 1 for the
+        # preprocessor's); then it goes through row 1 of the ring.
+        self.wake_tap_mode: str | None = wake_tap
+        #: The latest block's wake-tap samples (int16, same length and latency as the
+        #: main output), or ``None`` without a tap.
+        self.wake_tap: Int16Array | None = None
+        #: per-frame observer ``(frame, ratio_db, far) -> None`` (see the module docstring)
+        self.observer = None
+        self.frame_mic_power = 0.0
+        if wake_tap is not None:
+            natural = f - 1 if wake_tap == "aec" else 2 * f - 1
+            self._tap_delay = (self.latency_samples - natural) // f
+            self._tap_hist = np.zeros((self._tap_delay + 1, f), dtype=np.int16)
+        self._open_states()
+        self._clear_buffers()
+
+    # -- native states ---------------------------------------------------------------
+    def _open_states(self) -> None:
+        s = self.settings
+        ec = EchoCanceller(s.frame_size, s.filter_length, s.sample_rate)
+        try:
+            pp = Preprocessor(s.frame_size, s.sample_rate)
+        except BaseException:
+            ec.close()
+            raise
+        try:
+            pp.denoise = True
+            pp.noise_suppress = s.noise_suppress_db
+            pp.echo_suppress = s.echo_suppress_db
+            pp.echo_suppress_active = s.echo_suppress_active_db
+            pp.agc = s.agc  # VAD stays at the library default (off)
+            pp.link_echo(ec)
+        except BaseException:
+            pp.close()
+            ec.close()
+            raise
+        self._ec, self._pp = ec, pp
+
+    def _close_states(self) -> None:
+        pp, ec = self._pp, self._ec
+        self._pp = self._ec = None
+        if pp is not None:
+            pp.close()
+        if ec is not None:
+            ec.close()
+
+    def _clear_buffers(self) -> None:
+        if self._res is not None:
+            self._res.reset()
+        self._zi = np.zeros((self._sos.shape[0], 2)) if self._sos is not None else None
+        self._fill = 0  # samples collected in _mic/_ref
+        self._ring[:] = 0
+        if self.wake_tap_mode is not None:
+            self._tap_hist[:] = 0
+            self._tap_idx = 0
+            self.wake_tap = None
+        self._rd = 0  # ring read index
+        self._count = self.reframe_latency_samples  # samples in the ring (primed zeros)
+        self.frames_processed = 0  # Speex frames run
+        self.samples_processed = 0  # samples accepted by process()
+
+    # -- lifecycle -------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._ec is None
+
+    def reset(self) -> None:
+        """Forget all adaptation and buffered audio: afterwards the object behaves
+        bit-identically to a freshly constructed one (native states are recreated).
+
+        Raises:
+            ValueError: the front end is closed.
+        """
+        if self.closed:
+            raise ValueError("CaptureFrontEnd is closed")
+        self._close_states()
+        self._open_states()
+        self._clear_buffers()
+
+    def close(self) -> None:
+        """Free the native states (idempotent)."""
+        self._close_states()
+
+    # -- processing ------------------------------------------------------------------
+    def process(self, mic: Int16Array, ref: Int16Array) -> Int16Array:
+        """Clean one block of microphone audio.
+
+        Args:
+            mic: microphone block, int16, shape ``(n,)`` (any ``n >= 0``; 160 on the device).
+            ref: far-end reference for the same instants, int16, shape ``(n,)``.
+
+        Returns:
+            A new int16 array of shape ``(n,)``: the cleaned stream delayed by
+            ``latency_samples`` (zeros until the first cleaned sample arrives).
+
+        Raises:
+            ValueError: wrong type, dtype, dimensions, or ``mic``/``ref`` shapes differ
+                (the message names the expected and the given shape); or closed.
+        """
+        ec, pp = self._ec, self._pp
+        if ec is None or pp is None:
+            raise ValueError("CaptureFrontEnd is closed")
+        for name, a in (("mic", mic), ("ref", ref)):
+            if not isinstance(a, np.ndarray):
+                raise ValueError(f"{name}: expected numpy.ndarray of int16 with shape (n,), got {type(a).__name__}")
+            if a.dtype != np.int16:
+                raise ValueError(f"{name}: expected dtype int16, got {a.dtype}")
+            if a.ndim != 1:
+                raise ValueError(f"{name}: expected shape (n,), got {a.shape}")
+        n = mic.shape[0]
+        if ref.shape != (n,):
+            raise ValueError(f"ref: expected shape ({n},) like mic, got {ref.shape}")
+
+        f = self.frame_size
+        ring, mbuf, rbuf, frame, push = self._ring, self._mic, self._ref, self._frame, self._push
+        size = ring.shape[1]
+        out = np.empty((ring.shape[0], n), dtype=np.int16)  # row 1: the wake tap
+        tap_mode = self.wake_tap_mode
+        if tap_mode is not None:
+            tap_hist = self._tap_hist
+        pos = 0
+        while pos < n:
+            k = min(f - self._fill, n - pos)
+            fill = self._fill
+            mbuf[fill : fill + k] = mic[pos : pos + k]
+            rbuf[fill : fill + k] = ref[pos : pos + k]
+            self._fill = fill = fill + k
+            if fill == f:
+                if self._sos is not None:
+                    self._highpass(mbuf)
+                ec._cancel_addr(self._mic_addr, self._ref_addr, self._frame_addr)
+                res = self._res
+                if res is not None:
+                    self._e[:] = frame
+                if tap_mode == "aec":
+                    tap_hist[self._tap_idx] = frame
+                pp._run_addr(self._frame_addr)
+                if tap_mode == "pp":
+                    tap_hist[self._tap_idx] = frame
+                if res is not None:
+                    y = res.process_frame(frame, self._e, mbuf, rbuf)
+                    np.rint(y, out=y)
+                    np.clip(y, -32768, 32767, out=y)
+                    frame[:] = y
+                self._fill = 0
+                self.frames_processed += 1
+                obs = self.observer
+                if obs is not None:
+                    #: the frame's microphone power (mean square, int16 units), for the observer
+                    self.frame_mic_power = float(np.dot(mbuf, mbuf.astype(np.float64))) / f
+                    if res is not None:
+                        obs(frame, res.last_ratio_db, res.last_far)
+                    else:
+                        obs(frame, float("nan"), bool(rbuf.any()))
+                push[0] = frame
+                if tap_mode is not None:
+                    d = self._tap_delay
+                    push[1] = tap_hist[(self._tap_idx - d) % (d + 1)]
+                    self._tap_idx = (self._tap_idx + 1) % (d + 1)
+                # push the frame(s) into the ring (at most two slices)
+                wr = (self._rd + self._count) % size
+                first = min(f, size - wr)
+                ring[:, wr : wr + first] = push[:, :first]
+                if first < f:
+                    ring[:, : f - first] = push[:, first:]
+                self._count += f
+            # pop k samples; invariant before a chunk: count == (frame_size - 1) - fill,
+            # so count >= k here and the ring never holds more than 2 * frame_size - 1
+            rd = self._rd
+            first = min(k, size - rd)
+            out[:, pos : pos + first] = ring[:, rd : rd + first]
+            if first < k:
+                out[:, pos + first : pos + k] = ring[:, : k - first]
+            self._rd = (rd + k) % size
+            self._count -= k
+            pos += k
+        self.samples_processed += n
+        if tap_mode is not None:
+            self.wake_tap = out[1]
+        return out[0]
+
+    def _highpass(self, mbuf: Int16Array) -> None:
+        """High-pass the assembled microphone frame in place (carried filter state)."""
+        from scipy.signal import sosfilt
+
+        x = self._hp_in
+        x[:] = mbuf
+        y, self._zi = sosfilt(self._sos, x, zi=self._zi)
+        np.rint(y, out=y)
+        np.clip(y, -32768, 32767, out=y)
+        mbuf[:] = y
+
+    def __repr__(self) -> str:
+        return f"CaptureFrontEnd({self.settings!r}{', closed' if self.closed else ''})"

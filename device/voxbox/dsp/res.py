@@ -1,0 +1,312 @@
+"""Residual echo suppressor (RES): a double-talk aware spectral post-filter in numpy.
+
+Core module, pure: :meth:`ResidualEchoSuppressor.process_frame` is a deterministic
+function of the frame stream (no clock, no randomness, no I/O).
+
+Runs after the linear echo canceller (and after the Speex preprocessor in
+:class:`voxbox.dsp.frontend.CaptureFrontEnd`). Per hop of ``frame_size`` samples it gets
+
+- ``e``: the linear canceller's output, ``mic``: the microphone and ``ref``: the far-end
+  reference for the same instants (the echo estimate is ``y_hat = mic - e``), and
+- ``z``: the signal to clean (the preprocessor's output, which lags ``e`` by exactly one
+  hop), and returns ``z`` with the residual echo suppressed, delayed by one more hop.
+
+Method (STFT, sqrt-Hann window of ``2 * frame_size`` samples, hop ``frame_size``):
+
+1. Residual echo power per bin ``R = L * |Y_hat|^2`` with tail ``R = max(R, decay * R_prev)``
+   (slow decay in far-end single talk, faster while the near end talks).
+   The leakage ``L`` (per band) is the regression coefficient of the residual power
+   ``|E|^2`` on the echo-estimate power ``|Y_hat|^2`` (covariance / variance of their
+   fluctuations, recursively averaged). Near-end speech and noise are uncorrelated with
+   ``|Y_hat|^2`` and do not bias it in the mean, but over a finite window they do push it
+   up, so the regression is updated at full rate only in frames the double-talk detector
+   (step 2, run on the leakage of the previous hop) calls echo-only, and at
+   ``1 - leak_gate`` of it in certain double talk (never fully frozen, so a leakage that
+   starts low or lags an echo-path change cannot lock the detector in "double talk"). It catches
+   what the linear filter cannot: misadjustment, loudspeaker distortion, the tail beyond
+   the filter, and the misfit right after an echo-path change.
+   Plus a fast term for moments the leakage lags (canceller bursts, echo-path change):
+   ``R = max(R, coh * |E|^2)`` with ``coh`` the short-term (40 ms, 5-bin) coherence of
+   ``E`` with the reference ``X`` at lags 0..2 hops, bias-corrected; the reference never
+   contains near-end speech, so near-end speech does not raise it. It backs off when
+   the double-talk detector says the near end dominates.
+2. Double-talk detector: the 300-4000 Hz ratio of ``|E|^2`` to the leakage estimate
+   (near end present -> the residual is well above the estimated echo). The overdrive
+   moves from ``overdrive_st`` (single talk) to ``overdrive`` (double talk) with it.
+   Gain ``G = max(floor, 1 - overdrive * R / |E|^2)``, smoothed across frequency (3
+   bins; against musical noise) and optionally over time; it is 1 wherever the near
+   end dominates the residual, and exactly 1 without a far end.
+3. ``G`` (computed on the ``e`` window of the previous hop, which lines up with the
+   current ``z`` window) is applied to ``z``'s spectrum; overlap-add resynthesis.
+
+Shapes: every frame is ``(frame_size,)`` samples (int16 or float); spectra have
+``frame_size + 1`` bins of ``sample_rate / (2 * frame_size)`` Hz.
+Latency: exactly ``frame_size`` samples (``latency_samples``) on top of ``z``'s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["ResSettings", "ResidualEchoSuppressor"]
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class ResSettings:
+    """Residual echo suppressor tuning (defaults measured on the simulated rooms).
+
+    Attributes:
+        floor_db: lowest gain, dB (<= 0).
+        overdrive: residual echo over-estimation factor while the near end talks (>= 1).
+        leak_tau_ms: averaging time of the leakage regression, ms (> 0).
+        tail_decay_db: tail of the residual estimate: dB per hop it may decay in far-end
+            single talk (> 0).
+        release_ms: gain rise time constant, ms (>= 0; 0 = instant).
+        bands: number of leakage bands, log spaced (>= 1).
+        spread: 0..1, mix of the band-average echo-estimate power into the per-bin
+            one (0 = per bin; measured: spreading costs double talk, no ERLE gain).
+        coh_tau_ms: averaging time of the residual/reference coherence, ms (> 0).
+        coh_bias: coherence below this counts as none (0 <= x < 1; removes the
+            estimator's bias for unrelated signals).
+        coh_weight: weight of the coherent residual term (>= 0; 0 = off).
+        coh_lags: reference lags (hops) searched for coherence (>= 1).
+        coh_dt: 0..1, how much the coherent term backs off in double talk (1 = off
+            while the near end clearly dominates).
+        overdrive_st: over-estimation factor in far-end single talk (>= 1).
+        dt_lo_db, dt_hi_db: residual-to-estimated-echo ratio (dB, 300-4000 Hz) at which
+            double talk starts / is certain; the overdrive moves between the two
+            factors over this range (``dt_hi_db > dt_lo_db``).
+        leak_gate: 0..1 (< 1), how much the leakage regression slows down in double
+            talk (its update rate is scaled by ``1 - leak_gate * dt``; 0 = always full
+            rate; 1 would freeze it and can lock the detector, so it is excluded).
+        tail_decay_dt_db: tail decay, dB per hop, in certain double talk (> 0; the decay
+            moves from ``tail_decay_db`` to this with the double-talk measure).
+    """
+
+    floor_db: float = -25.0
+    overdrive: float = 1.0
+    leak_tau_ms: float = 1000.0
+    tail_decay_db: float = 1.0
+    release_ms: float = 0.0
+    bands: int = 24
+    spread: float = 0.0
+    coh_tau_ms: float = 40.0
+    coh_bias: float = 0.2
+    coh_weight: float = 1.0
+    coh_lags: int = 3
+    coh_dt: float = 1.0
+    overdrive_st: float = 16.0
+    dt_lo_db: float = 4.0
+    dt_hi_db: float = 12.0
+    leak_gate: float = 0.9
+    tail_decay_dt_db: float = 3.0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "floor_db": lambda v: v <= 0,
+            "overdrive": lambda v: v >= 1,
+            "leak_tau_ms": lambda v: v > 0,
+            "tail_decay_db": lambda v: v > 0,
+            "release_ms": lambda v: v >= 0,
+            "overdrive_st": lambda v: v >= 1,
+            "spread": lambda v: 0 <= v <= 1,
+            "coh_tau_ms": lambda v: v > 0,
+            "coh_bias": lambda v: 0 <= v < 1,
+            "coh_weight": lambda v: v >= 0,
+            "coh_dt": lambda v: 0 <= v <= 1,
+            "dt_lo_db": lambda v: True,
+            "dt_hi_db": lambda v: v > self.dt_lo_db,
+            "leak_gate": lambda v: 0 <= v < 1,
+            "tail_decay_dt_db": lambda v: v > 0,
+        }
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("bands", "coh_lags"):
+                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                    raise ValueError(f"ResSettings.{f.name} must be an int >= 1, got {v!r}")
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or not checks[f.name](v):
+                raise ValueError(f"ResSettings.{f.name} out of range, got {v!r}")
+
+
+class ResidualEchoSuppressor:
+    """Double-talk aware residual echo suppression on whole frames (see module doc).
+
+    Args:
+        frame_size: hop in samples (the echo canceller's frame).
+        sample_rate: Hz.
+        settings: tuning; defaults to ``ResSettings()``.
+    """
+
+    def __init__(self, frame_size: int, sample_rate: int, settings: ResSettings | None = None) -> None:
+        self.settings = s = settings if settings is not None else ResSettings()
+        self.frame_size = h = int(frame_size)
+        self.sample_rate = int(sample_rate)
+        self.latency_samples = h
+        n = 2 * h
+        k = h + 1
+        self._n, self._k = n, k
+        self._win = np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n))  # periodic sqrt-Hann
+        hop_s = h / self.sample_rate
+        self._a_leak = float(np.exp(-hop_s / (s.leak_tau_ms / 1000)))
+        self._a_rel = float(np.exp(-hop_s / (s.release_ms / 1000))) if s.release_ms > 0 else 0.0
+        self._a_coh = float(np.exp(-hop_s / (s.coh_tau_ms / 1000)))
+        self._decay = float(10 ** (-s.tail_decay_db / 10))
+        self._floor = float(10 ** (s.floor_db / 20))
+        # band pooling matrices (triangular-ish, log spaced above 500 Hz)
+        nb = min(s.bands, k)
+        edges = np.unique(np.round(np.geomspace(1, k - 1, nb + 1)).astype(int))
+        edges[0] = 0
+        edges[-1] = k
+        band = np.zeros(k, dtype=np.intp)
+        for b in range(edges.shape[0] - 1):
+            band[edges[b] : edges[b + 1]] = b
+        self._band = band
+        self._nb = int(band.max()) + 1
+        hz = self.sample_rate / n
+        self._k_lo, self._k_hi = int(300 / hz), int(4000 / hz)
+        self._pool = np.zeros((self._nb, k))
+        self._pool[band, np.arange(k)] = 1.0
+        self._bw = self._pool.sum(axis=1)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all state (behaves like a fresh object)."""
+        n, k, nb = self._n, self._k, self._nb
+        self._buf = np.zeros((4, n))  # rows: e, mic, ref, z (time-domain analysis windows)
+        self._ola = np.zeros(self.frame_size)
+        self._gain_prev = np.ones(k)  # gain for the z window of the next hop
+        self._gain_smooth = np.ones(k)
+        self._r_prev = np.zeros(k)
+        self._me = np.zeros(nb)
+        self._my = np.zeros(nb)
+        self._cov = np.zeros(nb)
+        self._var = np.zeros(nb)
+        self._leak = np.zeros(nb)
+        self._out = np.zeros(self.frame_size)
+        L = self.settings.coh_lags
+        self._xh = np.zeros((L, k), dtype=np.complex128)
+        self._sex = np.zeros((L, k), dtype=np.complex128)
+        self._see = np.zeros(k)
+        self._sxx = np.zeros((L, k))
+        self.frames = 0
+        self.last_dt = 0.0
+        self.last_ratio_db = float("-inf")
+        self.last_far = False
+        self.last_coh_frac = 0.0
+
+    @staticmethod
+    def _fsmooth(x):
+        """5-bin moving average across frequency (last axis; mirrored edges)."""
+        p = np.concatenate([x[..., 1:3][..., ::-1], x, x[..., -3:-1][..., ::-1]], axis=-1)
+        return (p[..., :-4] + p[..., 1:-3] + p[..., 2:-2] + p[..., 3:-1] + p[..., 4:]) / 5
+
+    def process_frame(self, z: npt.ArrayLike, e: npt.ArrayLike, mic: npt.ArrayLike, ref: npt.ArrayLike) -> FloatArray:
+        """One hop. ``e``, ``mic``, ``ref``: the newest ``frame_size`` samples; ``z``: the
+        signal to clean, lagging ``e`` by ``frame_size``. Returns ``frame_size`` float64
+        samples of cleaned ``z``, delayed by a further ``frame_size`` (a preallocated
+        buffer, overwritten on the next call)."""
+        h = self.frame_size
+        buf = self._buf
+        buf[:, :h] = buf[:, h:]
+        buf[0, h:] = e
+        buf[1, h:] = mic
+        buf[2, h:] = ref
+        buf[3, h:] = z
+        spec = np.fft.rfft(buf * self._win, axis=1)
+        E, D, Z = spec[0], spec[1], spec[3]
+        Y = D - E
+        pe = E.real**2 + E.imag**2
+        py = Y.real**2 + Y.imag**2
+
+        s = self.settings
+        pool = self._pool
+        be, by = pool @ pe, pool @ py
+        if s.spread > 0:
+            pyb = (by / self._bw)[self._band]
+            py_eff = (1 - s.spread) * py + s.spread * pyb
+        else:
+            py_eff = py
+        # no far end in the window: y_hat is only the canceller's DC-notch residue of
+        # the microphone (near end, rumble), not echo
+        far = bool(np.any(buf[2]))
+
+        # -- double-talk detector (leakage of the previous hop) ---------------------------
+        # near-end presence: residual power over the estimated residual echo (dB),
+        # speech band; single talk -> strong overdrive, double talk -> mild
+        k0, k1 = self._k_lo, self._k_hi
+        r_prev = self._decay * self._r_prev[k0:k1]
+        r = np.maximum(self._leak[self._band[k0:k1]] * py_eff[k0:k1], r_prev) if far else r_prev
+        ratio = 10 * np.log10((pe[k0:k1].sum() + 1e-3) / (r.sum() + 1e-3))
+        c = min(max((ratio - s.dt_lo_db) / (s.dt_hi_db - s.dt_lo_db), 0.0), 1.0)
+
+        # -- leakage regression per band, slowed down in double talk ----------------------
+        a = 1.0 - (1.0 - self._a_leak) * (1.0 - s.leak_gate * c)
+        self._me = me = a * self._me + (1 - a) * be
+        self._my = my = a * self._my + (1 - a) * by
+        de, dy = be - me, by - my
+        self._cov = cov = a * self._cov + (1 - a) * de * dy
+        self._var = var = a * self._var + (1 - a) * dy * dy
+        leak = np.maximum(cov, 0.0) / (var + 1e-3)
+        self._leak = leak = np.minimum(leak, 1.0)
+
+        r = leak[self._band] * py_eff if far else np.zeros_like(py)
+        decay = 10 ** (-(s.tail_decay_db + (s.tail_decay_dt_db - s.tail_decay_db) * c) / 10)
+        r = np.maximum(r, decay * self._r_prev)
+        self._r_prev = r
+        od = s.overdrive_st + (s.overdrive - s.overdrive_st) * c
+        self.last_dt = c
+        #: the double-talk detector's raw statistic of this hop: residual power over the
+        #: estimated residual echo, dB, 300-4000 Hz (high: the near end talks)
+        self.last_ratio_db = float(ratio)
+        #: the hop's analysis window held far-end signal
+        self.last_far = far
+        if s.coh_weight > 0:
+            # short-term coherence of E with the reference X at lags 0..L-1 hops (the
+            # reference leads its echo): the part of E that is linear in the far end
+            X = spec[2]
+            xh = self._xh
+            xh[1:] = xh[:-1]
+            xh[0] = X
+            a = self._a_coh
+            self._sex *= a
+            self._sex += (1 - a) * (E * np.conj(xh))
+            self._see = a * self._see + (1 - a) * pe
+            self._sxx *= a
+            self._sxx += (1 - a) * (xh.real**2 + xh.imag**2)
+            sex, see, sxx = self._fsmooth(self._sex), self._fsmooth(self._see), self._fsmooth(self._sxx)
+            coh = (sex.real**2 + sex.imag**2) / (see * sxx + 1e-3)
+            coh = coh.max(axis=0)
+            b = s.coh_bias
+            coh = np.clip((coh - b) / (1 - b), 0.0, 1.0)
+            self.last_coh = coh
+            # how much of the residual is (linearly) the far end: residual echo after an
+            # echo-path change or in a cold start is coherent with the reference, the
+            # near-end talker is not (300-4000 Hz, power weighted, 0..1)
+            pb = pe[k0:k1]
+            self.last_coh_frac = float(np.dot(pb, coh[k0:k1]) / (pb.sum() + 1e-3))
+            r = np.maximum(r, s.coh_weight * (1 - s.coh_dt * c) * coh * pe)
+        # -- gain -------------------------------------------------------------------------
+        g = 1.0 - od * r / (pe + 1e-3)
+        g = np.maximum(g, self._floor)
+        # frequency smoothing (3 bins)
+        g[1:-1] = 0.25 * g[:-2] + 0.5 * g[1:-1] + 0.25 * g[2:]
+        if self._a_rel > 0:
+            gs = self._gain_smooth
+            up = g > gs
+            g = np.where(up, self._a_rel * gs + (1 - self._a_rel) * g, g)
+        self._gain_smooth = g
+
+        # -- apply the previous hop's gain to z, overlap-add ---------------------------------
+        y = np.fft.irfft(Z * self._gain_prev, self._n) * self._win
+        self._gain_prev = g
+        out = self._out
+        np.add(self._ola, y[:h], out=out)
+        self._ola[:] = y[h:]
+        self.frames += 1
+        return out

@@ -1,0 +1,169 @@
+"""``voxbox dsp``: replay a recorded microphone and reference through the daemon's front end.
+
+    voxbox dsp --mic MIC.wav --ref REF.wav --out OUT.wav [--config PATH] [--set key=value ...]
+
+The front end is built by :func:`build_frontend`, the function the daemon uses, from the
+same configuration file (``--set`` overrides applied on top, validated like the file), and
+fed in the daemon's capture period (10 ms blocks). Because
+:meth:`voxbox.dsp.frontend.CaptureFrontEnd.process` is a pure function of the sample stream,
+a recording the daemon made from its start (``voxbox-*-mic.wav`` and ``-ref.wav``, see
+:mod:`voxbox.dsp.recorder`) replays to its ``-out.wav`` bit for bit with the same settings;
+with other settings it shows what a change would have done on that unit's audio.
+
+Inputs: 16-bit mono WAV at the capture rate (16 000 Hz). The reference is what the echo
+canceller is given, i.e. already delayed to lead the echo; ``--ref-delay-ms`` shifts it
+further (positive = later) for recordings made by other tools.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from voxbox.audio import wavfile
+from voxbox.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+
+__all__ = ["DspError", "frontend_settings", "build_frontend", "read_wav", "run_frontend", "add_parser"]
+
+
+class DspError(ValueError):
+    """Bad input for ``voxbox dsp``; the message names the file or option."""
+
+
+def frontend_settings(cfg: Config):
+    """The :class:`voxbox.dsp.frontend.FrontEndSettings` for ``cfg``: every ``[frontend]`` key
+    whose name is a settings field is passed through, plus ``audio.capture_rate``."""
+    from voxbox.dsp.frontend import FrontEndSettings
+
+    names = {f.name for f in dataclasses.fields(FrontEndSettings)}
+    kw = {k: v for k, v in cfg.frontend.model_dump().items() if k in names}
+    kw["sample_rate"] = cfg.audio.capture_rate
+    return FrontEndSettings(**kw)
+
+
+def build_frontend(cfg: Config, wake_tap: str | None = None):
+    """The capture front end exactly as the daemon runs it, or None when
+    ``frontend.echo_cancel`` is false. ``wake_tap`` (the daemon: ``"aec"``) adds the
+    wake-word tap output; it does not change the main output."""
+    if not cfg.frontend.echo_cancel:
+        return None
+    from voxbox.dsp.frontend import CaptureFrontEnd
+
+    return CaptureFrontEnd(frontend_settings(cfg), wake_tap=wake_tap)
+
+
+def read_wav(path: Path, rate: int, what: str) -> np.ndarray:
+    """Read a 16-bit mono WAV file as int16, shape ``(n,)``.
+
+    Raises:
+        DspError: missing/unreadable file, not 16-bit PCM, not mono, or not at ``rate``
+            Hz; the message names ``what`` (the option) and the file.
+    """
+    try:
+        x, got = wavfile.read_pcm16_mono(path, f"{what} {path}")
+    except wavfile.WavError as exc:
+        raise DspError(str(exc)) from None
+    if got != rate:
+        raise DspError(f"{what} {path}: expected {rate} Hz (audio.capture_rate), got {got} Hz; "
+                       f"convert with: sox IN -r {rate} -c 1 -b 16 OUT.wav")
+    return x
+
+
+
+
+def run_frontend(frontend, mic: np.ndarray, ref: np.ndarray, block: int) -> np.ndarray:
+    """Stream ``mic``/``ref`` (int16, same shape ``(n,)``) through ``frontend`` in
+    ``block``-sample blocks, as the capture thread does; return the output, shape ``(n,)``
+    (delayed by ``frontend.latency_samples``, like the daemon's). ``frontend`` None = passthrough."""
+    if frontend is None:
+        return mic.copy()
+    out = np.empty_like(mic)
+    for i in range(0, mic.shape[0], block):
+        out[i : i + block] = frontend.process(mic[i : i + block], ref[i : i + block])
+    return out
+
+
+def _erle_db(mic: np.ndarray, out: np.ndarray, ref: np.ndarray, rate: int, latency: int) -> float | None:
+    """Mean echo reduction over 10 ms frames where the far end is active (dB), or None."""
+    f = rate // 100
+    n = (min(mic.shape[0], out.shape[0] - latency) // f) * f
+    if n <= 0:
+        return None
+    pm = np.mean(mic[:n].astype(np.float64).reshape(-1, f) ** 2, axis=1)
+    po = np.mean(out[latency : latency + n].astype(np.float64).reshape(-1, f) ** 2, axis=1)
+    pr = np.mean(ref[:n].astype(np.float64).reshape(-1, f) ** 2, axis=1)
+    act = pr > max(float(pr.max()) * 1e-3, 1.0)
+    if not act.any():
+        return None
+    return float(10 * np.log10(pm[act].sum() / max(po[act].sum(), 1e-9)))
+
+
+def cmd_dsp(args: argparse.Namespace) -> int:
+    try:
+        sets = [s if "." in s.partition("=")[0] else f"frontend.{s}" for s in args.set]
+        cfg = load_config(args.config, sets)
+        rate = cfg.audio.capture_rate
+        mic = read_wav(args.mic, rate, "--mic")
+        ref = read_wav(args.ref, rate, "--ref")
+    except (ConfigError, DspError) as exc:
+        print(f"voxbox dsp: {exc}", file=sys.stderr)
+        return 78 if isinstance(exc, ConfigError) else 2
+    if mic.shape != ref.shape:
+        n = min(mic.shape[0], ref.shape[0])
+        print(f"voxbox dsp: --mic has {mic.shape[0]} samples, --ref {ref.shape[0]}; using the first {n}",
+              file=sys.stderr)
+        mic, ref = mic[:n], ref[:n]
+    d = int(round(args.ref_delay_ms * rate / 1000))
+    if d > 0:
+        ref = np.concatenate([np.zeros(d, np.int16), ref[:-d] if d < ref.shape[0] else ref[:0]])[: mic.shape[0]]
+    elif d < 0:
+        ref = np.concatenate([ref[-d:], np.zeros(-d, np.int16)])[: mic.shape[0]]
+    fe = build_frontend(cfg)
+    block = rate * cfg.audio.period_ms // 1000
+    t0 = time.process_time()
+    try:
+        out = run_frontend(fe, mic, ref, block)
+    finally:
+        latency = 0 if fe is None else fe.latency_samples
+        if fe is not None:
+            fe.close()
+    cpu = time.process_time() - t0
+    wavfile.write_wav(args.out, out, rate)
+    secs = mic.shape[0] / rate
+    erle = _erle_db(mic, out, ref, rate, latency)
+    summary = {
+        "mic": str(args.mic), "ref": str(args.ref), "out": str(args.out), "seconds": round(secs, 3),
+        "latency_samples": latency, "erle_db": None if erle is None else round(erle, 1),
+        "cpu_per_audio_s": round(cpu / secs, 5) if secs else None,
+        "settings": None if fe is None else dataclasses.asdict(fe.settings),
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{args.out}: {secs:.2f} s processed, output delayed {latency} samples "
+              f"({1000 * latency / rate:.1f} ms); echo reduction over far-end-active frames "
+              f"{'n/a (no far end)' if erle is None else f'{erle:.1f} dB'}; "
+              f"CPU {cpu:.3f} s ({100 * cpu / max(secs, 1e-9):.2f} % of one core)")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("dsp", help="run recorded mic/ref WAVs through the daemon's capture front end",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mic", type=Path, required=True, help="microphone WAV (16-bit mono, capture rate)")
+    p.add_argument("--ref", type=Path, required=True, help="far-end reference WAV, as fed to the canceller")
+    p.add_argument("--out", type=Path, required=True, help="output WAV")
+    p.add_argument("--config", type=Path, default=None,
+                   help=f"daemon configuration (e.g. {DEFAULT_CONFIG_PATH}); default: built-in defaults")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set filter_ms=300 or --set frontend.agc=true (repeatable)")
+    p.add_argument("--ref-delay-ms", type=float, default=0.0,
+                   help="delay the reference by this much (ms; negative = earlier)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_dsp)

@@ -1,0 +1,1 @@
+"""Button gestures and LED patterns (pure cores; gpiozero lives in the service wiring)."""

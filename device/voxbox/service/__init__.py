@@ -1,0 +1,1 @@
+"""The daemon: wiring of the parts, audio threads, health and watchdog."""

@@ -1,0 +1,1 @@
+"""Simulation rigs: ALSA file devices, the daemon harness, the demo."""

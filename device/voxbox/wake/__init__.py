@@ -1,0 +1,1 @@
+"""Local wake word (openWakeWord models on LiteRT)."""
