@@ -13,13 +13,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
-
 import pyroomacoustics  # noqa: F401,E402  (a test dependency: rooms for the delay tests)
+import pytest
 import soxr  # noqa: E402
+from benchmarks.rooms import FAR_TEXTS, FAR_VOICE, ROOMS, loudspeaker, room_irs, speech_track  # noqa: E402
 from scipy.signal import fftconvolve  # noqa: E402
 
-from benchmarks.rooms import FAR_TEXTS, FAR_VOICE, ROOMS, loudspeaker, room_irs, speech_track  # noqa: E402
 from voxbox.dsp.align import DelayEstimate, DriftCompensator, EchoDelayTracker, chirp, measure_delay  # noqa: E402
 
 SR = 16000  # Hz

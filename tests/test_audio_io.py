@@ -12,10 +12,10 @@ import threading
 import time
 from pathlib import Path
 
+import alsaaudio  # noqa: E402
 import numpy as np
 import pytest
-
-import alsaaudio  # noqa: E402
+from probes import probe_children
 
 from voxbox.audio.alsa import (  # noqa: E402
     AudioDeviceError,
@@ -27,7 +27,6 @@ from voxbox.audio.alsa import (  # noqa: E402
     probe_open,
 )
 from voxbox.sim.rig import FileDeviceRig  # noqa: E402
-from probes import probe_children
 
 
 @pytest.fixture

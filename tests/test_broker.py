@@ -9,13 +9,21 @@ import logging
 import socket
 
 import pytest
-
-from voxbox.host import sd
-from voxbox.realtime.broker import (BrokerError, StaticKey, TokenBroker, check_broker_url, credential_source,
-                           load_connect_secret, load_unit_id, load_unit_secret)
 from brokerserver import BrokerServer, make_test_pki
+
 from voxbox.config import Realtime, parse_config
+from voxbox.host import sd
 from voxbox.host.credentials import CredentialError, Secret
+from voxbox.realtime.broker import (
+    BrokerError,
+    StaticKey,
+    TokenBroker,
+    check_broker_url,
+    credential_source,
+    load_connect_secret,
+    load_unit_id,
+    load_unit_secret,
+)
 
 UNIT = "vx-0042"
 SECRET = "unit-secret-Zq8wYq3LrT0p"
@@ -465,8 +473,8 @@ def test_broker_token_opens_a_local_realtime_session(tls_broker, pki, clocks):
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
-    from voxbox.realtime.dialects import auth_headers, build_url
     from voxbox.parrot.server import LocalRealtimeServer
+    from voxbox.realtime.dialects import auth_headers, build_url
 
     wall, mono = clocks
     rt = Realtime()

@@ -1,6 +1,19 @@
 """The attention state machine, driven with a fake clock."""
-from voxbox.conversation.machine import (ClearInput, Conversation, Earcon, EndPushToTalk, Interrupt, PauseReply, Prompt,
-                                 ResendTurn, ResetWake, ResumeReply, SetMuted, StartPushToTalk, State)
+from voxbox.conversation.machine import (
+    ClearInput,
+    Conversation,
+    Earcon,
+    EndPushToTalk,
+    Interrupt,
+    PauseReply,
+    Prompt,
+    ResendTurn,
+    ResetWake,
+    ResumeReply,
+    SetMuted,
+    StartPushToTalk,
+    State,
+)
 from voxbox.gpio.gestures import ButtonGestures, Gesture
 
 

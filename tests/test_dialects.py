@@ -29,10 +29,9 @@ import typing
 from enum import Enum
 from typing import Any
 
+import azure.ai.voicelive.models as vlm
 import pydantic
 import pytest
-
-import azure.ai.voicelive.models as vlm
 from azure.ai.voicelive import _unions as vl_unions
 from azure.ai.voicelive._utils.model_base import Model as VlModel
 from azure.ai.voicelive._utils.model_base import _RestField
@@ -40,12 +39,16 @@ from azure.ai.voicelive.models import _models as vl_generated
 from openai.types.beta.realtime import SessionUpdateEvent as BetaSessionUpdateEvent
 from openai.types.beta.realtime.session_update_event import (
     SessionInputAudioNoiseReduction as BetaNoiseReduction,
+)
+from openai.types.beta.realtime.session_update_event import (
     SessionTurnDetection as BetaTurnDetection,
 )
 from openai.types.realtime import (
     NoiseReductionType,
     RealtimeAudioInputTurnDetection,
     RealtimeSessionCreateRequest,
+)
+from openai.types.realtime import (
     SessionUpdateEvent as GaSessionUpdateEvent,
 )
 from openai.types.realtime.realtime_audio_config_input import RealtimeAudioConfigInput

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synth import speechlike
 
-from voxbox.field.replay import DspError, read_wav
-from voxbox.sim.harness import DaemonHarness
-from voxbox.dsp.recorder import CaptureRecorder
 from voxbox.audio.speech import demo_utterance
 from voxbox.audio.wavfile import write_wav
-
-from synth import speechlike
+from voxbox.dsp.recorder import CaptureRecorder
+from voxbox.field.replay import DspError, read_wav
+from voxbox.sim.harness import DaemonHarness
 
 REPO = Path(__file__).resolve().parents[1]
 

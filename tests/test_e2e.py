@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from voxbox.sim.harness import DaemonHarness, write_config
-from voxbox.audio.speech import demo_utterance, render_speech
 from probes import probe_children
+
+from voxbox.audio.speech import demo_utterance, render_speech
+from voxbox.sim.harness import DaemonHarness, write_config
 
 pytestmark = pytest.mark.e2e
 

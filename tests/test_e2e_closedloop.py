@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import time
 
+import closedloop as cl
 import numpy as np
 import pytest
 
-import closedloop as cl
-from voxbox.sim.harness import DaemonHarness
 from voxbox.audio.speech import render_speech
+from voxbox.sim.harness import DaemonHarness
 
 pytestmark = pytest.mark.e2e
 

@@ -9,10 +9,9 @@ from functools import partial
 
 import numpy as np
 import pytest
+import synth
 
 from voxbox.sim.harness import DaemonHarness
-
-import synth
 
 pytestmark = pytest.mark.e2e
 

@@ -7,10 +7,9 @@ import time
 
 import numpy as np
 import pytest
+from synth import speech
 
 from voxbox.sim.harness import DaemonHarness
-
-from synth import speech
 
 pytestmark = pytest.mark.e2e
 

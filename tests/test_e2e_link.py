@@ -8,10 +8,9 @@ from functools import partial
 
 import numpy as np
 import pytest
+import synth
 
 from voxbox.sim.harness import DaemonHarness
-
-import synth
 
 pytestmark = pytest.mark.e2e
 
@@ -81,8 +80,8 @@ def test_offline_prompt_and_nothing_captured_offline_is_sent_later(tmp_path):
         # the prompt reached the speaker, sample for sample
         from pathlib import Path
 
-        from voxbox.audio.earcon import load_earcon
         import voxbox
+        from voxbox.audio.earcon import load_earcon
 
         cue = load_earcon(str(Path(voxbox.__file__).parent / "prompts" / "offline.wav"), 24000)
         head = cue[np.flatnonzero(cue)[0]:][:480]
@@ -127,6 +126,7 @@ def test_token_broker_mode_end_to_end(tmp_path):
     token from the fleet broker; the Realtime server accepts exactly the broker's tokens;
     a reconnect reuses the cached token; a refused unit secret is fatal and retried slowly."""
     from brokerserver import BrokerServer
+
     from voxbox.parrot.server import ServerThread
 
     broker = BrokerServer({"VX-0001": "unit-secret-0123456789"}, ttl_s=600)

@@ -13,11 +13,10 @@ from functools import partial
 import numpy as np
 import pytest
 import soxr
-
-from voxbox.sim.harness import DaemonHarness
-from voxbox.audio.speech import demo_utterance
-
 import synth
+
+from voxbox.audio.speech import demo_utterance
+from voxbox.sim.harness import DaemonHarness
 
 pytestmark = pytest.mark.e2e
 

@@ -6,9 +6,20 @@ import pytest
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from voxbox.conversation.machine import State
+from voxbox.gpio.board import GpioLed, GpioRgbLed
+from voxbox.gpio.led import (
+    ACK_ON_S,
+    ACK_S,
+    AMBER,
+    FAULT_PATTERNS,
+    PATTERNS,
+    RED,
+    Pattern,
+    display_pattern,
+    frame,
+    pattern_for,
+)
 from voxbox.service.health import AUDIO_DEVICE, DEAF_MICROPHONE, STATE_NOT_SAVED
-from voxbox.gpio.led import (ACK_ON_S, ACK_S, AMBER, FAULT_PATTERNS, PATTERNS, RED, GpioLed, GpioRgbLed,
-                        Pattern, display_pattern, frame, pattern_for)
 
 STEP = 0.02
 WINDOW = 4.0

@@ -285,8 +285,8 @@ def test_the_daemon_writes_the_metrics_file(tmp_path):
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from voxbox.sim.harness import DaemonHarness
     from voxbox.audio.speech import render_speech
+    from voxbox.sim.harness import DaemonHarness
 
     prom = tmp_path / "textfile" / "voxbox.prom"
     prom.parent.mkdir()

@@ -299,7 +299,7 @@ def test_only_unknown_serial(fleet, capsys):
 
 def test_module_entry_point_with_progress(fleet):
     f, units, out = fleet
-    res = subprocess.run([sys.executable, "-m", "voxbox.field.provision", str(f), str(units), "--out", str(out)],
+    res = subprocess.run([sys.executable, "-m", "voxbox", "provision", str(f), str(units), "--out", str(out)],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "provisioned 3 unit(s)" in res.stdout

@@ -13,6 +13,7 @@ import urllib.parse
 import pytest
 
 from voxbox.host import sd  # CR/LF, quotes and a backslash: what JSON escaping changed after the old post-json.dumps
+
 # scrub; '/', '+' and '=' change under URL and base64 encoding; length 41 (not a multiple of
 # 3) gives base64 padding
 SECRET = 'sk-"quo\\te\r\nline/slash+plus=0123456789ab'

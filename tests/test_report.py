@@ -12,9 +12,20 @@ from pathlib import Path
 import pytest
 
 from voxbox.field import report
+from voxbox.field.report import (
+    REDACTED,
+    CmdResult,
+    Paths,
+    ReportError,
+    Unavailable,
+    build_report,
+    journalctl_source,
+    looks_secret,
+    redact_tree,
+    scrub_text,
+    secret_forms,
+)
 from voxbox.host.journal_ids import MESSAGE_IDS, message_id
-from voxbox.field.report import (REDACTED, CmdResult, Paths, ReportError, Unavailable, build_report,
-                           journalctl_source, looks_secret, redact_tree, scrub_text, secret_forms)
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "sk-test-REPORT-0123456789abcdefghijklmnop"
@@ -342,8 +353,8 @@ def test_packages_follow_the_installed_metadata(monkeypatch):
 
 
 def test_selftest_state_file_comes_from_the_state_directory(tmp_path):
-    from voxbox.host import sd
     from voxbox.field import selftest
+    from voxbox.host import sd
     assert report.SELFTEST_STATE_FILE == selftest.STATE_FILE
     assert sd.state_dir({"STATE_DIRECTORY": f"{tmp_path}:/other"}) == tmp_path
 

@@ -6,6 +6,8 @@ import logging
 from pathlib import Path
 
 from voxbox.host import sd
+
+
 def test_scrub_and_forget():
     s = "tok-3f9a1c77e2"
     try:

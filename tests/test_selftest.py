@@ -1,6 +1,6 @@
 """``voxbox selftest`` (voxbox.field.selftest) on the ALSA file devices of voxbox.sim.rig.
 
-The audio checks run the real command (``python -m voxbox.field.selftest``, the same parser
+The audio checks run the real command (``python -m voxbox selftest``, the same parser
 ``voxbox selftest`` registers) as a subprocess against a rig in this process: the
 microphone feeder mixes the speaker's played stream back in with a known delay and gain.
 
@@ -24,14 +24,14 @@ import threading
 import time
 from pathlib import Path
 
+import alsaaudio  # noqa: E402,F401
 import numpy as np
 import pytest
 import tomli_w
 
-import alsaaudio  # noqa: E402,F401
-
-from voxbox.field import selftest  # noqa: E402
+from voxbox.cli import main as voxbox_main  # noqa: E402
 from voxbox.config import parse_config  # noqa: E402
+from voxbox.field import selftest  # noqa: E402
 from voxbox.sim.rig import FileDeviceRig  # noqa: E402
 
 ECHO_DELAY_MS = 37.0
@@ -50,7 +50,7 @@ def _run_cli(tmp_path: Path, rig: FileDeviceRig, args: list[str], config: dict |
     path.write_text(tomli_w.dumps(cfg))
     env = {**os.environ, **rig.env, "STATE_DIRECTORY": str(tmp_path / "state"), **(extra_env or {})}
     env.pop("JOURNAL_STREAM", None)
-    return subprocess.run([sys.executable, "-m", "voxbox.field.selftest", "--config", str(path),
+    return subprocess.run([sys.executable, "-m", "voxbox", "selftest", "--config", str(path),
                            "--log-format", "json", *args],
                           env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -182,9 +182,14 @@ def test_network_pass_and_wrong_key(server):
 
 
 def test_network_local_and_unreachable():
-    assert selftest.check_network(parse_config({"realtime": {"url": "local"}}), {}).result == "PASS"
+    from voxbox.cli import start_local_server  # the CLI gives the self-test the local server
+
+    local = parse_config({"realtime": {"url": "local"}})
+    assert selftest.check_network(local, {}, start_local_server).result == "PASS"
     azure = parse_config({"realtime": {"url": "local", "dialect": "azure-voicelive"}})
-    assert selftest.check_network(azure, {}).result == "PASS"
+    assert selftest.check_network(azure, {}, start_local_server).result == "PASS"
+    no_server = selftest.check_network(local, {})  # called without it: a clear failure, no crash
+    assert no_server.result == "FAIL" and "local server" in no_server.hint, no_server
     import socket
 
     with socket.socket() as s:  # a port nobody listens on
@@ -200,8 +205,8 @@ def test_network_http_401_is_auth():
     import asyncio
 
     from websockets.asyncio.server import serve
-    from websockets.http11 import Response
     from websockets.datastructures import Headers
+    from websockets.http11 import Response
 
     ready, stop, port = threading.Event(), threading.Event(), {}
 
@@ -285,6 +290,7 @@ def test_network_in_token_broker_mode():
     """Only the unit secret is provisioned: the check gets a token from the broker and
     connects with it (the service accepts exactly the tokens the broker issued)."""
     from brokerserver import BrokerServer
+
     from voxbox.parrot.server import ServerThread
 
     with BrokerServer({UNIT_ID: UNIT_SECRET}, ttl_s=600) as broker:
@@ -432,11 +438,11 @@ def test_wake_custom_model_without_sample_is_skipped():
 
 # -- command line ---------------------------------------------------------------------------
 def test_config_error_exits_78(tmp_path, capsys):
-    assert selftest.main(["--config", str(tmp_path / "nope.toml")]) == 78
+    assert voxbox_main(["selftest", "--config", str(tmp_path / "nope.toml")]) == 78
     assert "nope.toml" in capsys.readouterr().err
     bad = tmp_path / "bad.toml"
     bad.write_text('[audio]\ncapture_devise = "x"\n')
-    assert selftest.main(["--config", str(bad)]) == 78
+    assert voxbox_main(["selftest", "--config", str(bad)]) == 78
     assert "audio.capture_devise" in capsys.readouterr().err
 
 
@@ -447,7 +453,7 @@ def test_cli_json_all_skipped_exit_0(tmp_path, capsys, monkeypatch):
     args = ["--config", str(cfg), "--json", "--log-format", "json"]
     for n in selftest.CHECKS:
         args += ["--skip", n]
-    assert selftest.main(args) == 0
+    assert voxbox_main(["selftest", *args]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["result"] == "PASS" and {c["result"] for c in out["checks"]} == {"SKIP"}
     assert (tmp_path / "state" / "selftest.json").is_file()

@@ -6,8 +6,16 @@ import pytest
 
 from voxbox.config import parse_config
 from voxbox.realtime.dialects import auth_headers, build_url, canonical_event_type, session_config
-from voxbox.realtime.session import (AudioDelta, ProtocolError, RealtimeSession, ResponseDone,
-                            ResponseStarted, ServerError, SessionReady, SpeechStarted)
+from voxbox.realtime.session import (
+    AudioDelta,
+    ProtocolError,
+    RealtimeSession,
+    ResponseDone,
+    ResponseStarted,
+    ServerError,
+    SessionReady,
+    SpeechStarted,
+)
 
 
 def rt(**kw):

@@ -6,8 +6,9 @@ import json
 
 import pytest
 from pydantic import BaseModel
-from voxbox.realtime import events as schema
+
 from voxbox.config import parse_config
+from voxbox.realtime import events as schema
 from voxbox.realtime.dialects import _BETA_TO_GA
 from voxbox.realtime.session import (
     _HANDLERS,

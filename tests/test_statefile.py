@@ -16,8 +16,8 @@ from types import SimpleNamespace
 import pytest
 
 from voxbox.host import statefile
-from voxbox.service.daemon import Daemon
 from voxbox.host.statefile import atomic_write
+from voxbox.service.daemon import Daemon
 
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 

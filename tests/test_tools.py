@@ -8,8 +8,8 @@ import importlib.metadata
 import json
 import logging
 import sys
-import threading
 import textwrap
+import threading
 
 import pytest
 
@@ -92,8 +92,8 @@ def test_fake_context_satisfies_protocol():
 
 
 def test_declarations_shape_and_sdk_types():
-    from openai.types.realtime import RealtimeFunctionTool
     from openai.types.beta.realtime.session_update_event import SessionTool
+    from openai.types.realtime import RealtimeFunctionTool
 
     decls = ToolRegistry.default(plugins=False).declarations()
     assert [d["name"] for d in decls] == ["set_volume", "get_time", "stop_conversation", "device_status"]
@@ -358,8 +358,8 @@ def test_parse_function_call():
 
 
 def test_function_call_output_events_match_sdk_types():
-    from openai.types.realtime import ConversationItemCreateEvent, ResponseCreateEvent
     from openai.types.beta.realtime import ConversationItemCreateEvent as BetaItemCreate
+    from openai.types.realtime import ConversationItemCreateEvent, ResponseCreateEvent
 
     res = ToolResult("call_9", '{"ok":true}', False, 1.0, "x")
     create, respond = function_call_output_events(res)

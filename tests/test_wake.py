@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from voxbox.audio import speech
-
 from voxbox.wake import detector as wake
 from voxbox.wake.detector import Detection, PlaybackAwareWake, WakeModelError, WakeWordDetector, find_model
 

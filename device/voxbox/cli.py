@@ -20,9 +20,8 @@ import sys
 from pathlib import Path
 
 from voxbox import __version__
-from voxbox.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
-
-EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus= lists it
+from voxbox.config import DEFAULT_CONFIG_PATH, Config, load_config
+from voxbox.errors import EXIT_CONFIG, ConfigError, ConfigurationError, CredentialError, CredentialInvalid
 
 
 def _load(path: Path) -> Config:
@@ -49,8 +48,8 @@ def _preflight(cfg: Config, *, allow_unprovisioned: bool = False, check_devices:
         ConfigError / CredentialError / AudioDeviceError naming the problem (a credential
         by its source, never its value).
     """
+    from voxbox.host.credentials import Secret
     from voxbox.realtime.broker import load_connect_secret
-    from voxbox.host.credentials import CredentialError, CredentialInvalid, Secret
     from voxbox.realtime.dialects import check_features
 
     log = logging.getLogger("voxbox")
@@ -76,6 +75,17 @@ def _preflight(cfg: Config, *, allow_unprovisioned: bool = False, check_devices:
     return key
 
 
+def start_local_server(api_key: str | None):
+    """Start the local Realtime server (parrot) for ``realtime.url = "local"``: it accepts
+    ``api_key`` (None: any key). Returns the running :class:`voxbox.parrot.server.ServerThread`.
+    Only the CLI imports the test server; the daemon and the self-test are given this."""
+    from voxbox.parrot.server import ServerThread
+
+    server = ServerThread(api_key=api_key)
+    server.start()
+    return server
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from voxbox.host.sd import redact, setup_logging
 
@@ -89,20 +99,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     log = logging.getLogger("voxbox")
     try:
         key = _preflight(cfg, allow_unprovisioned=True, check_devices=False)
-    except Exception as exc:  # config-class problems: say what, exit before audio
-        from voxbox.host.credentials import CredentialError
-        from voxbox.realtime.dialects import UnsupportedFeature
-        from voxbox.wake.detector import WakeModelError
-
-        if isinstance(exc, (ConfigError, CredentialError, WakeModelError, UnsupportedFeature)):
-            log.error("%s", exc, extra={"VOXBOX_EVENT": "config_error"})
-            print(f"voxbox: {exc}", file=sys.stderr) if fmt == "json" else None
-            return EXIT_CONFIG
-        raise
+    except ConfigurationError as exc:  # the unit cannot run as configured: say what, exit before audio
+        log.error("%s", exc, extra={"VOXBOX_EVENT": "config_error"})
+        print(f"voxbox: {exc}", file=sys.stderr) if fmt == "json" else None
+        return exc.exit_code
     redact(key.value)
     from voxbox.service.daemon import Daemon
 
-    daemon = Daemon(cfg, key, mock_gpio_socket=os.environ.get("VOXBOX_MOCK_GPIO_SOCKET"))
+    daemon = Daemon(cfg, key, mock_gpio_socket=os.environ.get("VOXBOX_MOCK_GPIO_SOCKET"),
+                    local_server=start_local_server if cfg.realtime.url == "local" else None)
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
@@ -164,18 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="speaker-to-microphone echo gain in dB (closed acoustic loop)")
     demo.set_defaults(func=cmd_demo)
 
+    from voxbox.field import firstboot, provision, report, selftest
     from voxbox.field import replay as dsp
 
-    from voxbox.field import firstboot
-
-    from voxbox.field import provision
-
-    from voxbox.field import report
-
-    from voxbox.field import selftest
     dsp.add_parser(sub)
     report.add_parser(sub)
-    selftest.add_parser(sub)
+    selftest.add_parser(sub, local_server=start_local_server)
     provision.add_parser(sub)
     firstboot.add_parser(sub)
 

@@ -15,21 +15,20 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import re
 import tomllib
 import typing
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from voxbox.errors import ConfigError  # noqa: F401 (re-exported)
 
 DEFAULT_CONFIG_PATH = Path("/etc/voxbox/config.toml")
 
 Dialect = Literal["openai-ga", "openai-beta", "azure-voicelive"]
-
-
-class ConfigError(ValueError):
-    """The configuration cannot be used. The message names every bad key."""
 
 
 class _Section(BaseModel):
@@ -65,6 +64,40 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_broker_url(url: str) -> str | None:
+    """Why ``url`` cannot be a token-broker URL, or None when it can. Pure (no I/O).
+
+    The rule :class:`voxbox.realtime.broker.TokenBroker` enforces (and the configuration validates with): scheme
+    ``https``, or ``http`` only to a loopback host (``localhost``, 127.0.0.0/8, ``::1``);
+    a host; a valid port; no user info (it would be a second secret, in clear in the
+    config). The message names the URL without user info or query.
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+        shown = public_url(url)
+    except ValueError as exc:
+        shown = re.sub(r"//[^/?#@]*@", "//", re.split(r"[?#]", url, maxsplit=1)[0])
+        return f"broker url {shown!r} is not a valid URL: {exc}"
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return f"broker url must be https://host/...: {shown!r}"
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        return f"broker url {shown}: plain http is allowed only to a loopback address"
+    if parts.username is not None or parts.password is not None:
+        return f"broker url {shown}: user info in the URL is not allowed"
+    return None
+
+
+def public_url(url: str) -> str:
+    """``url`` without user info, query or fragment (for messages and logs)."""
+    p = urlsplit(url)
+    host = p.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{p.port}" if p.port else "")
+    return urlunsplit((p.scheme, netloc, p.path, "", ""))
 
 
 def _shown_url(url: str) -> str:
@@ -335,8 +368,6 @@ class Broker(_Section):
 
     @model_validator(mode="after")
     def _url(self) -> "Broker":
-        from voxbox.realtime.broker import check_broker_url  # the rule TokenBroker applies
-
         why = check_broker_url(self.url) if self.url else None
         if why:
             raise ValueError(f"broker.url: {why}")

@@ -54,9 +54,9 @@ import numpy as np
 import pytest
 from scipy.signal import fftconvolve
 
-from voxbox.duplex.nearend import BargeInSettings, NearEndDetector, SileroVad
-from voxbox.dsp.frontend import CaptureFrontEnd
 from voxbox.audio.speech import render_speech
+from voxbox.dsp.frontend import CaptureFrontEnd
+from voxbox.duplex.nearend import BargeInSettings, NearEndDetector, SileroVad
 
 from .rooms import (
     FAR_TEXTS,

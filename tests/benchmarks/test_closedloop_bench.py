@@ -61,8 +61,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voxbox.sim.harness import DaemonHarness
 from voxbox.audio.speech import render_speech
+from voxbox.sim.harness import DaemonHarness
 
 from .roomfamily import REPORTING_SEEDS, TUNING_SEEDS, echo_path, family_room
 

@@ -54,12 +54,23 @@ import numpy as np
 import pytest
 import soxr
 
+from voxbox.audio.ring import SampleRing
 from voxbox.dsp.align import DriftCompensator, EchoDelayTracker
 from voxbox.dsp.frontend import CaptureFrontEnd, FrontEndSettings
-from voxbox.audio.ring import SampleRing
 
-from .rooms import (FAR_TEXTS, FAR_VOICE, FRAME, ROOMS, SR, _echo, _room_noise, _scale_to, active_mask,
-                    frame_powers, speech_track)
+from .rooms import (
+    FAR_TEXTS,
+    FAR_VOICE,
+    FRAME,
+    ROOMS,
+    SR,
+    _echo,
+    _room_noise,
+    _scale_to,
+    active_mask,
+    frame_powers,
+    speech_track,
+)
 
 pytestmark = pytest.mark.benchmark
 

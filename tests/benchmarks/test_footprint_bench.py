@@ -29,8 +29,8 @@ import time
 
 import pytest
 
-from voxbox.sim.harness import DaemonHarness
 from voxbox.audio.speech import demo_utterance
+from voxbox.sim.harness import DaemonHarness
 
 pytestmark = pytest.mark.benchmark
 

@@ -125,9 +125,9 @@ def _server_trace(profile: str, seed: int) -> Trace:
     first-output latency) with the link bench's ``AudioJitter`` of the same profile, applied
     as the server's sender does (``AudioJitter.gap_before`` and ``draw``): before each audio
     chunk, one chunk at a time."""
-    from .test_link_bench import PROFILES as LINK_PROFILES
-
     from voxbox.parrot.server import LocalServerConfig
+
+    from .test_link_bench import PROFILES as LINK_PROFILES
     srv = LocalServerConfig()
     j = LINK_PROFILES[{"server-4g": "4g-jitter", "server-lossy": "lossy-proxy"}[profile]]["jitter"]
     rng = np.random.default_rng(seed)
@@ -344,6 +344,7 @@ def _speech_quality():
     underruns on each gap, the stretching one expands (and accelerates the lag away)."""
     try:
         from pesq import pesq
+
         from voxbox.audio.speech import render_speech
         x = render_speech("The quick brown fox jumps over the lazy dog. The reply keeps "
                           "playing while the network hiccups, and nobody should hear it.")

@@ -75,11 +75,10 @@ import time
 
 import numpy as np
 import pytest
-
-from voxbox.sim.harness import DaemonHarness
-from voxbox.parrot.server import AudioJitter, speak_24k
-
 from synth import speech
+
+from voxbox.parrot.server import AudioJitter, speak_24k
+from voxbox.sim.harness import DaemonHarness
 
 pytestmark = pytest.mark.benchmark
 

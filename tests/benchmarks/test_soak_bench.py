@@ -73,8 +73,8 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from voxbox.sim.harness import DaemonHarness, HarnessError
 from voxbox.audio.speech import demo_utterance, render_speech
+from voxbox.sim.harness import DaemonHarness, HarnessError
 
 SOAK_MIN = float(os.environ.get("VOXBOX_SOAK_MIN", "30"))
 TURN_S = float(os.environ.get("VOXBOX_SOAK_TURN_S", "120"))

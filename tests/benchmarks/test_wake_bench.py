@@ -76,14 +76,27 @@ import numpy as np
 import pytest
 from scipy.signal import fftconvolve
 
-from voxbox.dsp.frontend import CaptureFrontEnd, FrontEndSettings
 from voxbox.audio.speech import render_speech
+from voxbox.dsp.frontend import CaptureFrontEnd, FrontEndSettings
 from voxbox.wake.detector import CHUNK_SAMPLES, PlaybackAwareWake, WakeWordDetector
 
 # rooms.py's private helpers are used on purpose: the echo path, the noise and the
 # level scaling must be exactly those of the front-end benchmark.
-from .rooms import FAR_TEXTS, FAR_VOICE, ROOMS, SR, RoomSpec, active_mask, frame_powers, room_irs, variant
-from .rooms import _echo, _room_noise, _scale_to, _trim
+from .rooms import (
+    FAR_TEXTS,
+    FAR_VOICE,
+    ROOMS,
+    SR,
+    RoomSpec,
+    _echo,
+    _room_noise,
+    _scale_to,
+    _trim,
+    active_mask,
+    frame_powers,
+    room_irs,
+    variant,
+)
 from .test_frontend_bench import speex_aec_only
 
 pytestmark = pytest.mark.benchmark

@@ -53,8 +53,24 @@ import soxr
 from voxbox.audio.earcon import EARCON_RATE, load_earcon
 from voxbox.dsp.frontend import CaptureFrontEnd, FrontEndSettings
 
-from .rooms import (FAR_TEXTS, FAR_VOICE, FRAME, NEAR_TEXTS, NEAR_VOICE, ROOMS, SR, RoomSpec, _echo,
-                    _room_noise, _scale_to, active_mask, frame_powers, room_irs, speech_track, variant)
+from .rooms import (
+    FAR_TEXTS,
+    FAR_VOICE,
+    FRAME,
+    NEAR_TEXTS,
+    NEAR_VOICE,
+    ROOMS,
+    SR,
+    RoomSpec,
+    _echo,
+    _room_noise,
+    _scale_to,
+    active_mask,
+    frame_powers,
+    room_irs,
+    speech_track,
+    variant,
+)
 
 pytestmark = pytest.mark.benchmark
 

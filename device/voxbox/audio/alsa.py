@@ -74,6 +74,8 @@ from typing import Callable
 
 import numpy as np
 
+from voxbox.errors import AudioDeviceError, DeviceBlockedError  # noqa: F401 (re-exported)
+
 try:  # pragma: no cover - import guard exercised only on hosts without pyalsaaudio
     import alsaaudio
 except ImportError:  # pragma: no cover
@@ -102,50 +104,6 @@ RETRY_S = 2.0
 
 _EPIPE = -errno.EPIPE
 _ESTRPIPE = -errno.ESTRPIPE
-
-
-class AudioDeviceError(RuntimeError):
-    """An ALSA PCM could not be opened or used. Names the device and the PCMs available.
-
-    Attributes: ``device`` (the PCM name), ``kind`` ("capture"/"playback"), ``detail``
-    (ALSA's words), ``available`` (PCM names ALSA lists for ``kind``; empty when not
-    known) and ``reason``: ``"missing"`` (no such PCM, card or device node: it may appear
-    later, e.g. a USB card not enumerated yet), ``"busy"`` (another program has it),
-    ``"blocked"`` (:class:`DeviceBlockedError`), ``"unusable"`` (anything else, e.g. a
-    format the device refuses).
-    """
-
-    def __init__(self, device: str, kind: str, detail: str, available: list[str] | None = None):
-        self.device = device
-        self.kind = kind
-        self.detail = detail
-        self.available = list(available or [])
-        self.reason = _reason(detail)
-        tail = ""
-        if available is not None:
-            avail = ", ".join(self.available) if self.available else "(none)"
-            tail = f"; available {kind} PCMs: {avail}"
-        super().__init__(f"cannot open ALSA {kind} device {device!r}: {detail}{tail}")
-
-
-class DeviceBlockedError(AudioDeviceError):
-    """Opening the device did not return within the probe's timeout (s in ``timeout_s``):
-    its driver or an ALSA plugin blocks (a stuck USB device, a FIFO with no peer)."""
-
-    def __init__(self, device: str, kind: str, timeout_s: float):
-        self.timeout_s = timeout_s
-        super().__init__(device, kind, f"the open did not return within {timeout_s:g} s "
-                         "(the driver or an ALSA plugin blocks)")
-        self.reason = "blocked"
-
-
-def _reason(detail: str) -> str:
-    d = detail.lower()
-    if "no such file or directory" in d or "no such device" in d or "unknown pcm" in d:
-        return "missing"
-    if "device or resource busy" in d:
-        return "busy"
-    return "unusable"
 
 
 def _require_alsa() -> None:

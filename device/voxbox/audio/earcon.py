@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from voxbox.audio.wavfile import WavError, read_wav
+from voxbox.errors import EarconError  # noqa: F401 (re-exported)
 
 #: the rate the packaged WAVs are stored at (= the playback rate)
 EARCON_RATE = 24000
@@ -40,10 +41,6 @@ CUES = NAMES
 OFF = "off"
 #: a cue longer than this is a configuration mistake (a song, a recording)
 MAX_S = 5.0
-
-
-class EarconError(ValueError):
-    """An earcon could not be loaded; the message names the file (and the cue)."""
 
 
 def _package_file(name: str, folder: str = "earcons"):

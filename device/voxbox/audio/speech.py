@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from voxbox.audio.wavfile import WavError, read_pcm16_mono, write_wav  # noqa: F401  (write_wav: re-exported)
+from voxbox.errors import SpeechError  # noqa: F401 (re-exported)
 
 __all__ = [
     "SAMPLE_RATE",
@@ -40,10 +41,6 @@ ESPEAK = "espeak-ng"
 
 DEMO_WAKE_TEXT = "Hey Jarvis"
 DEMO_QUESTION_TEXT = "What will the weather be like tomorrow?"
-
-
-class SpeechError(RuntimeError):
-    """espeak-ng is missing or failed."""
 
 
 def cache_dir() -> Path:

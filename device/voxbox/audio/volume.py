@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from voxbox.errors import VolumeError  # noqa: F401 (re-exported)
+
 try:  # pragma: no cover - import guard
     import alsaaudio
 except ImportError:  # pragma: no cover
@@ -51,16 +53,6 @@ STATE_FILE = "volume.json"
 DEFAULT_PERCENT = 50
 #: a state file larger than this is not a volume state (bytes)
 _MAX_FILE_BYTES = 4096
-
-
-class VolumeError(RuntimeError):
-    """An ALSA mixer control could not be opened or used; names the control and device."""
-
-    def __init__(self, control: str, device: str, detail: str):
-        self.control = control
-        self.device = device
-        self.detail = detail
-        super().__init__(f"ALSA mixer control {control!r} on device {device!r}: {detail}")
 
 
 def percent_to_gain(percent: int) -> float:

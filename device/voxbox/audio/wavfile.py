@@ -13,13 +13,11 @@ from typing import IO, Union
 
 import numpy as np
 
+from voxbox.errors import WavError  # noqa: F401 (re-exported)
+
 __all__ = ["WavError", "Wav", "read_wav", "read_pcm16_mono", "write_wav"]
 
 Source = Union[str, os.PathLike, IO[bytes]]
-
-
-class WavError(ValueError):
-    """A WAV file could not be read; the message starts with what was being read."""
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from voxbox.errors import ToolError  # noqa: F401 (re-exported)
+
 log = logging.getLogger(__name__)
 
 #: entry point group of third-party tools
@@ -61,11 +63,6 @@ ENTRY_POINT_GROUP = "voxbox.conversation.tools"
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: default per-tool timeout, seconds
 DEFAULT_TIMEOUT_S = 5.0
-
-
-class ToolError(Exception):
-    """Raise from a tool to return ``{"error": str(exc)}`` to the model without a traceback
-    in the journal (an expected failure, e.g. "no such room")."""
 
 
 @runtime_checkable

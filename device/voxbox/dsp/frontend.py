@@ -50,7 +50,9 @@ samples before it leaves the output ring.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -58,7 +60,10 @@ import numpy.typing as npt
 from voxbox.dsp.res import ResidualEchoSuppressor, ResSettings
 from voxbox.dsp.speexdsp import EchoCanceller, NativeState, Preprocessor
 
-__all__ = ["FrontEndSettings", "CaptureFrontEnd"]
+if TYPE_CHECKING:
+    from voxbox.config import Config
+
+__all__ = ["FrontEndSettings", "CaptureFrontEnd", "frontend_settings", "build_frontend", "run_frontend"]
 
 Int16Array = npt.NDArray[np.int16]
 
@@ -375,3 +380,34 @@ class CaptureFrontEnd(NativeState):
 
     def __repr__(self) -> str:
         return f"CaptureFrontEnd({self.settings!r}{', closed' if self.closed else ''})"
+
+
+# ------------------------------------------------------------------ from the configuration
+def frontend_settings(cfg: Config) -> FrontEndSettings:
+    """The :class:`FrontEndSettings` for ``cfg``: every ``[frontend]`` key
+    whose name is a settings field is passed through, plus ``audio.capture_rate``."""
+    names = {f.name for f in dataclasses.fields(FrontEndSettings)}
+    kw = {k: v for k, v in cfg.frontend.model_dump().items() if k in names}
+    kw["sample_rate"] = cfg.audio.capture_rate
+    return FrontEndSettings(**kw)
+
+
+def build_frontend(cfg: Config, wake_tap: str | None = None) -> CaptureFrontEnd | None:
+    """The capture front end exactly as the daemon runs it, or None when
+    ``frontend.echo_cancel`` is false. ``wake_tap`` (the daemon: ``"aec"``) adds the
+    wake-word tap output; it does not change the main output."""
+    if not cfg.frontend.echo_cancel:
+        return None
+    return CaptureFrontEnd(frontend_settings(cfg), wake_tap=wake_tap)
+
+
+def run_frontend(frontend, mic: np.ndarray, ref: np.ndarray, block: int) -> np.ndarray:
+    """Stream ``mic``/``ref`` (int16, same shape ``(n,)``) through ``frontend`` in
+    ``block``-sample blocks, as the capture thread does; return the output, shape ``(n,)``
+    (delayed by ``frontend.latency_samples``, like the daemon's). ``frontend`` None = passthrough."""
+    if frontend is None:
+        return mic.copy()
+    out = np.empty_like(mic)
+    for i in range(0, mic.shape[0], block):
+        out[i : i + block] = frontend.process(mic[i : i + block], ref[i : i + block])
+    return out

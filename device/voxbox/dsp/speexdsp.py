@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from voxbox.errors import SpeexDSPError  # noqa: F401 (re-exported)
+
 __all__ = [
     "SpeexDSPError",
     "EchoCanceller",
@@ -61,10 +63,6 @@ SPEEX_PREPROCESS_GET_ECHO_SUPPRESS_ACTIVE = 23
 SPEEX_PREPROCESS_SET_ECHO_STATE = 24
 SPEEX_PREPROCESS_GET_ECHO_STATE = 25
 SPEEX_PREPROCESS_GET_PROB = 45
-
-
-class SpeexDSPError(OSError):
-    """libspeexdsp is missing, or a native call failed (NULL state, unknown ctl request)."""
 
 
 _lib: ctypes.CDLL | None = None

@@ -52,17 +52,13 @@ from pathlib import Path
 from typing import Any
 
 from voxbox.config import ConfigError, parse_config
-from voxbox.field.provision import BUNDLE_DIR, CONFIG, CREDENTIALS, IDENTITY, SAFE_NAME, bundle_checksum
-from voxbox.field.provision import toml_dumps
+from voxbox.errors import FirstBootError  # noqa: F401 (re-exported)
+from voxbox.field.provision import BUNDLE_DIR, CONFIG, CREDENTIALS, IDENTITY, SAFE_NAME, bundle_checksum, toml_dumps
 
 DEFAULT_BOOT_DIR = Path("/boot/firmware")
 DEFAULT_ETC_DIR = Path("/etc/voxbox")
 
 log = logging.getLogger("voxbox.field.firstboot")
-
-
-class FirstBootError(RuntimeError):
-    """The bundle cannot be installed. The message says why; nothing was changed."""
 
 
 @dataclass

@@ -82,12 +82,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from voxbox import __version__
 from voxbox.config import ConfigError, key_annotation, parse_config, read_toml, set_key
+from voxbox.errors import ProvisionError  # noqa: F401 (re-exported)
 from voxbox.host.credentials import CREDENTIAL_NAME
-import tomli_w
 
 
 def toml_dumps(data: dict, header: str = "") -> str:
@@ -102,10 +103,6 @@ CREDENTIALS = "credentials"
 GENERATED_MANIFEST = "generated-secrets.csv"
 RESERVED_COLUMNS = ("serial", "name", "site")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-class ProvisionError(ValueError):
-    """A fleet file, CSV or unit cannot be provisioned. The message says where and why."""
 
 
 # --------------------------------------------------------------------------- fleet file
@@ -588,13 +585,3 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_provision(args: argparse.Namespace) -> int:
     return provision(args.fleet, args.units, args.out, only=args.only, dry_run=args.dry_run,
                      keep_going=args.keep_going, progress=not args.no_progress)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m voxbox.field.provision [options]``: the same as ``voxbox provision``."""
-    from voxbox.cli import main as cli_main
-    return cli_main(["provision", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

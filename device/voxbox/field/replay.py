@@ -27,35 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from voxbox.audio import wavfile
-from voxbox.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from voxbox.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from voxbox.dsp.frontend import build_frontend, frontend_settings, run_frontend  # noqa: F401 (re-exported)
+from voxbox.errors import DspError  # noqa: F401 (re-exported)
 
 __all__ = ["DspError", "frontend_settings", "build_frontend", "read_wav", "run_frontend", "add_parser"]
-
-
-class DspError(ValueError):
-    """Bad input for ``voxbox dsp``; the message names the file or option."""
-
-
-def frontend_settings(cfg: Config):
-    """The :class:`voxbox.dsp.frontend.FrontEndSettings` for ``cfg``: every ``[frontend]`` key
-    whose name is a settings field is passed through, plus ``audio.capture_rate``."""
-    from voxbox.dsp.frontend import FrontEndSettings
-
-    names = {f.name for f in dataclasses.fields(FrontEndSettings)}
-    kw = {k: v for k, v in cfg.frontend.model_dump().items() if k in names}
-    kw["sample_rate"] = cfg.audio.capture_rate
-    return FrontEndSettings(**kw)
-
-
-def build_frontend(cfg: Config, wake_tap: str | None = None):
-    """The capture front end exactly as the daemon runs it, or None when
-    ``frontend.echo_cancel`` is false. ``wake_tap`` (the daemon: ``"aec"``) adds the
-    wake-word tap output; it does not change the main output."""
-    if not cfg.frontend.echo_cancel:
-        return None
-    from voxbox.dsp.frontend import CaptureFrontEnd
-
-    return CaptureFrontEnd(frontend_settings(cfg), wake_tap=wake_tap)
 
 
 def read_wav(path: Path, rate: int, what: str) -> np.ndarray:
@@ -73,20 +49,6 @@ def read_wav(path: Path, rate: int, what: str) -> np.ndarray:
         raise DspError(f"{what} {path}: expected {rate} Hz (audio.capture_rate), got {got} Hz; "
                        f"convert with: sox IN -r {rate} -c 1 -b 16 OUT.wav")
     return x
-
-
-
-
-def run_frontend(frontend, mic: np.ndarray, ref: np.ndarray, block: int) -> np.ndarray:
-    """Stream ``mic``/``ref`` (int16, same shape ``(n,)``) through ``frontend`` in
-    ``block``-sample blocks, as the capture thread does; return the output, shape ``(n,)``
-    (delayed by ``frontend.latency_samples``, like the daemon's). ``frontend`` None = passthrough."""
-    if frontend is None:
-        return mic.copy()
-    out = np.empty_like(mic)
-    for i in range(0, mic.shape[0], block):
-        out[i : i + block] = frontend.process(mic[i : i + block], ref[i : i + block])
-    return out
 
 
 def _erle_db(mic: np.ndarray, out: np.ndarray, ref: np.ndarray, rate: int, latency: int) -> float | None:

@@ -65,10 +65,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from voxbox import __version__
-
-from voxbox.host import sd
 from voxbox.config import DEFAULT_CONFIG_PATH
+from voxbox.errors import FieldToolError, ReportError  # noqa: F401 (ReportError re-exported)
 from voxbox.field.selftest import STATE_FILE as SELFTEST_STATE_FILE
+from voxbox.host import sd
 
 REDACTED = "<redacted>"
 DEFAULT_SINCE = "2 days ago"
@@ -128,12 +128,8 @@ _NOT_SECRET = {"loadcredential", "loadcredentialencrypted", "importcredential", 
                "journal_stream"}
 
 
-class Unavailable(Exception):
+class Unavailable(FieldToolError):
     """An item could not be collected; the message is the reason recorded in the manifest."""
-
-
-class ReportError(RuntimeError):
-    """The archive could not be written, or failed the secret check (it is deleted)."""
 
 
 # --------------------------------------------------------------------------- secrets
@@ -919,13 +915,3 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="replace the text of user/assistant transcript records in the journal")
     p.set_defaults(func=cmd_report)
     return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m voxbox.field.report [options]``: the same as ``voxbox report``."""
-    from voxbox.cli import main as cli_main
-    return cli_main(["report", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -26,7 +26,7 @@ Checks (in this order; ``--skip NAME`` leaves one out, it is then reported as SK
 ``aec``
     The captured sweep and noise, with the played signal as the reference aligned to lead
     its echo by ``frontend.reference_lead_ms`` (as the daemon aligns it), run through the
-    daemon's own front end (:func:`voxbox.field.replay.build_frontend`). ERLE, dB = microphone
+    daemon's own front end (:func:`voxbox.dsp.frontend.build_frontend`). ERLE, dB = microphone
     power / output power over the last ``ERLE_WINDOW_S`` of the noise burst (after
     ``CONVERGE_S`` of convergence). FAIL below ``MIN_ERLE_DB``. SKIP when
     ``frontend.echo_cancel = false`` or without an echo delay.
@@ -79,8 +79,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from voxbox.cli import EXIT_CONFIG  # cli imports this module only inside build_parser(): no cycle
 from voxbox.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from voxbox.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from voxbox.realtime.session import FATAL_CLOSE_CODES
 
 __all__ = [
@@ -92,7 +92,7 @@ __all__ = [
 log = logging.getLogger("voxbox.field.selftest")
 
 CHECKS = ("mic", "echo", "aec", "button", "network", "wake")
-EXIT_OK, EXIT_FAIL = 0, 1  # and EXIT_CONFIG (78) from voxbox.cli
+EXIT_FAIL = EXIT_FAILURE  # a check failed
 STATE_FILE = "selftest.json"
 """The last result, in :func:`voxbox.host.sd.state_dir` (read by ``voxbox report``)."""
 
@@ -481,7 +481,7 @@ def check_aec(cfg: Config, run: AudioRun, m: EchoMeasurement | None) -> CheckRes
         return _skip("aec", "frontend.echo_cancel = false")
     if m is None or run.captured is None or run.played16 is None:
         return _skip("aec", "needs the echo delay (see the echo check)")
-    from voxbox.field.replay import build_frontend, run_frontend
+    from voxbox.dsp.frontend import build_frontend, run_frontend
 
     r = run.capture_rate
     cap = run.captured
@@ -535,7 +535,7 @@ def check_button_led(cfg: Config, timeout_s: float = 10.0, led_s: float = 1.0,
     try:
         from gpiozero import Button
 
-        from voxbox.gpio.led import GpioLed, GpioRgbLed
+        from voxbox.gpio.board import GpioLed, GpioRgbLed
 
         if g.rgb_led is not None:
             led = GpioRgbLed(*g.rgb_led, pin_factory=factory, active_high=g.led_active_high)
@@ -573,11 +573,15 @@ def check_button_led(cfg: Config, timeout_s: float = 10.0, led_s: float = 1.0,
                        "LED patterns judged by eye", det)
 
 
-def _local_url(cfg: Config, key: str):
-    from voxbox.parrot.server import ServerThread
+#: starts the local Realtime server for ``realtime.url = "local"``: called with the API key
+#: it accepts (None: any), returns a started server with ``client_url(dialect)`` and
+#: ``stop()``. The CLI passes :func:`voxbox.cli.start_local_server`; the field tools never
+#: import the test server themselves (the import rules in ``.importlinter``).
+LocalServerFactory = Callable[[str | None], Any]
 
-    server = ServerThread(api_key=key or None)
-    server.start()
+
+def _local_url(cfg: Config, key: str, local_server: LocalServerFactory):
+    server = local_server(key or None)
     return server, server.client_url(cfg.realtime.dialect)
 
 
@@ -651,7 +655,8 @@ async def _probe(url: str, headers: dict[str, str], timeout: float,
     return "FAIL", "connection ended without session.created", ms(), {}
 
 
-def check_network(cfg: Config, environ: dict[str, str] | None = None) -> CheckResult:
+def check_network(cfg: Config, environ: dict[str, str] | None = None,
+                  local_server: LocalServerFactory | None = None) -> CheckResult:
     """Connect to the configured service and wait for ``session.created``: time in ms.
 
     The credential is the daemon's (:func:`voxbox.realtime.broker.load_connect_secret`): the API
@@ -660,9 +665,9 @@ def check_network(cfg: Config, environ: dict[str, str] | None = None) -> CheckRe
     too."""
     import asyncio
 
-    from voxbox.realtime.broker import load_connect_secret
     from voxbox.host.credentials import CredentialError
     from voxbox.host.sd import redact
+    from voxbox.realtime.broker import load_connect_secret
 
     rt = cfg.realtime
     limit = f"session.created within {rt.connect_timeout_s:g} s"
@@ -671,18 +676,19 @@ def check_network(cfg: Config, environ: dict[str, str] | None = None) -> CheckRe
     except CredentialError as exc:
         return CheckResult("network", "FAIL", None, "ms", limit, f"unprovisioned: {exc}")
     redact(secret.value)
-    result, cause, ms, det = asyncio.run(_connect(cfg, secret))
+    result, cause, ms, det = asyncio.run(_connect(cfg, secret, local_server))
     return CheckResult("network", result, _round(ms, 0), "ms", limit, cause, det)
 
 
-async def _connect(cfg: Config, secret) -> tuple[str, str, float | None, dict]:
+async def _connect(cfg: Config, secret, local_server: LocalServerFactory | None = None
+                   ) -> tuple[str, str, float | None, dict]:
     """The network check in one event loop: credential (token from the broker), then
     :func:`_probe`. Returns (result, cause, ms, details)."""
     import asyncio
     from urllib.parse import urlsplit
 
-    from voxbox.realtime.broker import BrokerError, credential_source
     from voxbox.host.credentials import CredentialError
+    from voxbox.realtime.broker import BrokerError, credential_source
     from voxbox.realtime.dialects import auth_headers, build_url
 
     rt, b = cfg.realtime, cfg.broker
@@ -707,7 +713,9 @@ async def _connect(cfg: Config, secret) -> tuple[str, str, float | None, dict]:
     server = None
     try:
         if rt.url == "local":
-            server, base = await asyncio.to_thread(_local_url, cfg, key.value)
+            if local_server is None:
+                return "FAIL", 'config: realtime.url = "local" needs the local server (`voxbox selftest` starts it)', None, det
+            server, base = await asyncio.to_thread(_local_url, cfg, key.value, local_server)
             url = build_url(rt, base)
         else:
             url = build_url(rt, rt.url)
@@ -783,7 +791,8 @@ def check_wake(cfg: Config, sample: Path | None = None) -> CheckResult:
 def run_selftest(cfg: Config, skip: set[str] | frozenset[str] = frozenset(), interactive: bool = False,
                  button_timeout_s: float = 10.0, led_s: float = 1.0, wake_sample: Path | None = None,
                  pin_factory=None, prompt: Callable[[str], None] | None = None,
-                 environ: dict[str, str] | None = None) -> list[CheckResult]:
+                 environ: dict[str, str] | None = None,
+                 local_server: LocalServerFactory | None = None) -> list[CheckResult]:
     """Run every check not in ``skip`` (names from :data:`CHECKS`); one result per check,
     in :data:`CHECKS` order. Never raises for a failing unit (only for programming errors)."""
     bad = set(skip) - set(CHECKS)
@@ -805,7 +814,7 @@ def run_selftest(cfg: Config, skip: set[str] | frozenset[str] = frozenset(), int
         out["button"] = (check_button_led(cfg, button_timeout_s, led_s, prompt, pin_factory)
                          if interactive else _skip("button", "interactive only: run with --interactive"))
     if "network" not in skip:
-        out["network"] = check_network(cfg, environ)
+        out["network"] = check_network(cfg, environ, local_server)
     if "wake" not in skip:
         out["wake"] = check_wake(cfg, wake_sample)
     return [out.get(n) or _skip(n, "--skip " + n) for n in CHECKS]
@@ -902,7 +911,7 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     setup_logging(args.log_format or "journal", cfg.log.level)
     results = run_selftest(cfg, set(args.skip or ()), interactive=args.interactive,
                            button_timeout_s=args.button_timeout, led_s=args.led_seconds,
-                           wake_sample=args.wake_sample)
+                           wake_sample=args.wake_sample, local_server=getattr(args, "local_server", None))
     record(results)
     if args.json:
         print(json.dumps(to_json(results)))
@@ -911,8 +920,9 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     return EXIT_FAIL if overall(results) == "FAIL" else EXIT_OK
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
-    """Register ``selftest`` on an argparse subparsers object."""
+def add_parser(sub, local_server: LocalServerFactory | None = None) -> argparse.ArgumentParser:
+    """Register ``selftest`` on an argparse subparsers object; ``local_server`` starts the
+    local Realtime server when the configuration says ``realtime.url = "local"``."""
     p = sub.add_parser("selftest", help="test microphone, speaker echo, echo canceller, GPIO, network, wake word",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH,
@@ -930,15 +940,5 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="wake-word recording (16-bit mono 16 kHz) instead of the stored/synthesised one")
     p.add_argument("--log-format", choices=["auto", "text", "json", "journal"], default=None,
                    help="where the result record goes (default journal, else stderr)")
-    p.set_defaults(func=cmd_selftest)
+    p.set_defaults(func=cmd_selftest, local_server=local_server)
     return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m voxbox.field.selftest [options]``: the same as ``voxbox selftest``."""
-    from voxbox.cli import main as cli_main
-    return cli_main(["selftest", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

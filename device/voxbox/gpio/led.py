@@ -1,10 +1,11 @@
-"""Status LED: one pattern per attention state (core) and gpiozero adapters.
+"""Status LED: one pattern per attention state (a pure core; the gpiozero adapters that
+show it are in :mod:`voxbox.gpio.board`).
 
 The core is pure: :func:`pattern_for` maps a :class:`~voxbox.conversation.machine.State` to a
 :class:`Pattern`, whose :meth:`Pattern.brightness` (single LED, 0..1) and
 :meth:`Pattern.color` (RGB LED, ``(r, g, b)`` each 0..1) are functions of the time since
-the pattern started. The adapters (:class:`GpioLed` for one PWM LED, :class:`GpioRgbLed`
-for an RGB LED on three PWM pins) only sample those functions. Documented in
+the pattern started. The adapters (:class:`voxbox.gpio.board.GpioLed` for one PWM LED,
+:class:`voxbox.gpio.board.GpioRgbLed` for an RGB LED on three PWM pins) only sample those functions. Documented in
 ``hardware/README.md`` (LED section):
 
 | state | single LED | RGB LED |
@@ -20,7 +21,7 @@ for an RGB LED on three PWM pins) only sample those functions. Documented in
 | unprovisioned | ramp: fades up over 1.5 s, dark 0.5 s | amber, slow blink (1 s on / 1 s off) |
 
 A tap can be acknowledged with a short flash over any pattern (:func:`frame` with
-``ack_age``; :meth:`GpioLed.acknowledge`): 80 ms full (white), then 70 ms dark.
+``ack_age``; :meth:`voxbox.gpio.board.GpioLed.acknowledge`): 80 ms full (white), then 70 ms dark.
 
 Faults of the unit itself (:mod:`voxbox.service.health`) have patterns of their own
 (:data:`FAULT_PATTERNS`), shown instead of the state's outside a turn
@@ -35,15 +36,9 @@ Faults of the unit itself (:mod:`voxbox.service.health`) have patterns of their 
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from voxbox.conversation.machine import State
-
-log = logging.getLogger(__name__)
 
 RGB = tuple[float, float, float]
 
@@ -57,9 +52,6 @@ AMBER: RGB = (1.0, 0.35, 0.0)
 #: the acknowledge flash: full for ACK_ON_S, dark until ACK_S, then the pattern again
 ACK_ON_S = 0.08
 ACK_S = 0.15
-
-#: adapter frame period for animated patterns (gpiozero ``source_delay``)
-FRAME_S = 0.02
 
 KINDS = ("steady", "blink", "pulse", "flashes", "ramp")
 
@@ -192,103 +184,3 @@ def frame(pattern: Pattern, t: float, *, rgb: bool = False,
             return WHITE if on else (0.0, 0.0, 0.0)
         return 1.0 if on else 0.0
     return pattern.color(t) if rgb else pattern.brightness(t)
-
-
-class _PatternDriver:
-    """Shared adapter logic: steady patterns are written once; animated ones (and an
-    acknowledge flash) are fed to the gpiozero device's ``source`` from a generator that
-    samples the pure core every :data:`FRAME_S` in gpiozero's own background thread, so
-    the event loop never waits on the LED."""
-
-    _rgb = False
-
-    def __init__(self, device, clock: Callable[[], float] = time.monotonic):
-        self._dev = device
-        self._dev.source_delay = FRAME_S
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._t0 = clock()
-        self._ack_t: float | None = None
-        self.pattern: Pattern | None = None
-
-    def _steady(self, pattern: Pattern) -> bool:
-        p = (pattern.rgb or pattern) if self._rgb else pattern
-        return p.kind == "steady"
-
-    def _frames(self, pattern: Pattern, t0: float) -> Iterator[float | RGB]:
-        steady = self._steady(pattern)
-        while True:
-            now = self._clock()
-            ack = self._ack_t
-            age = None if ack is None else now - ack
-            yield frame(pattern, now - t0, rgb=self._rgb, ack_age=age)
-            if steady and (age is None or age >= ACK_S):
-                return  # the steady value is written; no thread left running
-
-    def _start(self) -> None:
-        pattern = self.pattern
-        self._dev.source = None  # stops (joins) a running animation
-        if pattern is None:
-            return
-        if self._steady(pattern) and self._ack_t is None:
-            self._dev.value = frame(pattern, 0.0, rgb=self._rgb)
-        else:
-            self._dev.source = self._frames(pattern, self._t0)
-
-    def show(self, pattern: Pattern) -> None:
-        """Show ``pattern`` from its start (no-op if it is already showing)."""
-        with self._lock:
-            if pattern == self.pattern:
-                return
-            self.pattern = pattern
-            self._t0 = self._clock()
-            self._ack_t = None
-            self._start()
-
-    def acknowledge(self) -> None:
-        """Overlay the short acknowledge flash (a tap was seen) on the current pattern."""
-        with self._lock:
-            self._ack_t = self._clock()
-            if self.pattern is not None and self._steady(self.pattern):
-                self._start()  # a short-lived animation for the flash, then steady again
-            # an animation already running picks the flash up on its next frame
-
-    def close(self) -> None:
-        with self._lock:
-            self._dev.source = None
-            self._dev.close()
-
-
-class GpioLed(_PatternDriver):
-    """A single PWM LED (gpiozero ``PWMLED``) showing :class:`Pattern` brightness."""
-
-    def __init__(self, pin: int, pin_factory=None, active_high: bool = True):
-        from gpiozero import PWMLED
-
-        super().__init__(PWMLED(pin, active_high=active_high, pin_factory=pin_factory))
-
-    @property
-    def value(self) -> float:
-        return float(self._dev.value)
-
-
-class GpioRgbLed(_PatternDriver):
-    """An RGB LED on three PWM pins (gpiozero ``RGBLED``) showing :meth:`Pattern.color`.
-
-    ``active_high``: True for a common-cathode LED (common leg to GND, a pin high lights
-    its colour), False for common-anode (common leg to 3V3, a pin low lights it).
-    """
-
-    _rgb = True
-
-    def __init__(self, red: int, green: int, blue: int, pin_factory=None,
-                 active_high: bool = True):
-        from gpiozero import RGBLED
-
-        super().__init__(RGBLED(red, green, blue, active_high=active_high, pwm=True,
-                                pin_factory=pin_factory))
-
-    @property
-    def value(self) -> RGB:
-        r, g, b = self._dev.value
-        return (float(r), float(g), float(b))

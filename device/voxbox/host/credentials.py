@@ -18,40 +18,10 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from voxbox.errors import CredentialError, CredentialInvalid, CredentialUnreadable  # noqa: F401 (re-exported)
+
 CREDENTIAL_NAME = "voxbox-api-key"
 ENV_VAR = "VOXBOX_API_KEY"
-
-
-class CredentialError(RuntimeError):
-    """No usable API key was found. The message says where Voxbox looked."""
-
-
-class CredentialUnreadable(CredentialError):
-    """A credential file exists but cannot be read.
-
-    Attributes:
-        path: the file.
-        reason: why (``strerror``, e.g. "Permission denied").
-    """
-
-    def __init__(self, path: Path | str, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"cannot read credential {path}: {reason}")
-
-
-class CredentialInvalid(CredentialError):
-    """A credential is present but malformed (:func:`check_secret_value`): a configuration
-    error, not a credential still to come. The message names the source, never the value.
-
-    Attributes:
-        source: where the value came from (``credential voxbox-api-key (/path)`` or
-            ``environment variable VOXBOX_API_KEY``).
-    """
-
-    def __init__(self, source: str, problem: str):
-        self.source = source
-        super().__init__(f"{source}: {problem}")
 
 
 def check_secret_value(value: str) -> str | None:

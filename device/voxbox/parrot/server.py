@@ -53,6 +53,8 @@ import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from voxbox.errors import VoxboxError
+
 log = logging.getLogger("voxbox.parrot.server")
 
 OUTPUT_RATE = 24_000                      # Realtime PCM16 rate (digest "Audio")
@@ -572,24 +574,27 @@ class SpeechVad:
 # --------------------------------------------------------------------------------------
 # protocol core
 # --------------------------------------------------------------------------------------
-class ProtocolError(Exception):
+class ClientEventError(VoxboxError):
+    """A client event the service would refuse: its `error` event (code, message, param,
+    type). The server's own, not the device's :class:`voxbox.errors.ProtocolError`."""
+
     def __init__(self, code: str, message: str, param: str | None = None,
                  type_: str = "invalid_request_error") -> None:
         super().__init__(message)
         self.code, self.message, self.param, self.type = code, message, param, type_
 
 
-def _unknown(param: str) -> ProtocolError:
-    return ProtocolError("unknown_parameter", f"Unknown parameter: '{param}'.", param)
+def _unknown(param: str) -> ClientEventError:
+    return ClientEventError("unknown_parameter", f"Unknown parameter: '{param}'.", param)
 
 
-def _invalid(param: str, value: Any, allowed: Iterable[Any] | None = None, detail: str = "") -> ProtocolError:
+def _invalid(param: str, value: Any, allowed: Iterable[Any] | None = None, detail: str = "") -> ClientEventError:
     msg = f"Invalid value: {json.dumps(value)[:80]}."
     if allowed is not None:
         msg += " Supported values are: " + ", ".join(f"'{a}'" for a in allowed) + "."
     if detail:
         msg += " " + detail
-    return ProtocolError("invalid_value", msg, param)
+    return ClientEventError("invalid_value", msg, param)
 
 
 def _check_keys(obj: Any, allowed: Iterable[str], where: str) -> dict:
@@ -896,7 +901,7 @@ class SessionCore:
     def _ev(self, type_: str, **fields: Any) -> dict:
         return {"type": type_, "event_id": new_id("event"), **fields}
 
-    def _error(self, err: ProtocolError, client_event_id: str | None) -> dict:
+    def _error(self, err: ClientEventError, client_event_id: str | None) -> dict:
         return self._ev("error", error={"type": err.type, "code": err.code, "message": err.message,
                                         "param": err.param, "event_id": client_event_id})
 
@@ -946,7 +951,7 @@ class SessionCore:
         out: list[dict] = []
         minutes = self.max_session_s / 60
         mtxt = f"{minutes:g} minutes" if minutes >= 1 else f"{self.max_session_s:g} seconds"
-        out.append(self._error(ProtocolError(
+        out.append(self._error(ClientEventError(
             "session_expired", f"Your session hit the maximum duration of {mtxt}."), None))
         if self.active is not None:
             self.active.finished = True
@@ -960,11 +965,11 @@ class SessionCore:
             ev = json.loads(text)
         except (ValueError, UnicodeDecodeError) as e:
             self.last_client_summary = {"type": None, "invalid_json": True}
-            return [self._error(ProtocolError(
+            return [self._error(ClientEventError(
                 "invalid_json", f"The server could not parse the JSON in your message: {e}."), None)]
         if not isinstance(ev, dict):
             self.last_client_summary = {"type": None, "invalid_json": True}
-            return [self._error(ProtocolError(
+            return [self._error(ClientEventError(
                 "invalid_json", "Expected a JSON object with a 'type' field."), None)]
         return self.handle_event(ev)
 
@@ -974,7 +979,7 @@ class SessionCore:
         t = ev.get("type")
         try:
             if not isinstance(t, str):
-                raise ProtocolError("missing_required_parameter", "Missing required parameter: 'type'.", "type")
+                raise ClientEventError("missing_required_parameter", "Missing required parameter: 'type'.", "type")
             handler = {
                 "session.update": self._on_session_update,
                 "input_audio_buffer.append": self._on_append,
@@ -990,7 +995,7 @@ class SessionCore:
             if handler is None:
                 raise _invalid("type", t, CLIENT_EVENT_TYPES)
             return handler(ev, client_id)
-        except ProtocolError as err:
+        except ClientEventError as err:
             return [self._error(err, client_id)]
 
     # -- session.update
@@ -1003,7 +1008,7 @@ class SessionCore:
         if self.dialect.voice_live:
             types += list(AZURE_VAD_TYPES)
         if "type" not in td:
-            raise ProtocolError("missing_required_parameter", f"Missing required parameter: '{where}.type'.",
+            raise ClientEventError("missing_required_parameter", f"Missing required parameter: '{where}.type'.",
                                 f"{where}.type")
         _check_enum(td, "type", where, types)
         if self.dialect.ga_names:
@@ -1032,12 +1037,12 @@ class SessionCore:
         elif not isinstance(voice, str):
             raise _invalid(where, voice, detail="Expected a string.")
         if self.audio_output_started and voice != self.voice:
-            raise ProtocolError("invalid_value",
+            raise ClientEventError("invalid_value",
                                 "Cannot update a conversation's voice if assistant audio is present.", where)
 
     def _validate_ga_session(self, s: dict) -> None:
         if "type" not in s:
-            raise ProtocolError("missing_required_parameter", "Missing required parameter: 'session.type'.",
+            raise ClientEventError("missing_required_parameter", "Missing required parameter: 'session.type'.",
                                 "session.type")
         if s["type"] != "realtime":
             raise _invalid("session.type", s["type"], ["realtime"],
@@ -1124,7 +1129,7 @@ class SessionCore:
     def _on_session_update(self, ev: dict, cid: str | None) -> list[dict]:
         s = ev.get("session")
         if not isinstance(s, dict):
-            raise ProtocolError("missing_required_parameter", "Missing required parameter: 'session'.", "session")
+            raise ClientEventError("missing_required_parameter", "Missing required parameter: 'session'.", "session")
         if self.dialect.ga_names:
             self._validate_ga_session(s)
             td_changed = "turn_detection" in (s.get("audio") or {}).get("input", {})
@@ -1169,7 +1174,7 @@ class SessionCore:
     def _on_append(self, ev: dict, cid: str | None) -> list[dict]:
         audio = ev.get("audio")
         if not isinstance(audio, str):
-            raise ProtocolError("missing_required_parameter", "Missing required parameter: 'audio'.", "audio")
+            raise ClientEventError("missing_required_parameter", "Missing required parameter: 'audio'.", "audio")
         try:
             raw = base64.b64decode(audio, validate=True)
         except (binascii.Error, ValueError):
@@ -1238,7 +1243,7 @@ class SessionCore:
         n = self._buffered()
         ms = n * 1000 / self.input_rate
         if ms < MIN_COMMIT_MS:
-            raise ProtocolError(
+            raise ClientEventError(
                 "input_audio_buffer_commit_empty",
                 f"Error committing input audio buffer: buffer too small. Expected at least {MIN_COMMIT_MS}ms "
                 f"of audio, but buffer only has {ms:.2f}ms of audio.")
@@ -1261,7 +1266,7 @@ class SessionCore:
     def _on_item_create(self, ev: dict, cid: str | None) -> list[dict]:
         it = ev.get("item")
         if not isinstance(it, dict):
-            raise ProtocolError("missing_required_parameter", "Missing required parameter: 'item'.", "item")
+            raise ClientEventError("missing_required_parameter", "Missing required parameter: 'item'.", "item")
         t = it.get("type")
         if t not in ("message", "function_call", "function_call_output"):
             raise _invalid("item.type", t, ["message", "function_call", "function_call_output"])
@@ -1278,7 +1283,7 @@ class SessionCore:
             item.role = role
             content = it.get("content")
             if not isinstance(content, list):
-                raise ProtocolError("missing_required_parameter", "Missing required parameter: 'item.content'.",
+                raise ClientEventError("missing_required_parameter", "Missing required parameter: 'item.content'.",
                                     "item.content")
             ga = self.dialect.ga_names
             allowed = {"user": ["input_text", "input_audio"] + (["input_image"] if ga else []),
@@ -1306,7 +1311,7 @@ class SessionCore:
         elif t == "function_call_output":
             if not isinstance(it.get("call_id"), str) or not isinstance(it.get("output"), str):
                 missing = "call_id" if not isinstance(it.get("call_id"), str) else "output"
-                raise ProtocolError("missing_required_parameter", f"Missing required parameter: 'item.{missing}'.",
+                raise ClientEventError("missing_required_parameter", f"Missing required parameter: 'item.{missing}'.",
                                     f"item.{missing}")
             # "If passed on a function_call_output item, the server will check that a
             # function_call item with the same ID exists in the conversation history"
@@ -1340,7 +1345,7 @@ class SessionCore:
     def _on_truncate(self, ev: dict, cid: str | None) -> list[dict]:
         for k in ("item_id", "content_index", "audio_end_ms"):
             if k not in ev:
-                raise ProtocolError("missing_required_parameter", f"Missing required parameter: '{k}'.", k)
+                raise ClientEventError("missing_required_parameter", f"Missing required parameter: '{k}'.", k)
         item_id, ci, end_ms = ev["item_id"], ev["content_index"], ev["audio_end_ms"]
         self.truncates.append({"item_id": item_id, "content_index": ci, "audio_end_ms": end_ms,
                                "event_id": cid})
@@ -1357,7 +1362,7 @@ class SessionCore:
         if item.truncated_ms is not None:
             have_ms = min(have_ms, item.truncated_ms)
         if end_ms > have_ms:
-            raise ProtocolError("invalid_value",
+            raise ClientEventError("invalid_value",
                                 f"Audio content of {int(have_ms)}ms is already shorter than {end_ms}ms",
                                 "audio_end_ms")
         item.truncated_ms = end_ms
@@ -1393,7 +1398,7 @@ class SessionCore:
             if not isinstance(m, list) or not m or any(x not in ("text", "audio") for x in m):
                 raise _invalid(f"response.{mkey}", m, ["text", "audio"])
         if self.active is not None:
-            raise ProtocolError(
+            raise ClientEventError(
                 "conversation_already_has_active_response",
                 f"Conversation already has an active response in progress: {self.active.id}. "
                 "Wait until the response is finished before creating a new one.")
@@ -1402,7 +1407,7 @@ class SessionCore:
     def _on_response_cancel(self, ev: dict, cid: str | None) -> list[dict]:
         rid = ev.get("response_id")
         if self.active is None or (rid is not None and rid != self.active.id):
-            raise ProtocolError("response_cancel_not_active", "Cancellation failed: no active response found")
+            raise ClientEventError("response_cancel_not_active", "Cancellation failed: no active response found")
         return self._cancel_active("client_cancelled")
 
     def _response_obj(self, r: ResponseStream, status: str, output: list[dict], usage: dict | None,

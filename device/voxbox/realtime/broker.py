@@ -71,24 +71,23 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import http.client
-import ipaddress
 import json
 import logging
 import os
-import re
 import socket
 import ssl
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from voxbox import __version__
-
+from voxbox.config import check_broker_url, public_url  # noqa: F401 (check_broker_url re-exported)
+from voxbox.errors import BrokerError  # noqa: F401 (re-exported)
 from voxbox.host import sd
 from voxbox.host.credentials import CredentialError, Secret, load_api_key, load_credential
 
-if TYPE_CHECKING:  # voxbox.config imports check_broker_url from here: no import at run time
+if TYPE_CHECKING:
     from voxbox.config import Config
 
 log = logging.getLogger("voxbox.realtime.broker")
@@ -101,28 +100,6 @@ REDACT_KEEP = 4
 """How many of the latest tokens stay registered with :func:`voxbox.host.sd.redact`."""
 
 _TRANSIENT_4XX = frozenset({408, 429})
-
-
-class BrokerError(RuntimeError):
-    """The broker gave no token. ``fatal``: do not retry soon (slow retry + error state).
-
-    Attributes:
-        url: the broker URL (no query, no user info).
-        status: the HTTP status, or None when there was no HTTP answer.
-        cause: a short description (never contains a secret).
-        fatal: True for refusals and configuration errors, False for transient failures.
-        retry_after: seconds from ``Retry-After`` when the broker sent it, else None.
-    """
-
-    def __init__(self, url: str, cause: str, *, status: int | None = None, fatal: bool = False,
-                 retry_after: float | None = None):
-        self.url = url
-        self.status = status
-        self.cause = cause
-        self.fatal = fatal
-        self.retry_after = retry_after
-        what = f"HTTP {status}: {cause}" if status is not None else cause
-        super().__init__(f"token broker {url}: {what}" + (" (fatal)" if fatal else ""))
 
 
 def load_unit_secret(environ: Mapping[str, str] | None = None, required: bool = True) -> Secret:
@@ -207,48 +184,6 @@ def credential_source(cfg: Config, secret: Secret) -> StaticKey | TokenBroker:
                        request_fields={"model": rt.deployment or rt.model, "dialect": rt.dialect})
 
 
-def check_broker_url(url: str) -> str | None:
-    """Why ``url`` cannot be a token-broker URL, or None when it can. Pure (no I/O).
-
-    The rule :class:`TokenBroker` enforces (and the configuration validates with): scheme
-    ``https``, or ``http`` only to a loopback host (``localhost``, 127.0.0.0/8, ``::1``);
-    a host; a valid port; no user info (it would be a second secret, in clear in the
-    config). The message names the URL without user info or query.
-    """
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-        shown = _public_url(url)
-    except ValueError as exc:
-        shown = re.sub(r"//[^/?#@]*@", "//", re.split(r"[?#]", url, maxsplit=1)[0])
-        return f"broker url {shown!r} is not a valid URL: {exc}"
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        return f"broker url must be https://host/...: {shown!r}"
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
-        return f"broker url {shown}: plain http is allowed only to a loopback address"
-    if parts.username is not None or parts.password is not None:
-        return f"broker url {shown}: user info in the URL is not allowed"
-    return None
-
-
-def _public_url(url: str) -> str:
-    p = urlsplit(url)
-    host = p.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host + (f":{p.port}" if p.port else "")
-    return urlunsplit((p.scheme, netloc, p.path, "", ""))
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -308,7 +243,7 @@ class TokenBroker:
         if problem:
             raise ValueError(problem)
         parts = urlsplit(url)
-        self.url = _public_url(url)
+        self.url = public_url(url)
         if not unit_id:
             raise ValueError("broker: empty unit_id")
         secret = unit_secret if isinstance(unit_secret, Secret) else Secret(unit_secret, "argument")

@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from voxbox.config import Realtime
+from voxbox.errors import UnsupportedFeature  # noqa: F401 (re-exported)
 
 PCM_RATE = 24000
 """Sample rate of PCM16 audio on the wire for every dialect (Hz)."""
@@ -150,18 +151,6 @@ VOICELIVE_TRANSCRIPTION_MODELS = frozenset({
     "azure-speech", "whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe",
     "gpt-4o-transcribe-diarize", "mai-transcribe-1",
 })
-
-
-class UnsupportedFeature(ValueError):
-    """The ``[realtime]`` configuration asks for a feature its dialect does not have.
-
-    The message names every offending key (``realtime.noise_reduction``) with the value
-    given, the dialect, and the values that dialect accepts.
-    """
-
-    def __init__(self, problems: list[str]):
-        self.problems = list(problems)
-        super().__init__("; ".join(self.problems))
 
 
 def _problems(rt: Realtime) -> list[str]:

@@ -29,8 +29,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from voxbox.realtime import events as schema
 from voxbox.config import Realtime
+from voxbox.errors import ProtocolError  # noqa: F401 (re-exported)
+from voxbox.realtime import events as schema
 from voxbox.realtime.dialects import (
     PCM_RATE,
     canonical_event_type,
@@ -180,10 +181,6 @@ class InvalidEvent(SessionEvent):
     type: str
     field: str
     detail: str
-
-
-class ProtocolError(ValueError):
-    """A server message that is not a JSON object with a string ``type``."""
 
 
 @dataclass

@@ -30,32 +30,60 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import numpy as np
 import soxr
 
 from voxbox import __version__
-
-from voxbox.host import sd
-from voxbox.config import Config
-from voxbox.conversation.machine import (UPLINK_STATES, Action, ClearInput, Conversation, Earcon, EndPushToTalk,
-                                 Interrupt, PauseReply, Prompt, ResendTurn, ResetWake, ResumeReply, SetMuted,
-                                 StartPushToTalk, State)
-from voxbox.host.credentials import Secret
-from voxbox.realtime.dialects import PCM_RATE, auth_headers, build_url
-from voxbox.gpio.gestures import ButtonGestures, Gesture
 from voxbox.audio.jitter import JitterBuffer, LatencyHistogram, PullClock, PullResult
-from voxbox.service.health import HealthMonitor
-from voxbox.gpio.led import display_pattern
 from voxbox.audio.ring import FrameQueue, SampleRing
+from voxbox.config import Config, ConfigError
+from voxbox.conversation.machine import (
+    UPLINK_STATES,
+    Action,
+    ClearInput,
+    Conversation,
+    Earcon,
+    EndPushToTalk,
+    Interrupt,
+    PauseReply,
+    Prompt,
+    ResendTurn,
+    ResetWake,
+    ResumeReply,
+    SetMuted,
+    StartPushToTalk,
+    State,
+)
+from voxbox.gpio.gestures import ButtonGestures, Gesture
+from voxbox.gpio.led import display_pattern
+from voxbox.host import sd
+from voxbox.host.credentials import Secret
 from voxbox.host.sd import Notifier
-from voxbox.realtime.session import (FATAL_CLOSE_CODES, AudioDelta, AudioDone, FunctionCallRequested, InputCommitted,
-                            InvalidEvent, ProtocolError, RealtimeSession, ResponseDone, ResponseStarted,
-                            ServerError, SessionCreated, SessionReady, SpeechStarted, SpeechStopped,
-                            TranscriptDone, UserTranscript)
+from voxbox.realtime.dialects import PCM_RATE, auth_headers, build_url
+from voxbox.realtime.session import (
+    FATAL_CLOSE_CODES,
+    AudioDelta,
+    AudioDone,
+    FunctionCallRequested,
+    InputCommitted,
+    InvalidEvent,
+    ProtocolError,
+    RealtimeSession,
+    ResponseDone,
+    ResponseStarted,
+    ServerError,
+    SessionCreated,
+    SessionReady,
+    SpeechStarted,
+    SpeechStopped,
+    TranscriptDone,
+    UserTranscript,
+)
 from voxbox.realtime.turnaudio import TurnAudio
+from voxbox.service.health import HealthMonitor
 
 log = logging.getLogger("voxbox.service.daemon")
 
@@ -148,9 +176,19 @@ class Daemon:
     api_key: the Realtime API key (never logged).
     mock_gpio_socket: with ``gpio.pin_factory = "mock"``, a datagram socket path on which
         tests send ``press``/``release`` to drive the mock button pin.
+    local_server: with ``realtime.url = "local"``, starts the local Realtime server: called
+        with the API key it accepts (None: any), returns the running server
+        (``client_url(dialect)``, ``stop()``); :func:`voxbox.cli.start_local_server`.
+
+    Raises:
+        ConfigError: ``realtime.url = "local"`` without ``local_server``.
     """
 
-    def __init__(self, cfg: Config, api_key: Secret, mock_gpio_socket: str | None = None):
+    def __init__(self, cfg: Config, api_key: Secret, mock_gpio_socket: str | None = None,
+                 local_server: Callable[[str | None], Any] | None = None):
+        if cfg.realtime.url == "local" and local_server is None:
+            raise ConfigError('realtime.url = "local": the local server is started by `voxbox run`')
+        self._start_local_server = local_server
         self.cfg = cfg
         self.api_key = api_key
         self.mock_gpio_socket = mock_gpio_socket
@@ -455,7 +493,7 @@ class Daemon:
 
     def _build_dsp(self) -> None:
         cfg = self.cfg
-        from voxbox.field.replay import build_frontend
+        from voxbox.dsp.frontend import build_frontend
 
         # the same builder as `voxbox dsp`; the wake-word tap does not change the uplink output
         self.frontend = build_frontend(cfg, wake_tap="aec" if cfg.wake.enabled and cfg.wake.playback_aware else None)
@@ -519,10 +557,10 @@ class Daemon:
             factory = MockFactory(pin_class=MockPWMPin)
         from gpiozero import Button
 
-        from voxbox.gpio.led import GpioLed
+        from voxbox.gpio.board import GpioLed
 
         if g.rgb_led is not None:
-            from voxbox.gpio.led import GpioRgbLed
+            from voxbox.gpio.board import GpioRgbLed
 
             self.led = GpioRgbLed(*g.rgb_led, pin_factory=factory, active_high=g.led_active_high)
         else:
@@ -1217,12 +1255,9 @@ class Daemon:
             log.debug("send failed: %s", exc)
 
     def _local_url(self) -> str:
-        from voxbox.parrot.server import ServerThread
-
         if self.server is None:
             # in broker mode the unit presents broker tokens, not its secret: accept any key
-            self.server = ServerThread(api_key=None if self.cfg.broker.url else (self.api_key.value or None))
-            self.server.start()
+            self.server = self._start_local_server(None if self.cfg.broker.url else (self.api_key.value or None))
         return self.server.client_url(self.cfg.realtime.dialect)
 
     @property
@@ -1246,9 +1281,9 @@ class Daemon:
     async def _wait_for_credential(self) -> None:
         """Unprovisioned: look for the credential every CREDENTIAL_POLL_S seconds (the
         first-boot service or an installer may deliver it while the unit runs)."""
-        from voxbox.realtime.broker import load_connect_secret
         from voxbox.host.credentials import CredentialError
         from voxbox.host.sd import redact
+        from voxbox.realtime.broker import load_connect_secret
 
         said = None  # the last problem logged: a credential that stays bad is logged once
         while self._unprovisioned():

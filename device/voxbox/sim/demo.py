@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from voxbox.sim.harness import DaemonHarness
 from voxbox.audio.wavfile import write_wav as _write_wav
+from voxbox.sim.harness import DaemonHarness
 
 
 def _first(h: DaemonHarness, event: str, after: float = 0.0) -> dict | None:

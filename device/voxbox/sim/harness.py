@@ -32,13 +32,14 @@ from typing import Any, Callable
 import numpy as np
 import tomli_w
 
+from voxbox.errors import VoxboxError
 from voxbox.sim.rig import FileDeviceRig
 
 API_KEY = "sk-local-test-0123456789abcdef"
 
 
-class HarnessError(RuntimeError):
-    pass
+class HarnessError(VoxboxError, RuntimeError):
+    """The daemon under test did not do what a test waited for (in time), or could not start."""
 
 
 def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> None:

@@ -339,8 +339,8 @@ class Speaker(_FifoWorker):
 
     def pipe_fill_bytes(self) -> int:
         """Bytes currently queued in the speaker pipe (FIONREAD)."""
-        import termios
         import array
+        import termios
         buf = array.array("i", [0])
         fcntl.ioctl(self.fd, termios.FIONREAD, buf)
         return buf[0]

@@ -76,6 +76,8 @@ from pathlib import Path
 
 import numpy as np
 
+from voxbox.errors import WakeModelError  # noqa: F401 (re-exported)
+
 __all__ = [
     "BUILTIN_MODELS",
     "CHUNK_SAMPLES",
@@ -107,10 +109,6 @@ BUILTIN_MODELS: dict[str, str] = {
 }
 
 _MODELS_PACKAGE = "pyopen_wakeword"
-
-
-class WakeModelError(ValueError):
-    """A wake-word model (or the feature models) could not be found or loaded."""
 
 
 @dataclass(frozen=True, slots=True)
