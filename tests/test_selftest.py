@@ -264,7 +264,7 @@ def test_network_fatal_answers_follow_the_daemon_rule():
                                                   (4000, True, "closed 4000 (invalid model"),
                                                   (1011, False, "connection closed (1011)")])
 def test_network_close_codes(code, fatal, needle):
-    """A close without an error event: 3000/4000 are fatal (the daemon's _fatal_close rule)."""
+    """A close without an error event: 3000/4000 are fatal (the link's _fatal_close rule, voxbox.realtime.client)."""
     import asyncio
 
     from websockets.asyncio.server import serve

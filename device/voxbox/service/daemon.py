@@ -25,20 +25,17 @@ import logging
 import math
 import os
 import socket
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
 import numpy as np
 import soxr
 
 from voxbox import __version__
 from voxbox.audio.jitter import JitterBuffer, LatencyHistogram, PullClock, PullResult
-from voxbox.audio.ring import FrameQueue, SampleRing
 from voxbox.config import Config, ConfigError
 from voxbox.conversation.machine import (
     UPLINK_STATES,
@@ -62,21 +59,16 @@ from voxbox.gpio.led import display_pattern
 from voxbox.host import sd
 from voxbox.host.credentials import Secret
 from voxbox.host.sd import Notifier
-from voxbox.realtime.dialects import PCM_RATE, auth_headers, build_url
+from voxbox.realtime.dialects import PCM_RATE
 from voxbox.realtime.session import (
-    FATAL_CLOSE_CODES,
     AudioDelta,
     AudioDone,
     FunctionCallRequested,
     InputCommitted,
-    InvalidEvent,
-    ProtocolError,
     RealtimeSession,
     ResponseDone,
     ResponseStarted,
     ServerError,
-    SessionCreated,
-    SessionReady,
     SpeechStarted,
     SpeechStopped,
     TranscriptDone,
@@ -92,13 +84,10 @@ def _fmt_stats(stats: dict[str, float]) -> str:
     """The near-end detector's statistics as one journal field: ``key=value ...``."""
     return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items())
 
+
 UPLINK_BLOCK_MS = 40
 """Uplink audio is sent in blocks of this many ms (one ``input_audio_buffer.append`` each)."""
 
-CREDENTIAL_POLL_S = 2.0
-"""How often an unprovisioned unit looks for its credential (s)."""
-
-REF_MOVE_QUIET_PERIODS = 30
 #: after an echo-path change the daemon made itself (a move of the reference delay line,
 #: a resync of it) the near-end detector pauses no reply during this much far-end signal
 #: (ms): the canceller is reconverging, and its residual looks like a talker to the
@@ -106,39 +95,25 @@ REF_MOVE_QUIET_PERIODS = 30
 #: closed loop (t06, +6 dB): replies after a move began with 0-4 dB of echo cancellation for
 #: about 400 ms, and were paused, and cut, on their own echo at 250-350 ms.
 RECONVERGE_FAR_MS = 1000.0
-"""A move of the reference delay line that is not urgent (the reference still leads its
-echo) waits until the reference has been silent this many capture periods (300 ms)."""
-
-TURN_PING_S = 1.0
-IDLE_PING_S = 10.0
-"""Liveness pings (our own; the websockets keepalive is off): every second during a turn,
-every 10 s otherwise. A ping unanswered for ``realtime.stall_s`` with no server event
-meanwhile is a stall (:meth:`voxbox.realtime.link.LinkSupervisor.stalled`)."""
 
 TURN_AUDIO_MAX_S = 30.0
 """Longest question kept on the unit for a resend after a link loss (s)."""
 
-REJECT_LOG_EVERY_S = 60.0
-"""A server event that fails validation is logged once per event type, then summed up at
-most once per this many seconds."""
-
-MIN_REF_DELAY_PERIODS = 3
-UNDERRUN_LOG_MAX = 5  # underrun events logged per turn (all are counted in the turn record)
-"""Shortest far-end reference delay line, in capture periods (see Daemon.__init__)."""
+UNDERRUN_LOG_MAX = 5
+"""Underrun events logged per turn (all are counted in the turn record)."""
 
 LONG_HOLD_TALK_S = 0.5
 """A long hold is a mute toggle unless the user spoke this long during the hold (s)."""
 VOICE_POWER = (32768 * 10 ** (-40 / 20)) ** 2
 """Mean power of a capture period counted as voice during a hold (-40 dBFS RMS)."""
 
-_COMMIT: Any = object()  # uplink-queue marker: push-to-talk released, commit after the audio before it
-_TURN_DETECTION_OFF: Any = object()  # uplink-queue marker: turn detection off before the audio after it
-
 HEALTH_TICK_S = 0.5
 """How often the audio devices are judged (voxbox.service.health) and the LED/STATUS= refreshed (s)."""
 
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-"""Incoming WebSocket message limit (websockets defaults to 1 MiB; appends may be 15 MiB)."""
+
+def _turn_detection_off(session: RealtimeSession) -> None:
+    """Queued before a resent question's audio: the service's VAD must not commit it."""
+    session.set_turn_detection(False)
 
 
 @dataclass
@@ -188,7 +163,6 @@ class Daemon:
                  local_server: Callable[[str | None], Any] | None = None):
         if cfg.realtime.url == "local" and local_server is None:
             raise ConfigError('realtime.url = "local": the local server is started by `voxbox run`')
-        self._start_local_server = local_server
         self.cfg = cfg
         self.api_key = api_key
         self.mock_gpio_socket = mock_gpio_socket
@@ -215,14 +189,6 @@ class Daemon:
         self.turn_audio = TurnAudio(PCM_RATE, TURN_AUDIO_MAX_S, preroll_s=1.0)
         self._turn_audio_state = self.conv.state
         self._state_path = sd.state_dir() / cc.state_file
-        #: the echo path measured on these devices (voxbox.dsp.echostate): restored at start so
-        #: the first reply after boot has its reference delay and drift right
-        self._echo_state_path = self._state_path.parent / "echo.json"
-        self._echo_devices = (f"capture={a.capture_device} playback={a.playback_device} "
-                              f"rate={a.playback_rate} period_ms={a.period_ms} periods={a.periods}")
-        self._echo_state = None
-        self._echo_saving = False
-        self._echo_saved_at = 0.0
         self._ptt_samples = 0  # uplink samples streamed in the current push-to-talk hold
         self._ptt_voiced_frames = 0  # capture periods above VOICE_DBFS during the hold
         # earcons: the playback thread mixes the current cue into the reply (whole frames)
@@ -238,50 +204,23 @@ class Daemon:
                                        stretch=a.jitter_stretch, min_ms=a.jitter_min_ms,
                                        max_ms=a.jitter_max_ms)
         self._pull_clock = PullClock(a.playback_rate, self.play_period)
-        self.ref_ring = SampleRing(a.capture_rate)  # 1 s
-        # the delay line never runs shorter than MIN_REF_DELAY_PERIODS periods: the two audio
-        # threads wake at different times, and a shorter backlog starves the reference
-        self._ref_floor = MIN_REF_DELAY_PERIODS * self.cap_period
-        self._ref_delay = max(self._ref_floor, a.capture_rate * cfg.frontend.reference_delay_ms // 1000)
-        self._resyncs_seen = 0
-        self._ref_quiet = 0  # echo worker: periods since the reference last held signal
-        self._pending_move: tuple[int, float, float] | None = None  # a line move waiting for a pause
         self._line_from_alsa = False
         self._underruns_at_turn = 0
         self._added_at_turn = self.jitter.added_latency()
         self._wake_aware = cfg.wake.enabled and cfg.wake.playback_aware
-        # reference alignment (capture thread) and drift compensation (playback thread)
-        self.delay_tracker = None
-        self._echo_q: FrameQueue | None = None
-        self._echo_stop = threading.Event()
-        self.aligner = None
-        self._drift_target_ppm = 0.0  # published by the capture thread
-        self._drift_comp = None  # used by the playback thread only
-        if cfg.frontend.echo_cancel and cfg.frontend.track_echo_delay:
-            from voxbox.dsp.align import DriftCompensator, EchoDelayTracker, ReferenceAligner
-
-            self.delay_tracker = EchoDelayTracker(a.capture_rate)
-            # 1 s of (reference, microphone) periods for the echo worker thread
-            self._echo_q = FrameQueue(a.capture_rate // self.cap_period, self.cap_period)
-            self.aligner = ReferenceAligner(a.capture_rate, lead_ms=cfg.frontend.reference_lead_ms)
-            if cfg.frontend.drift_compensation:
-                self._drift_comp = DriftCompensator(0.0)
         self.notifier = Notifier()
         from voxbox.audio.alsa import OPEN_TIMEOUT_S
 
         #: judges the audio devices: the watchdog, the LED/STATUS= faults, their journal lines
         self.health = HealthMonitor(a.capture_device, a.playback_device, deaf_after_s=a.deaf_after_s,
                                     probe_timeout_s=OPEN_TIMEOUT_S)
-        self.session: RealtimeSession | None = None
         self.turn = TurnTimes()
         self.uplink_open = False  # read by the capture thread
         self._wake_reset = False
         self._stop = asyncio.Event()
-        self._ws = None
         self._ready_sent = False
         self._led_name = ""
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._uplink_q: asyncio.Queue[bytes] = asyncio.Queue(maxsize=500)
         # capture-thread state (touched only by the capture thread)
         self._ref_frame = np.zeros(self.cap_period, dtype=np.int16)
         self._cap_f32 = np.zeros(self.cap_period, dtype=np.float32)  # voice-level scratch
@@ -300,10 +239,6 @@ class Daemon:
         self._play_buf = np.zeros(self.play_period, dtype=np.int16)
         self._mix_i32 = np.zeros(self.play_period, dtype=np.int32)  # earcon mixing scratch
         self._last_pull = PullResult(None, 0, False, False, 0)
-        # float, not int16: soxr's int16 output carries +-1 of dither after the signal, and a
-        # reference that is never exactly silent keeps the far end "active" for ever
-        self._ref_resampler = (None if a.playback_rate == a.capture_rate else
-                               soxr.ResampleStream(a.playback_rate, a.capture_rate, 1, dtype="float32"))
         self._playing_item: str | None = None
         self._reply_resampler = (None if a.playback_rate == PCM_RATE else
                                  soxr.ResampleStream(PCM_RATE, a.playback_rate, 1, dtype="int16"))
@@ -325,7 +260,6 @@ class Daemon:
         self.wake = None
         self.capture = None
         self.playback = None
-        self.server = None
         self.led = None
         self.button = None
         self.gestures = ButtonGestures(cfg.gpio.debounce_ms / 1000, cfg.gpio.hold_ms / 1000,
@@ -339,23 +273,21 @@ class Daemon:
                                    fallback_rollover_s=default_rollover_s(rt.dialect),
                                    stall_s=rt.stall_s, healthy_s=rt.healthy_after_s,
                                    max_connects_per_min=rt.max_connects_per_min)
-        self._expires_at: float | None = None  # the session's expires_at (monotonic s)
-        self._link_host = "?"  # the service's host name, for the journal
-        # server events that failed validation: per event type, (last logged, not logged since)
-        self._rejected: dict[str, tuple[float, int]] = {}
         self._idle_audio_logged = False
         self._overflow_logged = False
-        self._keys = None  # StaticKey or TokenBroker (see _credentials)
-        self._expired = False  # the service said session_expired
-        self._fatal_code: str | None = None  # a fatal error event preceded the close
-        self._stall_cause: str | None = None
         #: recent conversation as text, replayed into a new session: (role, text, turn)
         self.history: deque[tuple[str, str, int]] = deque()
-        self.stats = {"uplink_samples": 0, "truncates": 0, "reconnects": 0, "tool_calls": 0}
+        self.stats = {"uplink_samples": 0, "truncates": 0, "tool_calls": 0}
         from voxbox.host.metrics import UnitMetrics
 
         #: fleet metrics (voxbox.host.metrics), written by _metrics_writer when metrics.textfile is set
         self.metrics = UnitMetrics(version=__version__)
+        from voxbox.service.echopath import EchoPath
+
+        #: the far-end reference delayed to meet its echo; the echo delay tracked, the
+        #: drift compensated, both persisted (voxbox.service.echopath)
+        self.echo = EchoPath(cfg, self.cap_period, self._state_path.parent / "echo.json", self.metrics,
+                             on_path_changed=self._echo_path_changed)
         self.t_start = time.monotonic()
         from voxbox.audio.volume import Volume
 
@@ -368,6 +300,15 @@ class Daemon:
 
             self.tools = ToolRegistry.default(cfg.tools.allow or None)
             self.tool_runner = ToolRunner(self.tools, _DaemonToolContext(self))
+        from voxbox.realtime.client import LinkCallbacks, RealtimeLink
+
+        #: the WebSocket link to the service (the session, reconnects, liveness, rollover)
+        self.rt = RealtimeLink(cfg, rt_cfg, api_key, self.link, LinkCallbacks(
+            on_event=self._on_session_event, on_ready=self._on_link_ready, on_closed=self._show_state,
+            on_lost=self._on_link_lost, on_fatal=self._on_link_fatal, in_turn=self._in_turn,
+            audio_wanted=self._audio_wanted, on_audio_sent=self._on_audio_sent),
+            self.metrics, tools=self.tools.declarations() if self.tools is not None else None,
+            local_server=local_server)
 
     # ------------------------------------------------------------------------------ start
     def stop(self) -> None:
@@ -425,16 +366,11 @@ class Daemon:
                  extra={"VOXBOX_EVENT": "start", "VOXBOX_VERSION": __version__})
         self._build_dsp()
         self._echo_path_changed()  # a cold canceller: the first second of far-end signal converges it
-        if self.delay_tracker is not None:
-            from voxbox.dsp.echostate import load_echo_state
-
-            self._echo_state = load_echo_state(self._echo_state_path, self._echo_devices)
-            if self._echo_state is not None and self._drift_comp is not None:
-                self._drift_target_ppm = self._echo_state.drift_ppm
+        self.echo.restore()
         self._build_gpio()
         if self._load_muted():
             self._apply(self.conv.restore_muted(time.monotonic()))
-        if self._unprovisioned():
+        if self.rt.unprovisioned:
             self.metrics.set_link("unprovisioned")
             self._apply(self.conv.unprovisioned(time.monotonic(), "no Realtime API key"))
         self._show_state()
@@ -449,13 +385,11 @@ class Daemon:
         self.capture = CaptureLoop(cfg.audio.capture_device, self._on_capture_frame,
                                    rate=cfg.audio.capture_rate, period=self.cap_period,
                                    periods=cfg.audio.periods, wait_for_device=True)
-        self.playback.on_drop = self._playback_dropped
+        self.playback.on_drop = self.echo.dropped
+        self.echo.start(self._loop)
         self.playback.start()
         self.capture.start()
-        if self._echo_q is not None:
-            self._echo_thread = threading.Thread(target=self._echo_worker, name="echo-delay", daemon=True)
-            self._echo_thread.start()
-        tasks = [asyncio.create_task(self._link(), name="link"),
+        tasks = [asyncio.create_task(self.rt.run(self._stop), name="link"),
                  asyncio.create_task(self._ticker(), name="ticker"),
                  asyncio.create_task(self._health_task(), name="health"),
                  asyncio.create_task(self._ready_gate(), name="ready")]
@@ -469,19 +403,15 @@ class Daemon:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self.capture.stop()
-            self._echo_stop.set()
-            if self.delay_tracker is not None and self.aligner is not None and self.aligner.moves:
-                await self._save_echo_state(None, None, force=True)
+            await self.echo.stop()
             self.playback.stop()
-            if self.server is not None:
-                # off the loop: the server's close handshake needs this loop's client side
-                await asyncio.to_thread(self.server.stop)
+            await self.rt.close()
             if self.led is not None:
                 self.led.close()
             if self.button is not None:
                 self.button.close()
             # free the native resampler streams now rather than at interpreter exit
-            self._up_resampler = self._ref_resampler = self._reply_resampler = None
+            self._up_resampler = self._reply_resampler = None
             # the reply audio since start, for the field and the link benchmark
             added = self.jitter.added_latency()
             rate = self.cfg.audio.playback_rate
@@ -599,13 +529,7 @@ class Daemon:
         if frame.any():
             self.last_nonsilent_t = t
         ref = self._ref_frame
-        ring = self.ref_ring
-        backlog = ring.available
-        ring.read_delayed(ref, self._ref_delay)
-        if ring.resyncs != self._resyncs_seen:
-            self._resyncs_seen = ring.resyncs
-            self._echo_path_changed()
-            self._loop.call_soon_threadsafe(self._log_resync, backlog, self._ref_delay, ring.resyncs)
+        self.echo.read(ref)
         clean = self.frontend.process(frame, ref) if self.frontend is not None else frame
         if self._fe_far and self.frontend is not None:  # ERLE over far-end periods (metrics)
             f = self._erle_f32
@@ -631,8 +555,7 @@ class Daemon:
                 self._loop.call_soon_threadsafe(self._log_gate, change, self._near_end_stats(), t)
         else:
             up = clean
-        if self._echo_q is not None:  # analysed by the echo worker, never on this thread
-            self._echo_q.put(ref, frame)
+        self.echo.observe(ref, frame)
         if self.recorder is not None:
             self.recorder.write(frame, ref, clean)
         if self.conv.muted:
@@ -676,13 +599,6 @@ class Daemon:
             self._up_parts.clear()
             self._up_samples = 0
 
-    def _log_resync(self, backlog: int, line: int, count: int) -> None:
-        """The reference delay line slipped: the echo path moved for the canceller."""
-        rate = self.cfg.audio.capture_rate
-        log.debug("reference delay line resynced (%d so far): backlog %.1f ms against the line's %.1f ms",
-                  count, backlog * 1000 / rate, line * 1000 / rate,
-                  extra={"VOXBOX_EVENT": "reference_resync", "VOXBOX_COUNT": count})
-
     def _on_frontend_frame(self, frame: np.ndarray, ratio_db: float, far: bool) -> None:
         """Capture thread, once per front-end frame (16 ms): the near-end detector."""
         self._fe_far = far
@@ -710,108 +626,12 @@ class Daemon:
         return {"vad": d.vad_prob, "ratio_db": d.ratio_db, "level_dbfs": d.level_dbfs,
                 "floor_dbfs": d.noise_floor_dbfs}
 
-    def _echo_worker(self) -> None:
-        """Echo-delay worker thread: drains the periods the capture thread queued and runs
-        the tracker (a GCC-PHAT over 2 s windows once a second: milliseconds of FFTs that
-        must not delay the capture loop)."""
-        pair = np.zeros((2, self.cap_period), dtype=np.int16)
-        while not self._echo_stop.wait(0.05):
-            while self._echo_q.get_into(pair):
-                self._track_echo(pair[0], pair[1])
-
-    def _track_echo(self, ref: np.ndarray, mic: np.ndarray) -> None:
-        """Echo worker: feed the echo-delay tracker; move the reference delay line and
-        retune the drift compensator when the aligner says so (see voxbox.dsp.align). The
-        audio threads read the two results (an int and a float) without a lock."""
-        tr = self.delay_tracker
-        # a move of the line is an echo-path change for the canceller: one that is not
-        # urgent waits for a pause of the far end (between replies), where it costs nothing
-        self._ref_quiet = self._ref_quiet + 1 if not ref.any() else 0
-        pending = self._pending_move
-        if pending is not None and self._ref_quiet >= REF_MOVE_QUIET_PERIODS:
-            self._pending_move = None
-            self._move_line(*pending)
-        est = tr.push(ref, mic)
-        if est is None:
-            return
-        new = self.aligner.on_delay(est.delay_ms, self._ref_delay)
-        if new is not None:
-            new = max(new, self._ref_floor)
-        if new is not None and new != self._ref_delay:
-            if est.delay_ms >= 0 and self._ref_quiet < REF_MOVE_QUIET_PERIODS:
-                self._pending_move = (new, est.delay_ms, est.erl_db)  # the reference leads: wait
-            else:
-                self._pending_move = None
-                self._move_line(new, est.delay_ms, est.erl_db)
-            return
-        if self._drift_comp is not None:
-            ppm = self.aligner.on_drift(tr.drift_ppm, tr.drift_stderr_ppm, self._drift_target_ppm)
-            if ppm is not None:
-                self._drift_target_ppm = ppm
-                tr.reset_drift()
-                self._loop.call_soon_threadsafe(self._log_drift, ppm)
-
     def _echo_path_changed(self) -> None:
         """The daemon changed the echo path the canceller sees (any thread): the near-end
         detector pauses no reply for the next ``RECONVERGE_FAR_MS`` of far-end signal."""
         if self.frontend is not None:
             self._reconverge_frames = int(RECONVERGE_FAR_MS * self.cfg.audio.capture_rate
                                           / 1000 / self.frontend.frame_size)
-
-    def _move_line(self, new: int, delay_ms: float, erl_db: float) -> None:
-        """Echo worker: set the reference delay line to ``new`` samples."""
-        old = self._ref_delay
-        if new == old:
-            return
-        self._ref_delay = new
-        self._echo_path_changed()
-        self.delay_tracker.reset()  # turn records show only estimates on the current line
-        self._loop.call_soon_threadsafe(self._log_alignment, delay_ms, old, new, erl_db)
-
-    def _log_alignment(self, delay_ms: float, old: int, new: int, erl_db: float) -> None:
-        self.metrics.set_echo_delay_ms(delay_ms)
-        self.metrics.set_erl_db(erl_db)
-        rate = self.cfg.audio.capture_rate
-        log.info("echo delay %.1f ms (reference lead wanted %.1f ms): reference delay %.1f -> %.1f ms; "
-                 "echo return loss %.1f dB", delay_ms, self.cfg.frontend.reference_lead_ms,
-                 old * 1000 / rate, new * 1000 / rate, erl_db,
-                 extra={"VOXBOX_EVENT": "echo_delay", "VOXBOX_ECHO_DELAY_MS": round(delay_ms, 2),
-                        "VOXBOX_REFERENCE_DELAY_MS": round(new * 1000 / rate, 2),
-                        "VOXBOX_ERL_DB": round(erl_db, 1)})
-        # the lead the canceller sees on the new line
-        self._loop.create_task(self._save_echo_state(delay_ms - (new - old) * 1000 / rate, erl_db))
-
-    def _log_drift(self, ppm: float) -> None:
-        log.info("clock drift between capture and playback: compensating %+.1f ppm", ppm,
-                 extra={"VOXBOX_EVENT": "clock_drift", "VOXBOX_DRIFT_PPM": round(ppm, 1)})
-        last = self.delay_tracker.last if self.delay_tracker is not None else None
-        self._loop.create_task(self._save_echo_state(getattr(last, "delay_ms", None),
-                                                     getattr(last, "erl_db", None)))
-
-    async def _save_echo_state(self, echo_ms: float | None, erl_db: float | None, force: bool = False) -> None:
-        """Persist the echo path (reference delay, drift, ERL) for the next start: at most
-        once a minute (and at stop), written off the event loop (an fsync on an SD card)."""
-        now = time.monotonic()
-        if self._echo_saving or (not force and now - self._echo_saved_at < 60.0):
-            return
-        from voxbox.dsp.echostate import EchoState, save_echo_state
-
-        rate = self.cfg.audio.capture_rate
-        prev = self._echo_state
-        if echo_ms is None and prev is not None:
-            echo_ms, erl_db = prev.echo_delay_ms, erl_db if erl_db is not None else prev.erl_db
-        self._echo_saving = True
-        try:
-            st = EchoState.from_measurement(self._ref_delay * 1000 / rate, echo_ms, self._drift_target_ppm,
-                                            erl_db, self._echo_devices)
-            await asyncio.to_thread(save_echo_state, self._echo_state_path, st)
-            self._echo_state = st
-            self._echo_saved_at = now
-        except (OSError, ValueError) as exc:
-            log.error("cannot save the echo path in %s: %s", self._echo_state_path, exc,
-                      extra={"VOXBOX_EVENT": "state_file"})
-        finally:
-            self._echo_saving = False
 
     # ------------------------------------------------------------------ playback thread
     def _playback_source(self) -> np.ndarray:
@@ -835,26 +655,8 @@ class Daemon:
                 self._cue = None
         return self._play_buf
 
-    def _playback_dropped(self, frames: int) -> None:
-        """Playback thread: a barge-in dropped ``frames`` the device held, never played:
-        the reference forgets them, so it keeps pairing with what the microphone hears."""
-        a = self.cfg.audio
-        self.ref_ring.unwrite(frames * a.capture_rate // a.playback_rate)
-
     def _playback_written(self, frame: np.ndarray, t: float) -> None:
-        if self._ref_resampler is None:
-            ref = frame
-        else:
-            y = self._ref_resampler.resample_chunk(frame.astype(np.float32))
-            np.rint(y, out=y)
-            np.clip(y, -32768, 32767, out=y)
-            ref = y.astype(np.int16)
-        comp = self._drift_comp
-        if comp is not None:
-            if comp.ppm != self._drift_target_ppm:
-                comp.set_ppm(self._drift_target_ppm)
-            ref = comp.process(ref)
-        self.ref_ring.write(ref)
+        self.echo.written(frame)
         res = self._last_pull
         if res.item_id is not None and res.item_id != self._playing_item:
             self._playing_item = res.item_id
@@ -875,9 +677,7 @@ class Daemon:
             return  # link down mid-turn: the block waits in turn_audio for the next session
         if self.conv.push_to_talk:
             self._ptt_samples += len(block) // 2
-        try:
-            self._uplink_q.put_nowait(block)
-        except asyncio.QueueFull:
+        if not self.rt.send_audio(block):
             log.warning("uplink queue full; dropping %d ms of audio", UPLINK_BLOCK_MS)
 
     def _on_near_end(self, t: float, stats: dict[str, float]) -> None:
@@ -1069,15 +869,15 @@ class Daemon:
                         extra={"VOXBOX_EVENT": "turn_resent", "VOXBOX_TURN": self.conv.turn})
             self._apply(self.conv.response_done(time.monotonic(), "empty"))
             return
-        self._drain_uplink()
+        self.rt.drain_uplink()
         if a.commit or a.push_to_talk:  # through the queue: it must reach the service first
-            self._uplink_q.put_nowait(_TURN_DETECTION_OFF)
+            self.rt.send_action(_turn_detection_off)
         for c in chunks:
-            self._uplink_q.put_nowait(c)
+            self.rt.send_audio(c)
         if a.commit or a.push_to_talk:
             self._ptt_samples = samples
         if a.commit:
-            self._uplink_q.put_nowait(_COMMIT)
+            self.rt.send_action(self._commit_ptt)
         log.info("turn %d sent again into the new session: %d ms of the user's audio from its beginning%s",
                  self.conv.turn, samples * 1000 // PCM_RATE, ", committed, response asked for" if a.commit else "",
                  extra={"VOXBOX_EVENT": "turn_resent", "VOXBOX_TURN": self.conv.turn,
@@ -1096,9 +896,7 @@ class Daemon:
         """Release: commit after the audio already queued, then ask for the response."""
         if self.session is None:
             return
-        try:
-            self._uplink_q.put_nowait(_COMMIT)
-        except asyncio.QueueFull:
+        if not self.rt.send_action(self._commit_ptt):
             log.warning("uplink queue full at push-to-talk release")
 
     def _set_muted(self, muted: bool) -> bool:
@@ -1239,170 +1037,18 @@ class Daemon:
         return text
 
     # ------------------------------------------------------------------------ link
-    def _flush_session(self) -> None:
-        if self.session is None or self._ws is None:
-            return
-        for msg in self.session.data_to_send():
-            asyncio.ensure_future(self._send(msg))
-
-    async def _send(self, msg: str) -> None:
-        ws = self._ws
-        if ws is None:
-            return
-        try:
-            await ws.send(msg)
-        except Exception as exc:  # the receive loop notices the drop and reconnects
-            log.debug("send failed: %s", exc)
-
-    def _local_url(self) -> str:
-        if self.server is None:
-            # in broker mode the unit presents broker tokens, not its secret: accept any key
-            self.server = self._start_local_server(None if self.cfg.broker.url else (self.api_key.value or None))
-        return self.server.client_url(self.cfg.realtime.dialect)
+    @property
+    def session(self) -> RealtimeSession | None:
+        """The current Realtime session (:class:`voxbox.realtime.client.RealtimeLink`'s), or None."""
+        return self.rt.session
 
     @property
     def _session_ready(self) -> bool:
         """The current session's configuration was acknowledged (``session.updated``)."""
-        return self.session is not None and self.session.ready
+        return self.rt.ready
 
-    def _unprovisioned(self) -> bool:
-        """No credential yet. In broker mode ``api_key`` holds the per-unit secret."""
-        return not self.api_key.value and (self.cfg.realtime.url != "local" or bool(self.cfg.broker.url))
-
-    def _credentials(self):
-        """What to connect with: the API key as is, or a token broker (token per session);
-        see :func:`voxbox.realtime.broker.credential_source`."""
-        if self._keys is None:
-            from voxbox.realtime.broker import credential_source
-
-            self._keys = credential_source(self.cfg, self.api_key)
-        return self._keys
-
-    async def _wait_for_credential(self) -> None:
-        """Unprovisioned: look for the credential every CREDENTIAL_POLL_S seconds (the
-        first-boot service or an installer may deliver it while the unit runs)."""
-        from voxbox.host.credentials import CredentialError
-        from voxbox.host.sd import redact
-        from voxbox.realtime.broker import load_connect_secret
-
-        said = None  # the last problem logged: a credential that stays bad is logged once
-        while self._unprovisioned():
-            await asyncio.sleep(CREDENTIAL_POLL_S)
-            try:
-                key = load_connect_secret(self.cfg, required=False)
-            except CredentialError as exc:
-                if str(exc) != said:  # names the source, never the value
-                    said = str(exc)
-                    log.warning("%s; looking again every %.0f s", exc, CREDENTIAL_POLL_S,
-                                extra={"VOXBOX_EVENT": "unprovisioned"})
-                self.metrics.set_link("unprovisioned")
-                continue
-            if key.value:
-                redact(key.value)
-                self.api_key = key
-                log.info("API key found (%s): connecting", key.source, extra={"VOXBOX_EVENT": "provisioned"})
-
-    async def _link(self) -> None:
-        """Keep one session open (a warm session while idle: the first word after the wake
-        word costs no handshake). Reconnect decisions come from :class:`LinkSupervisor`:
-        full-jitter backoff, a slow retry after fatal answers, immediate reconnect after
-        our own rollover."""
-        from websockets.asyncio.client import connect
-        from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-        from websockets.frames import Close
-
-        if self._unprovisioned():
-            await self._wait_for_credential()
-        rt = self.cfg.realtime
-        sup = self.link
-        from voxbox.realtime.broker import BrokerError
-
-        keys = self._credentials()
-        while not self._stop.is_set():
-            url = build_url(rt, self._local_url() if rt.url == "local" else rt.url)
-            try:
-                key = await keys.token()
-            except BrokerError as exc:
-                delay = sup.failed(time.monotonic(), str(exc), exc.fatal)
-                if exc.retry_after:
-                    delay = max(delay, exc.retry_after)
-                self._link_lost(str(exc), delay)
-                if exc.fatal:
-                    self._fatal(str(exc))
-                try:
-                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
-                except asyncio.TimeoutError:
-                    pass
-                continue
-            headers = auth_headers(rt, key.value, url)
-            self._link_host = urlsplit(url).hostname or "?"
-            t_try = time.monotonic()
-            try:
-                # keepalive off: _pinger pings and the LinkSupervisor judges the pongs
-                async with connect(url, additional_headers=headers, max_size=MAX_MESSAGE_BYTES,
-                                   open_timeout=rt.connect_timeout_s, ping_interval=None,
-                                   close_timeout=2, compression=None) as ws:
-                    t_open = time.monotonic()
-                    sup.connected(t_open)
-                    self._ws = ws
-                    try:
-                        await self._serve(ws, sup.connects, t_open)
-                        # the stream ended with a normal close (1000/1001): keep its code
-                        raise ConnectionClosed(Close(ws.close_code or 1006, ws.close_reason or ""), None)
-                    finally:
-                        self._ws = None
-                        self.session = None
-                        self._show_state()
-            except asyncio.CancelledError:
-                raise
-            except ConnectionClosed as exc:
-                if sup.rolling:
-                    delay = sup.ended_for_rollover()
-                    self._drain_uplink()
-                    log.info("session rolled over after %.0f s", time.monotonic() - t_try,
-                             extra={"VOXBOX_EVENT": "rollover"})
-                else:
-                    cause = self._stall_cause or _close_cause(exc)
-                    self._stall_cause = None
-                    fatal = _fatal_close(exc) or self._fatal_code is not None
-                    if fatal and self.cfg.broker.url and not keys.fresh:
-                        keys.invalidate()  # a cached token refused: try a fresh one before giving up
-                        fatal, self._fatal_code = False, None
-                    if self._fatal_code:
-                        cause = f"{self._fatal_code} ({cause})"
-                    self._fatal_code = None
-                    if self._expired:  # the service ended the session (limit): come back at once
-                        self._expired = False
-                        delay = sup.ended_by_service(time.monotonic(), cause)
-                    else:
-                        delay = sup.failed(time.monotonic(), cause, fatal)
-                    self._link_lost(cause, delay)
-                    if fatal:
-                        self._fatal(cause)
-            except InvalidStatus as exc:
-                code = exc.response.status_code
-                cause = f"HTTP {code} at handshake"
-                fatal = code in (401, 403)
-                if fatal and self.cfg.broker.url and not keys.fresh:
-                    keys.invalidate()
-                    fatal = False
-                delay = sup.failed(time.monotonic(), cause, fatal)
-                self._link_lost(cause, delay)
-                if fatal:
-                    self._fatal(cause)
-            except (OSError, asyncio.TimeoutError, InvalidHandshake) as exc:
-                cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                delay = sup.failed(time.monotonic(), cause)
-                self._link_lost(cause, delay)
-            except Exception as exc:  # never strand the unit: log, back off, try again
-                log.exception("link error", extra={"VOXBOX_EVENT": "link_down"})
-                delay = sup.failed(time.monotonic(), f"{type(exc).__name__}: {exc}")
-                self._link_lost(sup.cause, delay)
-            if delay > 0:
-                try:
-                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
-                except asyncio.TimeoutError:
-                    pass
+    def _flush_session(self) -> None:
+        self.rt.flush()
 
     async def _metrics_writer(self) -> None:
         """Write the fleet metrics file (``metrics.textfile``) every ``metrics.interval_s``
@@ -1439,154 +1085,45 @@ class Daemon:
             await write()  # the last figures, at stop
             raise
 
-    def _fatal(self, cause: str) -> None:
-        self.metrics.set_link("fatal")
-        log.error("the service refused the unit: %s; next attempt in %.0f s", cause,
-                  self.link.fatal_retry_s, extra={"VOXBOX_EVENT": "link_fatal", "VOXBOX_CAUSE": cause})
+    # ------------------------------------------------------------------ the link's callbacks
+    def _on_link_fatal(self, cause: str) -> None:
+        """The service refused the unit (logged by the link)."""
         self._apply(self.conv.fatal(time.monotonic(), cause))
 
-    def _link_lost(self, cause: str, delay: float = 0.0) -> None:
-        """One journal line per failed attempt or lost session: the cause, how many
-        attempts have failed in a row, when the next one is."""
-        self.stats["reconnects"] += 1
-        self.metrics.set_link("down")
-        sup = self.link
-        log.warning("link lost: %s; %d failure(s) in a row; next attempt in %.1f s", cause,
-                    sup.failures, delay,
-                    extra={"VOXBOX_EVENT": "link_down", "VOXBOX_CAUSE": cause,
-                           "VOXBOX_FAILURES": sup.failures, "VOXBOX_RETRY_S": round(delay, 2)})
-        self.session = None
-        self._drain_uplink()
+    def _on_link_lost(self, cause: str) -> None:
+        """A failed attempt or a lost session (logged by the link)."""
         self._apply(self.conv.link_down(time.monotonic(), cause))
 
-    def _drain_uplink(self) -> None:
-        while not self._uplink_q.empty():
-            self._uplink_q.get_nowait()
+    def _on_link_ready(self) -> None:
+        """``session.updated``: the new session carries the conversation so far."""
+        self._replay_context()
+        self._apply(self.conv.link_up(time.monotonic()))
 
-    async def _serve(self, ws, conn_no: int, t_open: float) -> None:
-        session = RealtimeSession(self.rt_cfg, prefix=f"vx{conn_no}",
-                                  tools=self.tools.declarations() if self.tools is not None else None)
-        session.start()
-        self.session = session
-        self._expires_at = None
-        self._drain_uplink()
-        for msg in session.data_to_send():
-            await ws.send(msg)
-        sender = asyncio.create_task(self._uplink_sender(ws, session))
-        pinger = asyncio.create_task(self._pinger(ws))
-        deadline = asyncio.create_task(self._session_deadline(ws, session, t_open))
-        try:
-            async for message in ws:
-                self.link.event(time.monotonic())
-                try:
-                    events = session.receive(message)
-                except ProtocolError as exc:
-                    self._rejected_event("(not an event)", str(exc))
-                    continue
-                for ev in events:
-                    try:
-                        self._on_session_event(ev, t_open)
-                    except Exception as exc:  # one event never ends the session
-                        log.exception("error handling %s", type(ev).__name__, extra={"VOXBOX_EVENT": "protocol"})
-                        self._rejected_event(type(ev).__name__, f"{type(exc).__name__}: {exc}")
-                self._flush_session()
-        finally:
-            sender.cancel()
-            pinger.cancel()
-            deadline.cancel()
+    def _in_turn(self) -> bool:
+        return self.conv.state in UPLINK_STATES
 
-    def _rejected_event(self, kind: str, detail: str) -> None:
-        """A server event dropped (failed validation, or not an event at all): logged once
-        per kind, then at most once per REJECT_LOG_EVERY_S with the count since."""
-        now = time.monotonic()
-        last, quiet = self._rejected.get(kind, (None, 0))
-        if last is not None and now - last < REJECT_LOG_EVERY_S:
-            self._rejected[kind] = (last, quiet + 1)
-            return
-        if len(self._rejected) >= 256 and kind not in self._rejected:
-            self._rejected.clear()  # bounded: a server inventing event types forever
-        self._rejected[kind] = (now, 0)
-        more = f" ({quiet} more since the last report)" if quiet else ""
-        log.warning("ignoring server event %s: %s%s", kind, detail, more,
-                    extra={"VOXBOX_EVENT": "protocol", "VOXBOX_EVENT_TYPE": kind,
-                           "VOXBOX_REJECTED_SINCE": quiet})
+    def _audio_wanted(self) -> bool:
+        return self.uplink_open
 
-    async def _session_deadline(self, ws, session: RealtimeSession, t_open: float) -> None:
-        """No ``session.created`` (or no ``session.updated`` after it) within
-        ``realtime.connect_timeout_s`` of the handshake: the service is not serving this
-        socket. Close it with one line naming the host and the wait; the link loop backs
-        off and retries."""
-        wait = self.cfg.realtime.connect_timeout_s
-        await asyncio.sleep(wait)
-        if session.ready:
-            return
-        host = self._link_host
-        what = "session.updated" if session.session_id else "session.created"
-        self._stall_cause = f"no {what} from {host} within {wait:g} s of the handshake"
-        log.warning("%s; closing the socket", self._stall_cause,
-                    extra={"VOXBOX_EVENT": "session_timeout", "VOXBOX_CAUSE": self._stall_cause})
-        transport = getattr(ws, "transport", None)
-        if transport is not None:
-            transport.abort()
+    def _on_audio_sent(self, block: bytes) -> None:
+        if self.turn.first_audio_sent is None:
+            self.turn.first_audio_sent = time.monotonic()
+            log.info("first audio sent to the service",
+                     extra={"VOXBOX_EVENT": "uplink_start", "VOXBOX_TURN": self.conv.turn})
+        self.stats["uplink_samples"] += len(block) // 2
 
-    async def _pinger(self, ws) -> None:
-        """Liveness, at every moment: a ping every TURN_PING_S during a turn and every
-        IDLE_PING_S otherwise (one outstanding at a time). The LinkSupervisor hears of each
-        ping and pong and calls the link stalled when a ping goes unanswered, with no server
-        event either, for ``realtime.stall_s`` (see :meth:`_supervise_link`): a dead socket
-        is replaced in seconds during a turn, and a quiet idle hour is never a stall."""
-        last = 0.0
-        while True:
-            await asyncio.sleep(0.25)
-            now = time.monotonic()
-            every = TURN_PING_S if self.conv.state in UPLINK_STATES else IDLE_PING_S
-            if now - last < every:
-                continue
-            last = now
-            try:
-                waiter = await ws.ping()
-            except Exception:  # closed meanwhile: the receive loop handles it
-                return
-            self.link.ping_sent(now)
-            try:
-                await waiter
-            except Exception:
-                return
-            self.link.pong(time.monotonic())
-
-    async def _uplink_sender(self, ws, session: RealtimeSession) -> None:
-        while True:
-            block = await self._uplink_q.get()
-            if block is _TURN_DETECTION_OFF:
-                if session is self.session:
-                    session.set_turn_detection(False)
-                    for msg in session.data_to_send():
-                        await ws.send(msg)
-                continue
-            if block is _COMMIT:
-                if session is self.session:
-                    if self._ptt_samples >= PCM_RATE // 10:  # commits under 100 ms are errors
-                        session.commit()
-                        session.create_response()
-                    else:
-                        log.info("push-to-talk too short (%d ms): nothing sent",
-                                 self._ptt_samples * 1000 // PCM_RATE, extra={"VOXBOX_EVENT": "ptt_short"})
-                        session.clear_input()
-                        self._apply(self.conv.response_done(time.monotonic(), "empty"))
-                    session.set_turn_detection(True)
-                    for msg in session.data_to_send():
-                        await ws.send(msg)
-                continue
-            if session is not self.session or not self.uplink_open:
-                continue
-            if self.turn.first_audio_sent is None:
-                self.turn.first_audio_sent = time.monotonic()
-                log.info("first audio sent to the service",
-                         extra={"VOXBOX_EVENT": "uplink_start", "VOXBOX_TURN": self.conv.turn})
-            session.append_audio(block)
-            self.stats["uplink_samples"] += len(block) // 2
-            for msg in session.data_to_send():
-                await ws.send(msg)
+    def _commit_ptt(self, session: RealtimeSession) -> None:
+        """Queued behind the question's audio: commit and ask for the response (a
+        push-to-talk release, a resent question); under 100 ms of audio nothing is sent."""
+        if self._ptt_samples >= PCM_RATE // 10:  # commits under 100 ms are errors
+            session.commit()
+            session.create_response()
+        else:
+            log.info("push-to-talk too short (%d ms): nothing sent",
+                     self._ptt_samples * 1000 // PCM_RATE, extra={"VOXBOX_EVENT": "ptt_short"})
+            session.clear_input()
+            self._apply(self.conv.response_done(time.monotonic(), "empty"))
+        session.set_turn_detection(True)
 
     def _on_session_event(self, ev, t_open: float) -> None:
         now = time.monotonic()
@@ -1613,32 +1150,7 @@ class Daemon:
                             dropped * 1000 // self.cfg.audio.playback_rate, ev.item_id,
                             extra={"VOXBOX_EVENT": "reply_overflow", "VOXBOX_ITEM_ID": ev.item_id})
             return
-        if isinstance(ev, SessionCreated):
-            left = self.link.expires_in(ev.expires_at, time.time()) if ev.expires_at is not None else None
-            self._expires_at = None if left is None else now + left
-            if ev.expires_at is not None and left is None:
-                log.warning("session.created expires_at %s is %.0f s from now by this unit's clock: ignored "
-                            "(is the clock set?); rolling over by the dialect's period",
-                            ev.expires_at, ev.expires_at - time.time(), extra={"VOXBOX_EVENT": "session"})
-            log.info("session created%s", "" if left is None else f"; the service ends it in {left:.0f} s",
-                     extra={"VOXBOX_EVENT": "session", "VOXBOX_SESSION_ID": ev.session_id,
-                            **({} if left is None else {"VOXBOX_EXPIRES_IN_S": round(left)})})
-        elif isinstance(ev, SessionReady):
-            log.info("session ready in %d ms", (now - t_open) * 1000,
-                     extra={"VOXBOX_EVENT": "session_ready", "VOXBOX_SESSION_ID": ev.session_id,
-                            "VOXBOX_CONNECT_MS": int((now - t_open) * 1000)})
-            down_since = self.link.down_since
-            self.link.session_ready(now, self._expires_at)
-            self.metrics.set_link("up")
-            if down_since is not None:
-                self.metrics.on_reconnect()
-                log.info("link back: session ready %d ms after the link was lost (outage)",
-                         (now - down_since) * 1000,
-                         extra={"VOXBOX_EVENT": "reconnected",
-                                "VOXBOX_RECONNECT_MS": int((now - down_since) * 1000)})
-            self._replay_context()
-            self._apply(conv.link_up(now))
-        elif isinstance(ev, SpeechStarted):
+        if isinstance(ev, SpeechStarted):
             self.turn.speech_started = now
             log.info("service heard speech start", extra={"VOXBOX_EVENT": "speech_started",
                                                            "VOXBOX_ITEM_ID": ev.item_id})
@@ -1674,8 +1186,6 @@ class Daemon:
         elif isinstance(ev, UserTranscript):
             log.info("user: %s", ev.transcript, extra={"VOXBOX_EVENT": "user_transcript"})
             self._remember("user", ev.transcript)
-        elif isinstance(ev, InvalidEvent):
-            self._rejected_event(ev.type, f"field {ev.field}: {ev.detail}")
         elif isinstance(ev, ServerError):
             level = logging.ERROR if ev.fatal else logging.WARNING
             if ev.code == "response_cancel_not_active":
@@ -1685,10 +1195,7 @@ class Daemon:
                     f" {ev.event_id}" if ev.event_id else "", ev.message or "(no message)",
                     extra={"VOXBOX_EVENT": "service_error", "VOXBOX_ERROR_CODE": ev.code,
                            "VOXBOX_CAUSE": ev.cause or ""})
-            if ev.code == "session_expired":
-                self._expired = True
             if ev.fatal:
-                self._fatal_code = ev.code
                 self._apply(conv.fatal(now, ev.code))
 
     async def _run_tool(self, call) -> None:
@@ -1750,11 +1257,7 @@ class Daemon:
         fields["VOXBOX_JITTER_UNDERRUNS"] = self.jitter.underruns - self._underruns_at_turn
         fields["VOXBOX_JITTER_TARGET_MS"] = round(self.jitter.target_ms)
         fields.update(_added_fields(self.jitter.added_latency() - self._added_at_turn))
-        est = self.delay_tracker.last if self.delay_tracker is not None else None
-        if est is not None:  # one attribute, replaced whole by the echo worker
-            fields["VOXBOX_ECHO_DELAY_MS"] = round(est.delay_ms, 2)
-            fields["VOXBOX_ERL_DB"] = round(est.erl_db, 1)
-            fields["VOXBOX_DRIFT_PPM"] = round(self._drift_target_ppm, 1)
+        fields.update(self.echo.turn_fields())
         log.info("turn %d done: %s", t.turn,
                  " ".join(f"{k[7:].lower()}={v}" for k, v in fields.items() if "MS" in k), extra=fields)
 
@@ -1775,55 +1278,11 @@ class Daemon:
                 last_state = state
 
     def _supervise_link(self, now: float) -> None:
-        ws = self._ws
-        if ws is None or self.session is None or self.link.rolling:
-            return
-        idle = (self.conv.state is State.IDLE and not self.jitter.active and self._cue is None
-                and self.session.response_id is None)
-        if self.link.should_roll_over(now, idle):
-            self.link.start_rollover()
-            left = "" if self._expires_at is None else f", {self._expires_at - now:.0f} s before the service's expires_at"
-            log.info("session is %.0f s old: rolling over to a fresh one between turns%s",
-                     now - self.link.session_started, left, extra={"VOXBOX_EVENT": "rollover"})
-            asyncio.ensure_future(ws.close(1000, "session rollover"))
-            return
-        if self.link.stalled(now):
-            self._stall_cause = (f"stalled: a ping unanswered for {now - self.link.ping_out:.1f} s, "
-                                 f"no server event either ({self.conv.state})")
-            log.warning("%s; replacing the socket", self._stall_cause, extra={"VOXBOX_EVENT": "stall"})
-            self.link.pong(now)  # once
-            transport = getattr(ws, "transport", None)
-            if transport is not None:
-                transport.abort()
+        idle = self.conv.state is State.IDLE and not self.jitter.active and self._cue is None
+        self.rt.supervise(now, idle, str(self.conv.state))
 
     def _audio_alive(self, now: float, within_s: float) -> bool:
         return self.capture_frames > 0 and now - self.last_capture_t < within_s
-
-    def _init_reference_line(self) -> None:
-        """Start the far-end delay line from what ALSA reports: the playback ring's fill
-        (written, not yet played) plus one capture period (a frame is read a period after
-        its first sample), plus ``frontend.reference_delay_ms`` for buffering ALSA cannot
-        see (USB, Bluetooth, a rig's pipes). The echo-delay tracker then refines it."""
-        a = self.cfg.audio
-        st = self._echo_state
-        if st is not None:
-            line = max(self._ref_floor, round(st.reference_delay_ms * a.capture_rate / 1000))
-            self._ref_delay = line
-            log.info("reference delay line %.1f ms, drift %+.1f ppm: restored from %s (measured on these "
-                     "devices; echo return loss %s dB)", line * 1000 / a.capture_rate, st.drift_ppm,
-                     self._echo_state_path, "?" if st.erl_db is None else f"{st.erl_db:.1f}",
-                     extra={"VOXBOX_EVENT": "echo_delay", "VOXBOX_REFERENCE_DELAY_MS":
-                            round(line * 1000 / a.capture_rate, 2), "VOXBOX_RESTORED": 1})
-            return
-        play = self.playback.delay_samples() if self.playback is not None else 0
-        play16 = play * a.capture_rate // a.playback_rate
-        extra = a.capture_rate * self.cfg.frontend.reference_delay_ms // 1000
-        line = max(self._ref_floor, play16 + self.cap_period + extra)
-        self._ref_delay = line
-        log.info("reference delay line %.1f ms = ALSA playback delay %.1f ms + capture period %.1f ms "
-                 "+ reference_delay_ms %d", line * 1000 / a.capture_rate, play16 * 1000 / a.capture_rate,
-                 self.cap_period * 1000 / a.capture_rate, self.cfg.frontend.reference_delay_ms,
-                 extra={"VOXBOX_EVENT": "echo_delay", "VOXBOX_REFERENCE_DELAY_MS": round(line * 1000 / a.capture_rate, 2)})
 
     def _devices_down(self) -> list[str]:
         """The audio devices the loops are waiting for (missing, busy, blocked)."""
@@ -1844,7 +1303,7 @@ class Daemon:
             if (audio and not self._line_from_alsa and self.playback is not None
                     and self.playback.status().state == "open"):
                 self._line_from_alsa = True
-                self._init_reference_line()
+                self.echo.init_line(self.playback.delay_samples(), self.cfg.audio.playback_rate)
                 # trains the echo canceller on the right alignment before the first reply
                 self._play_earcon("startup")
             down = self._devices_down()
@@ -1900,7 +1359,7 @@ class _DaemonToolContext:
         return {"state": d.conv.state.value, "muted": d.conv.muted, "volume": d.volume.get(),
                 "session_id": d.session.session_id if d.session is not None else None,
                 "uptime_s": round(time.monotonic() - d.t_start), "version": __version__,
-                "reconnects": d.stats["reconnects"]}
+                "reconnects": d.rt.reconnects}
 
     def now(self):
         import datetime
@@ -1940,15 +1399,3 @@ def _return_large_buffers() -> None:
     M_MMAP_THRESHOLD = -3
     if not mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES):
         log.debug("mallopt(M_MMAP_THRESHOLD) refused")
-
-
-def _close_cause(exc) -> str:
-    rcvd = getattr(exc, "rcvd", None)
-    if rcvd is not None:
-        return f"closed by the service ({rcvd.code} {rcvd.reason})".strip()
-    return "connection dropped"
-
-
-def _fatal_close(exc) -> bool:
-    rcvd = getattr(exc, "rcvd", None)
-    return rcvd is not None and rcvd.code in FATAL_CLOSE_CODES

@@ -1,0 +1,308 @@
+"""The far-end reference path: what the speaker played, delayed to meet its echo.
+
+Three threads use it, each through its own methods:
+
+- playback thread: :meth:`EchoPath.written` (a period handed to the device: resampled to
+  the capture rate, drift-compensated, into the reference ring) and :meth:`EchoPath.dropped`
+  (a barge-in dropped periods the device held: the ring takes them back);
+- capture thread: :meth:`EchoPath.read` (the reference period for this microphone period,
+  read ``delay`` samples behind the ring's head, :meth:`voxbox.audio.ring.SampleRing.read_delayed`)
+  and :meth:`EchoPath.observe` (the pair queued for the echo worker);
+- echo worker thread (:meth:`EchoPath.start`): the echo-delay tracker (GCC-PHAT over 2 s
+  windows once a second, :class:`voxbox.dsp.align.EchoDelayTracker`), whose estimates the
+  :class:`voxbox.dsp.align.ReferenceAligner` turns into moves of the delay line and
+  retunes of the drift compensator.
+
+Every change of the echo path it makes (a move, a resync of the ring, a cold start) is
+reported through ``on_path_changed`` (any thread): the canceller reconverges, and the
+near-end detector must not take its residual for a talker. The measured delay, drift and
+ERL are persisted (:mod:`voxbox.dsp.echostate`, ``$STATE_DIRECTORY/echo.json``) at most
+once a minute and at stop, and restored at start so the first reply after boot has them.
+The audio threads read the two results (the line, an int; the drift, a float) without a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import soxr
+
+from voxbox.audio.ring import FrameQueue, SampleRing
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EchoPath", "MIN_REF_DELAY_PERIODS", "REF_MOVE_QUIET_PERIODS"]
+
+MIN_REF_DELAY_PERIODS = 3
+"""Shortest far-end reference delay line, in capture periods: the two audio threads wake
+at different times, and a shorter backlog starves the reference."""
+
+REF_MOVE_QUIET_PERIODS = 30
+"""A move of the reference delay line that is not urgent (the reference still leads its
+echo) waits until the reference has been silent this many capture periods (300 ms)."""
+
+SAVE_EVERY_S = 60.0
+"""The echo state is written at most this often (s), and at stop."""
+
+
+class EchoPath:
+    """Args:
+        cfg: the validated configuration (``audio``, ``frontend``).
+        cap_period: capture period, samples.
+        state_path: the echo state file (``echo.json``).
+        metrics: :class:`voxbox.host.metrics.UnitMetrics` (echo delay, ERL).
+        on_path_changed: called (from any thread) when the echo path the canceller sees
+            changed: a line move, a resync, a cold start.
+    """
+
+    def __init__(self, cfg, cap_period: int, state_path: Path, metrics,
+                 on_path_changed: Callable[[], None]) -> None:
+        a = cfg.audio
+        self.cfg = cfg
+        self.cap_period = cap_period
+        self.metrics = metrics
+        self.on_path_changed = on_path_changed
+        self.state_path = state_path
+        self.devices = (f"capture={a.capture_device} playback={a.playback_device} "
+                        f"rate={a.playback_rate} period_ms={a.period_ms} periods={a.periods}")
+        self.state = None  # the EchoState restored or last saved
+        self._saving = False
+        self._saved_at = 0.0
+        self.ring = SampleRing(a.capture_rate)  # 1 s
+        self.floor = MIN_REF_DELAY_PERIODS * cap_period
+        #: the delay line, samples (written by the echo worker and at start; read by the capture thread)
+        self.delay = max(self.floor, a.capture_rate * cfg.frontend.reference_delay_ms // 1000)
+        self._resyncs_seen = 0
+        self._quiet = 0  # echo worker: periods since the reference last held signal
+        self._pending_move: tuple[int, float, float] | None = None  # a line move waiting for a pause
+        self.tracker = None
+        self._queue: FrameQueue | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.aligner = None
+        #: the drift the compensator aims at, ppm (published by the echo worker)
+        self.drift_target_ppm = 0.0
+        self._drift_comp = None  # used by the playback thread only
+        if cfg.frontend.echo_cancel and cfg.frontend.track_echo_delay:
+            from voxbox.dsp.align import DriftCompensator, EchoDelayTracker, ReferenceAligner
+
+            self.tracker = EchoDelayTracker(a.capture_rate)
+            # 1 s of (reference, microphone) periods for the echo worker thread
+            self._queue = FrameQueue(a.capture_rate // cap_period, cap_period)
+            self.aligner = ReferenceAligner(a.capture_rate, lead_ms=cfg.frontend.reference_lead_ms)
+            if cfg.frontend.drift_compensation:
+                self._drift_comp = DriftCompensator(0.0)
+        # float, not int16: soxr's int16 output carries +-1 of dither after the signal, and a
+        # reference that is never exactly silent keeps the far end "active" for ever
+        self._resampler = (None if a.playback_rate == a.capture_rate else
+                           soxr.ResampleStream(a.playback_rate, a.capture_rate, 1, dtype="float32"))
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------------ start, stop
+    def restore(self) -> None:
+        """At start: read the echo state measured on these devices (if any) and take its drift."""
+        if self.tracker is None:
+            return
+        from voxbox.dsp.echostate import load_echo_state
+
+        self.state = load_echo_state(self.state_path, self.devices)
+        if self.state is not None and self._drift_comp is not None:
+            self.drift_target_ppm = self.state.drift_ppm
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the echo worker thread (when the delay is tracked); journal lines and
+        saves go through ``loop``."""
+        self._loop = loop
+        if self._queue is not None:
+            self._thread = threading.Thread(target=self._worker, name="echo-delay", daemon=True)
+            self._thread.start()
+
+    async def stop(self) -> None:
+        """Stop the worker; save the echo state if the line moved since start."""
+        self._stop.set()
+        if self.tracker is not None and self.aligner is not None and self.aligner.moves:
+            await self._save(None, None, force=True)
+        self._resampler = None  # free the native resampler stream now, not at interpreter exit
+
+    def init_line(self, playback_delay: int, playback_rate: int) -> None:
+        """Start the delay line: from the restored echo state, else from what ALSA reports:
+        the playback ring's fill ``playback_delay`` (samples at ``playback_rate``: written,
+        not yet played) plus one capture period (a frame is read a period after its first
+        sample), plus ``frontend.reference_delay_ms`` for buffering ALSA cannot see (USB,
+        Bluetooth, a rig's pipes). The echo-delay tracker then refines it."""
+        a = self.cfg.audio
+        st = self.state
+        if st is not None:
+            line = max(self.floor, round(st.reference_delay_ms * a.capture_rate / 1000))
+            self.delay = line
+            log.info("reference delay line %.1f ms, drift %+.1f ppm: restored from %s (measured on these "
+                     "devices; echo return loss %s dB)", line * 1000 / a.capture_rate, st.drift_ppm,
+                     self.state_path, "?" if st.erl_db is None else f"{st.erl_db:.1f}",
+                     extra={"VOXBOX_EVENT": "echo_delay", "VOXBOX_REFERENCE_DELAY_MS":
+                            round(line * 1000 / a.capture_rate, 2), "VOXBOX_RESTORED": 1})
+            return
+        play16 = playback_delay * a.capture_rate // playback_rate
+        extra = a.capture_rate * self.cfg.frontend.reference_delay_ms // 1000
+        line = max(self.floor, play16 + self.cap_period + extra)
+        self.delay = line
+        log.info("reference delay line %.1f ms = ALSA playback delay %.1f ms + capture period %.1f ms "
+                 "+ reference_delay_ms %d", line * 1000 / a.capture_rate, play16 * 1000 / a.capture_rate,
+                 self.cap_period * 1000 / a.capture_rate, self.cfg.frontend.reference_delay_ms,
+                 extra={"VOXBOX_EVENT": "echo_delay", "VOXBOX_REFERENCE_DELAY_MS": round(line * 1000 / a.capture_rate, 2)})
+
+    def turn_fields(self) -> dict:
+        """Journal fields for a turn record: the latest estimate on the current line."""
+        est = self.tracker.last if self.tracker is not None else None
+        if est is None:  # one attribute, replaced whole by the echo worker
+            return {}
+        return {"VOXBOX_ECHO_DELAY_MS": round(est.delay_ms, 2), "VOXBOX_ERL_DB": round(est.erl_db, 1),
+                "VOXBOX_DRIFT_PPM": round(self.drift_target_ppm, 1)}
+
+    # ------------------------------------------------------------------ playback thread
+    def written(self, frame: np.ndarray) -> None:
+        """Playback thread: ``frame`` (int16, playback rate) went to the device."""
+        if self._resampler is None:
+            ref = frame
+        else:
+            y = self._resampler.resample_chunk(frame.astype(np.float32))
+            np.rint(y, out=y)
+            np.clip(y, -32768, 32767, out=y)
+            ref = y.astype(np.int16)
+        comp = self._drift_comp
+        if comp is not None:
+            if comp.ppm != self.drift_target_ppm:
+                comp.set_ppm(self.drift_target_ppm)
+            ref = comp.process(ref)
+        self.ring.write(ref)
+
+    def dropped(self, frames: int) -> None:
+        """Playback thread: a barge-in dropped ``frames`` (playback rate) the device held,
+        never played: the reference forgets them, so it keeps pairing with what the
+        microphone hears."""
+        a = self.cfg.audio
+        self.ring.unwrite(frames * a.capture_rate // a.playback_rate)
+
+    # ------------------------------------------------------------------ capture thread
+    def read(self, out: np.ndarray) -> None:
+        """Capture thread: the reference period for the microphone period just read, into
+        ``out`` (int16, ``cap_period``). A resync of the ring is an echo-path change."""
+        ring = self.ring
+        backlog = ring.available
+        ring.read_delayed(out, self.delay)
+        if ring.resyncs != self._resyncs_seen:
+            self._resyncs_seen = ring.resyncs
+            self.on_path_changed()
+            self._loop.call_soon_threadsafe(self._log_resync, backlog, self.delay, ring.resyncs)
+
+    def observe(self, ref: np.ndarray, mic: np.ndarray) -> None:
+        """Capture thread: queue the pair for the echo worker (never analysed on this thread)."""
+        if self._queue is not None:
+            self._queue.put(ref, mic)
+
+    def _log_resync(self, backlog: int, line: int, count: int) -> None:
+        """The reference delay line slipped: the echo path moved for the canceller."""
+        rate = self.cfg.audio.capture_rate
+        log.debug("reference delay line resynced (%d so far): backlog %.1f ms against the line's %.1f ms",
+                  count, backlog * 1000 / rate, line * 1000 / rate,
+                  extra={"VOXBOX_EVENT": "reference_resync", "VOXBOX_COUNT": count})
+
+    # ------------------------------------------------------------------ echo worker
+    def _worker(self) -> None:
+        """Echo-delay worker thread: drains the periods the capture thread queued and runs
+        the tracker (milliseconds of FFTs that must not delay the capture loop)."""
+        pair = np.zeros((2, self.cap_period), dtype=np.int16)
+        while not self._stop.wait(0.05):
+            while self._queue.get_into(pair):
+                self.track(pair[0], pair[1])
+
+    def track(self, ref: np.ndarray, mic: np.ndarray) -> None:
+        """Echo worker: feed the echo-delay tracker; move the reference delay line and
+        retune the drift compensator when the aligner says so (see voxbox.dsp.align)."""
+        tr = self.tracker
+        # a move of the line is an echo-path change for the canceller: one that is not
+        # urgent waits for a pause of the far end (between replies), where it costs nothing
+        self._quiet = self._quiet + 1 if not ref.any() else 0
+        pending = self._pending_move
+        if pending is not None and self._quiet >= REF_MOVE_QUIET_PERIODS:
+            self._pending_move = None
+            self._move_line(*pending)
+        est = tr.push(ref, mic)
+        if est is None:
+            return
+        new = self.aligner.on_delay(est.delay_ms, self.delay)
+        if new is not None:
+            new = max(new, self.floor)
+        if new is not None and new != self.delay:
+            if est.delay_ms >= 0 and self._quiet < REF_MOVE_QUIET_PERIODS:
+                self._pending_move = (new, est.delay_ms, est.erl_db)  # the reference leads: wait
+            else:
+                self._pending_move = None
+                self._move_line(new, est.delay_ms, est.erl_db)
+            return
+        if self._drift_comp is not None:
+            ppm = self.aligner.on_drift(tr.drift_ppm, tr.drift_stderr_ppm, self.drift_target_ppm)
+            if ppm is not None:
+                self.drift_target_ppm = ppm
+                tr.reset_drift()
+                self._loop.call_soon_threadsafe(self._log_drift, ppm)
+
+    def _move_line(self, new: int, delay_ms: float, erl_db: float) -> None:
+        """Echo worker: set the reference delay line to ``new`` samples."""
+        old = self.delay
+        if new == old:
+            return
+        self.delay = new
+        self.on_path_changed()
+        self.tracker.reset()  # turn records show only estimates on the current line
+        self._loop.call_soon_threadsafe(self._log_alignment, delay_ms, old, new, erl_db)
+
+    # ------------------------------------------------------------------ event loop
+    def _log_alignment(self, delay_ms: float, old: int, new: int, erl_db: float) -> None:
+        self.metrics.set_echo_delay_ms(delay_ms)
+        self.metrics.set_erl_db(erl_db)
+        rate = self.cfg.audio.capture_rate
+        log.info("echo delay %.1f ms (reference lead wanted %.1f ms): reference delay %.1f -> %.1f ms; "
+                 "echo return loss %.1f dB", delay_ms, self.cfg.frontend.reference_lead_ms,
+                 old * 1000 / rate, new * 1000 / rate, erl_db,
+                 extra={"VOXBOX_EVENT": "echo_delay", "VOXBOX_ECHO_DELAY_MS": round(delay_ms, 2),
+                        "VOXBOX_REFERENCE_DELAY_MS": round(new * 1000 / rate, 2),
+                        "VOXBOX_ERL_DB": round(erl_db, 1)})
+        # the lead the canceller sees on the new line
+        self._loop.create_task(self._save(delay_ms - (new - old) * 1000 / rate, erl_db))
+
+    def _log_drift(self, ppm: float) -> None:
+        log.info("clock drift between capture and playback: compensating %+.1f ppm", ppm,
+                 extra={"VOXBOX_EVENT": "clock_drift", "VOXBOX_DRIFT_PPM": round(ppm, 1)})
+        last = self.tracker.last if self.tracker is not None else None
+        self._loop.create_task(self._save(getattr(last, "delay_ms", None), getattr(last, "erl_db", None)))
+
+    async def _save(self, echo_ms: float | None, erl_db: float | None, force: bool = False) -> None:
+        """Persist the echo path (reference delay, drift, ERL) for the next start: at most
+        once a minute (and at stop), written off the event loop (an fsync on an SD card)."""
+        now = time.monotonic()
+        if self._saving or (not force and now - self._saved_at < SAVE_EVERY_S):
+            return
+        from voxbox.dsp.echostate import EchoState, save_echo_state
+
+        rate = self.cfg.audio.capture_rate
+        prev = self.state
+        if echo_ms is None and prev is not None:
+            echo_ms, erl_db = prev.echo_delay_ms, erl_db if erl_db is not None else prev.erl_db
+        self._saving = True
+        try:
+            st = EchoState.from_measurement(self.delay * 1000 / rate, echo_ms, self.drift_target_ppm,
+                                            erl_db, self.devices)
+            await asyncio.to_thread(save_echo_state, self.state_path, st)
+            self.state = st
+            self._saved_at = now
+        except (OSError, ValueError) as exc:
+            log.error("cannot save the echo path in %s: %s", self.state_path, exc,
+                      extra={"VOXBOX_EVENT": "state_file"})
+        finally:
+            self._saving = False
