@@ -35,7 +35,7 @@ import numpy as np
 import soxr
 
 from voxbox import __version__
-from voxbox.audio.jitter import JitterBuffer, LatencyHistogram, PullClock, PullResult
+from voxbox.audio.jitter import JitterBuffer, LatencyHistogram
 from voxbox.config import Config, ConfigError
 from voxbox.conversation.machine import (
     UPLINK_STATES,
@@ -75,6 +75,7 @@ from voxbox.realtime.session import (
     UserTranscript,
 )
 from voxbox.realtime.turnaudio import TurnAudio
+from voxbox.service.audiopath import UPLINK_BLOCK_MS, AudioCallbacks, AudioPath
 from voxbox.service.health import HealthMonitor
 
 log = logging.getLogger("voxbox.service.daemon")
@@ -85,17 +86,6 @@ def _fmt_stats(stats: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items())
 
 
-UPLINK_BLOCK_MS = 40
-"""Uplink audio is sent in blocks of this many ms (one ``input_audio_buffer.append`` each)."""
-
-#: after an echo-path change the daemon made itself (a move of the reference delay line,
-#: a resync of it) the near-end detector pauses no reply during this much far-end signal
-#: (ms): the canceller is reconverging, and its residual looks like a talker to the
-#: detector and, with an echo estimate not yet caught up, to the check. Measured in the
-#: closed loop (t06, +6 dB): replies after a move began with 0-4 dB of echo cancellation for
-#: about 400 ms, and were paused, and cut, on their own echo at 250-350 ms.
-RECONVERGE_FAR_MS = 1000.0
-
 TURN_AUDIO_MAX_S = 30.0
 """Longest question kept on the unit for a resend after a link loss (s)."""
 
@@ -104,8 +94,6 @@ UNDERRUN_LOG_MAX = 5
 
 LONG_HOLD_TALK_S = 0.5
 """A long hold is a mute toggle unless the user spoke this long during the hold (s)."""
-VOICE_POWER = (32768 * 10 ** (-40 / 20)) ** 2
-"""Mean power of a capture period counted as voice during a hold (-40 dBFS RMS)."""
 
 HEALTH_TICK_S = 0.5
 """How often the audio devices are judged (voxbox.service.health) and the LED/STATUS= refreshed (s)."""
@@ -190,12 +178,9 @@ class Daemon:
         self._turn_audio_state = self.conv.state
         self._state_path = sd.state_dir() / cc.state_file
         self._ptt_samples = 0  # uplink samples streamed in the current push-to-talk hold
-        self._ptt_voiced_frames = 0  # capture periods above VOICE_DBFS during the hold
-        # earcons: the playback thread mixes the current cue into the reply (whole frames)
+        # earcons and spoken prompts: the playback thread mixes the current cue into the reply
         self._earcons: dict[str, np.ndarray] = {}
-        self._cue: np.ndarray | None = None
         self._prompts: dict[str, np.ndarray] = {}
-        self._cue_pos = 0
         if a.jitter_fixed_ms is not None:  # a fixed-depth buffer (a baseline, or a known link)
             self.jitter = JitterBuffer(a.playback_rate, self.play_period, a.jitter_fixed_ms, stretch=False,
                                        min_ms=a.jitter_fixed_ms, max_ms=a.jitter_fixed_ms)
@@ -203,11 +188,9 @@ class Daemon:
             self.jitter = JitterBuffer(a.playback_rate, self.play_period, a.jitter_prebuffer_ms,
                                        stretch=a.jitter_stretch, min_ms=a.jitter_min_ms,
                                        max_ms=a.jitter_max_ms)
-        self._pull_clock = PullClock(a.playback_rate, self.play_period)
         self._line_from_alsa = False
         self._underruns_at_turn = 0
         self._added_at_turn = self.jitter.added_latency()
-        self._wake_aware = cfg.wake.enabled and cfg.wake.playback_aware
         self.notifier = Notifier()
         from voxbox.audio.alsa import OPEN_TIMEOUT_S
 
@@ -215,49 +198,13 @@ class Daemon:
         self.health = HealthMonitor(a.capture_device, a.playback_device, deaf_after_s=a.deaf_after_s,
                                     probe_timeout_s=OPEN_TIMEOUT_S)
         self.turn = TurnTimes()
-        self.uplink_open = False  # read by the capture thread
-        self._wake_reset = False
         self._stop = asyncio.Event()
         self._ready_sent = False
         self._led_name = ""
         self._loop: asyncio.AbstractEventLoop | None = None
-        # capture-thread state (touched only by the capture thread)
-        self._ref_frame = np.zeros(self.cap_period, dtype=np.int16)
-        self._cap_f32 = np.zeros(self.cap_period, dtype=np.float32)  # voice-level scratch
-        self._erle_f32 = np.zeros(self.cap_period, dtype=np.float32)  # ERLE scratch
-        #: microphone and cleaned energy summed over far-end periods (capture thread; read
-        #: and reset by the metrics writer: a race costs one period of 10 ms in a sum)
-        self._erle_mic = self._erle_out = 0.0
-        self._up_resampler: soxr.ResampleStream | None = None
-        self._up_parts: list[np.ndarray] = []
-        self._up_samples = 0
-        self._up_block = PCM_RATE * UPLINK_BLOCK_MS // 1000
-        self.capture_frames = 0
-        self.last_capture_t = 0.0
-        self.last_nonsilent_t = 0.0
-        # playback-thread state
-        self._play_buf = np.zeros(self.play_period, dtype=np.int16)
-        self._mix_i32 = np.zeros(self.play_period, dtype=np.int32)  # earcon mixing scratch
-        self._last_pull = PullResult(None, 0, False, False, 0)
-        self._playing_item: str | None = None
         self._reply_resampler = (None if a.playback_rate == PCM_RATE else
                                  soxr.ResampleStream(PCM_RATE, a.playback_rate, 1, dtype="int16"))
-        self.frontend = None
-        self.near_end = None  # voxbox.duplex.nearend.NearEndDetector (local barge-in)
-        self.gate = None  # voxbox.duplex.uplinkgate.UplinkGate
-        self._fe_far = False  # the latest front-end frame's reference held far-end signal
-        #: far-end front-end frames left during which the detector pauses no reply (the
-        #: canceller reconverges after an echo-path change; written by the echo worker and
-        #: the capture thread, an int: no lock)
-        self._reconverge_frames = 0
-        self._near = False  # the detector's latest decision
-        self._check = None  # voxbox.duplex.interruption.InterruptionCheck (the second stage)
-        self._check_start = False  # loop -> capture thread: start the check
-        self._tentative = False  # a reply is paused on the detector's word, being checked
-        self._onset_t = 0.0  # when the detector heard the user (monotonic s)
-        self._gate_open: int | None = None  # loop -> capture thread: open the gate, pre-roll
-        self.recorder = None
-        self.wake = None
+        self._onset_t = 0.0  # when the near-end detector heard the user (monotonic s)
         self.capture = None
         self.playback = None
         self.led = None
@@ -293,6 +240,12 @@ class Daemon:
 
         self.volume = Volume(self._state_path.parent, mixer=a.mixer or None, mixer_device=a.mixer_device,
                              default_percent=a.volume)
+        #: what the capture and playback threads do with each period (voxbox.service.audiopath)
+        self.audio = AudioPath(cfg, self.jitter, self.volume, self.echo, AudioCallbacks(
+            on_wake=self._on_wake, on_uplink_block=self._queue_uplink, on_near_end=self._on_near_end,
+            on_verdict=self._on_verdict, on_gate_change=self._log_gate,
+            on_playback_started=self._on_playback_started, on_playback_drained=self._on_playback_drained,
+            on_underrun=self._on_underrun), local_barge_in=self.local_barge_in)
         self.tools = None
         self.tool_runner = None
         if cfg.tools.enabled:
@@ -320,15 +273,15 @@ class Daemon:
         ``$STATE_DIRECTORY/recordings`` (``/var/lib/voxbox/recordings`` outside systemd).
         Runs on the event loop; the copy is taken under the recorder's short lock and the
         files are written off the loop. Replay with ``voxbox dsp``."""
-        if self.recorder is None:
+        if self.audio.recorder is None:
             log.warning("recording requested but frontend.record_s is 0; nothing recorded",
                         extra={"VOXBOX_EVENT": "recording"})
             return
-        rec = self.recorder.snapshot()
+        rec = self.audio.recorder.snapshot()
         state_dir = sd.state_dir()
         directory = state_dir / "recordings"
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        settings = None if self.frontend is None else dataclasses.asdict(self.frontend.settings)
+        settings = None if self.audio.frontend is None else dataclasses.asdict(self.audio.frontend.settings)
 
         def write() -> None:
             from voxbox.audio.wavfile import write_wav
@@ -340,7 +293,7 @@ class Daemon:
             meta = {"sample_rate": rec.sample_rate, "samples": int(rec.samples.shape[0]),
                     "start_sample": rec.start_sample, "from_start": rec.from_start,
                     "frontend": settings, "reference_delay_ms": self.cfg.frontend.reference_delay_ms,
-                    "latency_samples": None if self.frontend is None else self.frontend.latency_samples}
+                    "latency_samples": None if self.audio.frontend is None else self.audio.frontend.latency_samples}
             Path(f"{base}.json").write_text(json.dumps(meta, indent=1) + "\n")
             log.info("recording written: %s-{mic,ref,out}.wav (%.1f s%s)", base,
                      rec.samples.shape[0] / rec.sample_rate,
@@ -378,15 +331,16 @@ class Daemon:
 
         # a device missing at start (a USB card not enumerated yet), lost or blocked: the
         # loops keep trying it (in a child process first) and the unit runs meanwhile
-        self.playback = PlaybackLoop(cfg.audio.playback_device, self._playback_source,
-                                     self._playback_written, rate=cfg.audio.playback_rate,
+        self.playback = PlaybackLoop(cfg.audio.playback_device, self.audio.playback_source,
+                                     self.audio.playback_written, rate=cfg.audio.playback_rate,
                                      period=self.play_period, periods=cfg.audio.periods,
                                      wait_for_device=True)
-        self.capture = CaptureLoop(cfg.audio.capture_device, self._on_capture_frame,
+        self.capture = CaptureLoop(cfg.audio.capture_device, self.audio.on_capture_frame,
                                    rate=cfg.audio.capture_rate, period=self.cap_period,
                                    periods=cfg.audio.periods, wait_for_device=True)
         self.playback.on_drop = self.echo.dropped
         self.echo.start(self._loop)
+        self.audio.start(self._loop)
         self.playback.start()
         self.capture.start()
         tasks = [asyncio.create_task(self.rt.run(self._stop), name="link"),
@@ -411,7 +365,8 @@ class Daemon:
             if self.button is not None:
                 self.button.close()
             # free the native resampler streams now rather than at interpreter exit
-            self._up_resampler = self._reply_resampler = None
+            self.audio.close()
+            self._reply_resampler = None
             # the reply audio since start, for the field and the link benchmark
             added = self.jitter.added_latency()
             rate = self.cfg.audio.playback_rate
@@ -423,34 +378,7 @@ class Daemon:
 
     def _build_dsp(self) -> None:
         cfg = self.cfg
-        from voxbox.dsp.frontend import build_frontend
-
-        # the same builder as `voxbox dsp`; the wake-word tap does not change the uplink output
-        self.frontend = build_frontend(cfg, wake_tap="aec" if cfg.wake.enabled and cfg.wake.playback_aware else None)
-        if self.frontend is not None and self.local_barge_in:
-            from voxbox.duplex.nearend import BargeInSettings, NearEndDetector, SileroVad
-
-            # the first stage only pauses the reply (the check with the speaker quiet decides),
-            # so it is more sensitive than the detector's stand-alone defaults: a short
-            # "Stop." in double talk reaches Silero 0.5-0.7, rarely 0.8
-            self.near_end = NearEndDetector(
-                BargeInSettings(frame_size=self.frontend.frame_size, sample_rate=cfg.audio.capture_rate,
-                                vad_min=0.5, onset_fill=0.75),
-                vad=SileroVad(cfg.audio.capture_rate))
-            self.frontend.observer = self._on_frontend_frame
-            from voxbox.duplex.interruption import InterruptionCheck
-
-            self._check = InterruptionCheck(1000 * self.frontend.frame_size / cfg.audio.capture_rate)
-            if cfg.barge_in.uplink_gate:
-                from voxbox.duplex.uplinkgate import UplinkGate
-
-                self.gate = UplinkGate(self.cap_period, cfg.audio.capture_rate,
-                                       preroll_ms=cfg.barge_in.preroll_ms, tail_ms=cfg.barge_in.tail_ms,
-                                       max_preroll_ms=cfg.barge_in.preroll_ms + 1200)
-        if cfg.frontend.record_s > 0:
-            from voxbox.dsp.recorder import CaptureRecorder
-
-            self.recorder = CaptureRecorder(cfg.frontend.record_s, cfg.audio.capture_rate)
+        self.audio.build()
         from voxbox.audio.earcon import EarconError, EarconSet, load_prompts
 
         try:
@@ -464,17 +392,6 @@ class Daemon:
         except EarconError as exc:
             log.error("spoken prompts off: %s", exc, extra={"VOXBOX_EVENT": "config_error"})
             self._prompts = {}
-        if cfg.wake.enabled:
-            from voxbox.wake.detector import WakeWordDetector
-
-            if cfg.wake.playback_aware:
-                from voxbox.wake.detector import PlaybackAwareWake
-
-                self.wake = PlaybackAwareWake(cfg.wake.model, cfg.wake.threshold,
-                                              threshold_playback=cfg.wake.threshold_playback,
-                                              refractory_s=cfg.wake.refractory_s)
-            else:
-                self.wake = WakeWordDetector(cfg.wake.model, cfg.wake.threshold, cfg.wake.refractory_s)
 
     def _build_gpio(self) -> None:
         g = self.cfg.gpio
@@ -521,156 +438,13 @@ class Daemon:
             loop.add_reader(sock.fileno(), on_msg)
             self._mock_sock = sock
 
-    # ------------------------------------------------------------------- capture thread
-    def _on_capture_frame(self, frame: np.ndarray, t: float) -> None:
-        """Capture thread: one 10 ms period of 16 kHz int16 microphone samples."""
-        self.capture_frames += 1
-        self.last_capture_t = t
-        if frame.any():
-            self.last_nonsilent_t = t
-        ref = self._ref_frame
-        self.echo.read(ref)
-        clean = self.frontend.process(frame, ref) if self.frontend is not None else frame
-        if self._fe_far and self.frontend is not None:  # ERLE over far-end periods (metrics)
-            f = self._erle_f32
-            np.copyto(f, frame)
-            self._erle_mic += float(np.dot(f, f))
-            np.copyto(f, clean)
-            self._erle_out += float(np.dot(f, f))
-        gate = self.gate
-        if gate is not None:
-            req = self._gate_open
-            if req is not None:
-                self._gate_open = None
-                gate.open(req)
-            # while a paused reply is checked the service hears nothing (the gate stays
-            # closed); a confirmed barge-in opens it with the user's audio from the onset
-            # during a reply only a confirmed barge-in opens it (open()); elsewhere (a cue
-            # playing while the user has the floor) the detector's word passes the user
-            tentative = self._tentative
-            near = self._near and not tentative and self.conv.state is not State.SPEAKING
-            up, change = gate.process(clean, self._fe_far or tentative, near or self.conv.push_to_talk,
-                                      self.near_end.noise_floor_dbfs)
-            if change is not None:
-                self._loop.call_soon_threadsafe(self._log_gate, change, self._near_end_stats(), t)
-        else:
-            up = clean
-        self.echo.observe(ref, frame)
-        if self.recorder is not None:
-            self.recorder.write(frame, ref, clean)
-        if self.conv.muted:
-            return  # the frame was captured (watchdog) but goes nowhere
-        wake = self.wake
-        if wake is not None:
-            if self._wake_reset:
-                self._wake_reset = False
-                wake.reset()
-            if self._wake_aware:
-                wake.strict = self._reconverge_frames > 0  # reconverging: no low playback threshold
-                fe = self.frontend
-                # the canceller's output before the residual suppressor, which would also eat
-                # the user's wake word in double talk (the path the wake bench measures)
-                tap = fe.wake_tap if fe is not None and fe.wake_tap is not None else clean
-                det = wake.process(tap, ref, t)
-            else:
-                det = wake.process(clean, t)
-            if det is not None:
-                self._loop.call_soon_threadsafe(self._on_wake, det.score, det.t)
-        if self.conv.push_to_talk:
-            # float32 dot product over the whole period, in a preallocated buffer
-            f = self._cap_f32
-            np.copyto(f, clean)
-            if float(np.dot(f, f)) > VOICE_POWER * f.shape[0]:
-                self._ptt_voiced_frames += 1
-        if self.uplink_open:
-            if self._up_resampler is None:
-                self._up_resampler = soxr.ResampleStream(self.cfg.audio.capture_rate, PCM_RATE, 1,
-                                                         dtype="int16")
-            up = self._up_resampler.resample_chunk(up)
-            self._up_parts.append(up)
-            self._up_samples += up.shape[0]
-            if self._up_samples >= self._up_block:
-                block = np.concatenate(self._up_parts).tobytes()
-                self._up_parts.clear()
-                self._up_samples = 0
-                self._loop.call_soon_threadsafe(self._queue_uplink, block)
-        elif self._up_resampler is not None:
-            self._up_resampler = None
-            self._up_parts.clear()
-            self._up_samples = 0
-
-    def _on_frontend_frame(self, frame: np.ndarray, ratio_db: float, far: bool) -> None:
-        """Capture thread, once per front-end frame (16 ms): the near-end detector."""
-        self._fe_far = far
-        d = self.near_end
-        near = d.push(frame, ratio_db, far)
-        settling = self._reconverge_frames > 0
-        if settling and far:
-            self._reconverge_frames -= 1
-        if near and not self._near and self.conv.state is State.SPEAKING and not self._tentative and not settling:
-            self._loop.call_soon_threadsafe(self._on_near_end, time.monotonic(), self._near_end_stats())
-        self._near = near
-        check = self._check
-        if self._check_start:
-            self._check_start = False
-            check.start()
-        if check.active:
-            verdict = check.push(d.vad_prob, d.level_dbfs, d.noise_floor_dbfs, far, ratio_db)
-            if verdict is not None:
-                self._loop.call_soon_threadsafe(self._on_verdict, verdict, self._near_end_stats(),
-                                                check.spoken, check.judged)
-
-    def _near_end_stats(self) -> dict[str, float]:
-        """Capture thread: the near-end detector's latest statistics, for the journal."""
-        d = self.near_end
-        return {"vad": d.vad_prob, "ratio_db": d.ratio_db, "level_dbfs": d.level_dbfs,
-                "floor_dbfs": d.noise_floor_dbfs}
-
     def _echo_path_changed(self) -> None:
-        """The daemon changed the echo path the canceller sees (any thread): the near-end
-        detector pauses no reply for the next ``RECONVERGE_FAR_MS`` of far-end signal."""
-        if self.frontend is not None:
-            self._reconverge_frames = int(RECONVERGE_FAR_MS * self.cfg.audio.capture_rate
-                                          / 1000 / self.frontend.frame_size)
-
-    # ------------------------------------------------------------------ playback thread
-    def _playback_source(self) -> np.ndarray:
-        # the pull time: a card paces the loop (a write returns when a period fits), so
-        # this is when the period enters the device, a constant depth before it plays;
-        # the jitter buffer's accelerate and its added latency are measured from it
-        # (paced: a late wake-up and the catch-up pulls after it are not the device's time)
-        now = time.monotonic()
-        self._last_pull = self.jitter.pull(self._play_buf, self._pull_clock.next(now), now)
-        self.volume.apply(self._play_buf)
-        cue = self._cue
-        if cue is not None:  # mix the earcon over whatever plays (whole-frame numpy)
-            buf = self._play_buf
-            k = min(buf.shape[0], cue.shape[0] - self._cue_pos)
-            mixed = self._mix_i32[:k]
-            np.add(buf[:k], cue[self._cue_pos:self._cue_pos + k], out=mixed, dtype=np.int32)
-            np.clip(mixed, -32768, 32767, out=mixed)
-            buf[:k] = mixed
-            self._cue_pos += k
-            if self._cue_pos >= cue.shape[0]:
-                self._cue = None
-        return self._play_buf
-
-    def _playback_written(self, frame: np.ndarray, t: float) -> None:
-        self.echo.written(frame)
-        res = self._last_pull
-        if res.item_id is not None and res.item_id != self._playing_item:
-            self._playing_item = res.item_id
-            self._loop.call_soon_threadsafe(self._on_playback_started, res.item_id, t, res.epoch)
-        if res.drained or res.underrun:
-            if res.drained:
-                self._playing_item = None
-                self._loop.call_soon_threadsafe(self._on_playback_drained, t)
-            else:
-                self._loop.call_soon_threadsafe(self._on_underrun, self._playing_item, t, res.epoch)
+        """The echo path the canceller sees changed (any thread; see EchoPath)."""
+        self.audio.echo_path_changed()
 
     # ------------------------------------------------------------------------ event loop
     def _queue_uplink(self, block: bytes) -> None:
-        if not self.uplink_open:
+        if not self.audio.uplink_open:
             return  # turn closed while the block was in flight: drop it
         self.turn_audio.feed(block)  # kept for a resend if the link goes now
         if not self._session_ready:
@@ -683,35 +457,35 @@ class Daemon:
     def _on_near_end(self, t: float, stats: dict[str, float]) -> None:
         """The near-end detector heard the user over the reply: pause it, check the user
         with the speaker quiet (voxbox.duplex.interruption)."""
-        self._tentative = True  # first: the capture thread must never see the state change alone
+        self.audio.tentative = True  # first: the capture thread must never see the state change alone
         acts = self.conv.near_end_speech(time.monotonic())
         if not acts:
-            self._tentative = False
+            self.audio.tentative = False
             return
         log.info("near-end speech over the reply: paused to check (%s)", _fmt_stats(stats),
                  extra={"VOXBOX_EVENT": "near_end", "VOXBOX_T": round(t, 4),
                         "VOXBOX_DEBUG": _fmt_stats(stats)})
         self._onset_t = t
         self._apply(acts)
-        self._check_start = True
+        self.audio.start_check()
 
     def _on_verdict(self, verdict, stats: dict[str, float], spoken: int, judged: int) -> None:
         """The interruption check's verdict on a paused reply."""
         from voxbox.duplex.interruption import Verdict
 
-        if not self._tentative:
+        if not self.audio.tentative:
             return  # the pause ended some other way meanwhile
         now = time.monotonic()
         log.info("interruption check: %s (%d of %d frames spoke with the speaker quiet; %s)", verdict,
                  spoken, judged, _fmt_stats(stats),
                  extra={"VOXBOX_EVENT": "barge_in_check", "VOXBOX_VERDICT": str(verdict),
                         "VOXBOX_DEBUG": _fmt_stats(stats)})
-        self._tentative = False
+        self.audio.tentative = False
         if verdict is Verdict.CONFIRMED:
             # the service hears the user from before the onset the detector saw
             rate = self.cfg.audio.capture_rate
             back_ms = (now - self._onset_t) * 1000 + self.cfg.barge_in.preroll_ms
-            self._gate_open = int(back_ms * rate / 1000)
+            self.audio.open_gate(int(back_ms * rate / 1000))
             self._apply(self.conv.near_end_confirmed(now))
         else:
             self.metrics.on_barge_in_rejected()
@@ -754,7 +528,7 @@ class Daemon:
             elif g is Gesture.HOLD_END:
                 self._apply(self.conv.ptt_end(now))
             elif g is Gesture.LONG_HOLD:
-                voiced_s = self._ptt_voiced_frames * self.cfg.audio.period_ms / 1000
+                voiced_s = self.audio.ptt_voiced_frames * self.cfg.audio.period_ms / 1000
                 if self.conv.push_to_talk and voiced_s >= LONG_HOLD_TALK_S:
                     # a long push-to-talk question, not a mute request
                     log.info("long hold while talking (%.1f s of voice): push-to-talk continues", voiced_s,
@@ -822,7 +596,7 @@ class Daemon:
             if isinstance(a, Interrupt):
                 self._interrupt(a)
             elif isinstance(a, ResetWake):
-                self._wake_reset = True
+                self.audio.reset_wake()
             elif isinstance(a, ClearInput) and self.session is not None:
                 self.session.clear_input()
             elif isinstance(a, PauseReply):
@@ -833,7 +607,7 @@ class Daemon:
                 log.info("false interruption: reply resumed", extra={"VOXBOX_EVENT": "barge_in_resumed"})
             elif isinstance(a, StartPushToTalk):
                 self._ptt_samples = 0
-                self._ptt_voiced_frames = 0
+                self.audio.ptt_voiced_frames = 0
                 if self.session is not None:
                     self.session.set_turn_detection(False)
                     self.session.clear_input()
@@ -847,10 +621,8 @@ class Daemon:
                 self._play_prompt(a.name)
             elif isinstance(a, ResendTurn):
                 self._resend_turn(a)
-        if self._tentative and not self.conv.interruption_pending:
-            self._tentative = False  # the paused reply ended some other way (a tap, a drop)
-            if self._check is not None:
-                self._check.cancel()
+        if self.audio.tentative and not self.conv.interruption_pending:
+            self.audio.cancel_check()  # the paused reply ended some other way (a tap, a drop)
         self._show_state()
         self._flush_session()
 
@@ -977,8 +749,7 @@ class Daemon:
         cue = self._earcons.get(name)
         if cue is not None:
             log.debug("earcon %s", name, extra={"VOXBOX_EVENT": "earcon", "VOXBOX_EARCON": name})
-            self._cue_pos = 0
-            self._cue = cue
+            self.audio.play_cue(cue)
 
     def _play_prompt(self, name: str) -> None:
         """A spoken prompt rendered at build time (voxbox/prompts/*.wav, tools/make_prompts.py)."""
@@ -987,13 +758,12 @@ class Daemon:
             log.error("prompt %s unavailable (see the start-up log)", name, extra={"VOXBOX_EVENT": "prompt"})
             return
         log.info("prompt %s", name, extra={"VOXBOX_EVENT": "prompt", "VOXBOX_PROMPT": name})
-        self._cue_pos = 0
-        self._cue = cue
+        self.audio.play_cue(cue)
 
     def _interrupt(self, a: Interrupt) -> None:
         was_paused = self.jitter.paused
         played = self.jitter.flush()
-        last = self._last_pull.item_id
+        last = self.audio.last_pull.item_id
         if was_paused:
             last = None  # the pause already took back what the device held
         if self.playback is not None:
@@ -1002,7 +772,7 @@ class Daemon:
             if delay and last in played:
                 played[last] = max(0, played[last] - delay)
             self.playback.drop()
-        self._playing_item = None
+        self.audio.playing_item = None
         if self.session is None:
             return
         rate = self.cfg.audio.playback_rate
@@ -1018,7 +788,11 @@ class Daemon:
     def _show_state(self) -> None:
         state = self.conv.state
         # a held turn keeps streaming into turn_audio while the link is down
-        self.uplink_open = self.conv.uplink_open and (self._session_ready or self.conv.holding)
+        audio = self.audio  # what the capture thread reads (each a bool, written whole)
+        audio.uplink_open = self.conv.uplink_open and (self._session_ready or self.conv.holding)
+        audio.speaking = state is State.SPEAKING
+        audio.muted = self.conv.muted
+        audio.push_to_talk = self.conv.push_to_talk
         pattern = display_pattern(state, self.health.led_fault(time.monotonic()))
         if pattern.name != self._led_name:
             self._led_name = pattern.name
@@ -1063,9 +837,8 @@ class Daemon:
 
         async def write() -> None:
             nonlocal said
-            mic, out = self._erle_mic, self._erle_out
+            mic, out = self.audio.take_erle_sums()
             if mic > 0 and out > 0:  # ERLE over the far-end periods since the last write, dB
-                self._erle_mic = self._erle_out = 0.0
                 self.metrics.set_erle_db(10 * math.log10(mic / out))
             ok = await loop.run_in_executor(None, writer.write)
             err = None if ok else writer.error
@@ -1103,7 +876,7 @@ class Daemon:
         return self.conv.state in UPLINK_STATES
 
     def _audio_wanted(self) -> bool:
-        return self.uplink_open
+        return self.audio.uplink_open
 
     def _on_audio_sent(self, block: bytes) -> None:
         if self.turn.first_audio_sent is None:
@@ -1278,11 +1051,11 @@ class Daemon:
                 last_state = state
 
     def _supervise_link(self, now: float) -> None:
-        idle = self.conv.state is State.IDLE and not self.jitter.active and self._cue is None
+        idle = self.conv.state is State.IDLE and not self.jitter.active and self.audio.cue is None
         self.rt.supervise(now, idle, str(self.conv.state))
 
     def _audio_alive(self, now: float, within_s: float) -> bool:
-        return self.capture_frames > 0 and now - self.last_capture_t < within_s
+        return self.audio.capture_frames > 0 and now - self.audio.last_capture_t < within_s
 
     def _devices_down(self) -> list[str]:
         """The audio devices the loops are waiting for (missing, busy, blocked)."""
@@ -1328,7 +1101,7 @@ class Daemon:
             now = time.monotonic()
             cap = self.capture.status() if self.capture is not None else None
             play = self.playback.status() if self.playback is not None else None
-            for r in self.health.update(now, cap, play, self.last_nonsilent_t or None):
+            for r in self.health.update(now, cap, play, self.audio.last_nonsilent_t or None):
                 log.log(r.level, "%s", r.message, extra=r.fields)
             self._show_state()
             if self.health.watchdog_cause is None and now - last_ping >= interval - HEALTH_TICK_S / 2:
