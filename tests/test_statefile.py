@@ -1,6 +1,6 @@
 """Small state files: the atomic write (voxbox.host.statefile) on a full disk and every other
-failure, and the daemon's mute state file built on it (``Daemon._set_muted`` and
-``Daemon._load_muted``, run on a stand-in object that has only ``_state_path``)."""
+failure, and the daemon's mute state file built on it (``voxbox.service.mutestate``:
+``save_muted`` and ``load_muted``)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,12 @@ import os
 import subprocess
 import sys
 import textwrap
-from types import SimpleNamespace
 
 import pytest
 
 from voxbox.host import statefile
 from voxbox.host.statefile import atomic_write
-from voxbox.service.daemon import Daemon
+from voxbox.service.mutestate import load_muted, save_muted
 
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -159,25 +158,25 @@ def test_directory_fsync_failure_is_raised_after_the_rename(tmp_path, monkeypatc
 
 # ---- the daemon's mute state -------------------------------------------------------------
 def stand_in(path):
-    return SimpleNamespace(_state_path=path)
+    return path
 
 
 def daemon_records(caplog):
-    return [r for r in caplog.records if r.name == "voxbox.service.daemon" and r.levelno >= logging.WARNING]
+    return [r for r in caplog.records if r.name == "voxbox.service.mutestate" and r.levelno >= logging.WARNING]
 
 
 def test_set_muted_saves_atomically_and_load_reads_it(tmp_path, caplog, monkeypatch):
     p = tmp_path / "lib" / "state.json"
     d = stand_in(p)
-    caplog.set_level(logging.INFO, logger="voxbox.service.daemon")
+    caplog.set_level(logging.INFO, logger="voxbox.service.mutestate")
     synced = []
     real_fsync = os.fsync
     monkeypatch.setattr(statefile.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
-    assert Daemon._set_muted(d, True) is True
+    assert save_muted(d, True) is True
     assert json.loads(p.read_text()) == {"muted": True} and len(synced) == 2  # the file, the directory
-    assert Daemon._load_muted(d) is True
-    assert Daemon._set_muted(d, False) is True
-    assert Daemon._load_muted(d) is False
+    assert load_muted(d) is True
+    assert save_muted(d, False) is True
+    assert load_muted(d) is False
     assert sorted(x.name for x in p.parent.iterdir()) == ["state.json"]
     assert daemon_records(caplog) == []
 
@@ -194,8 +193,8 @@ def test_set_muted_on_a_full_disk_reports_it_and_leaves_no_temp(tmp_path, caplog
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(statefile.os, step, full)
-    with caplog.at_level(logging.INFO, logger="voxbox.service.daemon"):
-        assert Daemon._set_muted(stand_in(p), True) is False
+    with caplog.at_level(logging.INFO, logger="voxbox.service.mutestate"):
+        assert save_muted(stand_in(p), True) is False
     (rec,) = daemon_records(caplog)
     msg = rec.getMessage()
     print(msg)
@@ -207,8 +206,8 @@ def test_set_muted_on_a_full_disk_reports_it_and_leaves_no_temp(tmp_path, caplog
 def test_set_muted_unmute_that_cannot_be_saved_says_so(tmp_path, caplog, monkeypatch):
     p = tmp_path / "state.json"
     monkeypatch.setattr(statefile.os, "write", lambda fd, data: (_ for _ in ()).throw(ENOSPC))
-    with caplog.at_level(logging.ERROR, logger="voxbox.service.daemon"):
-        assert Daemon._set_muted(stand_in(p), False) is False
+    with caplog.at_level(logging.ERROR, logger="voxbox.service.mutestate"):
+        assert save_muted(stand_in(p), False) is False
     assert "the unmute will not survive a restart" in caplog.text and leftovers(tmp_path) == []
 
 
@@ -220,9 +219,8 @@ def test_set_muted_when_the_kernel_refuses_the_write(tmp_path):
     p.write_text('{"muted": false}\n')
     code = textwrap.dedent(f"""
         import json, logging, resource, signal, sys
-        from types import SimpleNamespace
         from pathlib import Path
-        from voxbox.service.daemon import Daemon
+        from voxbox.service.mutestate import save_muted
         records = []
         class Keep(logging.Handler):
             def emit(self, r):
@@ -231,7 +229,7 @@ def test_set_muted_when_the_kernel_refuses_the_write(tmp_path):
         logging.getLogger("voxbox").setLevel(logging.INFO)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (8, 8))
-        ok = Daemon._set_muted(SimpleNamespace(_state_path=Path({str(p)!r})), True)
+        ok = save_muted(Path({str(p)!r}), True)
         print(json.dumps({{"ok": ok, "records": records}}))
     """)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -266,8 +264,8 @@ def test_set_muted_when_the_kernel_refuses_the_write(tmp_path):
 def test_load_muted_never_raises_on_garbage(tmp_path, caplog, content, words):
     p = tmp_path / "state.json"
     p.write_bytes(content if isinstance(content, bytes) else content.encode())
-    with caplog.at_level(logging.DEBUG, logger="voxbox.service.daemon"):
-        assert Daemon._load_muted(stand_in(p)) is False
+    with caplog.at_level(logging.DEBUG, logger="voxbox.service.mutestate"):
+        assert load_muted(stand_in(p)) is False
     (rec,) = daemon_records(caplog)
     msg = rec.getMessage()
     print(msg[:200])
@@ -277,12 +275,12 @@ def test_load_muted_never_raises_on_garbage(tmp_path, caplog, content, words):
 
 def test_load_muted_missing_or_unreadable(tmp_path, caplog):
     p = tmp_path / "state.json"
-    with caplog.at_level(logging.DEBUG, logger="voxbox.service.daemon"):
-        assert Daemon._load_muted(stand_in(p)) is False
+    with caplog.at_level(logging.DEBUG, logger="voxbox.service.mutestate"):
+        assert load_muted(stand_in(p)) is False
     assert daemon_records(caplog) == []  # first boot: silent
     p.mkdir()  # a directory where the file should be
-    with caplog.at_level(logging.DEBUG, logger="voxbox.service.daemon"):
-        assert Daemon._load_muted(stand_in(p)) is False
+    with caplog.at_level(logging.DEBUG, logger="voxbox.service.mutestate"):
+        assert load_muted(stand_in(p)) is False
     (rec,) = daemon_records(caplog)
     assert f"ignoring state file {p}: cannot read it" in rec.getMessage()
 
@@ -290,6 +288,6 @@ def test_load_muted_missing_or_unreadable(tmp_path, caplog):
 def test_load_muted_reads_true_and_extra_keys(tmp_path, caplog):
     p = tmp_path / "state.json"
     p.write_text('{"muted": true, "other": 3}\n')
-    with caplog.at_level(logging.DEBUG, logger="voxbox.service.daemon"):
-        assert Daemon._load_muted(stand_in(p)) is True
+    with caplog.at_level(logging.DEBUG, logger="voxbox.service.mutestate"):
+        assert load_muted(stand_in(p)) is True
     assert daemon_records(caplog) == []

@@ -242,17 +242,17 @@ class Volume:
         """
         if self.path is None:
             return None
-        try:
-            with open(self.path, "rb") as f:
-                raw = f.read(_MAX_FILE_BYTES + 1)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            why = f"cannot read it: {exc}"
-        else:
-            why, value = _parse_state(raw)
+        from voxbox.host.statefile import read_json_state
+
+        why, value = read_json_state(self.path, "percent", limit=_MAX_FILE_BYTES)
+        if why == "":
+            return None  # no file yet
+        if why is None:
+            why, percent = _check_percent(value)
             if why is None:
-                return value
+                return percent
+        elif why == "key 'percent' is missing":
+            why += " (a number in 0..100 is needed)"
         log.warning("ignoring volume state file %s: %s; using the default volume", self.path, why,
                     extra={"VOXBOX_EVENT": "state_file"})
         return None
@@ -268,20 +268,9 @@ class Volume:
             log.warning("cannot save the volume to %s: %s", self.path, exc)
 
 
-def _parse_state(raw: bytes) -> tuple[str | None, int | None]:
-    """``(None, percent)`` for the content of a good ``volume.json``, else ``(why, None)``
+def _check_percent(value: Any) -> tuple[str | None, int | None]:
+    """``(None, percent)`` for a good ``percent`` of ``volume.json``, else ``(why, None)``
     where ``why`` names the key at fault. Never raises."""
-    if len(raw) > _MAX_FILE_BYTES:
-        return f"larger than {_MAX_FILE_BYTES} bytes: not a volume state", None
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        return f"not valid JSON: {exc}", None
-    if not isinstance(data, dict):
-        return f"not a JSON object with key 'percent' (a {type(data).__name__})", None
-    if "percent" not in data:
-        return "key 'percent' is missing (a number in 0..100 is needed)", None
-    value = data["percent"]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"key 'percent' is not a number ({type(value).__name__}): {_short(value)}", None
     try:

@@ -115,3 +115,57 @@ class GpioRgbLed(_PatternDriver):
     def value(self) -> RGB:
         r, g, b = self._dev.value
         return (float(r), float(g), float(b))
+
+
+def build_board(g, loop, on_edge: Callable[[bool], None], mock_socket: str | None = None):
+    """The unit's LED and button from the ``[gpio]`` settings ``g``: returns ``(led, button)``
+    (a :class:`GpioLed` or :class:`GpioRgbLed`, and a gpiozero ``Button``), or
+    ``(None, None)`` when ``gpio.enabled`` is false.
+
+    Button edges reach ``on_edge(pressed)`` on ``loop`` (gpiozero calls from its own
+    thread; ``bounce_time`` is off: :class:`voxbox.gpio.gestures.ButtonGestures` debounces).
+    With ``gpio.pin_factory = "mock"`` (gpiozero's ``MockFactory`` with PWM pins) and
+    ``mock_socket``, a datagram socket at that path takes ``press``/``release`` and drives
+    the mock button pin: tests and the demo press the button of a unit running in another
+    process.
+    """
+    if not g.enabled:
+        return None, None
+    factory = None
+    if g.pin_factory == "mock":
+        from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+        factory = MockFactory(pin_class=MockPWMPin)
+    from gpiozero import Button
+
+    if g.rgb_led is not None:
+        led = GpioRgbLed(*g.rgb_led, pin_factory=factory, active_high=g.led_active_high)
+    else:
+        led = GpioLed(g.led, pin_factory=factory, active_high=g.led_active_high)
+    button = Button(g.button, pull_up=g.button_active_low, bounce_time=None, pin_factory=factory)
+    button.when_pressed = lambda: loop.call_soon_threadsafe(on_edge, True)
+    button.when_released = lambda: loop.call_soon_threadsafe(on_edge, False)
+    if factory is not None and mock_socket:
+        import os
+        import socket
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            os.unlink(mock_socket)
+        except FileNotFoundError:
+            pass
+        sock.bind(mock_socket)
+        sock.setblocking(False)
+        pin = factory.pin(g.button)
+
+        def on_msg() -> None:
+            msg = sock.recv(64).decode(errors="replace").strip()
+            pressed_level = not g.button_active_low
+            if msg == "press":
+                pin.drive_high() if pressed_level else pin.drive_low()
+            elif msg == "release":
+                pin.drive_low() if pressed_level else pin.drive_high()
+
+        loop.add_reader(sock.fileno(), on_msg)
+        # the loop holds on_msg, and on_msg the socket: open as long as the unit runs
+    return led, button

@@ -9,11 +9,12 @@ volume (:mod:`voxbox.audio.volume`).
 from __future__ import annotations
 
 import errno
+import json
 import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write", "fsync_dir"]
+__all__ = ["atomic_write", "fsync_dir", "read_json_state"]
 
 
 def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
@@ -75,3 +76,32 @@ def fsync_dir(directory: Path) -> None:
     finally:
         os.close(fd)
 
+
+
+def read_json_state(path: str | os.PathLike, key: str, limit: int = 64 * 1024) -> tuple[str | None, object]:
+    """Read the JSON object in the state file ``path`` and the value of its ``key``.
+
+    Returns ``(None, value)`` when the file holds a JSON object with ``key``;
+    ``("", None)`` when the file does not exist; else ``(why, None)``, where ``why`` says
+    what is wrong and names the key: unreadable, larger than ``limit`` bytes, not valid
+    JSON (truncated, binary garbage), not a JSON object, or ``key`` missing. The caller
+    checks the value's type and range. Never raises.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(limit + 1)
+    except FileNotFoundError:
+        return "", None
+    except (OSError, ValueError) as exc:
+        return f"cannot read it: {exc}", None
+    if len(raw) > limit:
+        return f"larger than {limit} bytes: not a state file", None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return f"not valid JSON: {exc}", None
+    if not isinstance(data, dict):
+        return f"not a JSON object with key '{key}' (a {type(data).__name__})", None
+    if key not in data:
+        return f"key '{key}' is missing", None
+    return None, data[key]
