@@ -31,7 +31,7 @@ import tomli_w
 
 from voxbox.cli import main as voxbox_main  # noqa: E402
 from voxbox.config import parse_config  # noqa: E402
-from voxbox.field import selftest  # noqa: E402
+from voxbox.field import audiocheck, netcheck, selftest  # noqa: E402
 from voxbox.sim.rig import FileDeviceRig  # noqa: E402
 
 ECHO_DELAY_MS = 37.0
@@ -109,7 +109,7 @@ def test_echo_delay_and_erl_match_the_rig(tmp_path):
     assert 0 < device_ms < (960 + 4096 + 240) / 24 + 10
     assert abs(d["erl_db"] - (-ECHO_GAIN_DB)) < 2.0
     assert d["suggested_reference_delay_ms"] == round(echo["value"] - 10.0)
-    assert by["aec"]["result"] == "PASS" and by["aec"]["value"] >= selftest.MIN_ERLE_DB
+    assert by["aec"]["result"] == "PASS" and by["aec"]["value"] >= audiocheck.MIN_ERLE_DB
     # the journald record and the state file
     rec = _record(p.stderr)
     assert rec["VOXBOX_SELFTEST_RESULT"] == "PASS" and rec["VOXBOX_SELFTEST_ECHO"] == "PASS"
@@ -257,7 +257,7 @@ def test_network_fatal_answers_follow_the_daemon_rule():
     finally:
         s.stop()
     assert r.hint.startswith("auth") and r.details["fatal"] is True, r
-    assert selftest.FATAL_CLOSE_CODES == {3000, 4000}
+    assert netcheck.FATAL_CLOSE_CODES == {3000, 4000}
 
 
 @pytest.mark.parametrize("code, fatal, needle", [(3000, True, "auth: closed 3000"),
@@ -275,7 +275,7 @@ def test_network_close_codes(code, fatal, needle):
 
         async with serve(handler, "127.0.0.1", 0) as srv:
             port = srv.sockets[0].getsockname()[1]
-            return await selftest._probe(f"ws://127.0.0.1:{port}/v1/realtime", {}, 5.0)
+            return await netcheck._probe(f"ws://127.0.0.1:{port}/v1/realtime", {}, 5.0)
 
     result, cause, _, det = asyncio.run(main())
     assert result == "FAIL" and cause.startswith(needle), cause
@@ -352,7 +352,7 @@ def test_pink_noise_is_the_shared_generator():
     from voxbox.audio.speech import pink_noise
 
     n = 48000
-    x = selftest._pink(n, -20.0)
+    x = audiocheck._pink(n, -20.0)
     assert abs(20 * np.log10(np.sqrt(np.mean(x**2)) / 32768) + 20.0) < 1e-9
     ref = pink_noise(n, -20.0, 1, rate=16000, band=(200.0, 7000.0))
     mid = slice(320, n - 320)  # outside the 20 ms fades only the gain differs

@@ -43,7 +43,6 @@ Tests and offline use: ``$VOXBOX_REPORT_JOURNAL`` names a JSON-lines file read i
 from __future__ import annotations
 
 import argparse
-import base64
 import ctypes
 import ctypes.util
 import importlib.metadata
@@ -52,35 +51,52 @@ import json
 import os
 import platform
 import re
-import shutil
 import socket
 import stat
-import subprocess
 import sys
 import tarfile
 import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Mapping
 
 from voxbox import __version__
 from voxbox.config import DEFAULT_CONFIG_PATH
-from voxbox.errors import FieldToolError, ReportError  # noqa: F401 (ReportError re-exported)
+from voxbox.errors import ReportError  # noqa: F401 (ReportError re-exported)
+from voxbox.field.journal import (
+    JOURNAL_UNITS,
+    CmdResult,  # noqa: F401 (re-exported)
+    JournalSource,
+    JournalText,
+    Runner,
+    Unavailable,
+    _iso,
+    file_source,
+    journalctl_source,
+    normalise_journal,
+    run_command,
+)
+from voxbox.field.redact import (
+    REDACTED,
+    Secrets,
+    _tree_secrets,
+    gather_secrets,
+    looks_secret,
+    redact_tree,
+    scrub_text,
+    secret_forms,  # noqa: F401 (re-exported)
+    seen_secrets,
+)
 from voxbox.field.selftest import STATE_FILE as SELFTEST_STATE_FILE
 from voxbox.host import sd
 
-REDACTED = "<redacted>"
 DEFAULT_SINCE = "2 days ago"
 UNIT = "voxbox.service"
-JOURNAL_UNITS = ("voxbox.service", "voxbox-firstboot.service")
 JOURNAL_FILE_ENV = "VOXBOX_REPORT_JOURNAL"
 """A JSON-lines file used instead of ``journalctl`` (tests, a journal exported elsewhere)."""
-MIN_SECRET_LEN = 4
-"""Shorter credential values are not scrubbed (they would match ordinary text); noted."""
 MAX_FILE_BYTES = 1 << 20
 """Files larger than this are not copied into the archive (noted as unavailable)."""
-TRANSCRIPT_EVENTS = ("user_transcript", "assistant_transcript")
 _FALLBACK_PACKAGES = ("voxbox", "numpy", "websockets", "soxr", "pydantic", "pyalsaaudio",
                       "gpiozero", "systemd-python", "ai-edge-litert", "pyopen-wakeword", "tomli-w",
                       "tqdm", "jsonschema", "lgpio")
@@ -121,382 +137,6 @@ SHOW_PROPERTIES = ("Id,LoadState,ActiveState,SubState,Result,NRestarts,ExecMainC
                    "ExecMainStartTimestamp,StateChangeTimestamp,ActiveEnterTimestamp,WatchdogUSec,"
                    "WatchdogTimestamp,StatusText,InvocationID,FragmentPath,DropInPaths,UnitFileState")
 
-_SECRET_WORDS = {"key", "apikey", "token", "secret", "secrets", "password", "passwd", "passphrase",
-                 "pwd", "credential", "credentials", "privatekey"}
-_SECRET_PARTS = ("api_key", "apikey", "api-key", "password", "passwd", "secret", "token", "credential")
-_NOT_SECRET = {"loadcredential", "loadcredentialencrypted", "importcredential", "credentials_directory",
-               "journal_stream"}
-
-
-class Unavailable(FieldToolError):
-    """An item could not be collected; the message is the reason recorded in the manifest."""
-
-
-# --------------------------------------------------------------------------- secrets
-def looks_secret(name: str) -> bool:
-    """True for a key / variable / header name that looks like it holds a secret
-    (``api_key``, ``token``, ``OPENAI_API_KEY``, ``password``, ``SetCredential`` …).
-    ``realtime.auth`` (a mode, not a secret) and ``LoadCredential`` (a path) are not."""
-    low = name.strip().strip('"\'').lower()
-    if not low or low in _NOT_SECRET:
-        return False
-    if any(part in low for part in _SECRET_PARTS):
-        return True
-    return any(seg in _SECRET_WORDS for seg in re.split(r"[_.\-\s]+", low))
-
-
-def redact_tree(value: Any, secret: bool = False) -> Any:
-    """A parsed TOML/JSON tree with every value under a secret-looking key replaced."""
-    if isinstance(value, dict):
-        return {k: redact_tree(v, secret or looks_secret(str(k))) for k, v in value.items()}
-    if secret:
-        return REDACTED
-    if isinstance(value, list):
-        return [redact_tree(v) for v in value]
-    return value
-
-
-secret_forms = sd.secret_forms
-"""Every form of a secret scrubbed and searched for, longest first: the same forms the
-daemon's log redaction removes (:func:`voxbox.host.sd.secret_forms`)."""
-
-MIN_SEEN_LEN = 12
-"""A value seen in a secret's place (see :func:`seen_secrets`) is taken for a secret only
-when it is this long and holds both a letter and a digit (``token=none`` is not one)."""
-
-
-@dataclass
-class Secrets:
-    """What the report knows about the unit's secrets.
-
-    Attributes:
-        values: every secret value known (scrubbed, with its forms, from every member).
-        sources: where they came from (credential names, files, variables; never values).
-        notes: remarks for the manifest (values too short to scrub, a refused key).
-        unchecked: what could not be read, and why (a key file, a credential directory,
-            the unit): while this is not empty the archive cannot be *verified* free of
-            secrets, because the search did not have every secret in hand.
-    """
-
-    values: list[str] = field(default_factory=list)
-    sources: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    unchecked: dict[str, str] = field(default_factory=dict)
-
-    def add(self, value: str | None, source: str) -> None:
-        for v in _candidate_values(value):
-            if len(v) < MIN_SECRET_LEN:
-                self.notes.append(f"a value from {source} is shorter than {MIN_SECRET_LEN} characters: not scrubbed")
-                continue
-            if v not in self.values:
-                self.values.append(v)
-            if source not in self.sources:
-                self.sources.append(source)
-
-    def add_seen(self, value: str, source: str) -> None:
-        """Add ``value``, found in a secret's place in collected text, when it looks like a
-        secret (:data:`MIN_SEEN_LEN`, a letter and a digit)."""
-        v = value.strip()
-        if (len(v) >= MIN_SEEN_LEN and REDACTED not in v and any(c.isdigit() for c in v)
-                and any(c.isalpha() for c in v)):
-            self.add(v, source)
-
-    def cannot_read(self, what: str, path: Path | str, reason: str) -> None:
-        """Record that ``what`` (e.g. "key file") at ``path`` could not be read."""
-        self.unchecked.setdefault(str(path), f"{what} {path} unreadable: {reason}")
-
-    def add_file(self, path: Path, source: str | None = None) -> None:
-        """Add the value(s) in the file at ``path`` (none when it does not exist; an
-        unreadable file is recorded in :attr:`unchecked`)."""
-        try:
-            st = path.stat()
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        except OSError as exc:
-            self.cannot_read("key file", path, exc.strerror or str(exc))
-            return
-        if not stat.S_ISREG(st.st_mode):
-            return
-        try:
-            with path.open("rb") as f:
-                data = f.read(65536)
-        except OSError as exc:
-            self.cannot_read("key file", path, exc.strerror or str(exc))
-            return
-        self.add(data.decode("utf-8", errors="replace"), source or f"file:{path}")
-
-    def forms(self) -> list[str]:
-        out: set[str] = set()
-        for v in self.values:
-            out.update(secret_forms(v))
-        return sorted(out, key=len, reverse=True)
-
-
-def _candidate_values(value: str | None) -> list[str]:
-    if not value:
-        return []
-    out = []
-    whole = value.strip()
-    if whole:
-        out.append(whole)
-    for line in value.splitlines():
-        line = line.strip()
-        if line and line != whole:
-            out.append(line)
-    return out
-
-
-_UNIT_LINE = re.compile(r"^\s*(LoadCredential|LoadCredentialEncrypted|SetCredential|SetCredentialEncrypted|"
-                        r"Environment|EnvironmentFile)\s*=\s*(.*)$", re.M)
-
-
-def gather_secrets(environ: Mapping[str, str], credential_dirs: Iterable[Path],
-                   unit_text: str = "") -> Secrets:
-    """Every secret the unit knows, from the credential loader, credential directories, the
-    unit (``systemctl cat``) and secret-looking environment variables."""
-    from voxbox.host.credentials import CredentialError, CredentialUnreadable, load_api_key
-
-    s = Secrets()
-    try:
-        key = load_api_key(dict(environ), required=False)
-        s.add(key.value, key.source or "api key")
-    except CredentialUnreadable as exc:
-        s.cannot_read("key file", exc.path, exc.reason)
-    except CredentialError as exc:  # a malformed key is still read below, from its file
-        s.notes.append(f"credential loader: {exc}")
-    for d in credential_dirs:
-        try:
-            entries = sorted(d.iterdir())
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        except OSError as exc:
-            s.unchecked.setdefault(str(d), f"credential directory {d} cannot be listed: "
-                                           f"{exc.strerror or exc} (run the report as root)")
-            continue
-        for f in entries:
-            s.add_file(f)
-    for name, value in environ.items():
-        if looks_secret(name):
-            s.add(value, f"env:{name}")
-    for m in _UNIT_LINE.finditer(unit_text):
-        directive, rest = m.group(1), m.group(2).strip()
-        if directive.startswith("SetCredential"):
-            s.add(rest.partition(":")[2], f"unit:{directive}")
-        elif directive.startswith("LoadCredential"):
-            path = rest.partition(":")[2] or rest
-            if path.startswith("/"):
-                s.add_file(Path(path), f"unit:{directive}")
-        elif directive == "Environment":
-            for assignment in re.findall(r'"[^"]*"|\S+', rest):
-                n, _, v = assignment.strip('"').partition("=")
-                if looks_secret(n):
-                    s.add(v, f"unit:Environment={n}")
-        elif directive == "EnvironmentFile":
-            p = Path(rest.lstrip("-"))
-            try:
-                text = p.read_text(errors="replace")
-            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-                text = ""
-            except OSError as exc:
-                s.cannot_read("environment file", p, exc.strerror or str(exc))
-                text = ""
-            for line in text.splitlines():
-                n, _, v = line.strip().partition("=")
-                if looks_secret(n.removeprefix("export ").strip()):
-                    s.add(v.strip().strip("'\""), f"unit:EnvironmentFile={p}")
-    return s
-
-
-_ASSIGN = re.compile(r"(?<![A-Za-z0-9_.\-])([A-Za-z_][A-Za-z0-9_.\-]*)=([^\s\"'\\,;]*)")
-_HEADER = re.compile(r"(?i)(?<![\w-])(authorization|proxy-authorization|api-key|x-api-key|ocp-apim-subscription-key)"
-                     r"(\\?[\"']?[ \t]*[:=][ \t]*\\?[\"']?)((?:bearer|basic|token)[ \t]+)?([^\s\"'\\,;]+)")
-
-
-def _redact_assignments(text: str) -> str:
-    def sub(m: re.Match[str]) -> str:
-        name, value = m.group(1), m.group(2)
-        if value and looks_secret(name):
-            return f"{name}={REDACTED}"
-        if "=" in value:
-            return f"{name}={_redact_assignments(value)}"
-        return m.group(0)
-
-    return _ASSIGN.sub(sub, text)
-
-
-def scrub_text(text: str, forms: list[str]) -> tuple[str, int]:
-    """Replace every known secret form, secret-looking assignments and auth headers.
-    Returns the text and the number of replacements."""
-    count = 0
-    for f in forms:
-        if f in text:
-            count += text.count(f)
-            text = text.replace(f, REDACTED)
-    before = text
-    text = _HEADER.sub(lambda m: m.group(1) + m.group(2) + (m.group(3) or "") + REDACTED
-                       if m.group(4) != REDACTED else m.group(0), text)
-    text = _redact_assignments(text)
-    if text != before:
-        count += 1
-    return text, count
-
-
-_BEARER = re.compile(r"(?i)(?<![\w-])bearer[ \t]+([A-Za-z0-9._~+/=\-]+)")
-_JSON_PAIR = re.compile(r'"([A-Za-z_][A-Za-z0-9_.\-]*)"\s*:\s*"((?:[^"\\]|\\.)*)"')
-
-
-def seen_secrets(text: str) -> list[str]:
-    """Values that sit in a secret's place in ``text``: the value of an ``Authorization:``
-    / ``api-key:`` header (the password inside a ``Basic`` one), a ``Bearer`` token, a
-    ``NAME=value`` or ``"name": "value"`` pair with a secret-looking name. The report adds
-    them to the secrets it knows (:meth:`Secrets.add_seen`), so their other forms (base64,
-    URL, JSON) are scrubbed too, even when the credential file itself was unreadable."""
-    out: list[str] = []
-    for m in _HEADER.finditer(text):
-        value = m.group(4)
-        out.append(value)
-        if (m.group(3) or "").lower().startswith("basic"):
-            try:
-                decoded = base64.b64decode(value + "=" * (-len(value) % 4), validate=False).decode("utf-8")
-            except (ValueError, UnicodeDecodeError):
-                continue
-            out.append(decoded.partition(":")[2])
-    out += [m.group(1) for m in _BEARER.finditer(text)]
-    out += [m.group(2) for m in _ASSIGN.finditer(text) if looks_secret(m.group(1))]
-    for m in _JSON_PAIR.finditer(text):
-        if looks_secret(m.group(1)):
-            try:
-                out.append(json.loads(f'"{m.group(2)}"'))
-            except ValueError:
-                out.append(m.group(2))
-    return [v for v in out if v and v != REDACTED]
-
-
-def _tree_secrets(value: Any, secret: bool = False) -> list[str]:
-    """The string values under secret-looking keys of a parsed TOML/JSON tree."""
-    if isinstance(value, dict):
-        return [v for k, x in value.items() for v in _tree_secrets(x, secret or looks_secret(str(k)))]
-    if isinstance(value, list):
-        return [v for x in value for v in _tree_secrets(x, secret)]
-    return [value] if secret and isinstance(value, str) else []
-
-
-# --------------------------------------------------------------------------- commands
-@dataclass
-class CmdResult:
-    argv: list[str]
-    rc: int
-    stdout: str
-    stderr: str
-
-
-Runner = Callable[[list[str]], CmdResult]
-
-
-def run_command(argv: list[str], timeout: float = 20.0) -> CmdResult:
-    """Run a command; :class:`Unavailable` when it is not installed or times out."""
-    if shutil.which(argv[0]) is None:
-        raise Unavailable(f"{argv[0]} is not installed")
-    env = dict(os.environ, SYSTEMD_PAGER="cat", PAGER="cat", SYSTEMD_COLORS="0", LC_ALL="C.UTF-8")
-    try:
-        p = subprocess.run(argv, capture_output=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise Unavailable(f"{' '.join(argv)} did not finish in {timeout:.0f} s") from None
-    except OSError as exc:
-        raise Unavailable(f"cannot run {argv[0]}: {exc.strerror}") from None
-    return CmdResult(argv, p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace"))
-
-
-# --------------------------------------------------------------------------- journal
-@dataclass
-class JournalText:
-    text: str
-    source: str
-    note: str = ""
-
-
-JournalSource = Callable[[str], "JournalText | str"]
-
-
-def journalctl_source(run: Runner | None = None, units: Iterable[str] = JOURNAL_UNITS,
-                      journald_dir: Path = Path("/run/systemd/journal")) -> JournalSource:
-    """The unit's journal via ``journalctl -o json``; :class:`Unavailable` without one."""
-
-    def source(since: str) -> JournalText:
-        argv = ["journalctl", *(f"--unit={u}" for u in units), "-o", "json", "--no-pager", "--since", since]
-        res = (run or run_command)(argv)
-        cmd = " ".join(argv)
-        if res.rc != 0:
-            raise Unavailable(f"{cmd} exited {res.rc}: {res.stderr.strip()[:500]}")
-        note = res.stderr.strip()[:500]
-        if not res.stdout.strip():
-            if not journald_dir.exists():
-                raise Unavailable(f"journald is not running ({journald_dir} missing) and "
-                                  "journalctl found no entries")
-            note = (note + "; " if note else "") + f"no entries since {since!r}"
-        return JournalText(res.stdout, cmd, note)
-
-    return source
-
-
-def file_source(path: Path) -> JournalSource:
-    """A JSON-lines journal export read from a file (``--since`` is not applied)."""
-
-    def source(since: str) -> JournalText:
-        try:
-            return JournalText(path.read_text(encoding="utf-8", errors="replace"), f"file {path}",
-                               "read from a file; --since not applied")
-        except OSError as exc:
-            raise Unavailable(f"cannot read journal file {path}: {exc.strerror}") from None
-
-    return source
-
-
-def _field_text(v: Any) -> Any:
-    """journalctl -o json writes binary / non-UTF-8 fields as arrays of byte values and
-    repeated fields as arrays: turn them into strings so scrubbing sees the text."""
-    if isinstance(v, list):
-        if v and all(isinstance(x, int) for x in v):
-            return bytes(x & 0xFF for x in v).decode("utf-8", "backslashreplace")
-        return [_field_text(x) for x in v]
-    return v
-
-
-def normalise_journal(text: str, drop_transcripts: bool = False) -> tuple[str, dict[str, Any]]:
-    """One JSON object per line with text fields; a summary (records, events, time span)."""
-    lines: list[str] = []
-    events: dict[str, int] = {}
-    first = last = None
-    bad = 0
-    for raw in text.splitlines():
-        if not raw.strip():
-            continue
-        try:
-            rec = json.loads(raw)
-        except ValueError:
-            bad += 1
-            lines.append(raw)
-            continue
-        if not isinstance(rec, dict):
-            lines.append(raw)
-            continue
-        rec = {k: _field_text(v) for k, v in rec.items()}
-        ev = rec.get("VOXBOX_EVENT")
-        if isinstance(ev, str):
-            events[ev] = events.get(ev, 0) + 1
-            if drop_transcripts and ev in TRANSCRIPT_EVENTS:
-                rec["MESSAGE"] = "<transcript removed>"
-        ts = rec.get("__REALTIME_TIMESTAMP")
-        if isinstance(ts, str) and ts.isdigit():
-            first = ts if first is None else first
-            last = ts
-        lines.append(json.dumps(rec, ensure_ascii=False))
-    span = [_iso(int(t) / 1e6) if t else None for t in (first, last)]
-    summary = {"records": len(lines), "events": dict(sorted(events.items())), "first": span[0], "last": span[1]}
-    if bad:
-        summary["lines_not_json"] = bad
-    return "".join(line + "\n" for line in lines), summary
-
 
 # --------------------------------------------------------------------------- collection
 @dataclass
@@ -530,10 +170,6 @@ class _Bundle:
 
     def missing(self, item: str, source: str, reason: str) -> None:
         self.unavailable.append({"item": item, "source": source, "reason": reason})
-
-
-def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def _read_text(path: Path) -> str:
