@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 SR = 16000  # Hz
@@ -38,7 +40,13 @@ def speech(text: str, lead_s: float = 0.0, tail_s: float = 1.0, *, voice: str = 
            seed: int = 5) -> np.ndarray:
     """A spoken microphone signal: espeak-ng ``text`` (16 kHz, ``voxbox.audio.speech``) between
     ``lead_s`` and ``tail_s`` of silence, plus N(0, 20) noise from ``default_rng(seed)``,
-    int16 (what the end-to-end tests and the link benchmark play into the rig's mic)."""
+    int16 (what the end-to-end tests and the link benchmark play into the rig's mic).
+    Cached in memory per argument set; each call returns its own copy."""
+    return _speech(text, lead_s, tail_s, voice, seed).copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _speech(text: str, lead_s: float, tail_s: float, voice: str, seed: int) -> np.ndarray:
     from voxbox.audio.speech import render_speech
 
     x = render_speech(text, voice)

@@ -11,6 +11,7 @@ import socket
 import pytest
 from brokerserver import BrokerServer, make_test_pki
 
+from helpers import FakeClock, run
 from voxbox.config import Realtime, parse_config
 from voxbox.host import sd
 from voxbox.host.credentials import CredentialError, Secret
@@ -29,35 +30,16 @@ UNIT = "vx-0042"
 SECRET = "unit-secret-Zq8wYq3LrT0p"
 
 
-class FakeClock:
-    def __init__(self, t: float = 1_750_000_000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def run(coro, timeout: float = 30):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-@pytest.fixture
-def clocks():
-    """(broker wall clock, unit monotonic clock, unit wall clock): advance them together."""
-    wall = FakeClock()
-    mono = FakeClock(1000.0)
-    return wall, mono
-
-
 @pytest.fixture
 def broker(clocks):
-    wall, _ = clocks
-    with BrokerServer({UNIT: SECRET, "vx-other": "other-secret"}, clock=wall, ttl_s=100) as b:
+    """The local broker on the wall clock of ``clocks`` (tests/conftest.py: the unit's
+    monotonic and wall clocks; a test advances them together)."""
+    with BrokerServer({UNIT: SECRET, "vx-other": "other-secret"}, clock=clocks.wall, ttl_s=100) as b:
         yield b
 
 
 def client(b: BrokerServer, clocks, **kw) -> TokenBroker:
-    wall, mono = clocks
+    mono, wall = clocks
     kw.setdefault("timeout_s", 5)
     return TokenBroker(b.url, kw.pop("unit_id", UNIT), kw.pop("secret", SECRET), clock=mono,
                        wall_clock=wall, **kw)
@@ -94,7 +76,7 @@ def test_token_fetched_and_cached(broker, clocks):
 
 
 def test_refreshed_shortly_before_expiry(broker, clocks):
-    wall, mono = clocks
+    mono, wall = clocks
     tb = client(broker, clocks, refresh_margin_s=30)
 
     async def go():
@@ -131,7 +113,7 @@ def test_only_the_latest_tokens_stay_registered_for_redaction(broker, clocks):
 
 
 def test_short_tokens_are_reused_for_half_their_life(broker, clocks):
-    wall, mono = clocks
+    mono, wall = clocks
     broker.ttl_s = 20                  # margin 30 s would never reuse it: half the life instead
     tb = client(broker, clocks, refresh_margin_s=30)
 
@@ -149,7 +131,7 @@ def test_short_tokens_are_reused_for_half_their_life(broker, clocks):
 
 
 def test_lifetime_follows_the_broker_clock_not_the_unit_wall_clock(broker, clocks):
-    wall, mono = clocks
+    mono, wall = clocks
     unit_wall = FakeClock(wall.t - 86400 * 365)   # unit booted without NTP: a year behind
     tb = TokenBroker(broker.url, UNIT, SECRET, timeout_s=5, clock=mono, wall_clock=unit_wall)
     run(tb.token())
@@ -219,7 +201,7 @@ def test_unreachable_broker_is_transient(clocks):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()                       # nothing listens there now
-    wall, mono = clocks
+    mono, wall = clocks
     tb = TokenBroker(f"http://127.0.0.1:{port}/token", UNIT, SECRET, timeout_s=2, clock=mono,
                      wall_clock=wall)
     with pytest.raises(BrokerError) as exc:
@@ -366,8 +348,7 @@ def test_credential_source(monkeypatch):
 # ---- TLS ----------------------------------------------------------------------------------
 @pytest.fixture
 def tls_broker(pki, clocks):
-    wall, _ = clocks
-    with BrokerServer({UNIT: SECRET}, certfile=pki.cert_file, keyfile=pki.key_file, clock=wall) as b:
+    with BrokerServer({UNIT: SECRET}, certfile=pki.cert_file, keyfile=pki.key_file, clock=clocks.wall) as b:
         yield b
 
 
@@ -396,7 +377,7 @@ def test_tls_with_the_wrong_ca_fails_fatal(tls_broker, pki, clocks):
 # ---- logs ---------------------------------------------------------------------------------
 def test_secret_and_token_never_in_logs(broker, clocks, caplog):
     """Neither the raw records (caplog) nor the formatted text/JSON output carry them."""
-    wall, mono = clocks
+    mono, wall = clocks
     out = io.StringIO()
     handlers = []
     for fmt in (sd.TextFormatter(), sd.JsonFormatter()):
@@ -476,7 +457,7 @@ def test_broker_token_opens_a_local_realtime_session(tls_broker, pki, clocks):
     from voxbox.parrot.server import LocalRealtimeServer
     from voxbox.realtime.dialects import auth_headers, build_url
 
-    wall, mono = clocks
+    mono, wall = clocks
     rt = Realtime()
 
     async def session(server, key: str):

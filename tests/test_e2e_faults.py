@@ -9,33 +9,20 @@ import numpy as np
 import pytest
 from synth import speech
 
+from helpers import tap_turn
 from voxbox.sim.harness import DaemonHarness
 
 pytestmark = pytest.mark.e2e
 
 
-Q = None
-
-
 def question() -> np.ndarray:
-    global Q
-    if Q is None:
-        Q = speech("Tell me something interesting about lighthouses and the sea.")
-    return Q
-
-
-def tap_turn(h: DaemonHarness, until: str = "playback_end", timeout: float = 40) -> dict:
-    t0 = time.monotonic()
-    h.press()
-    h.wait_state("listening", timeout=5, after=t0)
-    h.mic.play(question())
-    return h.wait_event(until, timeout=timeout, after=t0)
+    return speech("Tell me something interesting about lighthouses and the sea.")
 
 
 def test_drop_mid_reply_reconnects_and_asks_again(tmp_path):
     with DaemonHarness(tmp_path, echo_db=-30) as h:
         h.start()
-        tap_turn(h, until="playback_start")
+        tap_turn(h, question(), until="playback_start")
         time.sleep(0.3)
         t_drop = time.monotonic()
         h.server.faults.drop_connections()
@@ -49,14 +36,14 @@ def test_drop_mid_reply_reconnects_and_asks_again(tmp_path):
               f"{(back['mono'] - t_drop) * 1000:.0f} ms after; question asked again")
         assert back["mono"] - t_drop < 1.5
         # and the next turn works
-        tap_turn(h)
+        tap_turn(h, question())
         assert h.proc.poll() is None
 
 
 def test_a_long_outage_mid_reply_loses_the_turn_and_says_so_at_once(tmp_path):
     with DaemonHarness(tmp_path, echo_db=-30) as h:
         h.start()
-        tap_turn(h, until="playback_start")
+        tap_turn(h, question(), until="playback_start")
         port = h.server.port
         t_drop = time.monotonic()
         h.server.stop()  # the service is gone for longer than conversation.resume_turn_s (5 s)
@@ -69,7 +56,7 @@ def test_a_long_outage_mid_reply_loses_the_turn_and_says_so_at_once(tmp_path):
         h.wait_event("reconnected", timeout=15, after=prompt["mono"])
         assert [p["VOXBOX_PROMPT"] for p in h.events("prompt") if p["mono"] >= t_drop] == ["session_lost"]
         assert h.events("turn_resent") == []
-        tap_turn(h)
+        tap_turn(h, question())
 
 
 def test_audio_jitter_bursts_and_gaps_still_play_the_whole_reply(tmp_path):
@@ -77,7 +64,7 @@ def test_audio_jitter_bursts_and_gaps_still_play_the_whole_reply(tmp_path):
     cfg = {"audio": {"jitter_stretch": True}}  # the product default: expand bridges short gaps
     with DaemonHarness(tmp_path, echo_db=-30, server_options=opts, config=cfg) as h:
         h.start()
-        tap_turn(h)
+        tap_turn(h, question())
         conn = h.server.record.connection(-1)
         items = [e for e in conn.server_events if e["type"] == "response.output_item.added"]
         audio = h.server.record.item_audio(items[-1]["item"]["id"])
@@ -142,7 +129,7 @@ def test_rejected_auth_goes_to_error_and_retries_slowly(tmp_path, mode):
 def test_session_expired_mid_reply_recovers_and_asks_again(tmp_path):
     with DaemonHarness(tmp_path, echo_db=-30) as h:
         h.start()
-        tap_turn(h, until="playback_start")
+        tap_turn(h, question(), until="playback_start")
         t_exp = time.monotonic()
         h.server.faults.expire_sessions()
         back = h.wait_event("reconnected", timeout=10, after=t_exp)
@@ -163,7 +150,7 @@ def test_malformed_unknown_and_oversized_messages_do_not_break_the_turn(tmp_path
     with DaemonHarness(tmp_path, echo_db=-30, server_options=opts) as h:
         h.start()
         h.server.faults.send_malformed_json()
-        start = tap_turn(h, until="playback_start", timeout=60)
+        start = tap_turn(h, question(), until="playback_start", timeout=60)
         time.sleep(1.0)
         h.press()
         h.wait_event("barge_in", timeout=10, after=start["mono"])

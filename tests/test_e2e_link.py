@@ -10,20 +10,13 @@ import numpy as np
 import pytest
 import synth
 
+from helpers import tap_turn
 from voxbox.sim.harness import DaemonHarness
 
 pytestmark = pytest.mark.e2e
 
 
 speech = partial(synth.speech, seed=3)  # this file's noise seed
-
-
-def tap_turn(h: DaemonHarness, sig: np.ndarray) -> dict:
-    t0 = time.monotonic()
-    h.press()
-    h.wait_state("listening", timeout=5, after=t0)
-    h.mic.play(sig)
-    return h.wait_event("playback_end", timeout=40, after=t0)
 
 
 def test_rollover_between_turns_carries_the_conversation_over(tmp_path):

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import write_raw_wav
 from voxbox.audio.earcon import CUES, EARCON_RATE, NAMES, EarconError, EarconSet, load_earcon
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,15 +18,6 @@ def make_earcons():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-def write_wav(path, samples, rate, width=2, channels=1):
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(channels)
-        w.setsampwidth(width)
-        w.setframerate(rate)
-        w.writeframes(np.asarray(samples).tobytes())
-    return path
 
 
 def dominant_hz(x, rate=EARCON_RATE):
@@ -102,7 +94,7 @@ def test_user_wav_path_resampled_and_downmixed(tmp_path):
     t = np.arange(1600) / 16000
     tone = (0.25 * np.sin(2 * np.pi * 1000 * t) * 32767).astype("<i2")
     stereo = np.stack([tone, tone], axis=1)
-    p = write_wav(tmp_path / "ding.wav", stereo, 16000, channels=2)
+    p = write_raw_wav(tmp_path / "ding.wav", stereo, 16000, channels=2)
     x = load_earcon(p, 24000)
     assert x.dtype == np.int16 and abs(len(x) - 2400) <= 2
     assert abs(dominant_hz(x.astype(float)) - 1000) < 10
@@ -120,7 +112,7 @@ def test_other_pcm_widths(tmp_path, width, dtype, scale):
         raw = i.view("u1").reshape(-1, 4)[:, :3].copy()
     else:
         raw = np.round(v * scale).astype(dtype)
-    x = load_earcon(write_wav(tmp_path / f"w{width}.wav", raw, 24000, width=width))
+    x = load_earcon(write_raw_wav(tmp_path / f"w{width}.wav", raw, 24000, width=width))
     assert np.max(np.abs(x / 32768.0 - v)) < 0.01
 
 
@@ -138,9 +130,9 @@ def test_bad_file_names_the_file(tmp_path):
 
 def test_empty_and_too_long_files(tmp_path):
     with pytest.raises(EarconError, match="empty.wav: no audio"):
-        load_earcon(write_wav(tmp_path / "empty.wav", np.zeros(0, "<i2"), 24000))
+        load_earcon(write_raw_wav(tmp_path / "empty.wav", np.zeros(0, "<i2"), 24000))
     with pytest.raises(EarconError, match="long.wav: 6.0 s long"):
-        load_earcon(write_wav(tmp_path / "long.wav", np.zeros(6 * 8000, "<i2"), 8000))
+        load_earcon(write_raw_wav(tmp_path / "long.wav", np.zeros(6 * 8000, "<i2"), 8000))
 
 
 def test_unknown_name():
@@ -156,7 +148,7 @@ def test_default_set_plays_every_packaged_cue():
 
 
 def test_set_from_config(tmp_path):
-    user = write_wav(tmp_path / "ding.wav", np.full(480, 1000, "<i2"), 48000)
+    user = write_raw_wav(tmp_path / "ding.wav", np.full(480, 1000, "<i2"), 48000)
     s = EarconSet.from_config({"wake": "end", "end": str(user), "error": "off", "mute": "OFF"},
                               rate=24000)
     assert np.array_equal(s.get("wake"), load_earcon("end"))

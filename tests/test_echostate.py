@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from helpers import leftovers
 from voxbox.dsp import echostate
 from voxbox.dsp.echostate import EchoState, load_echo_state, save_echo_state
 
@@ -221,15 +222,11 @@ def test_from_measurement_drops_unusable_optional_figures():
 
 
 # ---- atomic write -----------------------------------------------------------------------
-def leftovers(directory):
-    return sorted(f.name for f in directory.iterdir() if f.name != "echo.json")
-
-
 def test_save_creates_the_directory_and_leaves_no_temp(tmp_path):
     p = tmp_path / "state" / "sub" / "echo.json"
     save_echo_state(p, state())
     assert load_echo_state(p, DEV) == state()
-    assert leftovers(p.parent) == []
+    assert leftovers(p.parent, keep="echo.json") == []
     assert oct(p.stat().st_mode & 0o777) == oct(0o644)
 
 
@@ -238,7 +235,7 @@ def test_save_overwrites(tmp_path):
     save_echo_state(p, state())
     save_echo_state(p, state(drift_ppm=12.0))
     assert load_echo_state(p, DEV).drift_ppm == 12.0
-    assert leftovers(tmp_path) == []
+    assert leftovers(tmp_path, keep="echo.json") == []
 
 
 def test_failing_write_keeps_the_old_file_and_removes_the_temp(tmp_path, monkeypatch):
@@ -253,7 +250,7 @@ def test_failing_write_keeps_the_old_file_and_removes_the_temp(tmp_path, monkeyp
     with pytest.raises(OSError, match="No space left"):
         save_echo_state(p, state(drift_ppm=99.0))
     assert p.read_bytes() == before
-    assert leftovers(tmp_path) == []
+    assert leftovers(tmp_path, keep="echo.json") == []
 
 
 def test_failing_rename_keeps_the_old_file_and_removes_the_temp(tmp_path, monkeypatch):
@@ -268,7 +265,7 @@ def test_failing_rename_keeps_the_old_file_and_removes_the_temp(tmp_path, monkey
     with pytest.raises(OSError, match="Input/output error"):
         save_echo_state(p, state(drift_ppm=99.0))
     assert p.read_bytes() == before
-    assert leftovers(tmp_path) == []
+    assert leftovers(tmp_path, keep="echo.json") == []
 
 
 def test_short_writes_are_completed(tmp_path, monkeypatch):
@@ -288,7 +285,7 @@ def test_interrupt_during_write_removes_the_temp(tmp_path, monkeypatch):
     monkeypatch.setattr(echostate.os, "write", interrupted)
     with pytest.raises(KeyboardInterrupt):
         save_echo_state(p, state())
-    assert not p.exists() and leftovers(tmp_path) == []
+    assert not p.exists() and leftovers(tmp_path, keep="echo.json") == []
 
 
 def test_the_rename_and_the_directory_are_fsynced(tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from helpers import run
 from voxbox.parrot.server import (
     INSUFFICIENT_QUOTA,
     AudioJitter,
@@ -27,10 +28,6 @@ AUDIO_DELTA = "response.output_audio.delta"
 # A fast parrot with many small chunks: the reply's 0.6 s tone in 12 chunks of 50 ms,
 # produced at 50x real time so the wire timing is the fault's, not the pacing's.
 FAST = dict(chunk_ms_min=50, chunk_ms_max=50, pace_min=50.0, pace_max=50.0, response_latency_s=0.01)
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 30))
 
 
 async def open_client(server: LocalRealtimeServer, **kw):

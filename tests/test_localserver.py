@@ -15,6 +15,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from helpers import run
 from voxbox.parrot.server import (
     DIALECTS,
     EnergyVad,
@@ -112,10 +113,6 @@ def silence(seconds: float, rate: int = RATE) -> np.ndarray:
 
 def b64(pcm: np.ndarray) -> str:
     return base64.b64encode(pcm.astype("<i2").tobytes()).decode()
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 30))
 
 
 HEADERS = {

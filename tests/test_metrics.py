@@ -10,15 +10,8 @@ import threading
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from helpers import leftovers
 from voxbox.host.metrics import LINK_STATES, MetricsWriter, UnitMetrics, read_selftest, render
-
-
-class FakeClock:
-    def __init__(self, t=1000.0):
-        self.t = t
-
-    def __call__(self):
-        return self.t
 
 
 def parse(text):
@@ -34,11 +27,6 @@ def parse(text):
 def value(fams, family, sample=None, **labels):
     _typ, samples, _ = fams[family]
     return samples[(sample or family, tuple(sorted(labels.items())))]
-
-
-@pytest.fixture
-def clocks():
-    return FakeClock(1000.0), FakeClock(1_733_390_000.0)
 
 
 def driven(clocks):
@@ -324,4 +312,4 @@ def test_the_daemon_writes_the_metrics_file(tmp_path):
         print(f"ERLE {v['voxbox_erle_db']:.1f} dB, echo delay {v.get('voxbox_echo_delay_seconds')} s")
         assert v["voxbox_erle_db"] > 6.0
         assert h.stop_daemon() == 0
-    assert not [p for p in prom.parent.iterdir() if p.name != "voxbox.prom"]  # no temp file left
+    assert leftovers(prom.parent, keep="voxbox.prom") == []  # no temp file left

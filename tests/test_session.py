@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from voxbox.config import parse_config
+from helpers import realtime_config as rt
 from voxbox.realtime.dialects import auth_headers, build_url, canonical_event_type, session_config
 from voxbox.realtime.session import (
     AudioDelta,
@@ -16,10 +16,6 @@ from voxbox.realtime.session import (
     SessionReady,
     SpeechStarted,
 )
-
-
-def rt(**kw):
-    return parse_config({"realtime": kw}).realtime
 
 
 def test_urls_per_dialect():

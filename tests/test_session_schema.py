@@ -7,7 +7,7 @@ import json
 import pytest
 from pydantic import BaseModel
 
-from voxbox.config import parse_config
+from helpers import realtime_config as rt
 from voxbox.realtime import events as schema
 from voxbox.realtime.dialects import _BETA_TO_GA
 from voxbox.realtime.session import (
@@ -35,10 +35,6 @@ DIALECTS = ("openai-ga", "openai-beta", "azure-voicelive")
 _GA_TO_BETA = {ga: beta for beta, ga in _BETA_TO_GA.items()}
 PCM = b"\x01\x00\x02\x00" * 240
 B64 = base64.b64encode(PCM).decode()
-
-
-def rt(**kw):
-    return parse_config({"realtime": kw}).realtime
 
 
 def wire_type(dialect: str, ga_type: str) -> str:

@@ -14,16 +14,12 @@ import textwrap
 
 import pytest
 
+from helpers import leftovers
 from voxbox.host import statefile
 from voxbox.host.statefile import atomic_write
 from voxbox.service.mutestate import load_muted, save_muted
 
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-
-def leftovers(directory):
-    """Temporary files left in ``directory``."""
-    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".tmp"))
 
 
 # ---- atomic_write -------------------------------------------------------------------------

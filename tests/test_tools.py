@@ -13,6 +13,7 @@ import threading
 
 import pytest
 
+from helpers import run
 from voxbox.conversation import tools as T
 from voxbox.conversation.tools import (
     FunctionCall,
@@ -54,10 +55,6 @@ class FakeCtx:
 
     def now(self) -> dt.datetime:
         return self._now
-
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 def call(runner: ToolRunner, name: str, args: object = None, raw: str | None = None) -> ToolResult:

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import wave
-
 import numpy as np
 import pytest
 
+from helpers import write_raw_wav
 from voxbox.audio.wavfile import WavError, read_pcm16_mono, read_wav, write_wav
-
-
-def _raw_wav(path, frames: bytes, rate: int, width: int, channels: int):
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(channels)
-        w.setsampwidth(width)
-        w.setframerate(rate)
-        w.writeframes(frames)
-    return path
 
 
 def test_read_pcm16_mono_round_trips_write_wav(tmp_path):
@@ -31,13 +21,13 @@ def test_read_pcm16_mono_round_trips_write_wav(tmp_path):
 
 
 def test_read_pcm16_mono_rejects_other_widths_and_channels_naming_the_file(tmp_path):
-    p8 = _raw_wav(tmp_path / "u8.wav", bytes(range(100)), 16000, 1, 1)
+    p8 = write_raw_wav(tmp_path / "u8.wav", bytes(range(100)), 16000, 1, 1)
     with pytest.raises(WavError, match=r"^--mic u8: expected 16-bit PCM, got 8-bit samples$"):
         read_pcm16_mono(p8, "--mic u8")
-    p24 = _raw_wav(tmp_path / "s24.wav", bytes(300), 16000, 3, 1)
+    p24 = write_raw_wav(tmp_path / "s24.wav", bytes(300), 16000, 3, 1)
     with pytest.raises(WavError, match=r"expected 16-bit PCM, got 24-bit samples"):
         read_pcm16_mono(p24, "s24")
-    st = _raw_wav(tmp_path / "st.wav", np.zeros(200, "<i2").tobytes(), 16000, 2, 2)
+    st = write_raw_wav(tmp_path / "st.wav", np.zeros(200, "<i2").tobytes(), 16000, 2, 2)
     with pytest.raises(WavError, match=r"^st: expected mono, got 2 channels$"):
         read_pcm16_mono(st, "st")
     with pytest.raises(WavError, match=r"^nope: not found$"):
