@@ -37,7 +37,8 @@ import numpy as np
 import soxr
 
 from voxbox import __version__
-from voxbox.audio.jitter import JitterBuffer, LatencyHistogram, PullClock, PullResult
+from voxbox.audio.jitter import JitterBuffer
+from voxbox.audio.playout import LatencyHistogram, PullClock, PullResult
 from voxbox.audio.ring import FrameQueue, SampleRing
 from voxbox.config import Config, ConfigError
 from voxbox.conversation.machine import (
