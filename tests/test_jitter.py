@@ -690,7 +690,7 @@ def test_latency_histogram_quantile_and_clamping():
 
 
 def test_pull_clock_ignores_late_wakeups_and_follows_the_device():
-    from voxbox.audio.jitter import PullClock
+    from voxbox.audio.playout import PullClock
     step = 0.01
     # a card: a pull per period; every 10th wakes 18 ms late and the next catches up
     c = PullClock(24000, 240)

@@ -46,10 +46,8 @@ truncation"). Fade ramps scale samples but never add or drop any. :meth:`flush` 
 everything queued at once (barge-in).
 
 Time-stretching (``stretch=True``, the default; in the manner of NetEq's preemptive
-expand and accelerate, by WSOLA on whole numpy frames: the pitch lag ``T`` (2.5-15 ms) is
-the best normalised cross-correlation, one period is inserted or removed by a
-raised-cosine overlap-add that starts and ends on the original waveform, so there is no
-step at either end):
+expand and accelerate: one pitch period ``T`` (2.5-15 ms) inserted or removed by WSOLA,
+with no step at either end; the DSP is in :mod:`voxbox.audio.stretch`):
 
 - expand: while less than ``max(expand_ms, min(target, expand_target_ms))`` is queued
   and more audio is expected, the head of the queue plays slower (one period inserted per ``T / max_expand`` consumed; at most
@@ -84,8 +82,8 @@ step at either end):
 Added latency (:attr:`added`, a :class:`LatencyHistogram`): per source sample handed
 out, the time of its pull minus ``g``, the time the earliest possible player handed it
 out: what this buffer's prebuffer, rebuffering and stretching cost on top of the network.
-With ``t`` given to :meth:`pull` (the daemon passes :class:`PullClock`'s paced time
-of the pull: a card paces its playback loop per period), ``g[i] = max(arrival[i], g[i-1] + 1/rate)``
+With ``t`` given to :meth:`pull` (the daemon passes :class:`~voxbox.audio.playout.PullClock`'s
+paced time of the pull: a card paces its playback loop per period), ``g[i] = max(arrival[i], g[i-1] + 1/rate)``
 from the response's first arrival, in continuous time, so the wait for the next pull
 after an arrival (0-10 ms) counts: it is latency a non-stretching buffer cannot avoid and
 accelerate can win back (``tests/benchmarks/test_jitter_bench.py`` computes the same
@@ -100,8 +98,8 @@ after :meth:`pause` is not measured.
 Accounting stays in SOURCE samples: ``played[item]`` and ``PullResult.samples`` count
 the samples of the queued audio consumed (what ``conversation.item.truncate`` needs);
 ``PullResult.device`` the device samples they filled. Stretched audio is handed out from
-"pieces" (source samples -> device samples); within a piece source samples are accounted
-as the integer floor of the linear map, so the totals are exact. :meth:`pause` maps the
+"pieces" (source samples -> device samples, mapped exactly by
+:func:`~voxbox.audio.stretch.src_at`). :meth:`pause` maps the
 ``unplayed`` device samples back to the source samples they were made from (per
 handed-out fragment) and re-queues those, and the pieces made but not yet handed out.
 
@@ -135,112 +133,16 @@ import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+
+from voxbox.audio.playout import LatencyHistogram, PullResult, quantile_bin
+from voxbox.audio.stretch import best_lag, fade_out_tail, insert_period, remove_period, src_at
 
 BUCKET_MS = 5  # histogram resolution of the target
 MAX_ITEMS = 64  # items kept in ``played`` and ``received`` (oldest first out)
 MIN_CHUNK_MS = 5  # at most one queued chunk per this much of ``max_queued_ms``
 SEG_KEEP = 4096  # a segment's arrivals kept (more only while they cover < ``max_ms``)
-
-
-@dataclass
-class PullResult:
-    """What one :meth:`JitterBuffer.pull` produced.
-
-    ``samples`` counts SOURCE samples of reply audio consumed by this period (what
-    ``played`` grew by); ``device`` counts the samples of the period that carry that audio
-    (before a fade tail). Without time-stretching the two are equal; an expanded period
-    has ``device > samples`` and an accelerated one ``device < samples``. Both are
-    informational: the daemon uses ``item_id``/``drained``/``underrun``/``epoch``.
-    """
-
-    item_id: str | None  # the item whose audio is (mostly) in this period, None for silence
-    samples: int  # source samples of reply audio consumed by this period
-    drained: bool  # the buffer just ran empty at the end of the expected audio
-    underrun: bool  # the buffer ran empty while more audio was expected
-    epoch: int = 0  # flush count when pulled: results from before a flush are stale
-    device: int = 0  # samples of this period carrying reply audio (stretched or not)
-
-
-class LatencyHistogram:
-    """Sample-weighted histogram of a latency: 1 ms bins from 0 to ``max_ms`` (values
-    below 0 count in the first bin, above ``max_ms`` in the last; the mean uses the exact
-    values). :meth:`add` is O(1), for the playback thread's once-per-period update."""
-
-    def __init__(self, max_ms: int = 2000):
-        self.counts = np.zeros(max_ms + 1, dtype=np.int64)  # samples per 1 ms bin
-        self.samples = 0
-        self.total_ms = 0.0  # sum over samples of their latency (ms x samples)
-
-    def add(self, ms: float, samples: int) -> None:
-        """``samples`` samples at a latency of ``ms``."""
-        i = min(max(int(ms), 0), self.counts.size - 1)
-        self.counts[i] += samples
-        self.samples += samples
-        self.total_ms += ms * samples
-
-    def copy(self) -> "LatencyHistogram":
-        h = LatencyHistogram.__new__(LatencyHistogram)
-        h.counts, h.samples, h.total_ms = self.counts.copy(), self.samples, self.total_ms
-        return h
-
-    def __sub__(self, other: "LatencyHistogram") -> "LatencyHistogram":
-        """What was added since ``other`` (an earlier copy of this histogram)."""
-        h = self.copy()
-        h.counts -= other.counts
-        h.samples -= other.samples
-        h.total_ms -= other.total_ms
-        return h
-
-    def mean_ms(self) -> float | None:
-        """Mean latency (ms) over the samples; None if there are none."""
-        return self.total_ms / self.samples if self.samples else None
-
-    def quantile_ms(self, q: float) -> float | None:
-        """The ``q`` quantile (ms, to the 1 ms bin's upper edge); None if no samples."""
-        if not self.samples:
-            return None
-        return float(_quantile_bin(np.cumsum(self.counts), q) + 1)
-
-
-class PullClock:
-    """The paced time of each period the playback loop pulls, for :meth:`JitterBuffer.pull`'s
-    ``t``: period ``n`` at ``n * period / rate + offset`` (the device's sample clock). A
-    device with a buffer of several periods lets a pull come late (the thread woke late)
-    and the next ones early (catching up) without the device noticing; the time it plays
-    them is unchanged. So the offset tracks a low quantile (about the 5th percentile) of
-    ``now - n * period / rate``, the pulls on time: it moves down by at most ``down_ms``
-    per pull and up by at most ``up_ms_per_s`` (ms per second of audio: clock drift,
-    < 0.1 ms/s, and the later restart after the device starved). A pull early by more
-    (a device that took several periods at once, as the test rig's speaker thread does
-    when it wakes late) moves it by ``down_ms`` only. Without it a late pull looks like
-    lag that accelerate would chase and the catch-up pulls after it look early, below the
-    earliest possible playout. Measured on the rig, daemon loop under load: the pulls on
-    time lie within 0.13 ms of each other, late ones up to 10 ms after."""
-
-    def __init__(self, rate: int, period: int, up_ms_per_s: float = 1.0, down_ms: float = 0.2):
-        self.step = period / rate  # seconds per period
-        self._up = up_ms_per_s / 1000 * self.step
-        self._down = down_ms / 1000
-        self._n = 0
-        self._offset: float | None = None
-
-    def next(self, now: float) -> float:
-        """Paced time (s, ``now``'s clock) of the period pulled at ``now``."""
-        raw = self._n * self.step
-        self._n += 1
-        off = now - raw
-        o = self._offset
-        if o is None:
-            self._offset = off
-        elif off < o:
-            self._offset = max(off, o - self._down)
-        else:
-            self._offset = min(off, o + self._up)
-        return raw + self._offset
 
 
 class JitterBuffer:
@@ -474,7 +376,7 @@ class JitterBuffer:
                 frag = self._hist_frags[-1]
                 item, src, dev = frag
                 k = min(left, dev)
-                keep = _src_at(dev - k, src.size, dev)
+                keep = src_at(dev - k, src.size, dev)
                 back = src[keep:]
                 if k == dev:
                     self._hist_frags.pop()
@@ -600,7 +502,7 @@ class JitterBuffer:
         h *= 1.0 - w
         h[min(int(math.ceil(obs_ms / BUCKET_MS)), h.size - 1)] += w
         np.cumsum(h, out=self._hist_cs)
-        b = _quantile_bin(self._hist_cs, self.quantile)
+        b = quantile_bin(self._hist_cs, self.quantile)
         target_ms = min(max(b * BUCKET_MS, self.min_ms), self.max_ms)
         self.prebuffer = int(math.ceil(target_ms * self.rate / 1000))
 
@@ -659,7 +561,7 @@ class JitterBuffer:
         """Return the not yet handed out source of the ready pieces to the queue."""
         while self._ready:
             item, src, dev, done = self._ready.pop()
-            rest = src[_src_at(done, src.size, dev.size):]
+            rest = src[src_at(done, src.size, dev.size):]
             if rest.size:
                 self._requeue(item, rest)
 
@@ -689,20 +591,6 @@ class JitterBuffer:
                 self._offset = 0
 
     # ---- time-stretching (lock held) -----------------------------------------------------
-    def _best_lag(self, x: np.ndarray, tmax: int) -> tuple[int, float]:
-        """Pitch lag ``T`` in [tmin, tmax] maximising the normalised cross-correlation of
-        ``x[:w]`` and ``x[T:T + w]`` (``x`` float, at least ``tmax + w`` long), and it."""
-        tmin = self._tmin
-        w = min(tmax, x.size - tmax)
-        ref = x[:w]
-        win = sliding_window_view(x[tmin:tmax + w], w)
-        c = win @ ref
-        e2 = np.cumsum(np.concatenate([[0.0], x[tmin:tmax + w] ** 2]))
-        ew = e2[w:] - e2[:-w]
-        nc = c / np.sqrt(ew * float(ref @ ref) + 1e-9)
-        i = int(np.argmax(nc))
-        return tmin + i, float(nc[i])
-
     def _expand_piece(self) -> bool:
         """Insert one pitch period into the head of the queue (preemptive expand)."""
         tmax = min(self._tmax, self._inq // 2, self._expand_cap - self._expanded)
@@ -713,14 +601,10 @@ class JitterBuffer:
         if tmax < self._tmin:
             return False
         x = xi.astype(np.float32)
-        T, _ = self._best_lag(x, tmax)
+        T, _ = best_lag(x, self._tmin, tmax)
         s = max(T, min(int(round(T / self.max_expand)), self._inq))
-        # y = x[:T] ++ crossfade(x[T:2T] -> x[:T]) ++ x[T:s]: one period more, continuous
-        # at both ends (the crossfade starts on x[T] and ends on x[T-1], followed by x[T])
-        fi = _ramp(T)
-        ola = x[T:2 * T] * (1.0 - fi) + x[:T] * fi
         src = xi[:s].copy() if s <= xi.size else self._peek(s)[1].copy()
-        dev = np.concatenate([src[:T], _to16(ola), src[T:s]])
+        dev = insert_period(x, src, T)
         self._consume(s)
         self._ready.append([item, src, dev, 0])
         self._expanded += T
@@ -741,19 +625,15 @@ class JitterBuffer:
         if xi.size < need:
             return 0
         x = xi.astype(np.float32)
-        T, corr = self._best_lag(x[:2 * tmax], tmax)
+        T, corr = best_lag(x[:2 * tmax], self._tmin, tmax)
         quiet = float(np.mean(x[:2 * T] ** 2)) < self._quiet_power
         if corr < self._accel_corr and not quiet:
             # neither periodic nor quiet: do not search this audio again on every pull
             self._accel_after = self._taken + need
             return 0
         s = max(2 * T, int(round(T / self.max_accelerate)))
-        # y = crossfade(x[:T] -> x[T:2T]) ++ x[2T:s]: one period less, continuous at both
-        # ends (starts on x[0], ends on x[2T-1], followed by x[2T])
-        fi = _ramp(T)
-        ola = x[:T] * (1.0 - fi) + x[T:2 * T] * fi
         src = xi[:s].copy()
-        dev = np.concatenate([_to16(ola), src[2 * T:s]])
+        dev = remove_period(x, src, T)
         self._consume(s)
         self._ready.append([item, src, dev, 0])
         self.accelerates += 1
@@ -785,9 +665,9 @@ class JitterBuffer:
         ``t``: when this period starts playing, on ``push``'s clock (optional: without it
         the pull grid is the clock: pull ``k`` plays at ``k * period / rate``, and the
         earliest player hands out at most a period of what had arrived by each pull).
-        ``now``: when ``t`` is a paced time (:class:`PullClock`), the actual time of this
-        pull: it came ``now - t`` late, so audio that arrived up to then still makes this
-        period, and its arrival counts that much earlier on the paced clock.
+        ``now``: when ``t`` is a paced time (:class:`~voxbox.audio.playout.PullClock`), the
+        actual time of this pull: it came ``now - t`` late, so audio that arrived up to then
+        still makes this period, and its arrival counts that much earlier on the paced clock.
         Never blocks on anything but the short internal lock.
         """
         n = out.shape[0]
@@ -820,7 +700,7 @@ class JitterBuffer:
                 piece = self._ready[0]
                 item, src, dev, done = piece
                 k = min(n - filled, dev.size - done)
-                s0, s1 = _src_at(done, src.size, dev.size), _src_at(done + k, src.size, dev.size)
+                s0, s1 = src_at(done, src.size, dev.size), src_at(done + k, src.size, dev.size)
                 out[filled:filled + k] = dev[done:done + k]
                 if s1 > s0:
                     played = self.played
@@ -876,7 +756,8 @@ class JitterBuffer:
                     underrun = True
                     self.underruns += 1
                     self._stalled = True
-                    self._fade_out_tail(out, filled)
+                    fade_out_tail(out, filled, out[filled - 1] if filled else self._last_sample,
+                                  self._fade_out, self._scratch)
                     self._fade_in_pos = 0
             self._last_sample = int(out[n - 1])
             return PullResult(main_item, consumed, drained, underrun, self.epoch, filled)
@@ -905,26 +786,10 @@ class JitterBuffer:
                 self._hist_len -= frag[2]
                 over -= frag[2]
             else:
-                cut = _src_at(over, frag[1].size, frag[2])
+                cut = src_at(over, frag[1].size, frag[2])
                 frag[1], frag[2] = frag[1][cut:], frag[2] - over
                 self._hist_len -= over
                 over = 0
-
-    def _fade_out_tail(self, out: np.ndarray, filled: int) -> None:
-        """Ramp the period down to silence from the audio that ran out at ``filled``: the
-        last ``f`` samples of the audio, continued by its last sample held, go under a
-        1 -> 0 ramp; the rest of the period is silence."""
-        n = out.shape[0]
-        f = self._fade_out.size
-        hold = out[filled - 1] if filled else self._last_sample
-        start = max(0, filled - f)
-        end = min(n, start + f)
-        seg = self._scratch[:end - start]
-        seg[:filled - start] = out[start:filled]
-        seg[filled - start:] = hold
-        seg *= self._fade_out[:end - start]
-        out[start:end] = seg
-        out[end:] = 0
 
 
 def _add_item(d: dict[str, int], item: str, n: int) -> None:
@@ -932,25 +797,4 @@ def _add_item(d: dict[str, int], item: str, n: int) -> None:
     d[item] = n
     if len(d) > MAX_ITEMS:
         del d[next(iter(d))]
-
-
-def _quantile_bin(cs: np.ndarray, q: float) -> int:
-    """The bin holding the ``q`` quantile of a histogram, given its cumulative sums."""
-    return int(np.searchsorted(cs, q * cs[-1], side="left"))
-
-
-def _src_at(d: int, s: int, dtot: int) -> int:
-    """Source samples accounted for by the first ``d`` of ``dtot`` device samples made from
-    ``s`` source samples: exact integers, monotone, 0 at 0 and ``s`` at ``dtot``."""
-    return d if s == dtot else (d * s) // dtot
-
-
-def _ramp(n: int) -> np.ndarray:
-    """Raised-cosine 0 -> 1 crossfade weights (float32), n samples, ends excluded."""
-    return (0.5 - 0.5 * np.cos(np.pi * (np.arange(n, dtype=np.float32) + 0.5) / n)).astype(
-        np.float32)
-
-
-def _to16(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(x), -32768, 32767).astype(np.int16)
 

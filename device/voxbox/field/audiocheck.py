@@ -83,7 +83,7 @@ def _pink(n: int, dbfs: float, rate: int = 16000, band: tuple[float, float] = (2
 def calibration_signal(rate16: int = 16000) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
     """The played stream at 16 kHz: ``LEAD_S`` silence, the sweep, the pink-noise burst,
     ``TAIL_S`` silence. Returns (int16 signal, sweep [start, end), noise [start, end))."""
-    from voxbox.dsp.align import chirp
+    from voxbox.dsp.calibration import chirp
 
     lead = np.zeros(int(LEAD_S * rate16))
     sweep = chirp(rate16, seconds=CHIRP_S, level_dbfs=CHIRP_DBFS).astype(np.float64)
@@ -285,10 +285,10 @@ def measure_echo(run: AudioRun) -> EchoMeasurement:
     ``played16[k]`` was handed over at ``play_t0 + k/r`` and ``captured[n]`` captured at
     ``capture_t0 + n/r``; with ``off = (play_t0 - capture_t0) * r`` and ``s = round(off)``
     the reference ``ref[n] = played16[n - s]`` is on the capture timeline up to
-    ``frac = off - s``. :func:`voxbox.dsp.align.measure_delay` gives ``tau``
+    ``frac = off - s``. :func:`voxbox.dsp.calibration.measure_delay` gives ``tau``
     (``captured[n]`` ≈ ``g * ref[n - tau]``), so the echo delay is ``(tau - frac) / r``.
     """
-    from voxbox.dsp.align import measure_delay
+    from voxbox.dsp.calibration import measure_delay
 
     r = run.capture_rate
     cap = run.captured

@@ -13,10 +13,10 @@ Checks (in this order; ``--skip NAME`` leaves one out, it is then reported as SK
     full scale (gain far too high), or a floor above ``MAX_FLOOR_DBFS``.
 ``echo``
     While the capture keeps running, opens ``audio.playback_device`` at
-    ``audio.playback_rate`` and plays a calibration sweep (:func:`voxbox.dsp.align.chirp`,
+    ``audio.playback_rate`` and plays a calibration sweep (:func:`voxbox.dsp.calibration.chirp`,
     100 Hz - 7 kHz) followed by a band-limited pink-noise burst, both generated at 16 kHz
     and resampled to the playback rate with soxr. The echo is found in the capture with
-    :func:`voxbox.dsp.align.measure_delay` (GCC-PHAT). Reported: the **echo delay**, ms, from
+    :func:`voxbox.dsp.calibration.measure_delay` (GCC-PHAT). Reported: the **echo delay**, ms, from
     ``write()`` to the microphone (the time a sample spends in the device's playback
     buffers, the converters and the air: what the far-end reference must be delayed by
     before the echo canceller), the echo return loss (ERL, dB) and the GCC-PHAT

@@ -32,7 +32,8 @@ from typing import Any, Callable
 import numpy as np
 import soxr
 
-from voxbox.audio.jitter import JitterBuffer, PullClock, PullResult
+from voxbox.audio.jitter import JitterBuffer
+from voxbox.audio.playout import PullClock, PullResult
 from voxbox.realtime.dialects import PCM_RATE
 
 log = logging.getLogger(__name__)

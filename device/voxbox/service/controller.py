@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from voxbox import __version__
-from voxbox.audio.jitter import LatencyHistogram
+from voxbox.audio.playout import LatencyHistogram
 from voxbox.conversation.machine import (
     UPLINK_STATES,
     Action,
