@@ -15,8 +15,8 @@ from pathlib import Path
 import alsaaudio  # noqa: E402
 import numpy as np
 import pytest
-from probes import probe_children
 
+from probes import probe_children
 from voxbox.audio.alsa import (  # noqa: E402
     AudioDeviceError,
     CaptureLoop,

@@ -9,8 +9,8 @@ import logging
 import socket
 
 import pytest
-from brokerserver import BrokerServer, make_test_pki
 
+from brokerserver import BrokerServer, make_test_pki
 from helpers import FakeClock, run
 from voxbox.config import Realtime, parse_config
 from voxbox.host import sd

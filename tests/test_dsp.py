@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synth import speechlike
 
+from synth import speechlike
 from voxbox.audio.speech import demo_utterance
 from voxbox.audio.wavfile import write_wav
 from voxbox.dsp.recorder import CaptureRecorder

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import synth
 
+import synth
 from probes import probe_children
 from voxbox.audio.speech import demo_utterance
 from voxbox.sim.harness import DaemonHarness, write_config

@@ -9,8 +9,8 @@ from functools import partial
 
 import numpy as np
 import pytest
-import synth
 
+import synth
 from voxbox.sim.harness import DaemonHarness
 
 pytestmark = pytest.mark.e2e

@@ -7,9 +7,9 @@ import time
 
 import numpy as np
 import pytest
-from synth import speech
 
 from helpers import tap_turn
+from synth import speech
 from voxbox.sim.harness import DaemonHarness
 
 pytestmark = pytest.mark.e2e

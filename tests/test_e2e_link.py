@@ -8,8 +8,8 @@ from functools import partial
 
 import numpy as np
 import pytest
-import synth
 
+import synth
 from helpers import tap_turn
 from voxbox.sim.harness import DaemonHarness
 
@@ -119,7 +119,6 @@ def test_token_broker_mode_end_to_end(tmp_path):
     token from the fleet broker; the Realtime server accepts exactly the broker's tokens;
     a reconnect reuses the cached token; a refused unit secret is fatal and retried slowly."""
     from brokerserver import BrokerServer
-
     from voxbox.parrot.server import ServerThread
 
     broker = BrokerServer({"VX-0001": "unit-secret-0123456789"}, ttl_s=600)

@@ -13,8 +13,8 @@ from functools import partial
 import numpy as np
 import pytest
 import soxr
-import synth
 
+import synth
 from voxbox.audio.speech import demo_utterance
 from voxbox.sim.harness import DaemonHarness
 

@@ -7,8 +7,8 @@ import dataclasses
 
 import numpy as np
 import pytest
-from synth import power, room_ir, speechlike  # tests/ is on sys.path
 
+from synth import power, room_ir, speechlike  # tests/ is on sys.path
 from voxbox.dsp.res import ResidualEchoSuppressor, ResSettings
 
 SR = 16000  # Hz

@@ -290,7 +290,6 @@ def test_network_in_token_broker_mode():
     """Only the unit secret is provisioned: the check gets a token from the broker and
     connects with it (the service accepts exactly the tokens the broker issued)."""
     from brokerserver import BrokerServer
-
     from voxbox.parrot.server import ServerThread
 
     with BrokerServer({UNIT_ID: UNIT_SECRET}, ttl_s=600) as broker:

@@ -75,8 +75,8 @@ import time
 
 import numpy as np
 import pytest
-from synth import speech
 
+from synth import speech
 from voxbox.parrot.server import AudioJitter, speak_24k
 from voxbox.sim.harness import DaemonHarness
 
