@@ -1,0 +1,153 @@
+"""The daemon's parts on their own, without the daemon: the audio path (what the capture
+and playback threads do with a period), the echo path (the far-end reference and its
+delay line) and the Realtime link's uplink queue, each driven with real numpy frames and
+fake callbacks (the end-to-end tests run them together in the real daemon)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from voxbox.audio.jitter import JitterBuffer
+from voxbox.config import parse_config
+from voxbox.realtime.dialects import PCM_RATE
+from voxbox.service.audiopath import UPLINK_BLOCK_MS, AudioCallbacks, AudioPath
+from voxbox.service.echopath import MIN_REF_DELAY_PERIODS, EchoPath
+
+
+class Loop:
+    """``call_soon_threadsafe`` that calls at once (the callbacks run in the test's thread)."""
+
+    def call_soon_threadsafe(self, fn, *args):
+        fn(*args)
+
+    def create_task(self, coro):  # the echo path's saves: not run here
+        coro.close()
+
+
+class Recorder:
+    def __init__(self):
+        self.calls: list[tuple[str, tuple]] = []
+
+    def __getattr__(self, name):
+        return lambda *a: self.calls.append((name, a))
+
+    def names(self):
+        return [c[0] for c in self.calls]
+
+
+class Volume:
+    def apply(self, frame):
+        pass
+
+
+def cfg(**sections):
+    base = {"frontend": {"echo_cancel": False}, "wake": {"enabled": False}, "barge_in": {"mode": "service"}}
+    base.update(sections)
+    return parse_config(base)
+
+
+def audio_path(c, rec: Recorder, echo=None):
+    a = c.audio
+    jitter = JitterBuffer(a.playback_rate, a.playback_rate * a.period_ms // 1000, a.jitter_prebuffer_ms)
+    echo = echo or EchoPath(c, a.capture_rate * a.period_ms // 1000, _NOWHERE, SimpleNamespace(),
+                            on_path_changed=lambda: rec.calls.append(("path_changed", ())))
+    cb = AudioCallbacks(**{f: getattr(rec, f) for f in AudioCallbacks.__dataclass_fields__})
+    p = AudioPath(c, jitter, Volume(), echo, cb, local_barge_in=False)
+    p.build()
+    p.start(Loop())
+    echo.start(Loop())
+    return p
+
+
+_NOWHERE = None  # no echo state file: the echo path is not tracked with echo_cancel off
+
+
+def test_uplink_blocks_only_while_open_and_never_while_muted():
+    c = cfg()
+    rec = Recorder()
+    p = audio_path(c, rec)
+    frame = (np.sin(np.arange(p.cap_period) / 3) * 8000).astype(np.int16)
+    for k in range(10):
+        p.on_capture_frame(frame, k * 0.01)
+    assert "on_uplink_block" not in rec.names() and p.capture_frames == 10
+    p.uplink_open = True
+    for k in range(10, 30):  # 200 ms
+        p.on_capture_frame(frame, k * 0.01)
+    blocks = [a[0] for n, a in rec.calls if n == "on_uplink_block"]
+    # 24 kHz PCM16 blocks of UPLINK_BLOCK_MS (the resampler holds a few samples back)
+    assert len(blocks) >= 3 and all(len(b) >= PCM_RATE * UPLINK_BLOCK_MS // 1000 * 2 for b in blocks)
+    n = len(blocks)
+    p.muted = True
+    for k in range(30, 60):
+        p.on_capture_frame(frame, k * 0.01)
+    assert len([1 for m, _ in rec.calls if m == "on_uplink_block"]) == n  # muted: nothing goes out
+    assert p.last_nonsilent_t == pytest.approx(0.59)
+
+
+def test_playback_reports_a_reply_start_and_its_end_and_mixes_a_cue():
+    c = cfg()
+    rec = Recorder()
+    p = audio_path(c, rec)
+    rate = c.audio.playback_rate
+    p.jitter.push("item1", (np.ones(rate // 5) * 1000).astype(np.int16))  # 200 ms
+    p.jitter.mark_complete()
+    seen = []
+    for k in range(60):
+        out = p.playback_source()
+        seen.append(int(np.abs(out).max()))
+        p.playback_written(out, k * 0.01)
+    assert rec.names().count("on_playback_started") == 1 and rec.names().count("on_playback_drained") == 1
+    assert max(seen) == 1000 and seen[-1] == 0
+    p.play_cue(np.full(p.play_period * 2, 500, dtype=np.int16))
+    assert int(p.playback_source().max()) == 500 and p.cue is not None
+    p.playback_source()
+    assert p.cue is None  # played out
+
+
+def test_echo_path_delays_the_reference_by_its_line_and_takes_back_dropped_audio():
+    c = cfg()
+    rec = Recorder()
+    period = c.audio.capture_rate * c.audio.period_ms // 1000
+    e = EchoPath(c, period, _NOWHERE, SimpleNamespace(), on_path_changed=lambda: rec.calls.append(("changed", ())))
+    e.start(Loop())
+    assert e.delay == e.floor == MIN_REF_DELAY_PERIODS * period  # reference_delay_ms 0 -> the floor
+    ref = np.zeros(period, dtype=np.int16)
+    # the playback rate differs from the capture rate: what is written is resampled
+    play_period = c.audio.playback_rate * c.audio.period_ms // 1000
+    marks = []
+    for k in range(20):
+        e.written(np.full(play_period, 100 * (k + 1), dtype=np.int16))
+        e.read(ref)
+        marks.append(int(np.median(ref)))
+    # once the line is filled, the reference read is the one written MIN_REF_DELAY_PERIODS earlier
+    assert marks[-1] == pytest.approx(100 * (20 - MIN_REF_DELAY_PERIODS), abs=100)
+    before = e.ring.available
+    e.dropped(play_period)  # a barge-in dropped one period the device held
+    assert e.ring.available == before - period
+
+
+def test_link_queue_keeps_audio_and_actions_in_order():
+    from voxbox.realtime.client import LinkCallbacks, RealtimeLink
+    from voxbox.realtime.link import LinkSupervisor
+
+    c = parse_config({"realtime": {"url": "local"}})
+    noop = lambda *a: None  # noqa: E731
+    link = RealtimeLink(c, c.realtime, SimpleNamespace(value="k", source="test"), LinkSupervisor(),
+                        LinkCallbacks(on_event=noop, on_ready=noop, on_closed=noop, on_lost=noop, on_fatal=noop,
+                                      in_turn=lambda: True, audio_wanted=lambda: True, on_audio_sent=noop),
+                        SimpleNamespace())
+
+    async def fill():
+        assert link.send_audio(b"\x00\x01") and link.send_action(lambda s: None) and link.send_audio(b"\x02")
+        items = [link._uplink_q.get_nowait() for _ in range(3)]
+        assert items[0] == b"\x00\x01" and callable(items[1]) and items[2] == b"\x02"
+        link.send_audio(b"\x03")
+        link.drain_uplink()
+        assert link._uplink_q.empty()
+
+    asyncio.run(fill())
+    assert not link.ready and link.session is None
