@@ -36,8 +36,14 @@ def car_loop(tmp_path) -> tuple[DaemonHarness, np.ndarray]:
     h = DaemonHarness(tmp_path, echo_db=gain, echo_delay_ms=room.delay_ms, echo_rir=cl.room_ir(room),
                       echo_nonlinearity=cl.loudspeaker(room.drive), mic_noise_dbfs=-65.0, speaker_slack_periods=2,
                       server_options={"reply_audio": [cl.to24k(reply16)], "pace_min": 2.0, "pace_max": 2.0},
+                      # with the speaker's 2 periods of slack the rig buffers ~50 ms that ALSA
+                      # does not report, not the ~85 ms of the harness's default pipe: its 80 ms
+                      # made the reference lag its echo by ~20 ms, which no canceller survives,
+                      # and the first reply was paused 12-22 times until the tracker's first
+                      # estimate 19 s in (the pauses starve its 2 s windows of far-end signal).
+                      # 40 ms leads the echo, as a unit's default of 0 does on a real card.
                       config={"gpio": {"hold_ms": 3000}, "conversation": {"follow_up_s": 0.0},
-                              })
+                              "frontend": {"reference_delay_ms": 40}})
     return h, cl.to24k(reply16)
 
 
@@ -76,6 +82,10 @@ def test_car_at_plus_6_db_one_question_one_complete_reply(tmp_path):
             assert n == 1, f"{n} responses to one question: the unit answered its own voice"
             assert len(sent) / 2 == reply24.size  # the whole reply went out, nothing truncated
             assert not h.server.record.connection(-1).truncates
+            # a pause the check rejects costs the listener about a second of silence: a few
+            # at most (before the rig's reference lead was fixed, 12-22 in the first reply
+            # stretched 9.7 s of reply over 21-32 s)
+            assert len(pauses) <= 3 and end["mono"] - start["mono"] < len(sent) / 48000 + 4.0, pauses
 
 
 def test_car_at_plus_6_db_the_user_interrupts(tmp_path):
