@@ -242,6 +242,10 @@ class FrontEnd(_Section):
     residual_echo: bool = True
     #: high-pass filter on the microphone before the canceller, Hz (0 = off)
     highpass_hz: Annotated[int, Field(ge=0, le=1000)] = 0
+    #: identify the loudspeaker's saturation (a soft clipper, voxbox.dsp.loudspeaker) and
+    #: feed the canceller the reference through it, so a loudspeaker driven into
+    #: distortion (a car at speaking volume) leaves no echo the linear canceller cannot remove
+    loudspeaker_model: bool = True
     reference_delay_ms: Annotated[int, Field(ge=0, le=500)] = 0
     """Extra delay (ms) applied to the far-end reference before the echo canceller, for
     playback paths that buffer more than ALSA reports (the reference must never arrive

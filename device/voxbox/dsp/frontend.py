@@ -1,5 +1,6 @@
-"""Capture front end: [high-pass] → Speex echo canceller → Speex preprocessor → residual
-echo suppressor (voxbox's own, :mod:`voxbox.dsp.res`).
+"""Capture front end: [high-pass] → Speex echo canceller (fed the reference through the
+identified loudspeaker nonlinearity, :mod:`voxbox.dsp.loudspeaker`) → Speex
+preprocessor → residual echo suppressor (voxbox's own, :mod:`voxbox.dsp.res`).
 
 Core module: ``CaptureFrontEnd.process(mic, ref) -> cleaned`` is a pure function of the
 sample stream (no clock, no I/O, no randomness), so the same input stream gives a
@@ -57,6 +58,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from voxbox.dsp.loudspeaker import LoudspeakerModel, LoudspeakerSettings
 from voxbox.dsp.res import ResidualEchoSuppressor, ResSettings
 from voxbox.dsp.speexdsp import EchoCanceller, NativeState, Preprocessor
 
@@ -90,10 +92,13 @@ class FrontEndSettings:
             (2nd-order Butterworth), 0 = off (default: the canceller's DC notch and the
             preprocessor already handle rumble when the canceller is on; measured
             no ERLE change at 100 Hz).
+        loudspeaker: the loudspeaker model's tuning
+            (:class:`voxbox.dsp.loudspeaker.LoudspeakerSettings`; ``enabled=False``: the
+            canceller gets the raw reference).
 
     Raises:
         ValueError: a non-positive size/rate/filter, a positive dB value, a non-bool
-            switch, ``res`` not a ``ResSettings``, or ``highpass_hz`` outside
+            switch, ``res`` not a ``ResSettings``, ``loudspeaker`` not a ``LoudspeakerSettings``, or ``highpass_hz`` outside
             ``[0, sample_rate / 2)``; the message names the field.
     """
 
@@ -107,6 +112,7 @@ class FrontEndSettings:
     residual_echo: bool = True
     res: ResSettings = ResSettings()
     highpass_hz: int = 0
+    loudspeaker: LoudspeakerSettings = LoudspeakerSettings()
 
     def __post_init__(self) -> None:
         for name in ("frame_size", "filter_ms", "sample_rate"):
@@ -123,6 +129,8 @@ class FrontEndSettings:
                 raise ValueError(f"FrontEndSettings.{name} must be a bool, got {v!r}")
         if not isinstance(self.res, ResSettings):
             raise ValueError(f"FrontEndSettings.res must be a ResSettings, got {self.res!r}")
+        if not isinstance(self.loudspeaker, LoudspeakerSettings):
+            raise ValueError(f"FrontEndSettings.loudspeaker must be a LoudspeakerSettings, got {self.loudspeaker!r}")
         v = self.highpass_hz
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < self.sample_rate // 2:
             raise ValueError(
@@ -177,6 +185,11 @@ class CaptureFrontEnd(NativeState):
         self._push = np.zeros((self._ring.shape[0], f), dtype=np.int16)  # the frame(s) entering
         s = self.settings
         self._res = ResidualEchoSuppressor(f, s.sample_rate, s.res) if s.residual_echo else None
+        # the reference as the loudspeaker plays it (its identified nonlinearity), for the
+        # canceller and the RES; None = the raw reference
+        self.loudspeaker: LoudspeakerModel | None = None
+        self._shaped = np.zeros(f, dtype=np.int16)
+        self._shaped_addr = self._shaped.ctypes.data
         self._e = np.zeros(f)  # echo canceller output (float copy for the RES)
         if s.highpass_hz > 0:
             from scipy.signal import butter
@@ -223,6 +236,15 @@ class CaptureFrontEnd(NativeState):
             ec.close()
             raise
         self._ec, self._pp = ec, pp
+        if s.loudspeaker.enabled:
+            self._ir = np.zeros(ec.impulse_response_size, dtype=np.int32)
+            if self.loudspeaker is None:
+                self.loudspeaker = LoudspeakerModel(s.frame_size, self._ir.shape[0], s.sample_rate, s.loudspeaker)
+
+    def _impulse_response(self) -> np.ndarray:
+        ec = self._ec
+        assert ec is not None
+        return ec.impulse_response(self._ir)
 
     def _close_states(self) -> None:
         pp, ec = self._pp, self._ec
@@ -235,6 +257,8 @@ class CaptureFrontEnd(NativeState):
     def _clear_buffers(self) -> None:
         if self._res is not None:
             self._res.reset()
+        if self.loudspeaker is not None:
+            self.loudspeaker.reset()
         self._zi = np.zeros((self._sos.shape[0], 2)) if self._sos is not None else None
         self._fill = 0  # samples collected in _mic/_ref
         self._ring[:] = 0
@@ -316,7 +340,13 @@ class CaptureFrontEnd(NativeState):
             if fill == f:
                 if self._sos is not None:
                     self._highpass(mbuf)
-                ec._cancel_addr(self._mic_addr, self._ref_addr, self._frame_addr)
+                ls = self.loudspeaker
+                if ls is not None:
+                    ls.process(rbuf, mbuf, self._shaped, self._impulse_response)
+                    ref_used, ref_addr = self._shaped, self._shaped_addr
+                else:
+                    ref_used, ref_addr = rbuf, self._ref_addr
+                ec._cancel_addr(self._mic_addr, ref_addr, self._frame_addr)
                 res = self._res
                 if res is not None:
                     self._e[:] = frame
@@ -326,7 +356,7 @@ class CaptureFrontEnd(NativeState):
                 if tap_mode == "pp":
                     tap_hist[self._tap_idx] = frame
                 if res is not None:
-                    y = res.process_frame(frame, self._e, mbuf, rbuf)
+                    y = res.process_frame(frame, self._e, mbuf, ref_used)
                     np.rint(y, out=y)
                     np.clip(y, -32768, 32767, out=y)
                     frame[:] = y
@@ -385,10 +415,12 @@ class CaptureFrontEnd(NativeState):
 # ------------------------------------------------------------------ from the configuration
 def frontend_settings(cfg: Config) -> FrontEndSettings:
     """The :class:`FrontEndSettings` for ``cfg``: every ``[frontend]`` key
-    whose name is a settings field is passed through, plus ``audio.capture_rate``."""
+    whose name is a settings field is passed through, plus ``audio.capture_rate`` and
+    ``frontend.loudspeaker_model`` (the loudspeaker model on or off)."""
     names = {f.name for f in dataclasses.fields(FrontEndSettings)}
     kw = {k: v for k, v in cfg.frontend.model_dump().items() if k in names}
     kw["sample_rate"] = cfg.audio.capture_rate
+    kw["loudspeaker"] = LoudspeakerSettings(enabled=cfg.frontend.loudspeaker_model)
     return FrontEndSettings(**kw)
 
 

@@ -44,6 +44,8 @@ DEBIAN_PACKAGE = "libspeexdsp1"
 SPEEX_ECHO_GET_FRAME_SIZE = 3
 SPEEX_ECHO_SET_SAMPLING_RATE = 24
 SPEEX_ECHO_GET_SAMPLING_RATE = 25
+SPEEX_ECHO_GET_IMPULSE_RESPONSE_SIZE = 27
+SPEEX_ECHO_GET_IMPULSE_RESPONSE = 29
 
 # speex/speex_preprocess.h
 SPEEX_PREPROCESS_SET_DENOISE = 0
@@ -268,6 +270,45 @@ class EchoCanceller(NativeState):
             out = _check_frame("out", out, n, writable=True)
         self._lib.speex_echo_cancellation(state, mic.ctypes.data, ref.ctypes.data, out.ctypes.data)
         return out
+
+    def impulse_response(self, out: npt.NDArray[np.int32] | None = None) -> npt.NDArray[np.int32]:
+        """The adaptive filter's current impulse response, reference to microphone
+        (``SPEEX_ECHO_GET_IMPULSE_RESPONSE``, libspeexdsp ``mdf.c``: the inverse FFT of
+        each partition's weights, scaled by 32767).
+
+        Args:
+            out: optional preallocated C-contiguous int32 array of
+                ``(impulse_response_size,)`` samples.
+
+        Returns:
+            int32 ``(impulse_response_size,)``, in an arbitrary scale (proportional to
+            the filter taps); all zeros before the filter has adapted.
+
+        Raises:
+            ValueError: ``out`` has the wrong dtype or shape, or the canceller is closed.
+        """
+        state = self._handle()
+        n = self.impulse_response_size
+        if out is None:
+            out = np.zeros(n, dtype=np.int32)
+        elif (not isinstance(out, np.ndarray) or out.dtype != np.int32 or out.shape != (n,)
+              or not out.flags.c_contiguous or not out.flags.writeable):
+            raise ValueError(f"out: expected a writable C-contiguous int32 array of shape ({n},)")
+        if self._lib.speex_echo_ctl(state, SPEEX_ECHO_GET_IMPULSE_RESPONSE, out.ctypes.data) != 0:
+            raise SpeexDSPError("speex_echo_ctl(SPEEX_ECHO_GET_IMPULSE_RESPONSE) failed")
+        return out
+
+    @property
+    def impulse_response_size(self) -> int:
+        """Samples in :meth:`impulse_response` (``SPEEX_ECHO_GET_IMPULSE_RESPONSE_SIZE``:
+        the filter length rounded up to whole frames)."""
+        size = getattr(self, "_ir_size", None)
+        if size is None:
+            v = ctypes.c_int32(0)
+            if self._lib.speex_echo_ctl(self._handle(), SPEEX_ECHO_GET_IMPULSE_RESPONSE_SIZE, ctypes.byref(v)) != 0:
+                raise SpeexDSPError("speex_echo_ctl(SPEEX_ECHO_GET_IMPULSE_RESPONSE_SIZE) failed")
+            size = self._ir_size = int(v.value)
+        return size
 
     def _cancel_addr(self, mic_addr: int, ref_addr: int, out_addr: int) -> None:
         """Unchecked fast path for callers that own validated buffers (addresses of
