@@ -325,3 +325,43 @@ def test_random_garbage_never_raises(tmp_path, caplog):
         raw = bytes(rnd.randrange(256) for _ in range(40)) if rnd.random() < 0.1 else text.encode()
         p.write_bytes(raw)
         assert load_echo_state(p, DEV) is None or isinstance(load_echo_state(p, DEV), EchoState)
+
+
+# ---- the loudspeaker model --------------------------------------------------------------
+def test_loudspeaker_saturation_round_trips_and_older_files_load_as_linear(tmp_path, logs):
+    p = tmp_path / "echo.json"
+    s = state(loudspeaker_clip=0.21, loudspeaker_knee=8.0)
+    save_echo_state(p, s)
+    assert load_echo_state(p, DEV) == s
+    d = json.loads(p.read_text())
+    assert d["loudspeaker_clip"] == 0.21 and d["loudspeaker_knee"] == 8.0
+    del d["loudspeaker_clip"], d["loudspeaker_knee"]  # a file from before the model
+    got = load_echo_state(write(tmp_path, d), DEV)
+    assert got is not None and got.loudspeaker_clip is None and got.loudspeaker_knee is None
+    assert not logs.records
+
+
+@pytest.mark.parametrize("extra,words", [
+    ({"loudspeaker_clip": 0.0, "loudspeaker_knee": 8.0}, "loudspeaker_clip = 0"),
+    ({"loudspeaker_clip": 1.5, "loudspeaker_knee": 8.0}, "loudspeaker_clip = 1.5"),
+    ({"loudspeaker_clip": 0.2, "loudspeaker_knee": 100}, "loudspeaker_knee = 100"),
+    ({"loudspeaker_clip": "hard", "loudspeaker_knee": 8.0}, "loudspeaker_clip is not a number (str)"),
+    ({"loudspeaker_clip": 0.2}, "given together"),
+    ({"loudspeaker_knee": 2.0}, "given together"),
+])
+def test_bad_loudspeaker_saturation_is_rejected_naming_the_key(tmp_path, logs, extra, words):
+    p = write(tmp_path, good_dict(**extra))
+    assert load_echo_state(p, DEV) is None
+    msg = only_message(logs)
+    assert str(p) in msg and words in msg, msg
+
+
+def test_from_measurement_keeps_a_usable_saturation_only():
+    def make(ls):
+        return EchoState.from_measurement(40.0, 10.0, 0.0, 8.0, DEV, saved_at=1.0, loudspeaker=ls)
+
+    s = make((0.2, 8.0))
+    assert (s.loudspeaker_clip, s.loudspeaker_knee) == (0.2, 8.0)
+    for ls in (None, (math.inf, math.inf), (float("nan"), 2.0), (2.0, 2.0), (0.2, -1.0)):
+        s = make(ls)
+        assert s.loudspeaker_clip is None and s.loudspeaker_knee is None

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
+import math
+
 import numpy as np
 import pytest
 
@@ -151,3 +153,49 @@ def test_link_queue_keeps_audio_and_actions_in_order():
 
     asyncio.run(fill())
     assert not link.ready and link.session is None
+
+
+def test_loudspeaker_model_is_restored_and_its_changes_reported():
+    c = cfg(frontend={"echo_cancel": True, "track_echo_delay": False})
+    rec = Recorder()
+    p = audio_path(c, rec)
+    ls = p.frontend.loudspeaker
+    assert ls is not None and math.isinf(ls.clip)
+    p.restore_loudspeaker(None)
+    assert math.isinf(ls.clip)
+    p.restore_loudspeaker((0.21, 8.0))
+    assert ls.knee == 8.0 and abs(ls.clip - 0.21) < 0.03
+    period = c.audio.capture_rate * c.audio.period_ms // 1000
+    frame = np.zeros(period, dtype=np.int16)
+    p.on_capture_frame(frame, 0.0)
+    assert "on_loudspeaker" not in rec.names()
+    ls.changes += 1  # the model settled on another saturation (capture thread)
+    ls.current = 0
+    p.on_capture_frame(frame, 0.01)
+    (got,) = [a for n, a in rec.calls if n == "on_loudspeaker"]
+    assert math.isinf(got[0])
+
+
+def test_echo_path_saves_the_loudspeaker_model_with_the_echo_path(tmp_path):
+    import asyncio
+
+    from voxbox.dsp.echostate import load_echo_state
+
+    c = cfg(frontend={"echo_cancel": True})
+    period = c.audio.capture_rate * c.audio.period_ms // 1000
+    path = tmp_path / "echo.json"
+
+    async def run():
+        e = EchoPath(c, period, path, SimpleNamespace(), on_path_changed=lambda: None)
+        e.start(asyncio.get_running_loop())
+        e.note_loudspeaker(0.2, 8.0)
+        await asyncio.sleep(0.2)  # the save runs off the loop
+        await e.stop()
+        return e
+
+    asyncio.run(run())
+    st = load_echo_state(path, EchoPath(c, period, path, SimpleNamespace(), on_path_changed=lambda: None).devices)
+    assert st is not None and (st.loudspeaker_clip, st.loudspeaker_knee) == (0.2, 8.0)
+    e = EchoPath(c, period, path, SimpleNamespace(), on_path_changed=lambda: None)
+    e.restore()
+    assert e.loudspeaker == (0.2, 8.0)

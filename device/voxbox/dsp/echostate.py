@@ -12,12 +12,18 @@ start-up earcon played through the normal playback path trains it instead (see
 File format (JSON object, one line, UTF-8)::
 
     {"version": 1, "reference_delay_ms": 42.0, "echo_delay_ms": 10.2, "drift_ppm": -35.5,
-     "erl_db": 8.1, "saved_at": 1733390000.0, "devices": "capture=hw:1 playback=hw:1"}
+     "erl_db": 8.1, "saved_at": 1733390000.0, "devices": "capture=hw:1 playback=hw:1",
+     "loudspeaker_clip": 0.21, "loudspeaker_knee": 8.0}
+
+The two ``loudspeaker_*`` keys (the identified loudspeaker saturation,
+:mod:`voxbox.dsp.loudspeaker`) are optional: absent or null is a linear loudspeaker (or
+none identified yet), and files written before they existed load as that.
 
 :func:`load_echo_state` never raises: a missing file is simply ``None`` (first boot); a
 file that cannot be read or parsed, a missing or mistyped key, a value out of range
-(delays outside 0..500 ms, drift beyond +-1000 ppm, ERL outside -40..80 dB, NaN or
-infinity, e.g. ``1e999``) or a state measured on other sound devices is ``None`` too,
+(delays outside 0..500 ms, drift beyond +-1000 ppm, ERL outside -40..80 dB, a
+loudspeaker clip level outside 0.001..1 or knee outside 0.5..64, NaN or infinity, e.g.
+``1e999``) or a state measured on other sound devices is ``None`` too,
 with one log line on the ``voxbox.dsp.echostate`` logger naming the file and the key.
 :func:`save_echo_state` writes atomically (temporary file in the same directory, fsync,
 rename, directory fsync) and raises :class:`OSError` for the caller to log.
@@ -35,7 +41,7 @@ from pathlib import Path
 
 from voxbox.host.statefile import atomic_write
 
-__all__ = ["ERL_RANGE_DB", "MAX_DELAY_MS", "MAX_DRIFT_PPM", "VERSION", "EchoState", "load_echo_state",
+__all__ = ["CLIP_RANGE", "KNEE_RANGE", "ERL_RANGE_DB", "MAX_DELAY_MS", "MAX_DRIFT_PPM", "VERSION", "EchoState", "load_echo_state",
            "save_echo_state"]
 
 log = logging.getLogger("voxbox.dsp.echostate")
@@ -49,6 +55,9 @@ MAX_DELAY_MS = 500.0
 MAX_DRIFT_PPM = 1000.0
 #: echo return loss accepted in this range, dB
 ERL_RANGE_DB = (-40.0, 80.0)
+#: loudspeaker clip level (fraction of full scale) and knee accepted in these ranges
+CLIP_RANGE = (0.001, 1.0)
+KNEE_RANGE = (0.5, 64.0)
 #: a state file larger than this is not an echo state (bytes)
 _MAX_FILE_BYTES = 64 * 1024
 
@@ -95,6 +104,9 @@ class EchoState:
         devices: the sound devices it was measured on (capture and playback device
             names, plus anything else that changes the echo path's buffering); a state
             for other devices is not reused.
+        loudspeaker_clip, loudspeaker_knee: the identified loudspeaker saturation
+            (:class:`voxbox.dsp.loudspeaker.LoudspeakerModel` ``clip``, 0.001..1 of full
+            scale, and ``knee``, 0.5..64), both None for a linear loudspeaker.
 
     Raises:
         ValueError: a value of the wrong type or out of range; the message names the
@@ -107,6 +119,8 @@ class EchoState:
     erl_db: float | None
     saved_at: float
     devices: str
+    loudspeaker_clip: float | None = None
+    loudspeaker_knee: float | None = None
 
     def __post_init__(self) -> None:
         why = _problem(self.__dict__)
@@ -115,10 +129,13 @@ class EchoState:
 
     @classmethod
     def from_measurement(cls, reference_delay_ms: float, echo_delay_ms: float | None, drift_ppm: float,
-                         erl_db: float | None, devices: str, saved_at: float | None = None) -> EchoState:
+                         erl_db: float | None, devices: str, saved_at: float | None = None,
+                         loudspeaker: tuple[float, float] | None = None) -> EchoState:
         """An :class:`EchoState` from the tracker's raw figures: an optional measurement
         (``echo_delay_ms``, ``erl_db``) that is NaN, infinite or out of range becomes
-        None instead of an error; ``saved_at`` defaults to now (``time.time()``, s).
+        None instead of an error; ``saved_at`` defaults to now (``time.time()``, s);
+        ``loudspeaker`` is ``(clip, knee)``, None (or an infinite clip, the identity)
+        for a linear loudspeaker, and an unusable pair is dropped too.
 
         Raises:
             ValueError: ``reference_delay_ms``, ``drift_ppm`` or ``devices`` unusable (named).
@@ -131,16 +148,24 @@ class EchoState:
         def num(v):  # ints become floats; anything else goes to the validation as it is
             return float(v) if _number(v) is not None else v
 
+        clip = knee = None
+        if loudspeaker is not None:
+            c, k = loudspeaker
+            if not (_check("loudspeaker_clip", c, *CLIP_RANGE, "")
+                    or _check("loudspeaker_knee", k, *KNEE_RANGE, "")):
+                clip, knee = float(c), float(k)
         return cls(reference_delay_ms=num(reference_delay_ms),
                    echo_delay_ms=None if echo_delay_ms is None else num(echo_delay_ms),
                    drift_ppm=num(drift_ppm), erl_db=None if erl_db is None else num(erl_db),
-                   saved_at=time.time() if saved_at is None else saved_at, devices=devices)
+                   saved_at=time.time() if saved_at is None else saved_at, devices=devices,
+                   loudspeaker_clip=clip, loudspeaker_knee=knee)
 
     def to_json(self) -> str:
         """The file's content (one JSON object and a newline; strict JSON, no NaN)."""
         d = {"version": VERSION, "reference_delay_ms": self.reference_delay_ms,
              "echo_delay_ms": self.echo_delay_ms, "drift_ppm": self.drift_ppm, "erl_db": self.erl_db,
-             "saved_at": self.saved_at, "devices": self.devices}
+             "saved_at": self.saved_at, "devices": self.devices,
+             "loudspeaker_clip": self.loudspeaker_clip, "loudspeaker_knee": self.loudspeaker_knee}
         return json.dumps(d, allow_nan=False, sort_keys=False) + "\n"
 
 
@@ -152,12 +177,16 @@ def _problem(d: dict) -> str | None:
         _check("drift_ppm", d.get("drift_ppm"), -MAX_DRIFT_PPM, MAX_DRIFT_PPM, "ppm"),
         _check("erl_db", d.get("erl_db"), *ERL_RANGE_DB, "dB", optional=True),
         _check("saved_at", d.get("saved_at"), 0.0, 1e11, "s"),
+        _check("loudspeaker_clip", d.get("loudspeaker_clip"), *CLIP_RANGE, "of full scale", optional=True),
+        _check("loudspeaker_knee", d.get("loudspeaker_knee"), *KNEE_RANGE, "", optional=True),
     ):
         if why is not None:
             return why
     devices = d.get("devices")
     if not isinstance(devices, str):
         return f"devices is not a string: {devices!r}"
+    if (d.get("loudspeaker_clip") is None) != (d.get("loudspeaker_knee") is None):
+        return "loudspeaker_clip and loudspeaker_knee must be given together"
     return None
 
 
@@ -207,7 +236,8 @@ def load_echo_state(path: str | os.PathLike, devices: str) -> EchoState | None:
     try:
         return EchoState(reference_delay_ms=float(data["reference_delay_ms"]), echo_delay_ms=opt("echo_delay_ms"),
                          drift_ppm=float(data["drift_ppm"]), erl_db=opt("erl_db"),
-                         saved_at=float(data["saved_at"]), devices=data["devices"])
+                         saved_at=float(data["saved_at"]), devices=data["devices"],
+                         loudspeaker_clip=opt("loudspeaker_clip"), loudspeaker_knee=opt("loudspeaker_knee"))
     except ValueError as exc:  # _problem() passed, so not expected; never raise anyway
         return _reject(p, str(exc))
 

@@ -70,6 +70,9 @@ class AudioCallbacks:
             time s, jitter-buffer epoch).
         on_playback_drained: the reply played out (time s).
         on_underrun: the jitter buffer ran dry mid-reply (item id or None, time s, epoch).
+        on_loudspeaker: the loudspeaker model settled on a new saturation (clip level,
+            fraction of full scale, ``inf`` = linear; knee; its last round's scores:
+            ``(best index, best dB, previous dB)`` of unexplained microphone power).
     """
 
     on_wake: Callable[[float, float], None]
@@ -80,6 +83,7 @@ class AudioCallbacks:
     on_playback_started: Callable[[str, float, int], None]
     on_playback_drained: Callable[[float], None]
     on_underrun: Callable[[str | None, float, int], None]
+    on_loudspeaker: Callable[[float, float, Any], None] = lambda clip, knee, last: None
 
 
 class AudioPath:
@@ -104,6 +108,7 @@ class AudioPath:
         self.cb = callbacks
         self.local_barge_in = local_barge_in
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._ls_changes = 0  # loudspeaker model changes reported
         # the parts (build())
         self.frontend = None
         self.near_end = None  # voxbox.duplex.nearend.NearEndDetector (local barge-in)
@@ -240,6 +245,14 @@ class AudioPath:
             self.erle_mic = self.erle_out = 0.0
         return mic, out
 
+    def restore_loudspeaker(self, saved: tuple[float, float] | None) -> None:
+        """At start, before the capture thread runs: start the loudspeaker model from
+        the saturation saved with the echo path (``(clip, knee)``; None: nothing saved)."""
+        ls = self.frontend.loudspeaker if self.frontend is not None else None
+        if ls is not None and saved is not None and ls.restore(*saved):
+            log.info("loudspeaker model restored: clip at %.3f of full scale, knee %g", ls.clip, ls.knee,
+                     extra={"VOXBOX_EVENT": "loudspeaker_model"})
+
     # ------------------------------------------------------------------ capture thread
     def on_capture_frame(self, frame: np.ndarray, t: float) -> None:
         """Capture thread: one 10 ms period of 16 kHz int16 microphone samples."""
@@ -250,6 +263,10 @@ class AudioPath:
         ref = self._ref_frame
         self.echo.read(ref)
         clean = self.frontend.process(frame, ref) if self.frontend is not None else frame
+        ls = self.frontend.loudspeaker if self.frontend is not None else None
+        if ls is not None and ls.changes != self._ls_changes:
+            self._ls_changes = ls.changes
+            self._loop.call_soon_threadsafe(self.cb.on_loudspeaker, ls.clip, ls.knee, ls.last_round)
         if self._fe_far and self.frontend is not None:  # ERLE over far-end periods (metrics)
             f = self._erle_f32
             np.copyto(f, frame)

@@ -176,7 +176,8 @@ class Daemon(Controller):
             on_wake=self._on_wake, on_uplink_block=self._queue_uplink, on_near_end=self._on_near_end,
             on_verdict=self._on_verdict, on_gate_change=self._log_gate,
             on_playback_started=self._on_playback_started, on_playback_drained=self._on_playback_drained,
-            on_underrun=self._on_underrun), local_barge_in=self.local_barge_in)
+            on_underrun=self._on_underrun, on_loudspeaker=self._loudspeaker_changed),
+            local_barge_in=self.local_barge_in)
         self.tools = None
         self.tool_runner = None
         if cfg.tools.enabled:
@@ -251,6 +252,7 @@ class Daemon(Controller):
         self._build_dsp()
         self._echo_path_changed()  # a cold canceller: the first second of far-end signal converges it
         self.echo.restore()
+        self.audio.restore_loudspeaker(self.echo.loudspeaker)
         self._build_gpio()
         if load_muted(self._state_path):
             self._apply(self.conv.restore_muted(time.monotonic()))
@@ -332,6 +334,19 @@ class Daemon(Controller):
     def _echo_path_changed(self) -> None:
         """The echo path the canceller sees changed (any thread; see EchoPath)."""
         self.audio.echo_path_changed()
+
+    def _loudspeaker_changed(self, clip: float, knee: float, last) -> None:
+        """The loudspeaker model settled on a new saturation (event loop): one journal
+        line, and the echo path saves it for the next start."""
+        gain = None if last is None else round(last[2] - last[1], 1)
+        if math.isinf(clip):
+            log.info("loudspeaker model: linear", extra={"VOXBOX_EVENT": "loudspeaker_model"})
+        else:
+            log.info("loudspeaker model: saturates at %.3f of full scale (%.1f dBFS), knee %g; "
+                     "explains %s dB more of the microphone", clip, 20 * math.log10(clip), knee, gain,
+                     extra={"VOXBOX_EVENT": "loudspeaker_model", "VOXBOX_LOUDSPEAKER_CLIP": round(clip, 4),
+                            "VOXBOX_LOUDSPEAKER_KNEE": knee})
+        self.echo.note_loudspeaker(clip, knee)
 
     async def _metrics_writer(self) -> None:
         """Write the fleet metrics file (``metrics.textfile``) every ``metrics.interval_s``

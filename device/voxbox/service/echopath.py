@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -72,6 +73,10 @@ class EchoPath:
         self.devices = (f"capture={a.capture_device} playback={a.playback_device} "
                         f"rate={a.playback_rate} period_ms={a.period_ms} periods={a.periods}")
         self.state = None  # the EchoState restored or last saved
+        #: the identified loudspeaker saturation ``(clip, knee)`` to save with the echo
+        #: path (None: linear or not identified); set by :meth:`note_loudspeaker`
+        self.loudspeaker: tuple[float, float] | None = None
+        self._loudspeaker_changed = False
         self._saving = False
         self._saved_at = 0.0
         self.ring = SampleRing(a.capture_rate)  # 1 s
@@ -114,6 +119,8 @@ class EchoPath:
         self.state = load_echo_state(self.state_path, self.devices)
         if self.state is not None and self._drift_comp is not None:
             self.drift_target_ppm = self.state.drift_ppm
+        if self.state is not None and self.state.loudspeaker_clip is not None:
+            self.loudspeaker = (self.state.loudspeaker_clip, self.state.loudspeaker_knee)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the echo worker thread (when the delay is tracked); journal lines and
@@ -126,7 +133,8 @@ class EchoPath:
     async def stop(self) -> None:
         """Stop the worker; save the echo state if the line moved since start."""
         self._stop.set()
-        if self.tracker is not None and self.aligner is not None and self.aligner.moves:
+        if self.tracker is not None and (self._loudspeaker_changed
+                                         or (self.aligner is not None and self.aligner.moves)):
             await self._save(None, None, force=True)
         self._resampler = None  # free the native resampler stream now, not at interpreter exit
 
@@ -276,6 +284,14 @@ class EchoPath:
         # the lead the canceller sees on the new line
         self._loop.create_task(self._save(delay_ms - (new - old) * 1000 / rate, erl_db))
 
+    def note_loudspeaker(self, clip: float, knee: float) -> None:
+        """Event loop: the loudspeaker model settled on ``(clip, knee)`` (an infinite
+        clip: linear); saved with the echo path (at most once a minute, and at stop)."""
+        self.loudspeaker = None if math.isinf(clip) else (clip, knee)
+        self._loudspeaker_changed = True
+        if self.tracker is not None and self._loop is not None:
+            self._loop.create_task(self._save(None, None))
+
     def _log_drift(self, ppm: float) -> None:
         log.info("clock drift between capture and playback: compensating %+.1f ppm", ppm,
                  extra={"VOXBOX_EVENT": "clock_drift", "VOXBOX_DRIFT_PPM": round(ppm, 1)})
@@ -297,7 +313,7 @@ class EchoPath:
         self._saving = True
         try:
             st = EchoState.from_measurement(self.delay * 1000 / rate, echo_ms, self.drift_target_ppm,
-                                            erl_db, self.devices)
+                                            erl_db, self.devices, loudspeaker=self.loudspeaker)
             await asyncio.to_thread(save_echo_state, self.state_path, st)
             self.state = st
             self._saved_at = now
