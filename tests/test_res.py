@@ -89,7 +89,8 @@ def test_latency_is_one_hop() -> None:
     [("floor_db", 3.0), ("overdrive", 0.5), ("overdrive_st", 0.0), ("leak_tau_ms", 0.0),
      ("tail_decay_db", -1.0), ("release_ms", -5.0), ("bands", 0), ("bands", 2.5),
      ("coh_bias", 1.0), ("coh_lags", 0), ("coh_dt", 2.0), ("dt_hi_db", -10.0), ("floor_db", float("nan")),
-     ("overdrive", True), ("leak_gate", 1.0), ("leak_gate", -0.1), ("tail_decay_dt_db", 0.0)],
+     ("overdrive", True), ("leak_gate", 1.0), ("leak_gate", -0.1), ("tail_decay_dt_db", 0.0),
+     ("dt_coh", -0.1), ("dt_coh", 1.5)],
 )
 def test_settings_validation_names_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
@@ -99,3 +100,39 @@ def test_settings_validation_names_field(field: str, value: object) -> None:
 def test_settings_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         ResSettings().floor_db = -10.0  # type: ignore[misc]
+
+
+def _path_change(dt_coh: float) -> float:
+    """Suppression (dB) of the residual in the 0.5 s after an echo-path change: the
+    canceller's residual jumps from 30 dB down to the whole echo of a new path."""
+    n = SR * 8
+    ref = speechlike(n, 6) * 12000
+    old = np.convolve(ref, room_ir(7))[:n]
+    c = 5 * SR
+    mic = old.copy()
+    mic[c:] = np.convolve(ref, room_ir(8))[:n][c:]  # the device moved: a new echo path
+    e = mic - 0.97 * old  # the canceller still models the old path
+    res = ResidualEchoSuppressor(H, SR, ResSettings(dt_coh=dt_coh, coh_align=True))
+    out = run(res, e, e, mic, ref)
+    s = slice(c, c + SR // 2)
+    return float(10 * np.log10(power(out[s]) / power(e[s])))
+
+
+def test_a_residual_coherent_with_the_reference_is_echo_not_double_talk() -> None:
+    """After an echo-path change the residual is linear in the far end: with ``dt_coh``
+    the double-talk detector does not take it for the user, and it is suppressed."""
+    off, on = _path_change(0.0), _path_change(1.0)
+    print(f"first 0.5 s after the change: {off:.1f} dB without, {on:.1f} dB with dt_coh")
+    assert on < off - 6.0 and on < -10.0
+
+
+def test_double_talk_keeps_near_end_with_dt_coh() -> None:
+    """The near end is not coherent with the reference: ``dt_coh`` leaves it alone."""
+    ref, mic, e = echo_residual(10, seed=3)
+    near = np.zeros_like(ref)
+    near[5 * SR :] = speechlike(5 * SR, seed=4) * 12000
+    near *= np.sqrt(power(e) / power(near[5 * SR :]) * 10**1.5)
+    out = run(ResidualEchoSuppressor(H, SR, ResSettings(dt_coh=1.0)), e + near, e + near, mic + near, ref)
+    s = slice(6 * SR, len(out) - H)
+    g = float(np.dot(out[s], near[s]) / np.dot(near[s], near[s]))
+    assert 20 * np.log10(g) > -1.0

@@ -71,9 +71,9 @@ pytestmark = pytest.mark.benchmark
 #: nothing (< 0.1 objective point) and this bench does not measure noise reduction, so it
 #: stays at the default -25 dB. The current defaults are ``FrontEndSettings()``.
 TUNED = FrontEndSettings(
-    filter_ms=250, echo_suppress_db=-90, echo_suppress_active_db=-6,
-    res=ResSettings(floor_db=-15.0, overdrive=3.0, leak_tau_ms=500.0, coh_dt=0.5, overdrive_st=8.0,
-                    dt_lo_db=2.0, dt_hi_db=8.0, leak_gate=0.25),
+    filter_ms=150, noise_suppress_db=-15, echo_suppress_db=-40, echo_suppress_active_db=-6,
+    res=ResSettings(floor_db=-15.0, overdrive=6.0, leak_tau_ms=500.0, tail_decay_db=0.5, coh_dt=0.8,
+                    overdrive_st=4.0, dt_lo_db=6.0, dt_hi_db=16.0, leak_gate=0.5, dt_coh=1.0),
 )
 
 
@@ -358,6 +358,7 @@ SEARCH: list[tuple[str, list]] = [
     ("res.leak_tau_ms", [lambda s, v=v: _res(s, leak_tau_ms=v) for v in (250.0, 500.0, 1000.0, 2000.0)]),
     ("res.leak_gate", [lambda s, v=v: _res(s, leak_gate=v) for v in (0.0, 0.25, 0.5, 0.9)]),
     ("res.release_ms", [lambda s, v=v: _res(s, release_ms=v) for v in (0.0, 20.0, 50.0)]),
+    ("res.dt_coh", [lambda s, v=v: _res(s, dt_coh=v) for v in (0.0, 0.5, 1.0)]),
     ("highpass_hz", [lambda s, v=v: replace(s, highpass_hz=v) for v in (0, 80, 150)]),
 ]
 

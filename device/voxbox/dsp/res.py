@@ -55,6 +55,11 @@ __all__ = ["ResSettings", "ResidualEchoSuppressor"]
 
 FloatArray = npt.NDArray[np.float64]
 
+#: share of the residual coherent with the reference (300-4000 Hz, power weighted) below
+#: which the double-talk detector is trusted as it is, and above which (with ``dt_coh``
+#: 1) it is overruled: near-end speech measures 0-0.1 here, misadjusted echo 0.4-0.8
+COH_FRAC_LO, COH_FRAC_HI = 0.15, 0.4
+
 
 @dataclass(frozen=True)
 class ResSettings:
@@ -86,6 +91,17 @@ class ResSettings:
             rate; 1 would freeze it and can lock the detector, so it is excluded).
         tail_decay_dt_db: tail decay, dB per hop, in certain double talk (> 0; the decay
             moves from ``tail_decay_db`` to this with the double-talk measure).
+        dt_coh: 0..1, how far a residual that is mostly coherent with the reference
+            (``COH_FRAC_LO``..``COH_FRAC_HI`` of it) overrules the double-talk detector
+            (1: fully; a residual jump that is linear in the far end is an echo-path
+            change, not the user; 0 = off).
+        coh_align: take each lag's phase step per bin (the echo's delay inside the
+            analysis window) out of the cross-spectrum before smoothing it across bins,
+            so the coherence does not depend on where in the window the echo falls.
+        dt_tail: the double-talk detector compares the residual with the residual echo
+            estimate including its decaying tail (True) or, while the far end plays, with
+            the current frame's estimate only (False: a loud far-end moment no longer
+            hides the user in the quieter moments after it).
     """
 
     floor_db: float = -25.0
@@ -105,6 +121,9 @@ class ResSettings:
     dt_hi_db: float = 12.0
     leak_gate: float = 0.9
     tail_decay_dt_db: float = 3.0
+    dt_coh: float = 0.0
+    coh_align: bool = False
+    dt_tail: bool = True
 
     def __post_init__(self) -> None:
         checks = {
@@ -123,9 +142,14 @@ class ResSettings:
             "dt_hi_db": lambda v: v > self.dt_lo_db,
             "leak_gate": lambda v: 0 <= v < 1,
             "tail_decay_dt_db": lambda v: v > 0,
+            "dt_coh": lambda v: 0 <= v <= 1,
         }
         for f in fields(self):
             v = getattr(self, f.name)
+            if f.name in ("coh_align", "dt_tail"):
+                if not isinstance(v, bool):
+                    raise ValueError(f"ResSettings.{f.name} must be a bool, got {v!r}")
+                continue
             if f.name in ("bands", "coh_lags"):
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                     raise ValueError(f"ResSettings.{f.name} must be an int >= 1, got {v!r}")
@@ -173,6 +197,7 @@ class ResidualEchoSuppressor:
         self._pool = np.zeros((self._nb, k))
         self._pool[band, np.arange(k)] = 1.0
         self._bw = self._pool.sum(axis=1)
+        self._bins = np.arange(k)
         self.reset()
 
     def reset(self) -> None:
@@ -236,14 +261,61 @@ class ResidualEchoSuppressor:
         # the microphone (near end, rumble), not echo
         far = bool(np.any(buf[2]))
 
+        coh = None
+        if s.coh_weight > 0:
+            # short-term coherence of E with the reference X at lags 0..L-1 hops (the
+            # reference leads its echo): the part of E that is linear in the far end
+            X = spec[2]
+            xh = self._xh
+            xh[1:] = xh[:-1]
+            xh[0] = X
+            a = self._a_coh
+            self._sex *= a
+            self._sex += (1 - a) * (E * np.conj(xh))
+            self._see = a * self._see + (1 - a) * pe
+            self._sxx *= a
+            self._sxx += (1 - a) * (xh.real**2 + xh.imag**2)
+            sex = self._sex
+            if s.coh_align:
+                # the echo's delay within the window turns the cross-spectrum's phase by
+                # a constant step per bin (2 rad per bin for a 10 ms lead); smoothing across
+                # bins would cancel it, so each lag's step (measured in the speech band) is
+                # taken out first
+                k0, k1 = self._k_lo, self._k_hi
+                step = np.sum(sex[:, k0 + 1:k1] * np.conj(sex[:, k0:k1 - 1]), axis=1)
+                step /= np.abs(step) + 1e-30
+                sex = sex * np.power(np.conj(step)[:, None], self._bins)
+            sex, see, sxx = self._fsmooth(sex), self._fsmooth(self._see), self._fsmooth(self._sxx)
+            coh = (sex.real**2 + sex.imag**2) / (see * sxx + 1e-3)
+            coh = coh.max(axis=0)
+            b = s.coh_bias
+            coh = np.clip((coh - b) / (1 - b), 0.0, 1.0)
+            self.last_coh = coh
+            # how much of the residual is (linearly) the far end: residual echo after an
+            # echo-path change or in a cold start is coherent with the reference, the
+            # near-end talker is not (300-4000 Hz, power weighted, 0..1)
+            k0, k1 = self._k_lo, self._k_hi
+            pb = pe[k0:k1]
+            self.last_coh_frac = float(np.dot(pb, coh[k0:k1]) / (pb.sum() + 1e-3))
         # -- double-talk detector (leakage of the previous hop) ---------------------------
         # near-end presence: residual power over the estimated residual echo (dB),
         # speech band; single talk -> strong overdrive, double talk -> mild
         k0, k1 = self._k_lo, self._k_hi
         r_prev = self._decay * self._r_prev[k0:k1]
-        r = np.maximum(self._leak[self._band[k0:k1]] * py_eff[k0:k1], r_prev) if far else r_prev
+        if far:
+            r = self._leak[self._band[k0:k1]] * py_eff[k0:k1]
+            if s.dt_tail:
+                r = np.maximum(r, r_prev)
+        else:
+            r = r_prev
         ratio = 10 * np.log10((pe[k0:k1].sum() + 1e-3) / (r.sum() + 1e-3))
         c = min(max((ratio - s.dt_lo_db) / (s.dt_hi_db - s.dt_lo_db), 0.0), 1.0)
+        if coh is not None and s.dt_coh > 0:
+            # a residual that jumped but is mostly linear in the far end is misadjustment
+            # (an echo-path change, a cold start), not the user: the user is not coherent
+            # with the reference
+            q = min(max((self.last_coh_frac - COH_FRAC_LO) / (COH_FRAC_HI - COH_FRAC_LO), 0.0), 1.0)
+            c *= 1.0 - s.dt_coh * q
 
         # -- leakage regression per band, slowed down in double talk ----------------------
         a = 1.0 - (1.0 - self._a_leak) * (1.0 - s.leak_gate * c)
@@ -266,30 +338,7 @@ class ResidualEchoSuppressor:
         self.last_ratio_db = float(ratio)
         #: the hop's analysis window held far-end signal
         self.last_far = far
-        if s.coh_weight > 0:
-            # short-term coherence of E with the reference X at lags 0..L-1 hops (the
-            # reference leads its echo): the part of E that is linear in the far end
-            X = spec[2]
-            xh = self._xh
-            xh[1:] = xh[:-1]
-            xh[0] = X
-            a = self._a_coh
-            self._sex *= a
-            self._sex += (1 - a) * (E * np.conj(xh))
-            self._see = a * self._see + (1 - a) * pe
-            self._sxx *= a
-            self._sxx += (1 - a) * (xh.real**2 + xh.imag**2)
-            sex, see, sxx = self._fsmooth(self._sex), self._fsmooth(self._see), self._fsmooth(self._sxx)
-            coh = (sex.real**2 + sex.imag**2) / (see * sxx + 1e-3)
-            coh = coh.max(axis=0)
-            b = s.coh_bias
-            coh = np.clip((coh - b) / (1 - b), 0.0, 1.0)
-            self.last_coh = coh
-            # how much of the residual is (linearly) the far end: residual echo after an
-            # echo-path change or in a cold start is coherent with the reference, the
-            # near-end talker is not (300-4000 Hz, power weighted, 0..1)
-            pb = pe[k0:k1]
-            self.last_coh_frac = float(np.dot(pb, coh[k0:k1]) / (pb.sum() + 1e-3))
+        if coh is not None:
             r = np.maximum(r, s.coh_weight * (1 - s.coh_dt * c) * coh * pe)
         # -- gain -------------------------------------------------------------------------
         g = 1.0 - od * r / (pe + 1e-3)

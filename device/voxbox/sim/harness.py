@@ -150,8 +150,11 @@ class DaemonHarness:
             # cues off by default: tests compare the speaker stream with the reply bit for bit
             "earcons": {"wake": "off", "end": "off", "error": "off", "mute": "off", "unmute": "off",
                         "startup": "off"},
-            # the rig's speaker pipe buffers ~85 ms that ALSA does not report
-            "frontend": {"reference_delay_ms": 80},
+            # the rig's speaker pipe buffers ~85 ms that ALSA does not report; with slack
+            # periods the speaker plays a shortfall late instead of as silence and runs
+            # ~20 ms per slack period closer to the writer (2 periods: ~50 ms): the
+            # reference must lead its echo, never lag it
+            "frontend": {"reference_delay_ms": max(0, 80 - 20 * self.speaker_slack_periods)},
             "log": {"format": "json", "level": "info"},
         }
         for name, table in self.extra_config.items():
