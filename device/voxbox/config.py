@@ -236,7 +236,7 @@ class FrontEnd(_Section):
     filter_ms: Annotated[int, Field(ge=20, le=1000)] = 200
     noise_suppress_db: Annotated[int, Field(ge=-60, le=0)] = -25
     echo_suppress_db: Annotated[int, Field(ge=-90, le=0)] = -60
-    echo_suppress_active_db: Annotated[int, Field(ge=-90, le=0)] = -30
+    echo_suppress_active_db: Annotated[int, Field(ge=-90, le=0)] = -6
     agc: bool = False
     #: Voxbox's residual echo suppressor after the Speex preprocessor (voxbox.dsp.res)
     residual_echo: bool = True

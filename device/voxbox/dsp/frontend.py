@@ -106,7 +106,7 @@ class FrontEndSettings:
     filter_ms: int = 200
     noise_suppress_db: int = -25
     echo_suppress_db: int = -60
-    echo_suppress_active_db: int = -30
+    echo_suppress_active_db: int = -6
     agc: bool = False
     sample_rate: int = 16000
     residual_echo: bool = True

@@ -63,7 +63,9 @@ COH_FRAC_LO, COH_FRAC_HI = 0.15, 0.4
 
 @dataclass(frozen=True)
 class ResSettings:
-    """Residual echo suppressor tuning (defaults measured on the simulated rooms).
+    """Residual echo suppressor tuning. The defaults were chosen on the tuning half of the
+    randomized room family (``tests/benchmarks/roomfamily.py``, seeds 0-11, with the
+    loudspeaker model on), by the coordinate search of ``test_frontend_family_bench``.
 
     Attributes:
         floor_db: lowest gain, dB (<= 0).
@@ -102,12 +104,16 @@ class ResSettings:
             estimate including its decaying tail (True) or, while the far end plays, with
             the current frame's estimate only (False: a loud far-end moment no longer
             hides the user in the quieter moments after it).
+        dt_tail_decay_db: the double-talk statistic's tail decays this many dB per hop
+            (> 0; None: the suppressor's own tail, ``tail_decay_db``/``tail_decay_dt_db``).
+            A suppressor needs a long tail in single talk; the detector needs a short one,
+            or the tail of a loud far-end moment hides the user after it.
     """
 
-    floor_db: float = -25.0
+    floor_db: float = -15.0
     overdrive: float = 1.0
-    leak_tau_ms: float = 1000.0
-    tail_decay_db: float = 1.0
+    leak_tau_ms: float = 500.0
+    tail_decay_db: float = 0.5
     release_ms: float = 0.0
     bands: int = 24
     spread: float = 0.0
@@ -115,15 +121,16 @@ class ResSettings:
     coh_bias: float = 0.2
     coh_weight: float = 1.0
     coh_lags: int = 3
-    coh_dt: float = 1.0
-    overdrive_st: float = 16.0
-    dt_lo_db: float = 4.0
+    coh_dt: float = 0.5
+    overdrive_st: float = 4.0
+    dt_lo_db: float = 6.0
     dt_hi_db: float = 12.0
-    leak_gate: float = 0.9
+    leak_gate: float = 0.5
     tail_decay_dt_db: float = 3.0
-    dt_coh: float = 0.0
-    coh_align: bool = False
+    dt_coh: float = 1.0
+    coh_align: bool = True
     dt_tail: bool = True
+    dt_tail_decay_db: float | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -146,6 +153,11 @@ class ResSettings:
         }
         for f in fields(self):
             v = getattr(self, f.name)
+            if f.name == "dt_tail_decay_db":
+                if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                      or not np.isfinite(v) or v <= 0):
+                    raise ValueError(f"ResSettings.dt_tail_decay_db must be None or > 0 dB per hop, got {v!r}")
+                continue
             if f.name in ("coh_align", "dt_tail"):
                 if not isinstance(v, bool):
                     raise ValueError(f"ResSettings.{f.name} must be a bool, got {v!r}")
@@ -181,6 +193,7 @@ class ResidualEchoSuppressor:
         self._a_rel = float(np.exp(-hop_s / (s.release_ms / 1000))) if s.release_ms > 0 else 0.0
         self._a_coh = float(np.exp(-hop_s / (s.coh_tau_ms / 1000)))
         self._decay = float(10 ** (-s.tail_decay_db / 10))
+        self._dt_decay = None if s.dt_tail_decay_db is None else float(10 ** (-s.dt_tail_decay_db / 10))
         self._floor = float(10 ** (s.floor_db / 20))
         # band pooling matrices (triangular-ish, log spaced above 500 Hz)
         nb = min(s.bands, k)
@@ -208,6 +221,7 @@ class ResidualEchoSuppressor:
         self._gain_prev = np.ones(k)  # gain for the z window of the next hop
         self._gain_smooth = np.ones(k)
         self._r_prev = np.zeros(k)
+        self._r_dt = np.zeros(k)
         self._me = np.zeros(nb)
         self._my = np.zeros(nb)
         self._cov = np.zeros(nb)
@@ -305,7 +319,7 @@ class ResidualEchoSuppressor:
         if far:
             r = self._leak[self._band[k0:k1]] * py_eff[k0:k1]
             if s.dt_tail:
-                r = np.maximum(r, r_prev)
+                r = np.maximum(r, self._dt_decay * self._r_dt[k0:k1] if self._dt_decay is not None else r_prev)
         else:
             r = r_prev
         ratio = 10 * np.log10((pe[k0:k1].sum() + 1e-3) / (r.sum() + 1e-3))
@@ -329,6 +343,8 @@ class ResidualEchoSuppressor:
 
         r = leak[self._band] * py_eff if far else np.zeros_like(py)
         decay = 10 ** (-(s.tail_decay_db + (s.tail_decay_dt_db - s.tail_decay_db) * c) / 10)
+        if self._dt_decay is not None:  # the double-talk statistic's own, faster tail
+            self._r_dt = np.maximum(r, self._dt_decay * self._r_dt)
         r = np.maximum(r, decay * self._r_prev)
         self._r_prev = r
         od = s.overdrive_st + (s.overdrive - s.overdrive_st) * c
