@@ -99,6 +99,25 @@ def test_dsp_cancels_a_synthetic_echo_and_applies_overrides(tmp_path):
     s2 = json.loads(p.stdout)
     assert s2["settings"]["filter_ms"] == 100 and s2["settings"]["noise_suppress_db"] == -10
     print(f"synthetic echo: {s['erle_db']} dB with defaults, {s2['erle_db']} dB with the overrides")
+    assert s["loudspeaker"] is None  # a linear echo path: no saturation identified
+
+
+def test_dsp_names_the_loudspeaker_saturation_it_identified(tmp_path):
+    far = np.clip(speechlike(8 * 16000, 4) * 14000, -32768, 32767)
+    h = np.zeros(400)
+    h[[40, 90, 200]] = [0.5, -0.2, 0.08]
+    echo = np.convolve(np.clip(far, -0.15 * 32768, 0.15 * 32768), h)[: far.size]  # clips at 0.15
+    mic = np.clip(echo + np.random.default_rng(4).normal(0, 30, far.size), -32768, 32767).astype(np.int16)
+    write_wav(tmp_path / "mic.wav", mic, 16000)
+    write_wav(tmp_path / "ref.wav", far.astype(np.int16), 16000)
+    p = voxbox("dsp", "--mic", str(tmp_path / "mic.wav"), "--ref", str(tmp_path / "ref.wav"),
+               "--out", str(tmp_path / "out.wav"), "--json")
+    assert p.returncode == 0, p.stderr
+    ls = json.loads(p.stdout)["loudspeaker"]
+    assert ls is not None and ls["knee"] == 8.0 and 0.11 < ls["clip"] < 0.2, ls
+    p = voxbox("dsp", "--mic", str(tmp_path / "mic.wav"), "--ref", str(tmp_path / "ref.wav"),
+               "--out", str(tmp_path / "out.wav"))
+    assert p.returncode == 0 and "loudspeaker saturating at 0.1" in p.stdout, p.stdout
 
 
 # -- daemon recording replays bit for bit ----------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -93,6 +94,7 @@ def cmd_dsp(args: argparse.Namespace) -> int:
         out = run_frontend(fe, mic, ref, block)
     finally:
         latency = 0 if fe is None else fe.latency_samples
+        ls = None if fe is None else fe.loudspeaker
         if fe is not None:
             fe.close()
     cpu = time.process_time() - t0
@@ -104,6 +106,8 @@ def cmd_dsp(args: argparse.Namespace) -> int:
         "latency_samples": latency, "erle_db": None if erle is None else round(erle, 1),
         "cpu_per_audio_s": round(cpu / secs, 5) if secs else None,
         "settings": None if fe is None else dataclasses.asdict(fe.settings),
+        # the loudspeaker saturation identified (null: linear, or the model is off)
+        "loudspeaker": None if ls is None or math.isinf(ls.clip) else {"clip": round(ls.clip, 4), "knee": ls.knee},
     }
     if args.json:
         print(json.dumps(summary))
@@ -111,7 +115,8 @@ def cmd_dsp(args: argparse.Namespace) -> int:
         print(f"{args.out}: {secs:.2f} s processed, output delayed {latency} samples "
               f"({1000 * latency / rate:.1f} ms); echo reduction over far-end-active frames "
               f"{'n/a (no far end)' if erle is None else f'{erle:.1f} dB'}; "
-              f"CPU {cpu:.3f} s ({100 * cpu / max(secs, 1e-9):.2f} % of one core)")
+              f"CPU {cpu:.3f} s ({100 * cpu / max(secs, 1e-9):.2f} % of one core); loudspeaker "
+              f"{'linear' if summary['loudspeaker'] is None else 'saturating at %.3f of full scale, knee %g' % (ls.clip, ls.knee)}")
     return 0
 
 
