@@ -31,7 +31,13 @@ Method (STFT, sqrt-Hann window of ``2 * frame_size`` samples, hop ``frame_size``
    contains near-end speech, so near-end speech does not raise it. It backs off when
    the double-talk detector says the near end dominates.
 2. Double-talk detector: the 300-4000 Hz ratio of ``|E|^2`` to the leakage estimate
-   (near end present -> the residual is well above the estimated echo). The overdrive
+   (near end present -> the residual is well above the estimated echo). A residual that
+   jumped but is mostly coherent with the reference (``dt_coh``) is misadjustment -- an
+   echo-path change, a cold start -- not the user, and does not count as double talk:
+   before this, the first 0.5 s after a path change was taken for the user and left
+   almost unsuppressed (measured 1-6 dB ERLE in the family's linear rooms). The
+   coherence takes each lag's phase step per bin out before smoothing across bins
+   (``coh_align``), so it does not depend on the echo's delay inside the window. The overdrive
    moves from ``overdrive_st`` (single talk) to ``overdrive`` (double talk) with it.
    Gain ``G = max(floor, 1 - overdrive * R / |E|^2)``, smoothed across frequency (3
    bins; against musical noise) and optionally over time; it is 1 wherever the near
