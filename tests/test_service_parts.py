@@ -169,11 +169,13 @@ def test_loudspeaker_model_is_restored_and_its_changes_reported():
     frame = np.zeros(period, dtype=np.int16)
     p.on_capture_frame(frame, 0.0)
     assert "on_loudspeaker" not in rec.names()
+    p._reconverge_frames = 0
     ls.changes += 1  # the model settled on another saturation (capture thread)
     ls.current = 0
     p.on_capture_frame(frame, 0.01)
     (got,) = [a for n, a in rec.calls if n == "on_loudspeaker"]
     assert math.isinf(got[0])
+    assert p._reconverge_frames > 0  # a new model is a new echo path for the canceller
 
 
 def test_echo_path_saves_the_loudspeaker_model_with_the_echo_path(tmp_path):

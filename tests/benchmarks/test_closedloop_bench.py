@@ -276,8 +276,10 @@ def run_level(level: float, seed: int, tmp: Path) -> LevelResult:
         # warm-up question (the canceller and the aligner learn this room)
         _, st = ask(h, questions[0])
         wait_idle(h, st["mono"])
+        windows: list[tuple[str, float]] = []  # (trial, its start): where a wake event fell
         for i in range(REPLY_TRIALS):  # replies nobody talks over
             t0, st = ask(h, questions[i % len(questions)])
+            windows.append((f"reply {i}", t0))
             wait_idle(h, st["mono"])
             t1 = time.monotonic()
             res.replies += 1
@@ -301,6 +303,7 @@ def run_level(level: float, seed: int, tmp: Path) -> LevelResult:
                 recorded.append(record_trial(h, -1 - i, None, False, None))
         for i in range(TRIALS):  # the user interrupts
             t0, st = ask(h, questions[i % len(questions)])
+            windows.append((f"interruption {i}", t0))
             time.sleep(rng.uniform(1.5, 4.0))
             h.mic.play(stop)
             time.sleep(0.05)
@@ -353,10 +356,15 @@ def run_level(level: float, seed: int, tmp: Path) -> LevelResult:
         if level == 6.0:  # the wake word over the reply, warm
             wake = at_level(render_speech(*WAKE), USER_DBFS)
             for i in range(WAKE_TRIALS):
+                windows.append((f"wake {i}", time.monotonic()))
                 res.wake_warm.append(wake_over_reply(h, questions[i % len(questions)], wake, rng))
                 wait_idle(h, h.mic.t_start, timeout=60)
         # self-triggers: wake events while nobody said it (every trial above)
         res.self_triggers = len(h.events("wake")) - sum(w for w, _ in res.wake_warm)
+        if VERBOSE:  # every wake event, with the trial it fell in and the unit's state then
+            for r in h.events("wake"):
+                trial = max((w for w in windows if w[1] <= r["mono"]), key=lambda w: w[1], default=("warm-up", 0.0))
+                print(f"  wake event in {trial[0]} (+{r['mono'] - trial[1]:.2f} s): score {r.get('VOXBOX_WAKE_SCORE')}")
     finally:
         if RECORD and loop.h is not None:
             import json

@@ -265,7 +265,10 @@ class AudioPath:
         clean = self.frontend.process(frame, ref) if self.frontend is not None else frame
         ls = self.frontend.loudspeaker if self.frontend is not None else None
         if ls is not None and ls.changes != self._ls_changes:
+            # a new loudspeaker model is a new echo path for the canceller: it reconverges
+            # (no low wake threshold, no pause of a reply on its residual meanwhile)
             self._ls_changes = ls.changes
+            self.echo_path_changed()
             self._loop.call_soon_threadsafe(self.cb.on_loudspeaker, ls.clip, ls.knee, ls.last_round)
         if self._fe_far and self.frontend is not None:  # ERLE over far-end periods (metrics)
             f = self._erle_f32
