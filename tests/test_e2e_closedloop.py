@@ -36,11 +36,10 @@ def car_loop(tmp_path) -> tuple[DaemonHarness, np.ndarray]:
     h = DaemonHarness(tmp_path, echo_db=gain, echo_delay_ms=room.delay_ms, echo_rir=cl.room_ir(room),
                       echo_nonlinearity=cl.loudspeaker(room.drive), mic_noise_dbfs=-65.0, speaker_slack_periods=2,
                       server_options={"reply_audio": [cl.to24k(reply16)], "pace_min": 2.0, "pace_max": 2.0},
-                      # the harness gives the reference 20 ms with 2 slack periods (the rig then
-                      # buffers ~40-70 ms that ALSA does not report): it leads the echo, as a
+                      # the harness gives the reference 40 ms with 2 slack periods (the rig then
+                      # buffers ~50 ms that ALSA does not report): it leads the echo, as a
                       # unit's default of 0 does on a real card. (80 ms, for the default pipe,
-                      # made it lag by ~20 ms: the first reply was paused 12-22 times; 40 ms
-                      # lagged by 1.3 ms in one run: paused twice until the tracker moved it.)
+                      # made it lag by ~20 ms: the first reply was paused 12-22 times.)
                       config={"gpio": {"hold_ms": 3000}, "conversation": {"follow_up_s": 0.0}})
     return h, cl.to24k(reply16)
 

