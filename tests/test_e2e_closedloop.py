@@ -49,6 +49,21 @@ def responses(h: DaemonHarness, t0: float) -> int:
                if e["type"] == "response.created" and e["t"] >= t0)
 
 
+TIMELINE = ("echo_measured", "echo_delay", "loudspeaker_model", "near_end", "barge_in_check", "wake", "barge_in", "playback_start")
+
+
+def timeline(h: DaemonHarness, t0: float) -> str:
+    """The events that explain a pause or a self-trigger, from ``t0`` (s after it, with the
+    journal fields that matter): printed with each reply, so a failure in CI explains itself."""
+    out = []
+    for r in list(h.logs):
+        if r.get("VOXBOX_EVENT") in TIMELINE and r.get("mono", 0) >= t0:
+            fields = {k[7:].lower(): v for k, v in r.items()
+                      if k.startswith("VOXBOX_") and k not in ("VOXBOX_EVENT", "VOXBOX_T")}
+            out.append(f"  {r['mono'] - t0:+7.2f} s {r['VOXBOX_EVENT']} {fields}")
+    return "\n".join(out)
+
+
 def ask(h: DaemonHarness, q: np.ndarray) -> tuple[float, dict]:
     t0 = time.monotonic()
     h.press(0.05)
@@ -75,6 +90,7 @@ def test_car_at_plus_6_db_one_question_one_complete_reply(tmp_path):
             print(f"reply {k + 1}: {len(sent) / 48000:.1f} s sent, played for {end['mono'] - start['mono']:.1f} s; "
                   f"barge-ins {[b.get('VOXBOX_CAUSE') for b in barges]}, pauses checked {len(pauses)} "
                   f"({[p.get('VOXBOX_VERDICT') for p in pauses]}), responses {n}")
+            print(timeline(h, h.logs[0]["mono"] if k == 0 else t0))
             assert not barges, barges
             assert n == 1, f"{n} responses to one question: the unit answered its own voice"
             assert len(sent) / 2 == reply24.size  # the whole reply went out, nothing truncated
@@ -109,6 +125,8 @@ def test_car_at_plus_6_db_the_user_interrupts(tmp_path):
         print(f"interruption: paused {(pause['mono'] - onset) * 1000:.0f} ms after the onset, speaker quiet "
               f"{quiet_ms:.0f} ms after it, confirmed {(barge['mono'] - onset) * 1000:.0f} ms after it; "
               f"truncate {trunc[-1]}; next reply {nxt['VOXBOX_ITEM_ID']}")
+        print(f"(user onset at {onset - h.logs[0]['mono']:+.2f} s)")
+        print(timeline(h, h.logs[0]["mono"]))
         assert trunc[-1]["item_id"] == start["VOXBOX_ITEM_ID"]
         assert 1000 < trunc[-1]["audio_end_ms"] < reply24.size / 24
         # stopped while the user was still talking (the benchmark measures how fast: it

@@ -178,6 +178,52 @@ def test_loudspeaker_model_is_restored_and_its_changes_reported():
     assert p._reconverge_frames > 0  # a new model is a new echo path for the canceller
 
 
+def test_a_cold_start_pauses_no_reply_until_the_line_is_measured():
+    """A start without a measured delay line holds the near-end detector's pauses (and the
+    low wake threshold) until the echo-delay tracker measured it, at most COLD_FAR_MS of
+    far-end signal; then RECONVERGE_FAR_MS from the start at the earliest."""
+    from voxbox.service.audiopath import COLD_FAR_MS, RECONVERGE_FAR_MS
+
+    c = cfg(frontend={"echo_cancel": True, "track_echo_delay": False})
+    p = audio_path(c, Recorder())
+    per_ms = c.audio.capture_rate / 1000 / p.frontend.frame_size
+    p.echo_path_changed(cold=True)
+    assert p._reconverge_frames == int(COLD_FAR_MS * per_ms)
+    p._reconverge_frames -= int(300 * per_ms)  # 300 ms of far end went by
+    p.line_measured()
+    left = p._reconverge_frames
+    assert abs(left - (RECONVERGE_FAR_MS - 300) * per_ms) <= 2  # the first second still holds
+    p.line_measured()  # once only
+    assert p._reconverge_frames == left
+    p.echo_path_changed(cold=True)
+    p.echo_path_changed()  # a resync of the ring before the line was measured: still cold
+    assert p._reconverge_frames == int(COLD_FAR_MS * per_ms)
+    p._reconverge_frames -= int(2500 * per_ms)
+    p.line_measured()
+    assert p._reconverge_frames == 0  # measured after 2.5 s: nothing more to wait for
+    p.echo_path_changed()  # a warm change: one second, and a measurement changes nothing
+    p.line_measured()
+    assert p._reconverge_frames == int(RECONVERGE_FAR_MS * per_ms)
+
+
+def test_echo_path_reports_its_first_measurement_once():
+    c = cfg(frontend={"echo_cancel": True, "track_echo_delay": True})
+    period = c.audio.capture_rate * c.audio.period_ms // 1000
+    seen = []
+    e = EchoPath(c, period, _NOWHERE, SimpleNamespace(), on_path_changed=lambda: None,
+                 on_measured=lambda: seen.append(1))
+    e.tracker = SimpleNamespace(push=lambda ref, mic: SimpleNamespace(delay_ms=e.delay * 1000 / 16000 + 10,
+                                                                    erl_db=6.0, confidence=50.0),
+                                drift_ppm=0.0, drift_stderr_ppm=1.0)
+    e.aligner = SimpleNamespace(on_delay=lambda d, line: None, on_drift=lambda *a: None)
+    logged = []
+    e._loop = SimpleNamespace(call_soon_threadsafe=lambda f, *a: logged.append(a))
+    z = np.zeros(period, np.int16)
+    for _ in range(3):
+        e.track(z, z)
+    assert seen == [1] and e.measured and len(logged) == 1  # one journal line
+
+
 def test_echo_path_saves_the_loudspeaker_model_with_the_echo_path(tmp_path):
     import asyncio
 

@@ -316,6 +316,38 @@ def test_playback_threshold_applies_while_playing(hey_jarvis):
     assert feed2(det, x, hum) != [] and det.playing
 
 
+def test_playback_threshold_needs_the_near_end_detector(hey_jarvis):
+    """With ``near_end_window_s`` the lower threshold applies only within that long after
+    the caller's near-end speech detector heard the user (the reply's own residual can score
+    like a weak wake word; the user's wake word is near-end speech). The one-chunk threshold
+    needs no such word."""
+    x = pad(hey_jarvis["en-gb"])
+    peak = WakeWordDetector()
+    feed(peak, x)
+    lo = max(0.05, peak.peak_score - 0.05)
+    silent = np.zeros_like(x)
+    det = PlaybackAwareWake(threshold=1.0, threshold_playback=lo, near_end_window_s=1.5)
+    assert feed2(det, x, silent, playing=True) == []  # nobody said the user speaks
+    det = PlaybackAwareWake(threshold=1.0, threshold_playback=lo, near_end_window_s=1.5)
+    det.near_end(0.0)  # before the word (pad's 1 s lead): too old by the time it scores
+    assert feed2(det, x, silent, playing=True) == []
+    det = PlaybackAwareWake(threshold=1.0, threshold_playback=lo, near_end_window_s=1.5)
+    hits = []
+    for i in range(0, x.size, FRAME):
+        t = i / SR
+        det.near_end(t)  # the detector hears the user throughout
+        d = det.process(x[i : i + FRAME], silent[i : i + FRAME], t, True)
+        if d is not None:
+            hits.append(d)
+    assert len(hits) == 1
+    det.reset()  # forgets the near-end word too
+    assert feed2(det, x, silent, t0=20.0, playing=True) == []
+    # the one-chunk threshold does not ask the near-end detector
+    assert feed2(PlaybackAwareWake(threshold=lo, near_end_window_s=1.5), x, silent, playing=True) != []
+    with pytest.raises(ValueError, match="near_end_window_s"):
+        PlaybackAwareWake(near_end_window_s=-1.0)
+
+
 def test_playback_threshold_waits_for_warmup():
     """Right after construction/reset openWakeWord scores ~0.3 on plain noise for about a
     second; the lower threshold must not apply then."""

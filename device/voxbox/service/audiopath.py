@@ -38,7 +38,7 @@ from voxbox.realtime.dialects import PCM_RATE
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AudioPath", "AudioCallbacks", "UPLINK_BLOCK_MS", "RECONVERGE_FAR_MS", "VOICE_POWER"]
+__all__ = ["AudioPath", "AudioCallbacks", "UPLINK_BLOCK_MS", "RECONVERGE_FAR_MS", "COLD_FAR_MS", "VOICE_POWER"]
 
 UPLINK_BLOCK_MS = 40
 """Uplink audio is sent in blocks of this many ms (one ``input_audio_buffer.append`` each)."""
@@ -50,6 +50,16 @@ UPLINK_BLOCK_MS = 40
 #: closed loop (t06, +6 dB): replies after a move began with 0-4 dB of echo cancellation for
 #: about 400 ms, and were paused, and cut, on their own echo at 250-350 ms.
 RECONVERGE_FAR_MS = 1000.0
+
+#: at a cold start (no echo state saved on these devices) the near-end detector pauses no
+#: reply until the echo-delay tracker has measured the line (and ``RECONVERGE_FAR_MS`` from
+#: the start at the earliest), at most during this much far-end signal (ms; the start-up
+#: cue is 1.5 s of it). A canceller that never heard the loudspeaker leaves most of the
+#: echo for its first second or two of speech: in the closed loop (car, +6 dB, no start-up
+#: cue) the first reply after a fresh start was paused on its own echo 1.1-2.6 s into it,
+#: before the tracker's first estimate (2 s windows, half of them far-end) 3.2 s into it.
+#: Kept short: the user may interrupt the first reply too (2.5 s into it in the e2e test).
+COLD_FAR_MS = 2500.0
 
 VOICE_POWER = (32768 * 10 ** (-40 / 20)) ** 2
 """Mean power of a capture period counted as voice during a hold (-40 dBFS RMS)."""
@@ -130,6 +140,7 @@ class AudioPath:
         #: canceller reconverges after an echo-path change; written by the echo worker and
         #: the capture thread, an int: no lock)
         self._reconverge_frames = 0
+        self._cold = False  # a cold start waits for the echo-delay tracker (echo_path_changed)
         # capture-thread state
         self._ref_frame = np.zeros(self.cap_period, dtype=np.int16)
         self._cap_f32 = np.zeros(self.cap_period, dtype=np.float32)  # voice-level scratch
@@ -139,6 +150,7 @@ class AudioPath:
         self.erle_mic = self.erle_out = 0.0
         self._fe_far = False  # the latest front-end frame's reference held far-end signal
         self._near = False  # the detector's latest decision
+        self._near_held = False  # it rose while the canceller settled: reported once settled
         self._up_resampler: soxr.ResampleStream | None = None
         self._up_parts: list[np.ndarray] = []
         self._up_samples = 0
@@ -192,9 +204,12 @@ class AudioPath:
             from voxbox.wake.detector import PlaybackAwareWake, WakeWordDetector
 
             if cfg.wake.playback_aware:
+                # the near-end detector corroborates the playback threshold (when there is one)
+                near_s = cfg.wake.playback_near_end_s if self.near_end is not None else 0.0
                 self.wake = PlaybackAwareWake(cfg.wake.model, cfg.wake.threshold,
                                               threshold_playback=cfg.wake.threshold_playback,
-                                              refractory_s=cfg.wake.refractory_s)
+                                              refractory_s=cfg.wake.refractory_s,
+                                              near_end_window_s=near_s or None)
             else:
                 self.wake = WakeWordDetector(cfg.wake.model, cfg.wake.threshold, cfg.wake.refractory_s)
 
@@ -207,12 +222,30 @@ class AudioPath:
         self._up_resampler = None
 
     # ------------------------------------------------------------------ event loop's requests
-    def echo_path_changed(self) -> None:
+    def _far_frames(self, ms: float) -> int:
+        return int(ms * self.cfg.audio.capture_rate / 1000 / self.frontend.frame_size)
+
+    def echo_path_changed(self, cold: bool = False) -> None:
         """The echo path the canceller sees changed (any thread): the near-end detector
-        pauses no reply for the next ``RECONVERGE_FAR_MS`` of far-end signal."""
+        pauses no reply, and the wake word keeps its strict threshold, for the next
+        ``RECONVERGE_FAR_MS`` of far-end signal. ``cold``: a start with the delay line
+        not measured on these devices: until :meth:`line_measured`, up to
+        ``COLD_FAR_MS`` (a warm change meanwhile does not shorten it)."""
         if self.frontend is not None:
-            self._reconverge_frames = int(RECONVERGE_FAR_MS * self.cfg.audio.capture_rate
-                                          / 1000 / self.frontend.frame_size)
+            n = self._far_frames(COLD_FAR_MS if cold else RECONVERGE_FAR_MS)
+            if self._cold and not cold:  # a resync or a move before the line was measured
+                n = max(n, self._reconverge_frames)
+            self._cold = self._cold or cold
+            self._reconverge_frames = n
+
+    def line_measured(self) -> None:
+        """The echo-delay tracker measured the delay line (any thread): a cold start's
+        wait ends, ``RECONVERGE_FAR_MS`` after the start at the earliest."""
+        if self.frontend is not None and self._cold:
+            self._cold = False
+            used = self._far_frames(COLD_FAR_MS) - self._reconverge_frames
+            self._reconverge_frames = max(0, min(self._reconverge_frames,
+                                                 self._far_frames(RECONVERGE_FAR_MS) - used))
 
     def reset_wake(self) -> None:
         """The wake-word detector starts afresh at the next period."""
@@ -306,6 +339,8 @@ class AudioPath:
                 wake.reset()
             if self._wake_aware:
                 wake.strict = self._reconverge_frames > 0  # reconverging: no low playback threshold
+                if self._near:
+                    wake.near_end(t)
                 fe = self.frontend
                 # the canceller's output before the residual suppressor, which would also eat
                 # the user's wake word in double talk (the path the wake bench measures)
@@ -346,7 +381,16 @@ class AudioPath:
         settling = self._reconverge_frames > 0
         if settling and far:
             self._reconverge_frames -= 1
-        if near and not self._near and self.speaking and not self.tentative and not settling:
+        # an onset while the canceller settles is held, not lost: the user who started
+        # talking then (or residual echo that ran into the user's words) still pauses the
+        # reply once it has settled, if the detector still hears near-end speech
+        rose = near and not self._near
+        if rose and settling:
+            self._near_held = True
+        elif not near:
+            self._near_held = False
+        if near and (rose or self._near_held) and self.speaking and not self.tentative and not settling:
+            self._near_held = False
             self._loop.call_soon_threadsafe(self.cb.on_near_end, time.monotonic(), self.near_end_stats())
         self._near = near
         check = self.check

@@ -165,7 +165,8 @@ class Daemon(Controller):
         #: the far-end reference delayed to meet its echo; the echo delay tracked, the
         #: drift compensated, both persisted (voxbox.service.echopath)
         self.echo = EchoPath(cfg, self.cap_period, self._state_path.parent / "echo.json", self.metrics,
-                             on_path_changed=self._echo_path_changed)
+                             on_path_changed=self._echo_path_changed,
+                             on_measured=lambda: self.audio.line_measured())
         self.t_start = time.monotonic()
         from voxbox.audio.volume import Volume
 
@@ -250,8 +251,10 @@ class Daemon(Controller):
         log.info("voxbox %s starting (dialect %s)", __version__, cfg.realtime.dialect,
                  extra={"VOXBOX_EVENT": "start", "VOXBOX_VERSION": __version__})
         self._build_dsp()
-        self._echo_path_changed()  # a cold canceller: the first second of far-end signal converges it
         self.echo.restore()
+        # a cold canceller: the first second of far-end signal converges it; with the delay
+        # line not measured on these devices, until the tracker has measured it
+        self.audio.echo_path_changed(cold=self.echo.tracker is not None and self.echo.state is None)
         self.audio.restore_loudspeaker(self.echo.loudspeaker)
         self._build_gpio()
         if load_muted(self._state_path):

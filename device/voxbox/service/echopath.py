@@ -60,15 +60,21 @@ class EchoPath:
         metrics: :class:`voxbox.host.metrics.UnitMetrics` (echo delay, ERL).
         on_path_changed: called (from any thread) when the echo path the canceller sees
             changed: a line move, a resync, a cold start.
+        on_measured: called once (echo worker thread) when the tracker's first estimate
+            since start has set or confirmed the line.
     """
 
     def __init__(self, cfg, cap_period: int, state_path: Path, metrics,
-                 on_path_changed: Callable[[], None]) -> None:
+                 on_path_changed: Callable[[], None],
+                 on_measured: Callable[[], None] | None = None) -> None:
         a = cfg.audio
         self.cfg = cfg
         self.cap_period = cap_period
         self.metrics = metrics
         self.on_path_changed = on_path_changed
+        self.on_measured = on_measured
+        #: the tracker gave an estimate since start
+        self.measured = False
         self.state_path = state_path
         self.devices = (f"capture={a.capture_device} playback={a.playback_device} "
                         f"rate={a.playback_rate} period_ms={a.period_ms} periods={a.periods}")
@@ -243,6 +249,14 @@ class EchoPath:
         est = tr.push(ref, mic)
         if est is None:
             return
+        # until the first estimate the near-end detector pauses no reply at a cold start
+        # (AudioPath.line_measured)
+        if not self.measured:
+            self.measured = True
+            self._loop.call_soon_threadsafe(self._log_measured, est.delay_ms, est.erl_db, est.confidence,
+                                            self.delay)
+            if self.on_measured is not None:
+                self.on_measured()
         new = self.aligner.on_delay(est.delay_ms, self.delay)
         if new is not None:
             new = max(new, self.floor)
@@ -283,6 +297,15 @@ class EchoPath:
                         "VOXBOX_ERL_DB": round(erl_db, 1)})
         # the lead the canceller sees on the new line
         self._loop.create_task(self._save(delay_ms - (new - old) * 1000 / rate, erl_db))
+
+    def _log_measured(self, delay_ms: float, erl_db: float, confidence: float, line: int) -> None:
+        rate = self.cfg.audio.capture_rate
+        log.info("echo path measured: the echo lags the reference by %.1f ms on the %.1f ms line "
+                 "(confidence %.0f, echo return loss %.1f dB)", delay_ms, line * 1000 / rate,
+                 confidence, erl_db,
+                 extra={"VOXBOX_EVENT": "echo_measured", "VOXBOX_ECHO_DELAY_MS": round(delay_ms, 2),
+                        "VOXBOX_REFERENCE_DELAY_MS": round(line * 1000 / rate, 2),
+                        "VOXBOX_ERL_DB": round(erl_db, 1)})
 
     def note_loudspeaker(self, clip: float, knee: float) -> None:
         """Event loop: the loudspeaker model settled on ``(clip, knee)`` (an infinite

@@ -459,6 +459,14 @@ class PlaybackAwareWake:
     openWakeWord starts from a synthetic feature state, and in the first ~1.2 s it can
     score up to ~0.3 on plain background noise.
 
+    With ``near_end_window_s`` set, the lower threshold also needs the caller's word that
+    the user is speaking: :meth:`near_end` (the echo-aware near-end speech detector's
+    decision) within ``near_end_window_s`` before the chunk's end. The unit's own reply
+    leaves a residual that the model can score 0.2-0.45 on two chunks in a row (the
+    closed-loop rig at +6 dB echo: 6 self-triggers in 40 replies); a user who says the
+    wake word over the reply is near-end speech the detector sees. ``None``: no such
+    condition (a caller without a near-end detector).
+
     ``process(frame, ref_frame, t, playing=None)``: ``frame`` and ``ref_frame`` are int16
     blocks of the same length (any length; the daemon's 10 ms periods), ``t`` the time
     of the first sample. ``playing``: whether the far end is active (the unit plays a
@@ -484,6 +492,7 @@ class PlaybackAwareWake:
         gate_after_s: float = 0.16,
         playing_hangover_s: float = 0.5,
         ref_active_dbfs: float = -60.0,
+        near_end_window_s: float | None = None,
     ) -> None:
         for name, v in (("threshold", threshold), ("threshold_playback", threshold_playback),
                         ("ref_gate", ref_gate)):
@@ -491,7 +500,8 @@ class PlaybackAwareWake:
                 raise ValueError(f"{name} must be in (0, 1], got {v}")
         for name, v in (("gate_before_s", gate_before_s), ("gate_after_s", gate_after_s),
                         ("playing_hangover_s", playing_hangover_s), ("refractory_s", refractory_s),
-                        ("warmup_s", warmup_s)):
+                        ("warmup_s", warmup_s),
+                        ("near_end_window_s", 0.0 if near_end_window_s is None else near_end_window_s)):
             if v < 0.0:
                 raise ValueError(f"{name} must be >= 0, got {v}")
         if isinstance(confirm_chunks, bool) or not isinstance(confirm_chunks, int) or confirm_chunks < 1:
@@ -501,6 +511,8 @@ class PlaybackAwareWake:
         #: set by the caller while the canceller reconverges after an echo-path change: the
         #: playback threshold is not used (the echo it leaves can score like a wake word)
         self.strict = False
+        self.near_end_window_s = None if near_end_window_s is None else float(near_end_window_s)
+        self._near_t = -math.inf  # the last time the caller saw near-end speech
         self.warmup_s = float(warmup_s)
         self._warm_chunks = math.ceil(self.warmup_s * SAMPLE_RATE / CHUNK_SAMPLES - 1e-9)
         self._since_reset = 0  # chunks scored since construction or reset()
@@ -522,6 +534,12 @@ class PlaybackAwareWake:
         self.playing = False
         self.gated = 0
         self._rf = np.empty(0, np.float32)  # reference frame as float (energy), reused
+
+    def near_end(self, t: float) -> None:
+        """The caller's near-end speech detector says the user speaks at ``t`` (s, the
+        clock of :meth:`process`): the playback threshold may apply for the next
+        ``near_end_window_s``."""
+        self._near_t = t
 
     @property
     def last_score(self) -> float:
@@ -563,6 +581,8 @@ class PlaybackAwareWake:
             self._since_reset += 1
             self._run = self._run + 1 if m >= self.threshold_playback else 0
             low_ok = self.playing and self._since_reset > self._warm_chunks and not self.strict
+            if low_ok and self.near_end_window_s is not None:
+                low_ok = t_end - self._near_t <= self.near_end_window_s
             hit = m >= self.threshold or (low_ok and self._run >= self.confirm_chunks)
             if hit and self._pending is None:
                 last = self.last_detection
@@ -602,3 +622,4 @@ class PlaybackAwareWake:
         self.playing = False
         self._run = 0
         self._since_reset = 0
+        self._near_t = -math.inf
