@@ -106,17 +106,6 @@ class ResSettings:
         coh_align: take each lag's phase step per bin (the echo's delay inside the
             analysis window) out of the cross-spectrum before smoothing it across bins,
             so the coherence does not depend on where in the window the echo falls.
-        dt_tail: the double-talk detector compares the residual with the residual echo
-            estimate including its decaying tail (True) or, while the far end plays, with
-            the current frame's estimate only (False: a loud far-end moment no longer
-            hides the user in the quieter moments after it).
-        dt_tail_decay_db: the double-talk statistic's tail decays this many dB per hop
-            (> 0; None: the suppressor's own tail, ``tail_decay_db``/``tail_decay_dt_db``).
-            A suppressor needs a long tail in single talk; the detector needs a short one,
-            or the tail of a loud far-end moment hides the user after it.
-        stat_tail_decay_db: the same for the statistic reported to the barge-in
-            detector (``last_ratio_db``) only; it changes nothing in the suppression
-            (None: the detector's own statistic).
     """
 
     floor_db: float = -15.0
@@ -138,9 +127,6 @@ class ResSettings:
     tail_decay_dt_db: float = 3.0
     dt_coh: float = 1.0
     coh_align: bool = True
-    dt_tail: bool = True
-    dt_tail_decay_db: float | None = None
-    stat_tail_decay_db: float | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -163,12 +149,7 @@ class ResSettings:
         }
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ("dt_tail_decay_db", "stat_tail_decay_db"):
-                if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
-                                      or not np.isfinite(v) or v <= 0):
-                    raise ValueError(f"ResSettings.{f.name} must be None or > 0 dB per hop, got {v!r}")
-                continue
-            if f.name in ("coh_align", "dt_tail"):
+            if f.name == "coh_align":
                 if not isinstance(v, bool):
                     raise ValueError(f"ResSettings.{f.name} must be a bool, got {v!r}")
                 continue
@@ -203,8 +184,6 @@ class ResidualEchoSuppressor:
         self._a_rel = float(np.exp(-hop_s / (s.release_ms / 1000))) if s.release_ms > 0 else 0.0
         self._a_coh = float(np.exp(-hop_s / (s.coh_tau_ms / 1000)))
         self._decay = float(10 ** (-s.tail_decay_db / 10))
-        self._dt_decay = None if s.dt_tail_decay_db is None else float(10 ** (-s.dt_tail_decay_db / 10))
-        self._stat_decay = None if s.stat_tail_decay_db is None else float(10 ** (-s.stat_tail_decay_db / 10))
         self._floor = float(10 ** (s.floor_db / 20))
         # band pooling matrices (triangular-ish, log spaced above 500 Hz)
         nb = min(s.bands, k)
@@ -232,8 +211,6 @@ class ResidualEchoSuppressor:
         self._gain_prev = np.ones(k)  # gain for the z window of the next hop
         self._gain_smooth = np.ones(k)
         self._r_prev = np.zeros(k)
-        self._r_dt = np.zeros(k)
-        self._r_stat = np.zeros(k)
         self._me = np.zeros(nb)
         self._my = np.zeros(nb)
         self._cov = np.zeros(nb)
@@ -325,24 +302,13 @@ class ResidualEchoSuppressor:
             self.last_coh_frac = float(np.dot(pb, coh[k0:k1]) / (pb.sum() + 1e-3))
         # -- double-talk detector (leakage of the previous hop) ---------------------------
         # near-end presence: residual power over the estimated residual echo (dB),
-        # speech band; single talk -> strong overdrive, double talk -> mild
+        # speech band; single talk -> strong overdrive, double talk -> mild; the estimate
+        # includes its tail (decaying at ``tail_decay_db`` per hop)
         k0, k1 = self._k_lo, self._k_hi
-        r_prev = self._decay * self._r_prev[k0:k1]
+        r = self._decay * self._r_prev[k0:k1]
         if far:
-            r = self._leak[self._band[k0:k1]] * py_eff[k0:k1]
-            if s.dt_tail:
-                r = np.maximum(r, self._dt_decay * self._r_dt[k0:k1] if self._dt_decay is not None else r_prev)
-        else:
-            r = r_prev
-        pe_sum = pe[k0:k1].sum()
-        ratio = 10 * np.log10((pe_sum + 1e-3) / (r.sum() + 1e-3))
-        if self._stat_decay is not None:  # the reported statistic's own tail
-            r_stat = self._stat_decay * self._r_stat[k0:k1]
-            if far:
-                r_stat = np.maximum(self._leak[self._band[k0:k1]] * py_eff[k0:k1], r_stat)
-            ratio_stat = 10 * np.log10((pe_sum + 1e-3) / (r_stat.sum() + 1e-3))
-        else:
-            ratio_stat = ratio
+            r = np.maximum(self._leak[self._band[k0:k1]] * py_eff[k0:k1], r)
+        ratio = 10 * np.log10((pe[k0:k1].sum() + 1e-3) / (r.sum() + 1e-3))
         c = min(max((ratio - s.dt_lo_db) / (s.dt_hi_db - s.dt_lo_db), 0.0), 1.0)
         if coh is not None and s.dt_coh > 0:
             # a residual that jumped but is mostly linear in the far end is misadjustment
@@ -363,18 +329,14 @@ class ResidualEchoSuppressor:
 
         r = leak[self._band] * py_eff if far else np.zeros_like(py)
         decay = 10 ** (-(s.tail_decay_db + (s.tail_decay_dt_db - s.tail_decay_db) * c) / 10)
-        if self._dt_decay is not None:  # the double-talk statistic's own, faster tail
-            self._r_dt = np.maximum(r, self._dt_decay * self._r_dt)
-        if self._stat_decay is not None:
-            self._r_stat = np.maximum(r, self._stat_decay * self._r_stat)
         r = np.maximum(r, decay * self._r_prev)
         self._r_prev = r
         od = s.overdrive_st + (s.overdrive - s.overdrive_st) * c
         self.last_dt = c
         #: the double-talk statistic of this hop for the barge-in detector: residual power
         #: over the estimated residual echo, dB, 300-4000 Hz (high: the near end talks),
-        #: with the echo estimate's tail decaying at ``stat_tail_decay_db``
-        self.last_ratio_db = float(ratio_stat)
+        #: with the echo estimate's tail decaying at ``tail_decay_db`` per hop
+        self.last_ratio_db = float(ratio)
         #: the hop's analysis window held far-end signal
         self.last_far = far
         if coh is not None:
