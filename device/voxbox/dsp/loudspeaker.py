@@ -179,8 +179,16 @@ class LoudspeakerModel:
         self._u = np.zeros(n)
         self._xf = np.zeros(f)
         self._yf = np.zeros(f)
-        self._nfft_max = 1 << n.bit_length()
-        self._H = np.zeros(self._nfft_max // 2 + 1, dtype=np.complex128)
+        self._nfft_max = nmax = 1 << n.bit_length()
+        # a round's and a scoring frame's buffers (sliced to the round's nfft; no
+        # allocation per frame but inside numpy's FFT)
+        self._h = np.zeros(self._lmax)
+        self._h2 = np.zeros(self._lmax)
+        self._cum = np.zeros(self._lmax)
+        self._H = np.zeros(nmax // 2 + 1, dtype=np.complex128)
+        self._U = np.zeros(nmax // 2 + 1, dtype=np.complex128)
+        self._y = np.zeros(nmax)
+        self._yp = np.zeros(self._w)
         self._scores = np.ones(len(self.candidates))
         self._min_ms = 10 ** (s.min_level_dbfs / 10)
         self._margin = 10 ** (-s.margin_db / 10)
@@ -269,16 +277,19 @@ class LoudspeakerModel:
         xw = self._x[-w:]
         if float(np.dot(xw, xw)) / w < self._min_ms:
             return
-        h = np.asarray(impulse_response(), dtype=np.float64)[: self._lmax]
-        e = h * h
+        ir = np.asarray(impulse_response())[: self._lmax]
+        m = ir.shape[0]
+        h = self._h[:m]
+        h[:] = ir
+        e = np.multiply(h, h, out=self._h2[:m])
         tot = float(e.sum())
         if not tot > 0 or not math.isfinite(tot):
             return
-        cum = np.cumsum(e)
+        cum = np.cumsum(e, out=self._cum[:m])
         lh = int(np.searchsorted(cum, self.settings.energy_fraction * tot)) + 1
         self._lh = lh
         self._nfft = nfft = 1 << (w + lh).bit_length()
-        self._H[: nfft // 2 + 1] = np.fft.rfft(h[:lh], nfft)
+        np.fft.rfft(h[:lh], nfft, out=self._H[: nfft // 2 + 1])
         self._xs[:] = self._x
         # scored after Speex's pre-emphasis (mdf.c, 0.9), where its filter was learnt
         ds = self._ds
@@ -296,8 +307,10 @@ class LoudspeakerModel:
         seg = self._xs[n - w - lh:]
         u = soft_clip(seg, c, k, out=self._u[: seg.shape[0]])
         nfft = self._nfft
-        y = np.fft.irfft(np.fft.rfft(u, nfft) * self._H[: nfft // 2 + 1], nfft)[lh - 1: lh + w]
-        y = y[1:] - PREEMPHASIS * y[:-1]
+        U = np.fft.rfft(u, nfft, out=self._U[: nfft // 2 + 1])
+        U *= self._H[: nfft // 2 + 1]
+        y = np.fft.irfft(U, nfft, out=self._y[:nfft])[lh - 1: lh + w]
+        y = np.subtract(y[1:], np.multiply(y[:-1], PREEMPHASIS, out=self._yp), out=self._yp)
         yy = float(np.dot(y, y))
         if not yy > 0:
             return 1.0

@@ -200,7 +200,14 @@ class ResidualEchoSuppressor:
         self._pool = np.zeros((self._nb, k))
         self._pool[band, np.arange(k)] = 1.0
         self._bw = self._pool.sum(axis=1)
-        self._bins = np.arange(k)
+        # coh_align: the per-bin exponents of the phase step (complex, as np.power takes
+        # them) and the per-hop buffers of the alignment (no allocation per hop)
+        L = s.coh_lags
+        self._bins = np.arange(k).astype(np.complex128)
+        self._step_prod = np.empty((L, self._k_hi - self._k_lo - 1), dtype=np.complex128)
+        self._step = np.empty(L, dtype=np.complex128)
+        self._step_abs = np.empty(L)
+        self._rot = np.empty((L, k), dtype=np.complex128)
         self.reset()
 
     def reset(self) -> None:
@@ -285,9 +292,16 @@ class ResidualEchoSuppressor:
                 # bins would cancel it, so each lag's step (measured in the speech band) is
                 # taken out first
                 k0, k1 = self._k_lo, self._k_hi
-                step = np.sum(sex[:, k0 + 1:k1] * np.conj(sex[:, k0:k1 - 1]), axis=1)
-                step /= np.abs(step) + 1e-30
-                sex = sex * np.power(np.conj(step)[:, None], self._bins)
+                prod, step, mag, rot = self._step_prod, self._step, self._step_abs, self._rot
+                np.conjugate(sex[:, k0:k1 - 1], out=prod)
+                np.multiply(sex[:, k0 + 1:k1], prod, out=prod)
+                np.sum(prod, axis=1, out=step)
+                np.abs(step, out=mag)
+                mag += 1e-30
+                step /= mag
+                np.conjugate(step, out=step)
+                np.power(step[:, None], self._bins, out=rot)
+                sex = np.multiply(sex, rot, out=rot)
             sex, see, sxx = self._fsmooth(sex), self._fsmooth(self._see), self._fsmooth(self._sxx)
             coh = (sex.real**2 + sex.imag**2) / (see * sxx + 1e-3)
             coh = coh.max(axis=0)
