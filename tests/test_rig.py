@@ -37,3 +37,49 @@ def test_speaker_snapshot_pairs_every_sample_with_its_block_time(tmp_path):
         assert np.array_equal(spk.times, times) and np.array_equal(spk.samples, samples)
     finally:
         rig.close()
+
+
+def test_closed_loop_echo_has_no_holes_when_the_speaker_carries_a_shortfall(tmp_path):
+    """With slack periods the speaker reads a shortfall at its next tick; the microphone
+    waits for it instead of mixing an echo with holes (a chopped echo, which no linear
+    canceller can follow: the closed-loop rig once lost 40 % of a reply's echo this way)."""
+    import threading
+
+    rig = FileDeviceRig(tmp_path)
+    try:
+        spk = rig.speaker(slack_periods=2)
+        mic = rig.mic(None, tail="silence", echo_from=spk, echo_gain_db=0.0, echo_delay_ms=20.0)
+        mic.start(record=True)
+        n = rig.playback_rate // 100  # one 10 ms period at the playback rate
+        tone = (np.sin(np.arange(rig.playback_rate) * 2 * np.pi * 440 / rig.playback_rate) * 8000).astype("<i2")
+        stop = threading.Event()
+
+        def writer() -> None:  # two periods every 20 ms: the speaker is a period short half the time
+            fd = os.open(rig.speaker_fifo, os.O_WRONLY)
+            try:
+                k, i = 0, 0
+                t0 = time.monotonic()
+                while not stop.is_set():
+                    os.write(fd, np.tile(tone, 2)[k * n:(k + 2) * n].tobytes())
+                    k = (k + 2) % (rig.playback_rate // n)
+                    i += 1
+                    time.sleep(max(0.0, t0 + 0.02 * i - time.monotonic()))
+            finally:
+                os.close(fd)
+
+        w = threading.Thread(target=writer, daemon=True)
+        w.start()
+        time.sleep(1.5)
+        stop.set()
+        w.join(2)
+        echo = np.concatenate(mic.written).astype(np.float64)
+        # the steady part: from 0.4 s after the tone's echo began to 0.2 s before the end
+        on = np.flatnonzero(np.abs(echo) > 1000)
+        assert on.size, "no echo reached the microphone"
+        steady = echo[on[0] + rig.capture_rate * 4 // 10: echo.size - rig.capture_rate // 5]
+        blocks = steady[: steady.size // 16 * 16].reshape(-1, 16)  # 1 ms
+        quiet = np.mean(np.sqrt(np.mean(blocks ** 2, axis=1)) < 100)
+        assert quiet < 0.01, f"{quiet:.1%} of the echo's 1 ms blocks are missing"
+        assert mic.echo_short_chunks == 0
+    finally:
+        rig.close()

@@ -81,6 +81,7 @@ __all__ = ["FileDeviceRig", "MicFeeder", "Speaker", "F_SETPIPE_SZ"]
 F_SETPIPE_SZ = 1031
 F_GETPIPE_SZ = 1032
 STEP_S = 0.010  # pacing step of the feeder and the speaker
+ECHO_WAIT_S = 0.05  # the microphone waits this long at most for the echo the speaker is due to play
 
 
 def _shrink_pipe(fd: int, size: int = 4096) -> int:
@@ -451,6 +452,9 @@ class MicFeeder(_FifoWorker):
         self._echo16 = np.zeros(0, np.float32)  # 16 kHz echo stream, sample j at spk.t0+j/16k
         self._echo_base = 0  # index of _echo16[0] in the 16 kHz echo stream
         self._echo_chunks = 0
+        #: chunks mixed with part of their echo missing (the speaker had not played it
+        #: ``ECHO_WAIT_S`` after it was due)
+        self.echo_short_chunks = 0
         self._resampler = None
         self._thread = threading.Thread(target=self._run, name="rig-mic", daemon=True)
         self.written: list[np.ndarray] | None = None
@@ -502,13 +506,8 @@ class MicFeeder(_FifoWorker):
                 out[filled:] = 0
         return out
 
-    def _echo(self, t_first: float) -> np.ndarray | None:
-        spk = self.echo_from
-        if spk is None or spk.t0 is None:
-            return None
-        if self._resampler is None:
-            import soxr
-            self._resampler = soxr.ResampleStream(spk.rate, self.rate, 1, dtype="float32")
+    def _pull_echo(self, spk: "Speaker") -> None:
+        """Append what the speaker played since the last call to the 16 kHz echo stream."""
         new, self._echo_chunks = spk._played_chunks_from(self._echo_chunks)
         if new:
             x = np.concatenate(new).astype(np.float32)
@@ -516,9 +515,29 @@ class MicFeeder(_FifoWorker):
             if len(y) and (self.echo_nonlinearity is not None or self.echo_rir is not None):
                 y = self._room(y)
             self._echo16 = np.concatenate([self._echo16, y])
+
+    def _echo(self, t_first: float) -> np.ndarray | None:
+        spk = self.echo_from
+        if spk is None or spk.t0 is None:
+            return None
+        if self._resampler is None:
+            import soxr
+            self._resampler = soxr.ResampleStream(spk.rate, self.rate, 1, dtype="float32")
+        self._pull_echo(spk)
         # echo stream index of the mic sample captured at t_first
         j0 = int(round((t_first - self.echo_delay - spk.t0) * self.rate)) - self._echo_base
         n = self.chunk
+        # the speaker may not have consumed all it played by now (a shortfall carried within
+        # its slack is read at its next tick; the resampler holds back its filter delay):
+        # wait for it rather than mix an echo with holes in it (a chopped echo no linear
+        # canceller can follow: before this wait, 40 % of the 1 ms blocks of a reply's echo
+        # were missing with 2 slack periods, and the best linear filter explained 4 dB of it)
+        deadline = time.monotonic() + ECHO_WAIT_S
+        while len(self._echo16) < j0 + n and time.monotonic() < deadline and not self._stop.is_set():
+            time.sleep(0.002)
+            self._pull_echo(spk)
+        if len(self._echo16) < j0 + n:
+            self.echo_short_chunks += 1
         out = np.zeros(n, np.float32)
         lo, hi = max(j0, 0), min(j0 + n, len(self._echo16))
         if hi > lo:
