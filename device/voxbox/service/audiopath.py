@@ -152,9 +152,11 @@ class AudioPath:
         self._near = False  # the detector's latest decision
         self._near_held = False  # it rose while the canceller settled: reported once settled
         self._up_resampler: soxr.ResampleStream | None = None
-        self._up_parts: list[np.ndarray] = []
         self._up_samples = 0
         self._up_block = PCM_RATE * UPLINK_BLOCK_MS // 1000
+        #: the uplink block being filled (24 kHz int16); room for a block and 1 s more, so a
+        #: period's resampled audio always fits (a block goes out once it holds 40 ms)
+        self._up_buf = np.zeros(self._up_block + PCM_RATE, dtype=np.int16)
         self.capture_frames = 0
         self.last_capture_t = 0.0
         self.last_nonsilent_t = 0.0
@@ -361,16 +363,17 @@ class AudioPath:
                 self._up_resampler = soxr.ResampleStream(self.cfg.audio.capture_rate, PCM_RATE, 1,
                                                          dtype="int16")
             up = self._up_resampler.resample_chunk(up)
-            self._up_parts.append(up)
-            self._up_samples += up.shape[0]
-            if self._up_samples >= self._up_block:
-                block = np.concatenate(self._up_parts).tobytes()
-                self._up_parts.clear()
+            n, m = self._up_samples, up.shape[0]
+            if n + m > self._up_buf.shape[0]:  # more than 1 s in one period: not at any period size
+                self._up_buf = np.concatenate([self._up_buf[:n], np.zeros(m, np.int16)])
+            self._up_buf[n:n + m] = up
+            self._up_samples = n = n + m
+            if n >= self._up_block:
+                block = self._up_buf[:n].tobytes()  # the one copy the event loop needs
                 self._up_samples = 0
                 self._loop.call_soon_threadsafe(self.cb.on_uplink_block, block)
         elif self._up_resampler is not None:
             self._up_resampler = None
-            self._up_parts.clear()
             self._up_samples = 0
 
     def _on_frontend_frame(self, frame: np.ndarray, ratio_db: float, far: bool) -> None:
