@@ -317,10 +317,9 @@ def test_playback_threshold_applies_while_playing(hey_jarvis):
 
 
 def test_playback_threshold_needs_the_near_end_detector(hey_jarvis):
-    """With ``near_end_window_s`` the lower threshold applies only within that long after
-    the caller's near-end speech detector heard the user (the reply's own residual can score
-    like a weak wake word; the user's wake word is near-end speech). The one-chunk threshold
-    needs no such word."""
+    """With ``near_end_window_s`` a detection while the unit plays needs the caller's
+    near-end speech detector to have heard the user within that long (the reply's own
+    residual can score like a wake word; the user's wake word is near-end speech)."""
     x = pad(hey_jarvis["en-gb"])
     peak = WakeWordDetector()
     feed(peak, x)
@@ -342,8 +341,10 @@ def test_playback_threshold_needs_the_near_end_detector(hey_jarvis):
     assert len(hits) == 1
     det.reset()  # forgets the near-end word too
     assert feed2(det, x, silent, t0=20.0, playing=True) == []
-    # the one-chunk threshold does not ask the near-end detector
-    assert feed2(PlaybackAwareWake(threshold=lo, near_end_window_s=1.5), x, silent, playing=True) != []
+    # while playing, the one-chunk threshold asks the near-end detector too; not playing,
+    # neither does
+    assert feed2(PlaybackAwareWake(threshold=lo, near_end_window_s=1.5), x, silent, playing=True) == []
+    assert feed2(PlaybackAwareWake(threshold=lo, near_end_window_s=1.5), x, silent, playing=False) != []
     with pytest.raises(ValueError, match="near_end_window_s"):
         PlaybackAwareWake(near_end_window_s=-1.0)
 

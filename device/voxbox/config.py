@@ -293,9 +293,9 @@ class Wake(_Section):
     #: far-end reference), and accept a lower score confirmed over 2 chunks
     playback_aware: bool = True
     threshold_playback: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
-    #: the lower playback threshold also needs the near-end speech detector (local
+    #: while the unit plays, a wake word needs the near-end speech detector (local
     #: barge-in) to have heard the user within this many seconds: the reply's own residual
-    #: echo can score like a weak wake word, the user's wake word is near-end speech.
+    #: echo can score like a wake word, the user's wake word is near-end speech.
     #: 0: no such condition
     playback_near_end_s: Annotated[float, Field(ge=0.0, le=10.0)] = 1.5
 
