@@ -133,6 +133,11 @@ class Controller:
     def _on_near_end(self, t: float, stats: dict[str, float]) -> None:
         """The near-end detector heard the user over the reply: pause it, check the user
         with the speaker quiet (voxbox.duplex.interruption)."""
+        if self.audio.tentative:
+            # a second report queued before the first was handled: the check it started is
+            # running; clearing the flag below would drop that check's verdict and leave the
+            # reply paused for good
+            return
         self.audio.tentative = True  # first: the capture thread must never see the state change alone
         acts = self.conv.near_end_speech(time.monotonic())
         if not acts:

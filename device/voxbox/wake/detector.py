@@ -538,8 +538,8 @@ class PlaybackAwareWake:
 
     def near_end(self, t: float) -> None:
         """The caller's near-end speech detector says the user speaks at ``t`` (s, the
-        clock of :meth:`process`): the playback threshold may apply for the next
-        ``near_end_window_s``."""
+        clock of :meth:`process`): while the unit plays, a detection may count for the
+        next ``near_end_window_s``."""
         self._near_t = t
 
     @property
