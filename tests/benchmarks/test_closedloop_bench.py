@@ -8,7 +8,8 @@ Run (on demand; about 8 minutes per echo level on 2 cores):
 Also: ``VOXBOX_CL_REPLY_TRIALS`` (replies nobody talks over; default ``VOXBOX_CL_TRIALS``),
 ``VOXBOX_CL_SPLIT=tuning`` (rooms of the family's tuning half, for choosing settings; the
 default is the reporting half), ``VOXBOX_CL_VERBOSE=1`` (a line per trial) and
-``VOXBOX_CL_RECORD=DIR`` (each interruption trial's microphone, reference and output).
+``VOXBOX_CL_RECORD=DIR`` (each interruption trial's microphone, reference and output) and
+``VOXBOX_CL_LOG=DIR`` (each daemon's whole JSON log, one file per daemon run).
 
 What runs: the daemon process on the ALSA file rig against the local server (whose server
 VAD is speech-like: Silero, it hears speech at any level). What the unit plays comes back
@@ -80,6 +81,8 @@ VERBOSE = os.environ.get("VOXBOX_CL_VERBOSE", "") not in ("", "0")  # a line per
 RECORD = os.environ.get("VOXBOX_CL_RECORD", "")
 #: "reporting" (default: the figures) or "tuning" (the rooms settings may be chosen on)
 SPLIT = os.environ.get("VOXBOX_CL_SPLIT", "reporting")
+#: a directory for every daemon's JSON log (a miss can then be read afterwards)
+LOG = os.environ.get("VOXBOX_CL_LOG", "")
 REPLY_TRIALS = int(os.environ.get("VOXBOX_CL_REPLY_TRIALS", str(TRIALS)))
 REPLY_TEXTS = (
     ("Sure. Tomorrow will start cloudy with light rain in the morning, clearing by the afternoon, "
@@ -161,6 +164,7 @@ class Loop:
         self.replies24 = [to24k(c) for c in reply_clips]
         self.workdir = workdir
         self.h: DaemonHarness | None = None
+        self.runs = 0
 
     def start(self, startup_cue: bool = False) -> DaemonHarness:
         cfg = {"gpio": {"hold_ms": 3000, "long_hold_ms": 30000},
@@ -180,6 +184,11 @@ class Loop:
     def stop(self) -> None:
         if self.h is not None:
             self.h.__exit__(None, None, None)
+            if LOG:
+                self.runs += 1
+                out = Path(LOG) / f"{self.workdir.name}-run{self.runs}.log"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text("".join(line if line.endswith("\n") else line + "\n" for line in self.h.stderr_text))
             self.h = None
 
 
