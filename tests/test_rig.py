@@ -83,3 +83,28 @@ def test_closed_loop_echo_has_no_holes_when_the_speaker_carries_a_shortfall(tmp_
         assert mic.echo_short_chunks == 0
     finally:
         rig.close()
+
+
+def test_tape_records_across_blocks_and_joins_what_was_recorded():
+    """The speaker's recording: appended in 10 ms ticks into fixed blocks, read back as
+    one array (the rig's own threads must not wait on a join of 60,000 small arrays)."""
+    from voxbox.sim.rig import _Tape
+
+    t = _Tape(np.int16, block=7)
+    x = np.arange(40, dtype=np.int16)
+    for a, b in ((0, 3), (3, 10), (10, 11), (11, 40)):
+        t.append(x[a:b])
+    blocks, n = t.refs()
+    assert n == 40 and len(blocks) == 6
+    np.testing.assert_array_equal(_Tape.join(blocks, n, np.int16), x)
+    times = _Tape(np.float64, block=4)
+    times.fill(1.5, 3)
+    times.fill(2.5, 6)
+    tb, m = times.refs()
+    np.testing.assert_array_equal(_Tape.join(tb, m, np.float64), [1.5] * 3 + [2.5] * 6)
+    assert _Tape.join([], 0, np.int16).size == 0
+    one, k = _Tape(np.int16, block=100), 5
+    one.append(x[:k])
+    got = _Tape.join(*one.refs(), np.int16)
+    got[0] = 99  # a copy: the recording is not changed through it
+    assert _Tape.join(*one.refs(), np.int16)[0] == 0

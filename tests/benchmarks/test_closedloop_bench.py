@@ -147,6 +147,12 @@ class LevelResult:
     self_triggers: int = 0
     misses: list[str] = field(default_factory=list)  # per missed interruption: the checks seen
     resumed: int = 0  # detected interruptions whose first pause the check rejected (the reply resumed)
+    # the rig's health over the trials (after the warm-up): silence the speaker played because
+    # the daemon's writes came late (each such gap shifts the echo path), microphone chunks
+    # dropped because the daemon did not read, and the reference line's moves
+    rig_underrun_ms: float = 0.0
+    rig_mic_dropped: int = 0
+    line_moves: int = 0
 
 
 class Loop:
@@ -285,6 +291,7 @@ def run_level(level: float, seed: int, tmp: Path) -> LevelResult:
         # warm-up question (the canceller and the aligner learn this room)
         _, st = ask(h, questions[0])
         wait_idle(h, st["mono"])
+        rig0 = (h.speaker.underrun_samples, h.mic.dropped_chunks, len(h.events("echo_delay")))
         windows: list[tuple[str, float]] = []  # (trial, its start): where a wake event fell
         for i in range(REPLY_TRIALS):  # replies nobody talks over
             t0, st = ask(h, questions[i % len(questions)])
@@ -368,6 +375,9 @@ def run_level(level: float, seed: int, tmp: Path) -> LevelResult:
                 windows.append((f"wake {i}", time.monotonic()))
                 res.wake_warm.append(wake_over_reply(h, questions[i % len(questions)], wake, rng))
                 wait_idle(h, h.mic.t_start, timeout=60)
+        res.rig_underrun_ms = (h.speaker.underrun_samples - rig0[0]) * 1000 / h.speaker.rate
+        res.rig_mic_dropped = h.mic.dropped_chunks - rig0[1]
+        res.line_moves = len(h.events("echo_delay")) - rig0[2]
         # self-triggers: wake events while nobody said it (every trial above)
         res.self_triggers = len(h.events("wake")) - sum(w for w, _ in res.wake_warm)
         if VERBOSE:  # every wake event, with the trial it fell in and the unit's state then
@@ -412,6 +422,8 @@ def report(r: LevelResult) -> str:
              f"truncate error median {f(r.truncate_err_ms, 50)} ms, max |err| "
              f"{max((abs(x) for x in r.truncate_err_ms), default=float('nan')):.0f} ms (n={len(r.truncate_err_ms)})"
              + (f"; missed: {r.misses}" if r.misses else "")]
+    lines.append(f"  rig: speaker underruns {r.rig_underrun_ms:.0f} ms in all (each shifts the echo path), "
+                 f"microphone chunks dropped {r.rig_mic_dropped}; reference line moves {r.line_moves}")
     if r.wake_warm or r.wake_first:
         def wf(xs):
             return f"{sum(w for w, _ in xs)}/{len(xs)} (the user got the floor {sum(f for _, f in xs)}/{len(xs)})"

@@ -234,6 +234,58 @@ class _FifoWorker:
         self.close()
 
 
+class _Tape:
+    """An append-only recording in fixed blocks of ``block`` values (no reallocation, no
+    copy of what is already recorded). :meth:`array` joins a handful of large blocks,
+    which numpy does without holding the GIL for long; joining one small array per 10 ms
+    tick (60,000 of them after ten minutes) held it for 0.1-0.3 s, long enough for the
+    rig's own speaker thread to miss its ticks and play silence (an echo-path shift the
+    daemon had to chase)."""
+
+    def __init__(self, dtype, block: int = 1 << 18):
+        self.dtype = np.dtype(dtype)
+        self.block = block
+        self._blocks: list[np.ndarray] = []
+        self.n = 0
+
+    def append(self, x) -> None:
+        """Append ``x`` (an array, or a scalar with ``count``: see :meth:`fill`)."""
+        x = np.asarray(x, dtype=self.dtype)
+        pos = 0
+        while pos < x.size:
+            i = self.n % self.block
+            if i == 0 and self.n // self.block == len(self._blocks):
+                self._blocks.append(np.empty(self.block, self.dtype))
+            k = min(x.size - pos, self.block - i)
+            self._blocks[self.n // self.block][i:i + k] = x[pos:pos + k]
+            self.n += k
+            pos += k
+
+    def fill(self, value: float, count: int) -> None:
+        """Append ``count`` copies of ``value``."""
+        left = count
+        while left > 0:
+            i = self.n % self.block
+            if i == 0 and self.n // self.block == len(self._blocks):
+                self._blocks.append(np.empty(self.block, self.dtype))
+            k = min(left, self.block - i)
+            self._blocks[self.n // self.block][i:i + k] = value
+            self.n += k
+            left -= k
+
+    def refs(self) -> tuple[list[np.ndarray], int]:
+        """The blocks and the length, to be taken under the writer's lock (cheap)."""
+        return list(self._blocks), self.n
+
+    @staticmethod
+    def join(blocks: list[np.ndarray], n: int, dtype) -> np.ndarray:
+        """A new array of the first ``n`` values (outside the lock: the recorded values
+        never change, only the length grows)."""
+        if not blocks:
+            return np.zeros(0, dtype)
+        return np.concatenate(blocks)[:n] if len(blocks) > 1 else blocks[0][:n].copy()
+
+
 class Speaker(_FifoWorker):
     """Drains ``speaker.fifo`` at real-time rate and records what the device "played".
 
@@ -261,8 +313,8 @@ class Speaker(_FifoWorker):
         self.fd = os.open(rig.speaker_fifo, os.O_RDONLY | os.O_NONBLOCK)
         self.pipe_size = _shrink_pipe(self.fd, rig.speaker_pipe_bytes)
         self._lock = threading.Lock()
-        self._chunks: list[np.ndarray] = []
-        self._chunk_times: list[float] = []
+        self._samples = _Tape(np.int16)  # every sample received, in order
+        self._times = _Tape(np.float64)  # per sample: the time of the tick that consumed it
         self._played: list[np.ndarray] = []  # received + silence for gaps, for the echo path
         self._played_len = 0
         self.t0: float | None = None  # monotonic time of played sample 0
@@ -305,8 +357,8 @@ class Speaker(_FifoWorker):
                 block = block.reshape(-1, ch)[:, 0].copy()
             with self._lock:
                 if len(block):
-                    self._chunks.append(block)
-                    self._chunk_times.append(now)
+                    self._samples.append(block)
+                    self._times.fill(now, len(block))
                     self.received += len(block)
                 short = nsamp_want - len(block)
                 if short > self.slack:
@@ -349,8 +401,8 @@ class Speaker(_FifoWorker):
     @property
     def samples(self) -> np.ndarray:
         with self._lock:
-            chunks = list(self._chunks)
-        return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+            blocks, n = self._samples.refs()
+        return _Tape.join(blocks, n, np.int16)
 
     @property
     def times(self) -> np.ndarray:
@@ -360,22 +412,15 @@ class Speaker(_FifoWorker):
         """``(samples, times)`` taken under one lock, so they have the same length (reading
         ``samples`` then ``times`` may see a block more in the second)."""
         with self._lock:
-            chunks = list(self._chunks)
-            block_times = list(self._chunk_times)
-        if not chunks:
-            return np.zeros(0, np.int16), np.zeros(0)
-        samples = np.concatenate(chunks)
-        times = np.repeat(np.asarray(block_times, dtype=np.float64), [len(c) for c in chunks])
-        return samples, times
+            sb, n = self._samples.refs()
+            tb, _ = self._times.refs()
+        return _Tape.join(sb, n, np.int16), _Tape.join(tb, n, np.float64)
 
     def first_nonsilent_time(self, threshold: int = 0) -> float | None:
         """Monotonic time of the block that consumed the first sample with |x| > threshold."""
-        with self._lock:
-            pairs = list(zip(self._chunk_times, self._chunks))
-        for t, c in pairs:
-            if np.any(np.abs(c.astype(np.int32)) > threshold):
-                return t
-        return None
+        samples, times = self.snapshot()
+        loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > threshold)
+        return float(times[loud[0]]) if loud.size else None
 
     def _played_chunks_from(self, chunk_index: int) -> tuple[list[np.ndarray], int]:
         with self._lock:
