@@ -392,6 +392,22 @@ def test_aligner_moves_the_line_to_the_wanted_lead_and_fixes_a_late_reference_at
     assert a.on_drift(100.0, 1.0, 5.0) == 105.0
 
 
+def test_aligner_moves_at_once_on_the_first_estimate_after_a_device_gap():
+    """A playback underrun or capture overrun shifts the echo against the reference: the
+    first estimate after it moves the line without confirmation, and the spread of the
+    estimates before the gap (which would widen the wanted lead) is forgotten."""
+    from voxbox.dsp.align import ReferenceAligner
+
+    a = ReferenceAligner(16000, lead_ms=10.0, tolerance_ms=3.0, confirm=2, slack_ms=30.0)
+    for d in (10.0, 40.0, 10.0, 40.0):  # a wandering path before the gap: target 25 ms
+        a.on_delay(d, 1600)
+    assert a.target_ms == 25.0
+    assert a.on_delay(70.0, 1600) is None  # out of band, but one estimate is not enough
+    new = a.on_delay(72.0, 1600, urgent=True)  # the first after a gap
+    assert new is not None and abs((new - 1600) / 16 - 62.0) < 1.0  # to the plain lead
+    assert a.on_delay(25.0, 1600, urgent=True) is None  # in band after a gap: no move
+
+
 def test_aligner_settles_in_one_move_on_a_steady_path():
     """The estimates kept across a move are the ones the new line sees: on a constant
     60 ms echo path the aligner moves once and then holds (it used to take the old line's

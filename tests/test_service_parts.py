@@ -215,7 +215,7 @@ def test_echo_path_reports_its_first_measurement_once():
     e.tracker = SimpleNamespace(push=lambda ref, mic: SimpleNamespace(delay_ms=e.delay * 1000 / 16000 + 10,
                                                                     erl_db=6.0, confidence=50.0),
                                 drift_ppm=0.0, drift_stderr_ppm=1.0)
-    e.aligner = SimpleNamespace(on_delay=lambda d, line: None, on_drift=lambda *a: None)
+    e.aligner = SimpleNamespace(on_delay=lambda d, line, urgent=False: None, on_drift=lambda *a: None)
     logged = []
     e._loop = SimpleNamespace(call_soon_threadsafe=lambda f, *a: logged.append(a))
     z = np.zeros(period, np.int16)
@@ -247,3 +247,38 @@ def test_echo_path_saves_the_loudspeaker_model_with_the_echo_path(tmp_path):
     e = EchoPath(c, period, path, SimpleNamespace(), on_path_changed=lambda: None)
     e.restore()
     assert e.loudspeaker == (0.2, 8.0)
+
+
+def test_a_device_gap_is_an_echo_path_change_and_the_next_estimate_moves_the_line_at_once():
+    """A playback underrun (silence the reference does not hold) or a capture overrun
+    (microphone samples lost) shifts the echo: the canceller and the near-end detector
+    are told at once, the tracker starts a fresh window, and its first estimate moves the
+    line without waiting for a pause of the far end or for a second estimate."""
+    c = cfg(frontend={"echo_cancel": True, "track_echo_delay": True})
+    period = c.audio.capture_rate * c.audio.period_ms // 1000
+    changed = []
+    e = EchoPath(c, period, _NOWHERE, SimpleNamespace(set_echo_delay_ms=lambda v: None, set_erl_db=lambda v: None),
+                 on_path_changed=lambda: changed.append(1))
+    e._loop = Loop()
+    resets, urgent_seen = [], []
+    est = SimpleNamespace(delay_ms=80.0, erl_db=6.0, confidence=50.0)
+    e.tracker = SimpleNamespace(push=lambda ref, mic: est, reset=lambda: resets.append(1),
+                                drift_ppm=0.0, drift_stderr_ppm=1.0)
+    real = e.aligner
+
+    def on_delay(d, line, urgent=False):
+        urgent_seen.append(urgent)
+        return real.on_delay(d, line, urgent=urgent)
+
+    e.aligner = SimpleNamespace(on_delay=on_delay, on_drift=lambda *a: None)
+    loud = np.full(period, 3000, np.int16)  # the far end plays: a plain move would wait
+    line = e.delay
+    e.track(loud, loud)
+    assert e.delay == line and urgent_seen == [False]  # one estimate out of band: kept
+    e.device_gap()
+    assert changed == [1]
+    e.track(loud, loud)
+    assert len(resets) == 2 and urgent_seen == [False, True]  # a fresh window; the move's reset
+    assert e.delay == line + round((80.0 - 10.0) * 16)  # moved at once, to the wanted lead
+    e.track(loud, loud)
+    assert urgent_seen[-1] is False  # only the first estimate after the gap

@@ -537,11 +537,19 @@ class ReferenceAligner:
         margin = (max(r) - min(r)) / 2 if len(r) >= 2 else 0.0
         return self.lead_ms + min(margin, self.max_margin_ms)
 
-    def on_delay(self, delay_ms: float, line_samples: int) -> int | None:
+    def on_delay(self, delay_ms: float, line_samples: int, urgent: bool = False) -> int | None:
         """A new echo-delay estimate (ms, as the canceller sees it) with the delay line at
-        ``line_samples``. Returns the new delay-line length (samples), or None to keep it."""
+        ``line_samples``. Returns the new delay-line length (samples), or None to keep it.
+
+        ``urgent``: the first estimate after a gap in the audio (a playback underrun, a
+        capture overrun), which moved the echo against the reference by an unknown amount:
+        the spread of the estimates before it no longer applies, and an estimate out of
+        the band moves the line at once, without ``confirm``."""
         if not math.isfinite(delay_ms):
             return None
+        if urgent:
+            self._recent = []
+            self._errors.clear()
         self._recent = (self._recent + [delay_ms])[-8:]
         err = delay_ms - self.target_ms
         if delay_ms >= self.lead_ms - self.tolerance_ms and err <= self.slack_ms:
@@ -550,7 +558,7 @@ class ReferenceAligner:
         if self._errors and (self._errors[-1] > 0) != (err > 0):
             self._errors.clear()
         self._errors.append(err)
-        if len(self._errors) < self.confirm and delay_ms >= 0:
+        if len(self._errors) < self.confirm and delay_ms >= 0 and not urgent:
             return None
         move = float(np.median(self._errors))
         self._errors.clear()

@@ -84,6 +84,7 @@ MESSAGE_IDS: dict[str, str] = {
     "uplink_gate": "4c52ca512d0c4639a4fcfd655e59d4e5",
     "echo_state": "da4a2eb7fd3b431c98205ecfbd198853",
     "reference_resync": "74c8038cfd4946788889ded8b5446316",
+    "xrun": "978c1f9aae9542bd83bfe316800ce38b",
 }
 
 

@@ -270,10 +270,12 @@ class Daemon(Controller):
         self.playback = PlaybackLoop(cfg.audio.playback_device, self.audio.playback_source,
                                      self.audio.playback_written, rate=cfg.audio.playback_rate,
                                      period=self.play_period, periods=cfg.audio.periods,
-                                     wait_for_device=True)
+                                     wait_for_device=True,
+                                     on_xrun=lambda kind: self._device_gap("playback", kind))
         self.capture = CaptureLoop(cfg.audio.capture_device, self.audio.on_capture_frame,
                                    rate=cfg.audio.capture_rate, period=self.cap_period,
-                                   periods=cfg.audio.periods, wait_for_device=True)
+                                   periods=cfg.audio.periods, wait_for_device=True,
+                                   on_xrun=lambda kind: self._device_gap("capture", kind))
         self.playback.on_drop = self.echo.dropped
         self.echo.start(self._loop)
         self.audio.start(self._loop)
@@ -333,6 +335,19 @@ class Daemon(Controller):
         from voxbox.gpio.board import build_board
 
         self.led, self.button = build_board(self.cfg.gpio, self._loop, self._button_edge, self.mock_gpio_socket)
+
+    def _device_gap(self, stream: str, kind: str) -> None:
+        """A playback underrun or a capture overrun (that stream's audio thread): the echo
+        moved against the reference by up to the gap; the echo path measures afresh (see
+        EchoPath.device_gap). One journal line per gap."""
+        self.echo.device_gap()
+        self._loop.call_soon_threadsafe(self._log_device_gap, stream, kind)
+
+    def _log_device_gap(self, stream: str, kind: str) -> None:
+        device = self.cfg.audio.playback_device if stream == "playback" else self.cfg.audio.capture_device
+        log.warning("%s %s on %r: the echo path is measured afresh", stream, kind, device,
+                    extra={"VOXBOX_EVENT": "xrun", "VOXBOX_DEVICE_KIND": stream, "VOXBOX_CAUSE": kind,
+                           "VOXBOX_DEVICE": device})
 
     def _echo_path_changed(self) -> None:
         """The echo path the canceller sees changed (any thread; see EchoPath)."""

@@ -91,6 +91,8 @@ class EchoPath:
         self.delay = max(self.floor, a.capture_rate * cfg.frontend.reference_delay_ms // 1000)
         self._resyncs_seen = 0
         self._quiet = 0  # echo worker: periods since the reference last held signal
+        self._gap = False  # a device gap was reported (audio thread -> echo worker)
+        self._after_gap = False  # echo worker: the next estimate is the first after a gap
         self._pending_move: tuple[int, float, float] | None = None  # a line move waiting for a pause
         self.tracker = None
         self._queue: FrameQueue | None = None
@@ -195,6 +197,18 @@ class EchoPath:
             ref = comp.process(ref)
         self.ring.write(ref)
 
+    def device_gap(self) -> None:
+        """Playback or capture thread: the device lost time (a playback underrun played
+        silence the reference does not hold; a capture overrun lost microphone samples),
+        so the echo moved against the reference by an unknown amount, up to the length of
+        the gap. The canceller and the near-end detector treat it as an echo-path change
+        (``on_path_changed``), and the tracker measures afresh: its next estimate comes
+        from a window after the gap and moves the line at once, without waiting for
+        confirmation or for a pause of the far end."""
+        if self.tracker is not None:
+            self._gap = True
+        self.on_path_changed()
+
     def dropped(self, frames: int) -> None:
         """Playback thread: a barge-in dropped ``frames`` (playback rate) the device held,
         never played: the reference forgets them, so it keeps pairing with what the
@@ -239,6 +253,11 @@ class EchoPath:
         """Echo worker: feed the echo-delay tracker; move the reference delay line and
         retune the drift compensator when the aligner says so (see voxbox.dsp.align)."""
         tr = self.tracker
+        if self._gap:  # a device gap: measure from here (the window before it is stale)
+            self._gap = False
+            self._after_gap = True
+            self._pending_move = None
+            tr.reset()
         # a move of the line is an echo-path change for the canceller: one that is not
         # urgent waits for a pause of the far end (between replies), where it costs nothing
         self._quiet = self._quiet + 1 if not ref.any() else 0
@@ -257,11 +276,12 @@ class EchoPath:
                                             self.delay)
             if self.on_measured is not None:
                 self.on_measured()
-        new = self.aligner.on_delay(est.delay_ms, self.delay)
+        urgent, self._after_gap = self._after_gap, False
+        new = self.aligner.on_delay(est.delay_ms, self.delay, urgent=urgent)
         if new is not None:
             new = max(new, self.floor)
         if new is not None and new != self.delay:
-            if est.delay_ms >= 0 and self._quiet < REF_MOVE_QUIET_PERIODS:
+            if est.delay_ms >= 0 and self._quiet < REF_MOVE_QUIET_PERIODS and not urgent:
                 self._pending_move = (new, est.delay_ms, est.erl_db)  # the reference leads: wait
             else:
                 self._pending_move = None
