@@ -349,6 +349,35 @@ def test_playback_threshold_needs_the_near_end_detector(hey_jarvis):
         PlaybackAwareWake(near_end_window_s=-1.0)
 
 
+def test_near_end_speech_from_before_the_reply_does_not_vouch_for_a_score_on_it(hey_jarvis):
+    """The user's words before a reply (the wake word that barged in on the last one)
+    are recent, but the reply that answers them plays after them: a score on that reply
+    needs near-end speech heard while it plays."""
+    x = pad(hey_jarvis["en-gb"])  # the word starts 1 s in and scores about 0.8 s later
+    peak = WakeWordDetector()
+    feed(peak, x)
+    lo = max(0.05, peak.peak_score - 0.05)
+    silent = np.zeros_like(x)
+
+    def run(near_until: float, play_from: float) -> list:
+        det = PlaybackAwareWake(threshold=1.0, threshold_playback=lo, near_end_window_s=1.5)
+        hits = []
+        for i in range(0, x.size, FRAME):
+            t = i / SR
+            if t < near_until:
+                det.near_end(t)
+            d = det.process(x[i : i + FRAME], silent[i : i + FRAME], t, t >= play_from)
+            if d is not None:
+                hits.append(d)
+        return hits
+
+    # heard until 0.8 s while a reply played from 0.3 s: the word (scoring about 2.1 s in,
+    # within 1.5 s of it) wakes the unit
+    assert len(run(near_until=0.8, play_from=0.3)) == 1
+    # the same, but the reply began at 0.85 s, after the near-end word: no
+    assert run(near_until=0.8, play_from=0.85) == []
+
+
 def test_playback_threshold_waits_for_warmup():
     """Right after construction/reset openWakeWord scores ~0.3 on plain noise for about a
     second; the lower threshold must not apply then."""

@@ -462,7 +462,10 @@ class PlaybackAwareWake:
     With ``near_end_window_s`` set, a detection while the unit plays (either threshold)
     also needs the caller's word that the user is speaking: :meth:`near_end` (the
     echo-aware near-end speech detector's decision) within ``near_end_window_s`` before
-    the chunk's end. The unit's own reply leaves a residual the model can score: in the
+    the chunk's end, and since the current stretch of playing began: near-end speech
+    from before it (the wake word that barged in on the last reply, 1.8 s before the
+    reply that answered it scored 0.30 on its own residual, closed loop at +6 dB) does not
+    count. The unit's own reply leaves a residual the model can score: in the
     closed loop (car, +6 dB echo) the first word of "Sure. Tomorrow will..." scored 0.24-0.29
     on two chunks about 1 s into the reply, and up to 0.6-0.97 in some trials; a user who
     says the wake word over the reply is near-end speech the detector sees. ``None``: no
@@ -514,6 +517,7 @@ class PlaybackAwareWake:
         self.strict = False
         self.near_end_window_s = None if near_end_window_s is None else float(near_end_window_s)
         self._near_t = -math.inf  # the last time the caller saw near-end speech
+        self._play_start = -math.inf  # where the current stretch of playing began (chunk start)
         self.warmup_s = float(warmup_s)
         self._warm_chunks = math.ceil(self.warmup_s * SAMPLE_RATE / CHUNK_SAMPLES - 1e-9)
         self._since_reset = 0  # chunks scored since construction or reset()
@@ -575,7 +579,10 @@ class PlaybackAwareWake:
             hist.append((t_end, rs))
             while hist and hist[0][0] < t_end - self.gate_before_s - self.gate_after_s - 1e-9:
                 hist.popleft()
-            self.playing = t_end <= self._play_until
+            playing_now = t_end <= self._play_until
+            if playing_now and not self.playing:
+                self._play_start = t_end - CHUNK_SAMPLES / SAMPLE_RATE
+            self.playing = playing_now
             det = self._release(t_end)
             if det is not None and found is None:
                 found = det
@@ -583,8 +590,11 @@ class PlaybackAwareWake:
             self._run = self._run + 1 if m >= self.threshold_playback else 0
             # while the unit plays, the near-end detector must have heard the user (when the
             # caller gives its word): the unit's own reply leaves residuals that score
+            # -- during this stretch of playing: the user's own words from before it (the wake
+            # word that barged in on the last reply, the question) do not vouch for a score
+            # on the reply that answers them
             heard = (not self.playing or self.near_end_window_s is None
-                     or t_end - self._near_t <= self.near_end_window_s)
+                     or (t_end - self._near_t <= self.near_end_window_s and self._near_t >= self._play_start))
             low_ok = self.playing and self._since_reset > self._warm_chunks and not self.strict
             hit = heard and (m >= self.threshold or (low_ok and self._run >= self.confirm_chunks))
             if hit and self._pending is None:
@@ -626,3 +636,4 @@ class PlaybackAwareWake:
         self._run = 0
         self._since_reset = 0
         self._near_t = -math.inf
+        self._play_start = -math.inf
