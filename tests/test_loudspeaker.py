@@ -33,7 +33,8 @@ def test_soft_clip_shape() -> None:
 @pytest.mark.parametrize("field,value", [
     ("enabled", 1), ("clip_min", 0.0), ("clip_min", 1.0), ("clip_steps", 0), ("clip_steps", True),
     ("knees", ()), ("knees", (2.0, -1.0)), ("knees", [2.0]), ("window_ms", 0), ("interval_ms", float("nan")),
-    ("margin_db", -1), ("energy_fraction", 1.5), ("min_level_dbfs", "loud"),
+    ("margin_db", -1), ("energy_fraction", 1.5), ("min_level_dbfs", "loud"), ("confirm_rounds", 0),
+    ("confirm_rounds", 1.5),
 ])
 def test_settings_refuse_bad_values_naming_the_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=f"LoudspeakerSettings.{field}"):
@@ -69,6 +70,28 @@ def test_a_clipping_loudspeaker_is_identified(clip: float) -> None:
     assert m.rounds >= 4
     assert m.knee == 8.0, m.candidates[m.current]
     assert clip / step <= m.clip <= clip * step, m.clip
+
+
+def test_a_restored_model_is_replaced_only_after_rounds_in_a_row_find_better() -> None:
+    """Leaving the identity takes one round; replacing a model restored at start (a wrong
+    one here: clip 0.5 against a loudspeaker clipping at 0.12) takes ``confirm_rounds``
+    rounds in a row that found a better one, and later changes one round again."""
+    x, d, h = _scene(0.12)
+    fresh = LoudspeakerModel(F, h.shape[0], SR)
+    _drive(fresh, x[: SR * 2], d[: SR * 2], h)
+    assert fresh.changes >= 1 and fresh.rounds <= 2  # from the identity: at the first round
+    for rounds in (1, 2, 3):
+        m = LoudspeakerModel(F, h.shape[0], SR, LoudspeakerSettings(confirm_rounds=rounds))
+        assert m.restore(0.5, 8.0)
+        restored = m.current
+        seen = []
+        out = np.zeros(F, dtype=np.int16)
+        for i in range(0, x.shape[0] - F + 1, F):
+            m.process(x[i:i + F], d[i:i + F], out, lambda: h)
+            if m.rounds > len(seen):
+                seen.append(m.current)
+        assert seen[:rounds - 1] == [restored] * (rounds - 1)
+        assert seen[rounds - 1] != restored and m.knee == 8.0 and m.clip < 0.2
 
 
 def test_a_linear_loudspeaker_keeps_the_identity() -> None:
