@@ -132,3 +132,40 @@ def test_car_at_plus_6_db_the_user_interrupts(tmp_path):
         # stopped while the user was still talking (the benchmark measures how fast: it
         # is not asserted here, a loaded CI machine is no place for a timing)
         assert quiet_ms < stop.size / 16
+
+
+def test_car_at_plus_6_db_a_link_drop_mid_reply_asks_again_and_the_new_reply_plays_whole(tmp_path):
+    """The link drops while the reply plays into the car (the echo 6 dB above the user):
+    the unit reconnects, asks the held question again, and the new reply plays whole with
+    one response; neither the echo of the cut reply nor that of the new one is taken for
+    the user (no barge-in, no second response)."""
+    q = user("What will the weather be like tomorrow?")
+    h, reply24 = car_loop(tmp_path)
+    with h:
+        h.start()
+        t0, start = ask(h, q)
+        time.sleep(1.5)  # mid-sentence
+        t_drop = time.monotonic()
+        h.server.faults.drop_connections()
+        h.wait_event("reconnected", timeout=10, after=t_drop)
+        resent = h.wait_event("turn_resent", timeout=5, after=t_drop)
+        assert resent["VOXBOX_COMMIT"] == 1
+        again = h.wait_event("playback_start", timeout=20, after=resent["mono"])
+        end = h.wait_event("playback_end", timeout=40, after=again["mono"])
+        h.wait_for(lambda: h.states()[-1] == "idle", 15, "idle")
+        time.sleep(1.0)
+        barges = [r for r in h.events("barge_in") if r["mono"] >= t_drop]
+        pauses = [r for r in h.events("barge_in_check") if r["mono"] >= t_drop]
+        conn = h.server.record.connection(-1)
+        sent = conn.item_audio.get(again["VOXBOX_ITEM_ID"], b"")
+        n = responses(h, resent["mono"])
+        print(f"link drop {t_drop - start['mono']:.1f} s into the reply: asked again "
+              f"{(resent['mono'] - t_drop) * 1000:.0f} ms after the drop; the new reply played for "
+              f"{end['mono'] - again['mono']:.1f} s; barge-ins {[b.get('VOXBOX_CAUSE') for b in barges]}, "
+              f"pauses checked {len(pauses)}, responses {n}")
+        print(timeline(h, t0))
+        assert not barges, barges
+        assert n == 1, f"{n} responses to one question asked again"
+        assert len(sent) / 2 == reply24.size and not conn.truncates
+        assert not [p for p in h.events("prompt") if p["mono"] >= t_drop]  # a blip: nothing said
+        assert len(pauses) <= 3, pauses
