@@ -16,7 +16,9 @@ Systems: ``(name, FrontEndSettings)`` entries in ``SYSTEMS``, each run as
 ``CaptureFrontEnd(settings)`` (loudspeaker model -> Speex echo canceller -> Speex
 preprocessor -> voxbox residual echo suppressor), fresh for every file, fed 10 ms
 blocks; its fixed ``latency_samples`` is removed before scoring. ``defaults`` is the
-product; ``no ls model`` the same without the loudspeaker model; ``before`` the defaults
+product; ``no ls model`` the same without the loudspeaker model; ``no res`` without the
+residual echo suppressor and ``no speex es`` without Speex's echo suppression (what each
+costs the near end in double talk); ``before`` the defaults
 before the loudspeaker model and the RES retune; the ``fs`` rows the delay trade.
 
 Metrics per room (10 ms frames; "echo active" = echo frame power within 30 dB of the
@@ -99,6 +101,9 @@ def at_frame_size(s: FrontEndSettings, frame_size: int) -> FrontEndSettings:
 SYSTEMS: list[tuple[str, FrontEndSettings]] = [
     ("defaults", FrontEndSettings()),
     ("no ls model", replace(FrontEndSettings(), loudspeaker=LoudspeakerSettings(enabled=False))),
+    # what each suppressor costs the near end in double talk (and gives in ERLE)
+    ("no res", replace(FrontEndSettings(), residual_echo=False)),
+    ("no speex es", replace(FrontEndSettings(), echo_suppress_db=0, echo_suppress_active_db=0)),
     ("before", BEFORE),
     ("defaults fs160", at_frame_size(FrontEndSettings(), 160)),
     ("defaults fs128", at_frame_size(FrontEndSettings(), 128)),
