@@ -249,29 +249,26 @@ class _Tape:
         self.n = 0
 
     def append(self, x) -> None:
-        """Append ``x`` (an array, or a scalar with ``count``: see :meth:`fill`)."""
+        """Append the array ``x``."""
         x = np.asarray(x, dtype=self.dtype)
-        pos = 0
-        while pos < x.size:
-            i = self.n % self.block
-            if i == 0 and self.n // self.block == len(self._blocks):
-                self._blocks.append(np.empty(self.block, self.dtype))
-            k = min(x.size - pos, self.block - i)
-            self._blocks[self.n // self.block][i:i + k] = x[pos:pos + k]
-            self.n += k
-            pos += k
+        self._write(x.size, lambda pos, k: x[pos:pos + k])
 
     def fill(self, value: float, count: int) -> None:
         """Append ``count`` copies of ``value``."""
-        left = count
-        while left > 0:
+        self._write(count, lambda pos, k: value)
+
+    def _write(self, count: int, part) -> None:
+        """Append ``count`` values, ``part(pos, k)`` giving values ``pos..pos+k`` (an array
+        or a scalar), block by block."""
+        pos = 0
+        while pos < count:
             i = self.n % self.block
             if i == 0 and self.n // self.block == len(self._blocks):
                 self._blocks.append(np.empty(self.block, self.dtype))
-            k = min(left, self.block - i)
-            self._blocks[self.n // self.block][i:i + k] = value
+            k = min(count - pos, self.block - i)
+            self._blocks[self.n // self.block][i:i + k] = part(pos, k)
             self.n += k
-            left -= k
+            pos += k
 
     def refs(self) -> tuple[list[np.ndarray], int]:
         """The blocks and the length, to be taken under the writer's lock (cheap)."""
