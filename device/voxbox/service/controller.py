@@ -405,9 +405,14 @@ class Controller:
 
     def _show_state(self) -> None:
         state = self.conv.state
-        # a held turn keeps streaming into turn_audio while the link is down
+        # a held turn keeps streaming into turn_audio while the link is down. The link as
+        # the conversation knows it (link_up/link_down), not the socket: on a loss the link
+        # calls on_closed (here, the session already gone) before on_lost, whose link_down
+        # holds the turn; an uplink closed in between let the capture thread drop its
+        # partly filled 40 ms block and the period in hand, a hole in the question resent
+        linked = self.conv.link is State.IDLE or self.conv.holding
         audio = self.audio  # what the capture thread reads (each a bool, written whole)
-        audio.uplink_open = self.conv.uplink_open and (self._session_ready or self.conv.holding)
+        audio.uplink_open = self.conv.uplink_open and linked
         audio.speaking = state is State.SPEAKING
         audio.muted = self.conv.muted
         audio.push_to_talk = self.conv.push_to_talk
