@@ -51,9 +51,7 @@ quiet) against the word itself (still in the 48 ms of output latency): -5 to -16
 
 Frame observer (optional, ``front_end.observer = callable``): called once per Speex frame,
 inside :meth:`CaptureFrontEnd.process`, with ``(frame, ratio_db, far)``: the cleaned frame
-(int16 ``(frame_size,)``, a buffer reused on the next frame: copy what you keep; with the
-residual echo suppressor's leakage floor or double-talk hold on, its detection stream,
-:attr:`voxbox.dsp.res.ResidualEchoSuppressor.detect_out`, suppressed as without them), the
+(int16 ``(frame_size,)``, a buffer reused on the next frame: copy what you keep), the
 residual echo suppressor's double-talk statistic of that frame (residual power over the
 estimated residual echo, dB, 300-4000 Hz; ``nan`` with ``residual_echo`` off) and whether
 the frame's reference held far-end signal. The barge-in detector
@@ -203,7 +201,6 @@ class CaptureFrontEnd(NativeState):
         self._shaped = np.zeros(f, dtype=np.int16)
         self._shaped_addr = self._shaped.ctypes.data
         self._e = np.zeros(f)  # echo canceller output (float copy for the RES)
-        self._det = np.zeros(f, dtype=np.int16)  # the RES's detection stream, for the observer
         if s.highpass_hz > 0:
             from scipy.signal import butter
 
@@ -394,14 +391,7 @@ class CaptureFrontEnd(NativeState):
                     #: the frame's microphone power (mean square, int16 units), for the observer
                     self.frame_mic_power = float(np.dot(mbuf, mbuf.astype(np.float64))) / f
                     if res is not None:
-                        if res.dual:
-                            det = self._det
-                            d = np.rint(res.detect_out)
-                            np.clip(d, -32768, 32767, out=d)
-                            det[:] = d
-                            obs(det, res.last_ratio_db, res.last_far)
-                        else:
-                            obs(frame, res.last_ratio_db, res.last_far)
+                        obs(frame, res.last_ratio_db, res.last_far)
                     else:
                         obs(frame, float("nan"), bool(rbuf.any()))
                 push[0] = frame

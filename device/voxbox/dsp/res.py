@@ -25,15 +25,6 @@ Method (STFT, sqrt-Hann window of ``2 * frame_size`` samples, hop ``frame_size``
    starts low or lags an echo-path change cannot lock the detector in "double talk"). It catches
    what the linear filter cannot: misadjustment, loudspeaker distortion, the tail beyond
    the filter, and the misfit right after an echo-path change.
-   The leakage is held under a floor (``leak_floor_ms``, ``leak_floor_db``): the minimum,
-   over the last ``leak_floor_ms``, of the band ratio ``|E|^2 / |Y_hat|^2`` (every
-   pause of the near end shows the echo-only ratio), plus ``leak_floor_db``. Without it
-   a long double talk drove the regression up (the user's syllables fluctuate with the
-   far end's by chance: measured -16 -> -4 dB in a car), the detector then called the
-   user echo (``od`` back at ``overdrive_st``) and the near end lost 4 dB. A residual
-   coherent with the reference (an echo-path change: the share ``q`` below) lifts the
-   floor in proportion, and a fully coherent one empties it, so a real rise of the
-   leakage is followed at once.
    Plus a fast term for moments the leakage lags (canceller bursts, echo-path change):
    ``R = max(R, coh * |E|^2)`` with ``coh`` the short-term (40 ms, 5-bin) coherence of
    ``E`` with the reference ``X`` at lags 0..2 hops, bias-corrected; the reference never
@@ -48,9 +39,6 @@ Method (STFT, sqrt-Hann window of ``2 * frame_size`` samples, hop ``frame_size``
    coherence takes each lag's phase step per bin out before smoothing across bins
    (``coh_align``), so it does not depend on the echo's delay inside the window. The overdrive
    moves from ``overdrive_st`` (single talk) to ``overdrive`` (double talk) with it.
-   A double talk the detector saw is held for ``dt_hold_ms`` (decaying), so the soft
-   ends of the user's words, below the detector's threshold, keep the mild overdrive;
-   the hold is scaled down like the detector by a coherent residual.
    Gain ``G = max(floor, 1 - overdrive * R / |E|^2)``, smoothed across frequency (3
    bins; against musical noise) and optionally over time; it is 1 wherever the near
    end dominates the residual, and exactly 1 without a far end.
@@ -83,12 +71,7 @@ COH_FRAC_LO, COH_FRAC_HI = 0.15, 0.4
 class ResSettings:
     """Residual echo suppressor tuning. The defaults were chosen on the tuning half of the
     randomized room family (``tests/benchmarks/roomfamily.py``, seeds 0-11, with the
-    loudspeaker model on), by the coordinate search of ``test_frontend_family_bench``;
-    ``leak_floor_ms``, ``leak_floor_db`` and ``dt_hold_ms`` were chosen after it on the
-    same half from a grid (floor window 1-5 s, margin 3-10 dB, hold 100-1000 ms), on the
-    search's objective (-3.41 -> -2.26): double-talk STOI median / worst decile 0.897 /
-    0.881 -> 0.908 / 0.896, near-end attenuation -1.9 / -2.6 -> -1.4 / -1.9 dB, for
-    0.6 / 0.8 dB of single-talk ERLE and 0.6 / 1.1 dB of ERLE after an echo-path change.
+    loudspeaker model on), by the coordinate search of ``test_frontend_family_bench``.
 
     Attributes:
         floor_db: lowest gain, dB (<= 0).
@@ -123,11 +106,6 @@ class ResSettings:
         coh_align: take each lag's phase step per bin (the echo's delay inside the
             analysis window) out of the cross-spectrum before smoothing it across bins,
             so the coherence does not depend on where in the window the echo falls.
-        leak_floor_ms: window of the leakage floor, ms (>= 0; 0 = no floor): the
-            leakage may not exceed the lowest band residual-to-echo-estimate ratio
-            seen in this window by more than ``leak_floor_db``.
-        leak_floor_db: margin of the leakage over its floor, dB (>= 0).
-        dt_hold_ms: decay time of the double-talk hold, ms (>= 0; 0 = no hold).
     """
 
     floor_db: float = -15.0
@@ -149,9 +127,6 @@ class ResSettings:
     tail_decay_dt_db: float = 3.0
     dt_coh: float = 1.0
     coh_align: bool = True
-    leak_floor_ms: float = 3000.0
-    leak_floor_db: float = 6.0
-    dt_hold_ms: float = 250.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -171,9 +146,6 @@ class ResSettings:
             "leak_gate": lambda v: 0 <= v < 1,
             "tail_decay_dt_db": lambda v: v > 0,
             "dt_coh": lambda v: 0 <= v <= 1,
-            "leak_floor_ms": lambda v: v >= 0,
-            "leak_floor_db": lambda v: v >= 0,
-            "dt_hold_ms": lambda v: v >= 0,
         }
         for f in fields(self):
             v = getattr(self, f.name)
@@ -212,17 +184,6 @@ class ResidualEchoSuppressor:
         self._a_rel = float(np.exp(-hop_s / (s.release_ms / 1000))) if s.release_ms > 0 else 0.0
         self._a_coh = float(np.exp(-hop_s / (s.coh_tau_ms / 1000)))
         self._decay = float(10 ** (-s.tail_decay_db / 10))
-        self._a_hold = float(np.exp(-hop_s / (s.dt_hold_ms / 1000))) if s.dt_hold_ms > 0 else 0.0
-        self._floor_margin = float(10 ** (s.leak_floor_db / 10))
-        #: hops in the leakage floor's window (0 = no floor)
-        self._floor_hops = int(round(s.leak_floor_ms / 1000 / hop_s)) if s.leak_floor_ms > 0 else 0
-        #: a second, detection stream (:attr:`detect_out`) is produced: with the leakage
-        #: floor or the double-talk hold on, the main output keeps more of the user in
-        #: double talk, and with it more residual echo in the moments the detector wrongly
-        #: calls double talk; the near-end detector listens to the stream suppressed as
-        #: without them (measured in the closed loop: with the floor and hold on the
-        #: main output, 9 false pauses per reply at +6 dB against 0.4)
-        self.dual = bool(self._floor_hops or self._a_hold > 0)
         self._floor = float(10 ** (s.floor_db / 20))
         # band pooling matrices (triangular-ish, log spaced above 500 Hz)
         nb = min(s.bands, k)
@@ -263,13 +224,6 @@ class ResidualEchoSuppressor:
         self._var = np.zeros(nb)
         self._leak = np.zeros(nb)
         self._out = np.zeros(self.frame_size)
-        #: the detection stream's latest hop (float64 ``(frame_size,)``, overwritten on the
-        #: next call): ``z`` under the gain without the floor and the hold (see
-        #: :attr:`dual`); the main output itself when :attr:`dual` is false
-        self.detect_out = np.zeros(self.frame_size) if self.dual else self._out
-        self._ola_det = np.zeros(self.frame_size)
-        self._gain_det_prev = np.ones(k)
-        self._gain_det_smooth = np.ones(k)
         L = self.settings.coh_lags
         self._xh = np.zeros((L, k), dtype=np.complex128)
         self._sex = np.zeros((L, k), dtype=np.complex128)
@@ -280,13 +234,6 @@ class ResidualEchoSuppressor:
         self.last_ratio_db = float("-inf")
         self.last_far = False
         self.last_coh_frac = 0.0
-        self._hold = 0.0  # the double-talk hold (0..1)
-        # the leakage floor's window: the band ratio |E|^2 / |Y_hat|^2 per hop (inf
-        # without a far end), a ring of _floor_hops rows
-        self._ratios = np.full((max(self._floor_hops, 1), nb), np.inf)
-        self._ratio_i = 0
-        self._leak_raw = np.zeros(nb)  # the leakage without its floor, and its residual
-        self._r_raw = np.zeros(k)  # echo estimate: for the barge-in statistic only
 
     @staticmethod
     def _fsmooth(x):
@@ -376,28 +323,13 @@ class ResidualEchoSuppressor:
         if far:
             r = np.maximum(self._leak[self._band[k0:k1]] * py_eff[k0:k1], r)
         ratio = 10 * np.log10((pe[k0:k1].sum() + 1e-3) / (r.sum() + 1e-3))
-        if self._floor_hops:
-            # the barge-in statistic stays on the leakage without its floor (a floor
-            # that reads low in a field loop must not make the unit's own echo look
-            # like the user to the near-end detector; the floor serves the gain only)
-            rb = self._decay * self._r_raw[k0:k1]
-            if far:
-                rb = np.maximum(self._leak_raw[self._band[k0:k1]] * py_eff[k0:k1], rb)
-            ratio_bargein = 10 * np.log10((pe[k0:k1].sum() + 1e-3) / (rb.sum() + 1e-3))
-        else:
-            ratio_bargein = ratio
         c = min(max((ratio - s.dt_lo_db) / (s.dt_hi_db - s.dt_lo_db), 0.0), 1.0)
-        q = 0.0  # share of the residual that is coherent with the reference, 0..1
         if coh is not None and s.dt_coh > 0:
             # a residual that jumped but is mostly linear in the far end is misadjustment
             # (an echo-path change, a cold start), not the user: the user is not coherent
             # with the reference
             q = min(max((self.last_coh_frac - COH_FRAC_LO) / (COH_FRAC_HI - COH_FRAC_LO), 0.0), 1.0)
             c *= 1.0 - s.dt_coh * q
-        if self.dual:
-            # the detection stream's double talk: the statistic without the floor
-            c_det = min(max((ratio_bargein - s.dt_lo_db) / (s.dt_hi_db - s.dt_lo_db), 0.0), 1.0)
-            c_det *= 1.0 - s.dt_coh * q
 
         # -- leakage regression per band, slowed down in double talk ----------------------
         a = 1.0 - (1.0 - self._a_leak) * (1.0 - s.leak_gate * c)
@@ -407,42 +339,18 @@ class ResidualEchoSuppressor:
         self._cov = cov = a * self._cov + (1 - a) * de * dy
         self._var = var = a * self._var + (1 - a) * dy * dy
         leak = np.maximum(cov, 0.0) / (var + 1e-3)
-        leak = np.minimum(leak, 1.0)
-        if self._floor_hops:
-            self._leak_raw = leak
-            # the leakage floor (module doc): a coherent residual lifts it, a fully
-            # coherent one (an echo-path change) empties its window
-            ratios = self._ratios
-            if q >= 1.0:
-                ratios.fill(np.inf)
-            if far:
-                np.divide(be, by + 1e-3, out=ratios[self._ratio_i])
-            else:
-                ratios[self._ratio_i] = np.inf
-            self._ratio_i = (self._ratio_i + 1) % ratios.shape[0]
-            capped = np.minimum(leak, self._floor_margin * ratios.min(axis=0))
-            leak = q * leak + (1.0 - q) * capped
-        self._leak = leak
+        self._leak = leak = np.minimum(leak, 1.0)
 
         r = leak[self._band] * py_eff if far else np.zeros_like(py)
         decay = 10 ** (-(s.tail_decay_db + (s.tail_decay_dt_db - s.tail_decay_db) * c) / 10)
         r = np.maximum(r, decay * self._r_prev)
         self._r_prev = r
-        if self._floor_hops:
-            rr = self._leak_raw[self._band] * py_eff if far else np.zeros_like(py)
-            self._r_raw = r_det = np.maximum(rr, decay * self._r_raw)
-        else:
-            r_det = r
-        if self._a_hold > 0:
-            # hold the double talk the detector saw; a coherent residual scales it down
-            self._hold = max(c, self._hold * self._a_hold)
-            c = max(c, self._hold * (1.0 - s.dt_coh * q))
         od = s.overdrive_st + (s.overdrive - s.overdrive_st) * c
         self.last_dt = c
         #: the double-talk statistic of this hop for the barge-in detector: residual power
         #: over the estimated residual echo, dB, 300-4000 Hz (high: the near end talks),
         #: with the echo estimate's tail decaying at ``tail_decay_db`` per hop
-        self.last_ratio_db = float(ratio_bargein)
+        self.last_ratio_db = float(ratio)
         #: the hop's analysis window held far-end signal
         self.last_far = far
         if coh is not None:
@@ -457,21 +365,6 @@ class ResidualEchoSuppressor:
             up = g > gs
             g = np.where(up, self._a_rel * gs + (1 - self._a_rel) * g, g)
         self._gain_smooth = g
-        if self.dual:
-            # the detection stream: the gain as it was before the floor and the hold
-            od_det = s.overdrive_st + (s.overdrive - s.overdrive_st) * c_det
-            if coh is not None:
-                r_det = np.maximum(r_det, s.coh_weight * (1 - s.coh_dt * c_det) * coh * pe)
-            gd = np.maximum(1.0 - od_det * r_det / (pe + 1e-3), self._floor)
-            gd[1:-1] = 0.25 * gd[:-2] + 0.5 * gd[1:-1] + 0.25 * gd[2:]
-            if self._a_rel > 0:
-                gs = self._gain_det_smooth
-                gd = np.where(gd > gs, self._a_rel * gs + (1 - self._a_rel) * gd, gd)
-            self._gain_det_smooth = gd
-            yd = np.fft.irfft(Z * self._gain_det_prev, self._n) * self._win
-            self._gain_det_prev = gd
-            np.add(self._ola_det, yd[:h], out=self.detect_out)
-            self._ola_det[:] = yd[h:]
 
         # -- apply the previous hop's gain to z, overlap-add ---------------------------------
         y = np.fft.irfft(Z * self._gain_prev, self._n) * self._win
