@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import leftovers
-from voxbox.host.metrics import LINK_STATES, ErleWindow, MetricsWriter, UnitMetrics, read_selftest, render
+from voxbox.host.metrics import LINK_STATES, MetricsWriter, UnitMetrics, read_selftest, render
 
 
 def parse(text):
@@ -263,23 +263,6 @@ def test_render_is_the_text_format_and_has_no_nan(clocks):
         if not line.startswith("#"):
             v = float(line.rsplit(" ", 1)[1])
             assert math.isfinite(v), line
-
-
-def test_erle_window_carries_far_end_until_it_holds_a_second():
-    """A value covers at least 1 s of far-end signal: the quiet last 0.6 s of a reply cut
-    off by a write is not a value of its own (it measured 3.1 dB against the reply's 12.9
-    in the daemon test), it joins the next far-end signal."""
-    w = ErleWindow()
-    assert w.add(0.0, 0.0, 0.0) is None  # no far end
-    assert w.add(0.4, 1e9, 1e7) is None  # 0.4 s: carried
-    assert w.add(0.6, 1e9, 1e7) == pytest.approx(20.0)  # 1.0 s: one value, 2e9 / 2e7
-    assert w.far_s == 0.0
-    assert w.add(0.6, 1e7, 5e6) is None  # a reply's quiet end alone makes no value
-    assert w.add(0.0, 0.0, 0.0) is None  # ... however long no far end plays after it
-    assert w.add(1.5, 1.99e9, 5e6) == pytest.approx(10 * math.log10(2e9 / 1e7))
-    assert ErleWindow(0.0).add(0.01, 100.0, 0.0) == pytest.approx(20.0)  # a silent output: 1 LSB^2 floor
-    with pytest.raises(ValueError):
-        ErleWindow(-1.0)
 
 
 @pytest.mark.e2e

@@ -17,7 +17,7 @@ from voxbox.audio.jitter import JitterBuffer
 from voxbox.config import parse_config
 from voxbox.realtime.dialects import PCM_RATE
 from voxbox.service.audiopath import UPLINK_BLOCK_MS, AudioCallbacks, AudioPath
-from voxbox.service.echopath import FIRST_WINDOW_S, MIN_REF_DELAY_PERIODS, EchoPath
+from voxbox.service.echopath import MIN_REF_DELAY_PERIODS, EchoPath
 
 
 class Loop:
@@ -282,63 +282,3 @@ def test_a_device_gap_is_an_echo_path_change_and_the_next_estimate_moves_the_lin
     assert e.delay == line + round((80.0 - 10.0) * 16)  # moved at once, to the wanted lead
     e.track(loud, loud)
     assert urgent_seen[-1] is False  # only the first estimate after the gap
-
-
-def test_a_start_without_echo_state_leads_by_the_cold_margin_until_the_line_is_measured(tmp_path):
-    """No echo state (first boot, state lost): ALSA's guess (here 0 + 10 + 80 = 90 ms) is
-    shortened by ``frontend.cold_lead_margin_ms`` (60 ms) so an echo up to 60 ms earlier
-    than the guess still finds its reference ahead of it. The first estimate sets the
-    echo-delay and ERL gauges even when the line stays; the aligner then sets the line as
-    usual (confirmed, in a pause of the far end). A restored line is used as it is, and a
-    line that is never tracked (or a margin of 0) keeps ALSA's guess."""
-    from voxbox.dsp.echostate import EchoState, save_echo_state
-
-    def echo_path(state=None, **frontend):
-        c = cfg(frontend={"echo_cancel": True, "reference_delay_ms": 80, **frontend})
-        period = c.audio.capture_rate * c.audio.period_ms // 1000
-        gauges = []
-        metrics = SimpleNamespace(set_echo_delay_ms=lambda v: gauges.append(("delay", v)),
-                                  set_erl_db=lambda v: gauges.append(("erl", v)))
-        path = tmp_path / "echo.json"
-        path.unlink(missing_ok=True)
-        e = EchoPath(c, period, path, metrics, on_path_changed=lambda: None)
-        if state is not None:
-            save_echo_state(path, EchoState.from_measurement(state, 10.0, 0.0, 20.0, e.devices))
-        e.restore()
-        e._loop = Loop()
-        e.init_line(0, c.audio.playback_rate)
-        return e, gauges
-
-    e, gauges = echo_path()
-    assert e.delay == (90 - 60) * 16  # 30 ms, the floor of 3 periods
-    assert e.tracker.first_window_s == FIRST_WINDOW_S  # 1 s windows until the first estimate
-    assert echo_path(cold_lead_margin_ms=30)[0].delay == 60 * 16
-    assert echo_path(cold_lead_margin_ms=0)[0].delay == 90 * 16
-    assert echo_path(track_echo_delay=False)[0].delay == 90 * 16
-    assert echo_path(state=123.0)[0].delay == 123 * 16  # restored: as it is
-    assert echo_path(cold_lead_margin_ms=200)[0].delay == e.floor
-
-    # the rig's spread against ALSA's 90 ms guess: the echo 40 ms early (lagging the cold
-    # line by 20 ms: within the band, no move) or 53 ms late (113 ms: moved, in a pause)
-    loud, quiet = np.full(e.cap_period, 3000, np.int16), np.zeros(e.cap_period, np.int16)
-    for echo_vs_guess_ms, final_lead_ms in ((-40.0, 20.0), (53.0, 10.0)):
-        e, gauges = echo_path()
-        echo_ms = 90.0 + echo_vs_guess_ms  # the echo against the playback ring's head
-        pushes = []
-
-        def push(ref, mic, e=e, echo_ms=echo_ms, pushes=pushes):
-            pushes.append(1)  # one estimate per 100 periods (1 s)
-            if len(pushes) % 100:
-                return None
-            return SimpleNamespace(delay_ms=echo_ms - e.delay / 16, erl_db=15.0, confidence=50.0)
-
-        e.tracker = SimpleNamespace(push=push, reset=lambda: None, drift_ppm=math.nan, drift_stderr_ppm=math.nan)
-        for _ in range(100):  # the first reply: one estimate
-            e.track(loud, loud)
-        assert e.measured and e.delay == 30 * 16
-        assert gauges == [("delay", echo_ms - 30.0), ("erl", 15.0)]  # set without a move
-        for _ in range(100):  # a second reply: a second estimate
-            e.track(loud, loud)
-        for _ in range(40):  # a pause: a pending move happens
-            e.track(quiet, quiet)
-        assert abs(echo_ms - e.delay / 16 - final_lead_ms) < 0.1

@@ -254,13 +254,6 @@ class FrontEnd(_Section):
     #: delay line so the reference leads the echo by reference_lead_ms
     track_echo_delay: bool = True
     reference_lead_ms: Annotated[float, Field(gt=0, le=100)] = 10.0
-    #: with track_echo_delay, a start with no echo state saved on these devices (first
-    #: boot, state lost) shortens the ALSA-derived delay line by this much (ms; down to
-    #: its floor of 3 capture periods) until the tracker's first estimate, so an echo
-    #: that comes up to this much earlier than ALSA's guess still finds its reference
-    #: ahead of it; the canceller's filter (filter_ms) covers the extra lead meanwhile.
-    #: The first estimates then set the line to reference_lead_ms as usual. 0 = off
-    cold_lead_margin_ms: Annotated[int, Field(ge=0, le=500)] = 60
     #: resample the reference to the microphone's clock when the tracker measures drift
     #: (capture and playback on different sound cards)
     drift_compensation: bool = True

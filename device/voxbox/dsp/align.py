@@ -65,14 +65,6 @@ class EchoDelayTracker:
     reference over the same samples). Estimates with ``confidence >= min_confidence``
     are kept with their time (window centre, stream samples).
 
-    First estimate sooner (``first_window_s``): until the tracker's first accepted
-    estimate, analyses run on the last ``first_window_s`` of the stream every
-    ``min(hop_s, first_window_s / 2)``, with the same ``min_active`` fraction of that
-    shorter window (1 s: 0.5 s of far end every 0.5 s), so a short first reply after a
-    start with no echo state is measured; from the first estimate on, the usual
-    ``window_s`` / ``hop_s`` rule. :meth:`reset` does not bring this back (it is once per
-    tracker): after a line move or a device gap the estimates use full windows.
-
     Drift: least-squares slope of the kept delays over stream time, refitted without
     points more than ``max(4 * MAD, 0.25 sample)`` off the line; reported once the kept
     estimates span ``min_drift_span_s``. A sudden delay change (echo-path change, a ring
@@ -92,9 +84,6 @@ class EchoDelayTracker:
         min_drift_span_s: time span of kept estimates before :attr:`drift_ppm` is reported.
         history: estimates kept for the regression (oldest dropped).
         jump_ms: delay change treated as a jump, ms.
-        first_window_s: analysis window until the first accepted estimate, s
-            (``0.5 <= first_window_s <= window_s``, ``max_delay_ms`` below its half);
-            None: ``window_s`` from the start.
 
     Raises:
         ValueError: a bad argument (named in the message).
@@ -107,7 +96,7 @@ class EchoDelayTracker:
     def __init__(self, sample_rate: int = 16000, window_s: float = 2.0, hop_s: float = 1.0,
                  max_delay_ms: float = 250.0, active_dbfs: float = -50.0, min_active: float = 0.5,
                  min_confidence: float = 10.0, min_drift_span_s: float = 10.0, history: int = 240,
-                 jump_ms: float = 1.0, first_window_s: float | None = None) -> None:
+                 jump_ms: float = 1.0) -> None:
         self.sample_rate = int(_positive("sample_rate", sample_rate))
         self.window_s = _positive("window_s", window_s)
         if self.window_s < 0.5:
@@ -127,23 +116,12 @@ class EchoDelayTracker:
         if isinstance(history, bool) or not isinstance(history, int) or history < 3:
             raise ValueError(f"history: must be an int >= 3, got {history!r}")
         self.jump_ms = _positive("jump_ms", jump_ms)
-        if first_window_s is not None:
-            first_window_s = _positive("first_window_s", first_window_s)
-            if not 0.5 <= first_window_s <= self.window_s or self.max_delay_ms >= first_window_s * 500:
-                raise ValueError(f"first_window_s: must be within 0.5..window_s ({self.window_s:g} s) and "
-                                 f"above 2 * max_delay_ms, got {first_window_s!r}")
-        self.first_window_s = first_window_s
         self.active_dbfs = float(active_dbfs)
         self.min_active = float(min_active)
         self.min_confidence = float(min_confidence)
         self._win = int(round(self.window_s * self.sample_rate))
         self._hop = max(1, int(round(self.hop_s * self.sample_rate)))
         self._frame = max(1, self.sample_rate // 100)
-        #: until the first accepted estimate: (window, hop) in samples, else None
-        self._first: tuple[int, int] | None = None
-        if first_window_s is not None:
-            fw = int(round(first_window_s * self.sample_rate))
-            self._first = (fw, max(1, min(self._hop, fw // 2)))
         self._ref = np.zeros(self._win, dtype=np.float64)
         self._mic = np.zeros(self._win, dtype=np.float64)
         self._cap = history
@@ -155,14 +133,12 @@ class EchoDelayTracker:
 
     # -- state -------------------------------------------------------------------------
     def reset(self) -> None:
-        """Forget everything (stream position, windows, estimates), except whether the
-        tracker has had its first estimate (``first_window_s`` applies once)."""
+        """Forget everything (stream position, windows, estimates)."""
         self._ref[:] = 0
         self._mic[:] = 0
         self._w = 0  # ring write index
         self.samples = 0  # stream samples pushed
-        # stream position of the next analysis
-        self._next = self._first[0] if self._first is not None else self._win
+        self._next = self._win  # stream position of the next analysis
         self.windows = 0  # analyses run
         self.estimates = 0  # estimates accepted (confidence >= min_confidence)
         self.jumps = 0
@@ -261,7 +237,7 @@ class EchoDelayTracker:
             self.samples += k
             pos += k
             if self.samples >= self._next:
-                self._next += self._first[1] if self._first is not None else self._hop
+                self._next += self._hop
                 est = self._analyse()
                 if est is not None:
                     result = est
@@ -271,9 +247,6 @@ class EchoDelayTracker:
         w = self._w
         ref = np.concatenate([self._ref[w:], self._ref[:w]])
         mic = np.concatenate([self._mic[w:], self._mic[:w]])
-        first = self._first
-        if first is not None:  # no estimate yet: the last first_window_s only
-            ref, mic = ref[-first[0]:], mic[-first[0]:]
         f = self._frame
         nfr = ref.shape[0] // f
         pw = np.mean(ref[: nfr * f].reshape(nfr, f) ** 2, axis=1)
@@ -287,10 +260,7 @@ class EchoDelayTracker:
             return None
         if not est.confidence >= self.min_confidence:
             return None
-        t = self.samples - ref.shape[0] / 2.0
-        if first is not None:  # the first estimate: full windows from here on
-            self._first = None
-            self._next = self.samples + self._hop
+        t = self.samples - self._win / 2.0
         self.estimates += 1
         self.last = est
         self.last_t_s = t / self.sample_rate

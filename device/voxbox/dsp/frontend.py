@@ -39,16 +39,6 @@ tap. The tap never changes the main output (it only copies frames), and it is
 block-size independent and deterministic like the main output. ``None`` (default):
 no tap, ``wake_tap`` stays ``None``.
 
-Echo meter (always on; :attr:`CaptureFrontEnd.echo_totals`): the front end sums, over
-the frames whose reference held far-end signal, the microphone frame's energy (as the
-canceller gets it) and the energy of *that frame's* cleaned output, which leaves the
-preprocessor and the residual echo suppressor one overlap-add frame each later (2
-frames; 1 with ``residual_echo`` off). Comparing a microphone frame with the cleaned
-frame that came out at the same time would set the end of each far-end word (microphone
-quiet) against the word itself (still in the 48 ms of output latency): -5 to -16 dB per
-10 ms at every word end, which dominated any short window. The ERLE of a stretch is
-``10 * log10(mic energy / cleaned energy)`` of the totals' difference across it.
-
 Frame observer (optional, ``front_end.observer = callable``): called once per Speex frame,
 inside :meth:`CaptureFrontEnd.process`, with ``(frame, ratio_db, far)``: the cleaned frame
 (int16 ``(frame_size,)``, a buffer reused on the next frame: copy what you keep), the
@@ -218,11 +208,6 @@ class CaptureFrontEnd(NativeState):
         #: per-frame observer ``(frame, ratio_db, far) -> None`` (see the module docstring)
         self.observer = None
         self.frame_mic_power = 0.0
-        #: frames from a frame entering the canceller to its cleaned frame (overlap-adds)
-        self.meter_lag_frames: int = 2 if self.settings.residual_echo else 1
-        self._meter_mic = np.zeros(self.meter_lag_frames + 1)  # per input frame: mic energy
-        self._meter_far = np.zeros(self.meter_lag_frames + 1, dtype=bool)  # ... its reference held signal
-        self._meter_buf = np.zeros(f)  # float scratch
         if wake_tap is not None:
             natural = f - 1 if wake_tap == "aec" else 2 * f - 1
             self._tap_delay = (self.latency_samples - natural) // f
@@ -284,14 +269,6 @@ class CaptureFrontEnd(NativeState):
         self._rd = 0  # ring read index
         self._count = self.reframe_latency_samples  # samples in the ring (primed zeros)
         self.frames_processed = 0  # Speex frames run
-        self._meter_mic[:] = 0.0
-        self._meter_far[:] = False
-        #: echo meter (see the module docstring): ``(far-end frames, microphone energy,
-        #: cleaned energy)`` summed since construction or :meth:`reset`, over the input
-        #: frames whose reference held far-end signal, each against its own cleaned frame
-        #: (int16 units squared). Replaced whole once per far-end frame, so another thread
-        #: reads a consistent triple.
-        self.echo_totals: tuple[int, float, float] = (0, 0.0, 0.0)
         self.samples_processed = 0  # samples accepted by process()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -384,7 +361,6 @@ class CaptureFrontEnd(NativeState):
                     np.clip(y, -32768, 32767, out=y)
                     frame[:] = y
                 self._fill = 0
-                self._meter(mbuf, rbuf, frame)
                 self.frames_processed += 1
                 obs = self.observer
                 if obs is not None:
@@ -420,22 +396,6 @@ class CaptureFrontEnd(NativeState):
         if tap_mode is not None:
             self.wake_tap = out[1]
         return out[0]
-
-    def _meter(self, mbuf: Int16Array, rbuf: Int16Array, frame: Int16Array) -> None:
-        """Echo meter: note this input frame; add the frame whose cleaned output ``frame``
-        is (``meter_lag_frames`` earlier) to :attr:`echo_totals` if its reference held signal."""
-        lag = self.meter_lag_frames
-        k = self.frames_processed
-        buf = self._meter_buf
-        i = k % (lag + 1)
-        buf[:] = mbuf
-        self._meter_mic[i] = float(np.dot(buf, buf))
-        self._meter_far[i] = bool(rbuf.any())
-        j = (k - lag) % (lag + 1)
-        if k >= lag and self._meter_far[j]:
-            buf[:] = frame
-            n, mic, out = self.echo_totals
-            self.echo_totals = (n + 1, mic + float(self._meter_mic[j]), out + float(np.dot(buf, buf)))
 
     def _highpass(self, mbuf: Int16Array) -> None:
         """High-pass the assembled microphone frame in place (carried filter state)."""

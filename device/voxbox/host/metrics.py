@@ -52,20 +52,10 @@ name                                         type    meaning
 ``voxbox_link_state{state}``                 gauge   1 for the current link state, 0 for others
 ``voxbox_echo_delay_seconds``                gauge   loudspeaker -> microphone echo delay (s)
 ``voxbox_erl_db``                            gauge   echo return loss (dB)
-``voxbox_erle_db``                           gauge   echo return loss enhancement (dB), see below
+``voxbox_erle_db``                           gauge   echo return loss enhancement (dB)
 ``voxbox_selftest_passed``                   gauge   last ``voxbox selftest``: 1 PASS, 0 FAIL
 ``voxbox_selftest_timestamp_seconds``        gauge   when it ran, Unix time (s)
 ============================================ ======= =============================================
-
-``voxbox_erle_db`` is what the whole capture front end (canceller, preprocessor, residual
-echo suppressor) removes while the speaker plays: ``10 * log10`` of the microphone energy
-over the cleaned energy, summed over the far-end frames (those whose reference held
-signal), each microphone frame against its own cleaned frame (the front end's 48 ms of
-latency taken out: :attr:`voxbox.dsp.frontend.CaptureFrontEnd.echo_totals`). Each value
-covers the latest stretch of at least :data:`ERLE_MIN_FAR_S` of far-end signal
-(:class:`ErleWindow`): far-end frames are carried over writes until there are that many,
-so the last few periods of a reply, often its quiet end, never make a value on their own.
-A canceller that converges slowly at start shows in the first value, as the user hears it.
 
 A gauge not measured yet (echo delay, ERL, ERLE, self-test) is absent from the file, not 0
 or NaN. Counters start at 0 with the daemon (Prometheus' ``rate()`` handles the reset). The
@@ -91,8 +81,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 
 from voxbox.host.statefile import atomic_write
 
-__all__ = ["BARGE_IN_CAUSES", "DEFAULT_INTERVAL_S", "ERLE_MIN_FAR_S", "ErleWindow", "LINK_STATES",
-           "MetricsSnapshot", "MetricsWriter", "UnitMetrics", "read_selftest", "render"]
+__all__ = ["BARGE_IN_CAUSES", "DEFAULT_INTERVAL_S", "LINK_STATES", "MetricsSnapshot", "MetricsWriter",
+           "UnitMetrics", "read_selftest", "render"]
 
 log = logging.getLogger(__name__)
 
@@ -118,39 +108,6 @@ _CAUSE_LABELS = tuple(BARGE_IN_CAUSES.values()) + ("other",)
 #: ``selftest.json``'s ``time`` format (``voxbox.field.selftest.to_json``)
 _SELFTEST_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
 _MAX_SELFTEST_BYTES = 1024 * 1024
-
-
-#: a ``voxbox_erle_db`` value covers at least this much far-end signal (s)
-ERLE_MIN_FAR_S = 1.0
-
-
-class ErleWindow:
-    """The ERLE gauge's windows (pure): far-end energy added once per metrics write,
-    carried until a window holds at least ``min_far_s`` of far-end signal.
-
-    Args:
-        min_far_s: the shortest stretch of far-end signal one value covers (s).
-    """
-
-    def __init__(self, min_far_s: float = ERLE_MIN_FAR_S) -> None:
-        if not min_far_s >= 0:
-            raise ValueError(f"min_far_s must be >= 0, got {min_far_s!r}")
-        self.min_far_s = float(min_far_s)
-        self.far_s = 0.0  # far-end signal in the open window (s)
-        self._mic = self._out = 0.0
-
-    def add(self, far_s: float, mic: float, out: float) -> float | None:
-        """Add ``far_s`` seconds of far-end frames whose microphone and cleaned energies
-        are ``mic`` and ``out``; return the window's ERLE (dB) and start a new one once it
-        holds ``min_far_s``, else None (the window stays open)."""
-        self.far_s += far_s
-        self._mic += mic
-        self._out += out
-        if self.far_s < self.min_far_s or self.far_s <= 0 or self._mic <= 0:
-            return None
-        erle = 10 * math.log10(self._mic / max(self._out, 1.0))  # a silent output: < 1 LSB^2
-        self.far_s = self._mic = self._out = 0.0
-        return erle
 
 
 def _finite(value: float | None) -> float | None:

@@ -144,7 +144,10 @@ class AudioPath:
         # capture-thread state
         self._ref_frame = np.zeros(self.cap_period, dtype=np.int16)
         self._cap_f32 = np.zeros(self.cap_period, dtype=np.float32)  # voice-level scratch
-        self._erle_taken = (0, 0.0, 0.0)  # the front end's echo totals at the last take (event loop)
+        self._erle_f32 = np.zeros(self.cap_period, dtype=np.float32)  # ERLE scratch
+        #: microphone and cleaned energy summed over far-end periods (read and reset by the
+        #: metrics writer: a race costs one period of 10 ms in a sum)
+        self.erle_mic = self.erle_out = 0.0
         self._fe_far = False  # the latest front-end frame's reference held far-end signal
         self._near = False  # the detector's latest decision
         self._near_held = False  # it rose while the canceller settled: reported once settled
@@ -270,17 +273,12 @@ class AudioPath:
         self._cue_pos = 0
         self.cue = cue
 
-    def take_erle_sums(self) -> tuple[float, float, float]:
-        """Event loop: ``(far_s, mic, out)``: the far-end signal (s) the front end cleaned
-        since the last call, and its microphone and cleaned energies, each frame against
-        its own cleaned frame (:attr:`voxbox.dsp.frontend.CaptureFrontEnd.echo_totals`,
-        replaced whole by the capture thread: no lock). Zeros without a front end."""
-        fe = self.frontend
-        if fe is None:
-            return 0.0, 0.0, 0.0
-        now = fe.echo_totals
-        (n0, m0, o0), self._erle_taken = self._erle_taken, now
-        return (now[0] - n0) * fe.frame_size / self.cfg.audio.capture_rate, now[1] - m0, now[2] - o0
+    def take_erle_sums(self) -> tuple[float, float]:
+        """Microphone and cleaned energy over the far-end periods since the last call."""
+        mic, out = self.erle_mic, self.erle_out
+        if mic > 0 and out > 0:
+            self.erle_mic = self.erle_out = 0.0
+        return mic, out
 
     def restore_loudspeaker(self, saved: tuple[float, float] | None) -> None:
         """At start, before the capture thread runs: start the loudspeaker model from
@@ -307,6 +305,12 @@ class AudioPath:
             self._ls_changes = ls.changes
             self.echo_path_changed()
             self._loop.call_soon_threadsafe(self.cb.on_loudspeaker, ls.clip, ls.knee, ls.last_round)
+        if self._fe_far and self.frontend is not None:  # ERLE over far-end periods (metrics)
+            f = self._erle_f32
+            np.copyto(f, frame)
+            self.erle_mic += float(np.dot(f, f))
+            np.copyto(f, clean)
+            self.erle_out += float(np.dot(f, f))
         gate = self.gate
         if gate is not None:
             req = self._gate_open

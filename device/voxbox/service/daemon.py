@@ -370,20 +370,18 @@ class Daemon(Controller):
         """Write the fleet metrics file (``metrics.textfile``) every ``metrics.interval_s``
         and once at stop, off the event loop (an fsync). A failure is logged when its
         reason changes (``VOXBOX_EVENT=metrics``), never raised."""
-        from voxbox.host.metrics import ErleWindow, MetricsWriter
+        from voxbox.host.metrics import MetricsWriter
 
         m = self.cfg.metrics
-        erle_window = ErleWindow()
         writer = MetricsWriter(self.metrics, m.textfile, selftest_path=sd.state_dir() / "selftest.json")
         loop = asyncio.get_running_loop()
         said = None
 
         async def write() -> None:
             nonlocal said
-            # ERLE over the latest >= 1 s of far-end frames (voxbox.host.metrics)
-            erle = erle_window.add(*self.audio.take_erle_sums())
-            if erle is not None:
-                self.metrics.set_erle_db(erle)
+            mic, out = self.audio.take_erle_sums()
+            if mic > 0 and out > 0:  # ERLE over the far-end periods since the last write, dB
+                self.metrics.set_erle_db(10 * math.log10(mic / out))
             ok = await loop.run_in_executor(None, writer.write)
             err = None if ok else writer.error
             if err != said:

@@ -9,8 +9,7 @@ Three threads use it, each through its own methods:
   read ``delay`` samples behind the ring's head, :meth:`voxbox.audio.ring.SampleRing.read_delayed`)
   and :meth:`EchoPath.observe` (the pair queued for the echo worker);
 - echo worker thread (:meth:`EchoPath.start`): the echo-delay tracker (GCC-PHAT over 2 s
-  windows once a second; until its first estimate 1 s windows every 0.5 s,
-  ``FIRST_WINDOW_S``; :class:`voxbox.dsp.align.EchoDelayTracker`), whose estimates the
+  windows once a second, :class:`voxbox.dsp.align.EchoDelayTracker`), whose estimates the
   :class:`voxbox.dsp.align.ReferenceAligner` turns into moves of the delay line and
   retunes of the drift compensator.
 
@@ -19,8 +18,6 @@ reported through ``on_path_changed`` (any thread): the canceller reconverges, an
 near-end detector must not take its residual for a talker. The measured delay, drift and
 ERL are persisted (:mod:`voxbox.dsp.echostate`, ``$STATE_DIRECTORY/echo.json``) at most
 once a minute and at stop, and restored at start so the first reply after boot has them.
-Without them (first boot, state lost) the line is ALSA's guess shortened by
-``frontend.cold_lead_margin_ms`` until the tracker's first estimate (:meth:`EchoPath.init_line`).
 The audio threads read the two results (the line, an int; the drift, a float) without a lock.
 """
 
@@ -41,7 +38,7 @@ from voxbox.audio.ring import FrameQueue, SampleRing
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EchoPath", "MIN_REF_DELAY_PERIODS", "REF_MOVE_QUIET_PERIODS", "FIRST_WINDOW_S"]
+__all__ = ["EchoPath", "MIN_REF_DELAY_PERIODS", "REF_MOVE_QUIET_PERIODS"]
 
 MIN_REF_DELAY_PERIODS = 3
 """Shortest far-end reference delay line, in capture periods: the two audio threads wake
@@ -50,10 +47,6 @@ at different times, and a shorter backlog starves the reference."""
 REF_MOVE_QUIET_PERIODS = 30
 """A move of the reference delay line that is not urgent (the reference still leads its
 echo) waits until the reference has been silent this many capture periods (300 ms)."""
-
-FIRST_WINDOW_S = 1.0
-"""The tracker's analysis window until its first estimate, s (then 2 s): 0.5 s of far end
-measure the echo path during a short first reply."""
 
 SAVE_EVERY_S = 60.0
 """The echo state is written at most this often (s), and at stop."""
@@ -112,7 +105,7 @@ class EchoPath:
         if cfg.frontend.echo_cancel and cfg.frontend.track_echo_delay:
             from voxbox.dsp.align import DriftCompensator, EchoDelayTracker, ReferenceAligner
 
-            self.tracker = EchoDelayTracker(a.capture_rate, first_window_s=FIRST_WINDOW_S)
+            self.tracker = EchoDelayTracker(a.capture_rate)
             # 1 s of (reference, microphone) periods for the echo worker thread
             self._queue = FrameQueue(a.capture_rate // cap_period, cap_period)
             self.aligner = ReferenceAligner(a.capture_rate, lead_ms=cfg.frontend.reference_lead_ms)
@@ -158,13 +151,7 @@ class EchoPath:
         the playback ring's fill ``playback_delay`` (samples at ``playback_rate``: written,
         not yet played) plus one capture period (a frame is read a period after its first
         sample), plus ``frontend.reference_delay_ms`` for buffering ALSA cannot see (USB,
-        Bluetooth, a rig's pipes). The echo-delay tracker then refines it.
-
-        That guess can be tens of ms off (a USB or Bluetooth path, a pipe), and an echo that
-        arrives before its reference is not cancelled at all: with no echo state, the line
-        starts ``frontend.cold_lead_margin_ms`` shorter (not below its floor), a reference
-        leading its echo by that much more, which the canceller's filter covers, until the
-        tracker's first estimates set it to ``reference_lead_ms`` (the aligner, as usual)."""
+        Bluetooth, a rig's pipes). The echo-delay tracker then refines it."""
         a = self.cfg.audio
         st = self.state
         if st is not None:
@@ -178,16 +165,11 @@ class EchoPath:
             return
         play16 = playback_delay * a.capture_rate // playback_rate
         extra = a.capture_rate * self.cfg.frontend.reference_delay_ms // 1000
-        # a line that is never tracked keeps ALSA's guess: it would keep the margin for ever
-        margin_ms = self.cfg.frontend.cold_lead_margin_ms if self.tracker is not None else 0
-        margin = a.capture_rate * margin_ms // 1000
-        line = max(self.floor, play16 + self.cap_period + extra - margin)
+        line = max(self.floor, play16 + self.cap_period + extra)
         self.delay = line
         log.info("reference delay line %.1f ms = ALSA playback delay %.1f ms + capture period %.1f ms "
-                 "+ reference_delay_ms %d%s", line * 1000 / a.capture_rate, play16 * 1000 / a.capture_rate,
+                 "+ reference_delay_ms %d", line * 1000 / a.capture_rate, play16 * 1000 / a.capture_rate,
                  self.cap_period * 1000 / a.capture_rate, self.cfg.frontend.reference_delay_ms,
-                 f" - cold_lead_margin_ms {margin_ms} until measured (floor {self.floor * 1000 / a.capture_rate:.1f}"
-                 " ms)" if margin_ms else "",
                  extra={"VOXBOX_EVENT": "echo_delay", "VOXBOX_REFERENCE_DELAY_MS": round(line * 1000 / a.capture_rate, 2)})
 
     def turn_fields(self) -> dict:
@@ -337,9 +319,6 @@ class EchoPath:
         self._loop.create_task(self._save(delay_ms - (new - old) * 1000 / rate, erl_db))
 
     def _log_measured(self, delay_ms: float, erl_db: float, confidence: float, line: int) -> None:
-        # the gauges from the first estimate on, whether or not the line moves
-        self.metrics.set_echo_delay_ms(delay_ms)
-        self.metrics.set_erl_db(erl_db)
         rate = self.cfg.audio.capture_rate
         log.info("echo path measured: the echo lags the reference by %.1f ms on the %.1f ms line "
                  "(confidence %.0f, echo return loss %.1f dB)", delay_ms, line * 1000 / rate,
