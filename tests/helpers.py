@@ -23,6 +23,18 @@ def run(coro, timeout: float = 30):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
+class Loop:
+    """An event loop stand-in for code that reports from its threads: ``call_soon_threadsafe``
+    calls at once (in the caller's thread, in order); ``create_task`` closes the coroutine
+    unrun (the echo path's saves are not run here)."""
+
+    def call_soon_threadsafe(self, fn, *args):
+        fn(*args)
+
+    def create_task(self, coro):
+        coro.close()
+
+
 class FakeClock:
     """A clock (``clock()`` -> seconds) that stands still until a test moves ``t``."""
 

@@ -10,21 +10,12 @@ import json
 import numpy as np
 import pytest
 
+from helpers import Loop
 from voxbox.config import parse_config
 from voxbox.conversation.machine import State
 from voxbox.host.credentials import Secret
 from voxbox.realtime.session import RealtimeSession
 from voxbox.service.daemon import Daemon
-
-
-class Loop:
-    """``call_soon_threadsafe`` that calls at once: the capture thread's reports run in order."""
-
-    def call_soon_threadsafe(self, fn, *args):
-        fn(*args)
-
-    def create_task(self, coro):
-        coro.close()
 
 
 def daemon(tmp_path, monkeypatch, **conversation) -> Daemon:

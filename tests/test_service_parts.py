@@ -13,21 +13,12 @@ import math
 import numpy as np
 import pytest
 
+from helpers import Loop
 from voxbox.audio.jitter import JitterBuffer
 from voxbox.config import parse_config
 from voxbox.realtime.dialects import PCM_RATE
 from voxbox.service.audiopath import UPLINK_BLOCK_MS, AudioCallbacks, AudioPath
 from voxbox.service.echopath import MIN_REF_DELAY_PERIODS, EchoPath
-
-
-class Loop:
-    """``call_soon_threadsafe`` that calls at once (the callbacks run in the test's thread)."""
-
-    def call_soon_threadsafe(self, fn, *args):
-        fn(*args)
-
-    def create_task(self, coro):  # the echo path's saves: not run here
-        coro.close()
 
 
 class Recorder:
