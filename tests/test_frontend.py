@@ -315,3 +315,25 @@ def test_wake_tap_latency_matches_main_output(tap: str) -> None:
 def test_wake_tap_rejects_unknown_mode() -> None:
     with pytest.raises(ValueError, match="wake_tap"):
         CaptureFrontEnd(wake_tap="res")
+
+
+def test_the_observer_hears_the_detection_track_not_the_uplink() -> None:
+    """The near-end (barge-in) detector gets the residual echo suppressor's detection
+    track: frame for frame what a front end whose one track has that tuning
+    (``res_detect``) puts out, statistic included, while the uplink differs in double
+    talk (the main track keeps more of the near end)."""
+    mic, ref, _ = echo_scene(8, seed=71, near_from_s=4.0)
+    seen: dict[str, list] = {"two": [], "one": []}
+
+    def recorder(key: str):
+        return lambda frame, ratio_db, far: seen[key].append((frame.copy(), ratio_db, far))
+
+    two = CaptureFrontEnd()
+    one = CaptureFrontEnd(dataclasses.replace(FrontEndSettings(), res=FrontEndSettings().res_detect))
+    two.observer, one.observer = recorder("two"), recorder("one")
+    with two, one:
+        up_two, up_one = stream(two, mic, ref), stream(one, mic, ref)
+    assert len(seen["two"]) == len(seen["one"]) > 0
+    for (fa, ra, xa), (fb, rb, xb) in zip(seen["two"], seen["one"]):
+        assert np.array_equal(fa, fb) and xa == xb and (ra == rb or not (np.isfinite(ra) or np.isfinite(rb)))
+    assert not np.array_equal(up_two, up_one)

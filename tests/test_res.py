@@ -4,12 +4,13 @@ transparency, latency, determinism, settings validation."""
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from synth import power, room_ir, speechlike  # tests/ is on sys.path
-from voxbox.dsp.res import ResidualEchoSuppressor, ResSettings
+from voxbox.dsp.res import DETECTION, ResidualEchoSuppressor, ResSettings
 
 SR = 16000  # Hz
 H = 256  # hop, samples
@@ -90,7 +91,8 @@ def test_latency_is_one_hop() -> None:
      ("tail_decay_db", -1.0), ("release_ms", -5.0), ("bands", 0), ("bands", 2.5),
      ("coh_bias", 1.0), ("coh_lags", 0), ("coh_dt", 2.0), ("dt_hi_db", -10.0), ("floor_db", float("nan")),
      ("overdrive", True), ("leak_gate", 1.0), ("leak_gate", -0.1), ("tail_decay_dt_db", 0.0),
-     ("dt_coh", -0.1), ("dt_coh", 1.5), ("coh_align", 1)],
+     ("dt_coh", -0.1), ("dt_coh", 1.5), ("coh_align", 1), ("leak_floor_ms", -1.0), ("leak_floor_db", -0.5),
+     ("dt_hold_ms", -10.0), ("dt_hold_ms", float("inf"))],
 )
 def test_settings_validation_names_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
@@ -136,3 +138,128 @@ def test_double_talk_keeps_near_end_with_dt_coh() -> None:
     s = slice(6 * SR, len(out) - H)
     g = float(np.dot(out[s], near[s]) / np.dot(near[s], near[s]))
     assert 20 * np.log10(g) > -1.0
+
+
+def _long_double_talk(settings: ResSettings) -> tuple[float, float, float]:
+    """4 s of far-end single talk (canceller residual 26 dB under the echo), then 8 s of
+    double talk: a near end 20 dB above that residual, in 300 ms bursts with 200 ms
+    pauses, whose syllables follow the far end's (its envelope over 50 ms, with
+    independent fine structure: no coherence with the reference), the case that drove
+    the leakage regression up in the room family. Returns the band-mean leakage (dB)
+    at the end of the single talk, its median over the last 6 s of the double talk,
+    and the coherent near-end gain (dB) over the last 4 s."""
+    n = SR * 12
+    ref = speechlike(n, 11) * 12000
+    echo = np.convolve(ref, room_ir(12))[:n]
+    e_echo = 0.05 * np.convolve(ref, room_ir(13, tail_ms=20.0))[:n]
+    k = int(0.05 * SR)
+    env = np.sqrt(np.convolve(ref**2, np.ones(k) / k, mode="same"))
+    gate = ((np.arange(n) // int(0.1 * SR)) % 5 < 3).astype(float)
+    near = env * np.random.default_rng(15).standard_normal(n) * gate
+    near[: 4 * SR] = 0
+    near *= np.sqrt(power(e_echo) / power(near[4 * SR :]) * 100)
+    res = ResidualEchoSuppressor(H, SR, settings)
+    z, mic = e_echo + near, echo + near
+    leak = []
+    out = np.zeros(n)
+    for i in range(0, n, H):
+        out[i : i + H] = res.process_frame(z[i - H : i] if i else np.zeros(H), z[i : i + H], mic[i : i + H],
+                                           ref[i : i + H])
+        leak.append(10 * np.log10(float(np.mean(res._leak)) + 1e-12))
+    before = leak[4 * SR // H - 1]
+    during = float(np.median(leak[6 * SR // H :]))
+    out = out[2 * H :]
+    s = slice(8 * SR, n - 3 * H)
+    g = float(np.dot(out[s], near[s]) / np.dot(near[s], near[s]))
+    return before, during, 20 * np.log10(g)
+
+
+def test_a_long_double_talk_does_not_raise_the_leakage_and_the_near_end_keeps_its_level() -> None:
+    """The leakage floor: over 8 s of double talk the regression alone climbs and the
+    detector then takes the user for echo (measured: the near end loses ~4 dB); with the
+    floor the leakage stays within ``leak_floor_db`` of its echo-only value and the near
+    end keeps its level."""
+    off = _long_double_talk(ResSettings(leak_floor_ms=0.0, dt_hold_ms=0.0))
+    on = _long_double_talk(ResSettings())
+    print(f"leakage before -> during 8 s of double talk: without the floor {off[0]:.1f} -> {off[1]:.1f} dB, "
+          f"near end {off[2]:+.2f} dB; with it {on[0]:.1f} -> {on[1]:.1f} dB, near end {on[2]:+.2f} dB")
+    assert off[1] - off[0] > 10.0  # the failure the floor exists for
+    assert on[1] - on[0] <= ResSettings().leak_floor_db
+    assert on[2] > -1.5 and on[2] > off[2] + 2.0
+
+
+def test_the_double_talk_hold_outlasts_the_detector_and_decays() -> None:
+    """After the near end stops, the double-talk measure (``last_dt``) holds and decays
+    with ``dt_hold_ms``; without the hold it drops with the detector."""
+
+    def after_burst(settings: ResSettings) -> list[float]:
+        n = SR * 8
+        ref = speechlike(n, 21) * 12000
+        mic = np.convolve(ref, room_ir(22))[:n]
+        e = 0.03 * np.convolve(ref, room_ir(23, tail_ms=20.0))[:n]
+        near = np.zeros(n)
+        near[4 * SR : 5 * SR] = speechlike(SR, 24) * 6000
+        res = ResidualEchoSuppressor(H, SR, settings)
+        z = e + near
+        dts = []
+        for i in range(0, n, H):
+            res.process_frame(z[i - H : i] if i else np.zeros(H), z[i : i + H], mic[i : i + H] + near[i : i + H],
+                              ref[i : i + H])
+            dts.append(res.last_dt)
+        end = 5 * SR // H + 2  # the first hop whose window holds no near end
+        return [dts[end + k] for k in (0, 3, 30)]
+
+    held, plain = after_burst(ResSettings()), after_burst(ResSettings(dt_hold_ms=0.0))
+    print(f"double-talk measure 0 / 48 / 480 ms after the near end stops: held {held}, plain {plain}")
+    hop_ms = 1000 * H / SR
+    assert held[1] >= max(plain[1], 0.9 * np.exp(-3 * hop_ms / ResSettings().dt_hold_ms))
+    assert held[2] < 0.2
+
+
+def test_the_detection_track_is_the_suppressor_without_the_floor_and_the_hold() -> None:
+    """The near-end (barge-in) detector listens to ``detect_out`` and ``last_ratio_db``:
+    they come from a track with its own leakage regression, detector and gain, so they are
+    exactly those of a lone suppressor with :data:`voxbox.dsp.res.DETECTION` (the tuning
+    the closed loop validated), sample for sample, whatever the main track does; the main
+    output keeps more of the near end in a long double talk. With one tuning for both,
+    ``detect_out`` is the main output."""
+    n = SR * 12
+    ref = speechlike(n, 11) * 12000
+    echo = np.convolve(ref, room_ir(12))[:n]
+    e_echo = 0.05 * np.convolve(ref, room_ir(13, tail_ms=20.0))[:n]
+    k = int(0.05 * SR)
+    env = np.sqrt(np.convolve(ref**2, np.ones(k) / k, mode="same"))
+    gate = ((np.arange(n) // int(0.1 * SR)) % 5 < 3).astype(float)
+    near = env * np.random.default_rng(15).standard_normal(n) * gate
+    near[: 4 * SR] = 0
+    near *= np.sqrt(power(e_echo) / power(near[4 * SR :]) * 100)
+    ref[10 * SR : 11 * SR] = 0  # and a far-end pause
+    z, mic = e_echo + near, echo + near
+    two = ResidualEchoSuppressor(H, SR)
+    lone = ResidualEchoSuppressor(H, SR, DETECTION)
+    assert two.dual and not lone.dual and lone.detect_out is lone._main.out
+    out, det, ref_out = np.zeros(n), np.zeros(n), np.zeros(n)
+    ratios_equal = True
+    for i in range(0, n, H):
+        args = (z[i - H : i] if i else np.zeros(H), z[i : i + H], mic[i : i + H], ref[i : i + H])
+        out[i : i + H] = two.process_frame(*args)
+        det[i : i + H] = two.detect_out
+        ref_out[i : i + H] = lone.process_frame(*args)
+        ratios_equal &= two.last_ratio_db == lone.last_ratio_db or not np.isfinite(lone.last_ratio_db)
+    assert np.array_equal(det, ref_out) and ratios_equal
+    s = slice(8 * SR, n - 3 * H)
+    g = lambda y: 20 * np.log10(float(np.dot(y[2 * H :][s], near[s]) / np.dot(near[s], near[s])))
+    print(f"near-end gain over the long double talk: main {g(out):+.2f} dB, detection track {g(det):+.2f} dB")
+    assert g(out) > g(det) + 2.0
+
+
+def test_the_detection_track_shares_the_analysis_settings() -> None:
+    """The two tracks share one analysis (STFT, bands, coherence): a detection tuning that
+    differs there takes the main track's values, and one equal to the main tuning makes one
+    track."""
+    main = ResSettings(bands=16, coh_align=False)
+    res = ResidualEchoSuppressor(H, SR, main, DETECTION)
+    assert res.dual and res.detection.bands == 16 and res.detection.coh_align is False
+    assert res.detection.leak_floor_ms == 0.0
+    assert not ResidualEchoSuppressor(H, SR, main, replace(main, bands=24)).dual
+    assert not ResidualEchoSuppressor(H, SR, main, None).dual

@@ -18,7 +18,8 @@ preprocessor -> voxbox residual echo suppressor), fresh for every file, fed 10 m
 blocks; its fixed ``latency_samples`` is removed before scoring. ``defaults`` is the
 product; ``no ls model`` the same without the loudspeaker model; ``no res`` without the
 residual echo suppressor and ``no speex es`` without Speex's echo suppression (what each
-costs the near end in double talk); ``before`` the defaults
+costs the near end in double talk); ``no floor/hold`` the RES's main track without its
+leakage floor and double-talk hold (what the detection track is); ``before`` the defaults
 before the loudspeaker model and the RES retune; the ``fs`` rows the delay trade.
 
 Metrics per room (10 ms frames; "echo active" = echo frame power within 30 dB of the
@@ -104,6 +105,8 @@ SYSTEMS: list[tuple[str, FrontEndSettings]] = [
     # what each suppressor costs the near end in double talk (and gives in ERLE)
     ("no res", replace(FrontEndSettings(), residual_echo=False)),
     ("no speex es", replace(FrontEndSettings(), echo_suppress_db=0, echo_suppress_active_db=0)),
+    # the RES without its leakage floor and double-talk hold (the defaults before them)
+    ("no floor/hold", replace(FrontEndSettings(), res=replace(ResSettings(), leak_floor_ms=0.0, dt_hold_ms=0.0))),
     ("before", BEFORE),
     ("defaults fs160", at_frame_size(FrontEndSettings(), 160)),
     ("defaults fs128", at_frame_size(FrontEndSettings(), 128)),
@@ -372,6 +375,9 @@ SEARCH: list[tuple[str, list]] = [
     ("res.release_ms", [lambda s, v=v: _res(s, release_ms=v) for v in (0.0, 20.0, 50.0)]),
     ("res.dt_coh", [lambda s, v=v: _res(s, dt_coh=v) for v in (0.0, 0.5, 1.0)]),
     ("highpass_hz", [lambda s, v=v: replace(s, highpass_hz=v) for v in (0, 80, 150)]),
+    ("res.leak_floor_ms", [lambda s, v=v: _res(s, leak_floor_ms=v) for v in (0.0, 1000.0, 2000.0, 3000.0, 5000.0)]),
+    ("res.leak_floor_db", [lambda s, v=v: _res(s, leak_floor_db=v) for v in (3.0, 6.0, 10.0)]),
+    ("res.dt_hold_ms", [lambda s, v=v: _res(s, dt_hold_ms=v) for v in (0.0, 100.0, 250.0, 500.0, 1000.0)]),
 ]
 
 

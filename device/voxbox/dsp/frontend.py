@@ -41,7 +41,9 @@ no tap, ``wake_tap`` stays ``None``.
 
 Frame observer (optional, ``front_end.observer = callable``): called once per Speex frame,
 inside :meth:`CaptureFrontEnd.process`, with ``(frame, ratio_db, far)``: the cleaned frame
-(int16 ``(frame_size,)``, a buffer reused on the next frame: copy what you keep), the
+(int16 ``(frame_size,)``, a buffer reused on the next frame: copy what you keep; with
+the residual echo suppressor's two tracks, its detection stream
+:attr:`voxbox.dsp.res.ResidualEchoSuppressor.detect_out`, not the uplink), the
 residual echo suppressor's double-talk statistic of that frame (residual power over the
 estimated residual echo, dB, 300-4000 Hz; ``nan`` with ``residual_echo`` off) and whether
 the frame's reference held far-end signal. The barge-in detector
@@ -59,7 +61,7 @@ import numpy as np
 import numpy.typing as npt
 
 from voxbox.dsp.loudspeaker import LoudspeakerModel, LoudspeakerSettings
-from voxbox.dsp.res import ResidualEchoSuppressor, ResSettings
+from voxbox.dsp.res import DETECTION, ResidualEchoSuppressor, ResSettings
 from voxbox.dsp.speexdsp import EchoCanceller, NativeState, Preprocessor
 
 if TYPE_CHECKING:
@@ -87,7 +89,12 @@ class FrontEndSettings:
         residual_echo: run voxbox's residual echo suppressor after the preprocessor
             (+ about 6 dB ERLE in single talk and after an echo-path change; costs
             one frame of latency).
-        res: its tuning (:class:`voxbox.dsp.res.ResSettings`).
+        res: its tuning (:class:`voxbox.dsp.res.ResSettings`): the main track, whose
+            output is the uplink.
+        res_detect: the tuning of its detection track, the stream the near-end
+            (barge-in) detector listens to (default :data:`voxbox.dsp.res.DETECTION`:
+            without the leakage floor and the double-talk hold, as validated in the
+            closed loop; equal to ``res``: one track).
         highpass_hz: microphone high-pass corner in Hz before the echo canceller
             (2nd-order Butterworth), 0 = off (default: the canceller's DC notch and the
             preprocessor already handle rumble when the canceller is on; measured
@@ -111,6 +118,7 @@ class FrontEndSettings:
     sample_rate: int = 16000
     residual_echo: bool = True
     res: ResSettings = ResSettings()
+    res_detect: ResSettings = DETECTION
     highpass_hz: int = 0
     loudspeaker: LoudspeakerSettings = LoudspeakerSettings()
 
@@ -127,8 +135,9 @@ class FrontEndSettings:
             v = getattr(self, name)
             if not isinstance(v, bool):
                 raise ValueError(f"FrontEndSettings.{name} must be a bool, got {v!r}")
-        if not isinstance(self.res, ResSettings):
-            raise ValueError(f"FrontEndSettings.res must be a ResSettings, got {self.res!r}")
+        for name in ("res", "res_detect"):
+            if not isinstance(getattr(self, name), ResSettings):
+                raise ValueError(f"FrontEndSettings.{name} must be a ResSettings, got {getattr(self, name)!r}")
         if not isinstance(self.loudspeaker, LoudspeakerSettings):
             raise ValueError(f"FrontEndSettings.loudspeaker must be a LoudspeakerSettings, got {self.loudspeaker!r}")
         v = self.highpass_hz
@@ -184,13 +193,14 @@ class CaptureFrontEnd(NativeState):
         self._ring = np.zeros((2 if wake_tap is not None else 1, 2 * f), dtype=np.int16)
         self._push = np.zeros((self._ring.shape[0], f), dtype=np.int16)  # the frame(s) entering
         s = self.settings
-        self._res = ResidualEchoSuppressor(f, s.sample_rate, s.res) if s.residual_echo else None
+        self._res = ResidualEchoSuppressor(f, s.sample_rate, s.res, s.res_detect) if s.residual_echo else None
         # the reference as the loudspeaker plays it (its identified nonlinearity), for the
         # canceller and the RES; None = the raw reference
         self.loudspeaker: LoudspeakerModel | None = None
         self._shaped = np.zeros(f, dtype=np.int16)
         self._shaped_addr = self._shaped.ctypes.data
         self._e = np.zeros(f)  # echo canceller output (float copy for the RES)
+        self._det = np.zeros(f, dtype=np.int16)  # the RES's detection stream, for the observer
         if s.highpass_hz > 0:
             from scipy.signal import butter
 
@@ -367,7 +377,14 @@ class CaptureFrontEnd(NativeState):
                     #: the frame's microphone power (mean square, int16 units), for the observer
                     self.frame_mic_power = float(np.dot(mbuf, mbuf.astype(np.float64))) / f
                     if res is not None:
-                        obs(frame, res.last_ratio_db, res.last_far)
+                        if res.dual:
+                            det = self._det
+                            d = np.rint(res.detect_out)
+                            np.clip(d, -32768, 32767, out=d)
+                            det[:] = d
+                            obs(det, res.last_ratio_db, res.last_far)
+                        else:
+                            obs(frame, res.last_ratio_db, res.last_far)
                     else:
                         obs(frame, float("nan"), bool(rbuf.any()))
                 push[0] = frame

@@ -25,6 +25,15 @@ Method (STFT, sqrt-Hann window of ``2 * frame_size`` samples, hop ``frame_size``
    starts low or lags an echo-path change cannot lock the detector in "double talk"). It catches
    what the linear filter cannot: misadjustment, loudspeaker distortion, the tail beyond
    the filter, and the misfit right after an echo-path change.
+   The leakage is held under a floor (``leak_floor_ms``, ``leak_floor_db``): the minimum,
+   over the last ``leak_floor_ms``, of the band ratio ``|E|^2 / |Y_hat|^2`` (every
+   pause of the near end shows the echo-only ratio), plus ``leak_floor_db``. Without it
+   a long double talk drove the regression up (the user's syllables fluctuate with the
+   far end's by chance: measured -16 -> -4 dB in a car), the detector then called the
+   user echo (``od`` back at ``overdrive_st``) and the near end lost 4 dB. A residual
+   coherent with the reference (an echo-path change: the share ``q`` below) lifts the
+   floor in proportion, and a fully coherent one empties it, so a real rise of the
+   leakage is followed at once.
    Plus a fast term for moments the leakage lags (canceller bursts, echo-path change):
    ``R = max(R, coh * |E|^2)`` with ``coh`` the short-term (40 ms, 5-bin) coherence of
    ``E`` with the reference ``X`` at lags 0..2 hops, bias-corrected; the reference never
@@ -39,6 +48,9 @@ Method (STFT, sqrt-Hann window of ``2 * frame_size`` samples, hop ``frame_size``
    coherence takes each lag's phase step per bin out before smoothing across bins
    (``coh_align``), so it does not depend on the echo's delay inside the window. The overdrive
    moves from ``overdrive_st`` (single talk) to ``overdrive`` (double talk) with it.
+   A double talk the detector saw is held for ``dt_hold_ms`` (decaying), so the soft
+   ends of the user's words, below the detector's threshold, keep the mild overdrive;
+   the hold is scaled down like the detector by a coherent residual.
    Gain ``G = max(floor, 1 - overdrive * R / |E|^2)``, smoothed across frequency (3
    bins; against musical noise) and optionally over time; it is 1 wherever the near
    end dominates the residual, and exactly 1 without a far end.
@@ -52,7 +64,7 @@ Latency: exactly ``frame_size`` samples (``latency_samples``) on top of ``z``'s.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -71,7 +83,12 @@ COH_FRAC_LO, COH_FRAC_HI = 0.15, 0.4
 class ResSettings:
     """Residual echo suppressor tuning. The defaults were chosen on the tuning half of the
     randomized room family (``tests/benchmarks/roomfamily.py``, seeds 0-11, with the
-    loudspeaker model on), by the coordinate search of ``test_frontend_family_bench``.
+    loudspeaker model on), by the coordinate search of ``test_frontend_family_bench``;
+    ``leak_floor_ms``, ``leak_floor_db`` and ``dt_hold_ms`` were chosen after it on the
+    same half from a grid (floor window 1-5 s, margin 3-10 dB, hold 100-1000 ms), on the
+    search's objective (-3.41 -> -2.26): double-talk STOI median / worst decile 0.897 /
+    0.881 -> 0.908 / 0.896, near-end attenuation -1.9 / -2.6 -> -1.4 / -1.9 dB, for
+    0.6 / 0.8 dB of single-talk ERLE and 0.6 / 1.1 dB of ERLE after an echo-path change.
 
     Attributes:
         floor_db: lowest gain, dB (<= 0).
@@ -106,6 +123,11 @@ class ResSettings:
         coh_align: take each lag's phase step per bin (the echo's delay inside the
             analysis window) out of the cross-spectrum before smoothing it across bins,
             so the coherence does not depend on where in the window the echo falls.
+        leak_floor_ms: window of the leakage floor, ms (>= 0; 0 = no floor): the
+            leakage may not exceed the lowest band residual-to-echo-estimate ratio
+            seen in this window by more than ``leak_floor_db``.
+        leak_floor_db: margin of the leakage over its floor, dB (>= 0).
+        dt_hold_ms: decay time of the double-talk hold, ms (>= 0; 0 = no hold).
     """
 
     floor_db: float = -15.0
@@ -127,6 +149,9 @@ class ResSettings:
     tail_decay_dt_db: float = 3.0
     dt_coh: float = 1.0
     coh_align: bool = True
+    leak_floor_ms: float = 3000.0
+    leak_floor_db: float = 6.0
+    dt_hold_ms: float = 250.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -146,6 +171,9 @@ class ResSettings:
             "leak_gate": lambda v: 0 <= v < 1,
             "tail_decay_dt_db": lambda v: v > 0,
             "dt_coh": lambda v: 0 <= v <= 1,
+            "leak_floor_ms": lambda v: v >= 0,
+            "leak_floor_db": lambda v: v >= 0,
+            "dt_hold_ms": lambda v: v >= 0,
         }
         for f in fields(self):
             v = getattr(self, f.name)
@@ -161,17 +189,162 @@ class ResSettings:
                 raise ValueError(f"ResSettings.{f.name} out of range, got {v!r}")
 
 
+#: the detection track's default tuning: the suppressor as validated in the closed loop
+#: before the leakage floor and the double-talk hold (the near-end detector and the
+#: barge-in statistic listen to it)
+DETECTION = ResSettings(leak_floor_ms=0.0, dt_hold_ms=0.0)
+
+#: settings of the shared analysis (spectra, bands, coherence): a detection track must
+#: agree with the main one on these
+SHARED_FIELDS = ("bands", "spread", "coh_tau_ms", "coh_bias", "coh_lags", "coh_align")
+
+
+class _Track:
+    """One leakage regression, double-talk detector and gain with its own state: the
+    suppressor's main (uplink) track or its detection track. Fed the shared analysis of
+    each hop by :meth:`ResidualEchoSuppressor.process_frame`."""
+
+    def __init__(self, owner: "ResidualEchoSuppressor", s: ResSettings) -> None:
+        self.s = s
+        self.owner = owner
+        hop_s = owner.frame_size / owner.sample_rate
+        self.a_leak = float(np.exp(-hop_s / (s.leak_tau_ms / 1000)))
+        self.a_rel = float(np.exp(-hop_s / (s.release_ms / 1000))) if s.release_ms > 0 else 0.0
+        self.decay = float(10 ** (-s.tail_decay_db / 10))
+        self.floor = float(10 ** (s.floor_db / 20))
+        self.a_hold = float(np.exp(-hop_s / (s.dt_hold_ms / 1000))) if s.dt_hold_ms > 0 else 0.0
+        self.floor_margin = float(10 ** (s.leak_floor_db / 10))
+        #: hops in the leakage floor's window (0 = no floor)
+        self.floor_hops = int(round(s.leak_floor_ms / 1000 / hop_s)) if s.leak_floor_ms > 0 else 0
+        self.reset()
+
+    def reset(self) -> None:
+        o = self.owner
+        h, k, nb = o.frame_size, o._k, o._nb
+        self.ola = np.zeros(h)
+        self.gain_prev = np.ones(k)  # gain for the z window of the next hop
+        self.gain_smooth = np.ones(k)
+        self.r_prev = np.zeros(k)
+        self.me = np.zeros(nb)
+        self.my = np.zeros(nb)
+        self.cov = np.zeros(nb)
+        self.var = np.zeros(nb)
+        self.leak = np.zeros(nb)
+        self.out = np.zeros(h)
+        self.hold = 0.0  # the double-talk hold (0..1)
+        # the leakage floor's window: the band ratio |E|^2 / |Y_hat|^2 per hop (inf
+        # without a far end), a ring of floor_hops rows
+        self.ratios = np.full((max(self.floor_hops, 1), nb), np.inf)
+        self.ratio_i = 0
+        self.dt = 0.0
+        self.ratio_db = float("-inf")
+
+    def step(self, pe, py_eff, be, by, coh, coh_frac: float, far: bool, Z) -> FloatArray:
+        """One hop of this track: updates its state, returns its output hop (a
+        preallocated ``(frame_size,)`` float64 buffer)."""
+        s, o = self.s, self.owner
+        band = o._band
+        if s.coh_weight <= 0:
+            coh = None
+        # -- double-talk detector (leakage of the previous hop) ---------------------------
+        # near-end presence: residual power over the estimated residual echo (dB),
+        # speech band; single talk -> strong overdrive, double talk -> mild; the estimate
+        # includes its tail (decaying at ``tail_decay_db`` per hop)
+        k0, k1 = o._k_lo, o._k_hi
+        r = self.decay * self.r_prev[k0:k1]
+        if far:
+            r = np.maximum(self.leak[band[k0:k1]] * py_eff[k0:k1], r)
+        ratio = 10 * np.log10((pe[k0:k1].sum() + 1e-3) / (r.sum() + 1e-3))
+        c = min(max((ratio - s.dt_lo_db) / (s.dt_hi_db - s.dt_lo_db), 0.0), 1.0)
+        q = 0.0  # share of the residual that is coherent with the reference, 0..1
+        if coh is not None and s.dt_coh > 0:
+            # a residual that jumped but is mostly linear in the far end is misadjustment
+            # (an echo-path change, a cold start), not the user: the user is not coherent
+            # with the reference
+            q = min(max((coh_frac - COH_FRAC_LO) / (COH_FRAC_HI - COH_FRAC_LO), 0.0), 1.0)
+            c *= 1.0 - s.dt_coh * q
+
+        # -- leakage regression per band, slowed down in double talk ----------------------
+        a = 1.0 - (1.0 - self.a_leak) * (1.0 - s.leak_gate * c)
+        self.me = me = a * self.me + (1 - a) * be
+        self.my = my = a * self.my + (1 - a) * by
+        de, dy = be - me, by - my
+        self.cov = cov = a * self.cov + (1 - a) * de * dy
+        self.var = var = a * self.var + (1 - a) * dy * dy
+        leak = np.maximum(cov, 0.0) / (var + 1e-3)
+        leak = np.minimum(leak, 1.0)
+        if self.floor_hops:
+            # the leakage floor (module doc): a coherent residual lifts it, a fully
+            # coherent one (an echo-path change) empties its window
+            ratios = self.ratios
+            if q >= 1.0:
+                ratios.fill(np.inf)
+            if far:
+                np.divide(be, by + 1e-3, out=ratios[self.ratio_i])
+            else:
+                ratios[self.ratio_i] = np.inf
+            self.ratio_i = (self.ratio_i + 1) % ratios.shape[0]
+            capped = np.minimum(leak, self.floor_margin * ratios.min(axis=0))
+            leak = q * leak + (1.0 - q) * capped
+        self.leak = leak
+
+        r = leak[band] * py_eff if far else np.zeros_like(py_eff)
+        decay = 10 ** (-(s.tail_decay_db + (s.tail_decay_dt_db - s.tail_decay_db) * c) / 10)
+        r = np.maximum(r, decay * self.r_prev, out=self.r_prev)  # state updated in place
+        if self.a_hold > 0:
+            # hold the double talk the detector saw; a coherent residual scales it down
+            self.hold = max(c, self.hold * self.a_hold)
+            c = max(c, self.hold * (1.0 - s.dt_coh * q))
+        od = s.overdrive_st + (s.overdrive - s.overdrive_st) * c
+        self.dt = c
+        self.ratio_db = float(ratio)
+        if coh is not None:
+            r = np.maximum(r, s.coh_weight * (1 - s.coh_dt * c) * coh * pe)
+        # -- gain -------------------------------------------------------------------------
+        g = 1.0 - od * r / (pe + 1e-3)
+        g = np.maximum(g, self.floor)
+        # frequency smoothing (3 bins)
+        g[1:-1] = 0.25 * g[:-2] + 0.5 * g[1:-1] + 0.25 * g[2:]
+        if self.a_rel > 0:
+            gs = self.gain_smooth
+            up = g > gs
+            g = np.where(up, self.a_rel * gs + (1 - self.a_rel) * g, g)
+        self.gain_smooth[:] = g
+
+        # -- apply the previous hop's gain to z, overlap-add ---------------------------------
+        h = o.frame_size
+        y = np.fft.irfft(Z * self.gain_prev, o._n) * o._win
+        self.gain_prev[:] = g
+        out = self.out
+        np.add(self.ola, y[:h], out=out)
+        self.ola[:] = y[h:]
+        return out
+
+
 class ResidualEchoSuppressor:
     """Double-talk aware residual echo suppression on whole frames (see module doc).
 
     Args:
         frame_size: hop in samples (the echo canceller's frame).
         sample_rate: Hz.
-        settings: tuning; defaults to ``ResSettings()``.
+        settings: tuning of the main output (the uplink); defaults to ``ResSettings()``.
+        detection: tuning of the detection track (:attr:`detect_out`,
+            :attr:`last_ratio_db`); defaults to :data:`DETECTION`. ``None`` or equal
+            to ``settings``: one track, ``detect_out`` is the main output. Its fields
+            of the shared analysis (:data:`SHARED_FIELDS`) are taken from ``settings``.
     """
 
-    def __init__(self, frame_size: int, sample_rate: int, settings: ResSettings | None = None) -> None:
+    def __init__(self, frame_size: int, sample_rate: int, settings: ResSettings | None = None,
+                 detection: ResSettings | None = DETECTION) -> None:
         self.settings = s = settings if settings is not None else ResSettings()
+        if detection is not None:
+            # one analysis serves both tracks: its settings are the main track's
+            detection = replace(detection, **{name: getattr(s, name) for name in SHARED_FIELDS})
+            if detection == s:
+                detection = None
+        self.detection = detection
+        #: two tracks: the detection stream (:attr:`detect_out`) is computed apart
+        self.dual = detection is not None
         self.frame_size = h = int(frame_size)
         self.sample_rate = int(sample_rate)
         self.latency_samples = h
@@ -180,11 +353,7 @@ class ResidualEchoSuppressor:
         self._n, self._k = n, k
         self._win = np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n))  # periodic sqrt-Hann
         hop_s = h / self.sample_rate
-        self._a_leak = float(np.exp(-hop_s / (s.leak_tau_ms / 1000)))
-        self._a_rel = float(np.exp(-hop_s / (s.release_ms / 1000))) if s.release_ms > 0 else 0.0
         self._a_coh = float(np.exp(-hop_s / (s.coh_tau_ms / 1000)))
-        self._decay = float(10 ** (-s.tail_decay_db / 10))
-        self._floor = float(10 ** (s.floor_db / 20))
         # band pooling matrices (triangular-ish, log spaced above 500 Hz)
         nb = min(s.bands, k)
         edges = np.unique(np.round(np.geomspace(1, k - 1, nb + 1)).astype(int))
@@ -208,22 +377,22 @@ class ResidualEchoSuppressor:
         self._step = np.empty(L, dtype=np.complex128)
         self._step_abs = np.empty(L)
         self._rot = np.empty((L, k), dtype=np.complex128)
+        self._main = _Track(self, s)
+        self._det = _Track(self, detection) if detection is not None else self._main
+        self._need_coh = s.coh_weight > 0 or (detection is not None and detection.coh_weight > 0)
         self.reset()
 
     def reset(self) -> None:
         """Forget all state (behaves like a fresh object)."""
-        n, k, nb = self._n, self._k, self._nb
+        n, k = self._n, self._k
         self._buf = np.zeros((4, n))  # rows: e, mic, ref, z (time-domain analysis windows)
-        self._ola = np.zeros(self.frame_size)
-        self._gain_prev = np.ones(k)  # gain for the z window of the next hop
-        self._gain_smooth = np.ones(k)
-        self._r_prev = np.zeros(k)
-        self._me = np.zeros(nb)
-        self._my = np.zeros(nb)
-        self._cov = np.zeros(nb)
-        self._var = np.zeros(nb)
-        self._leak = np.zeros(nb)
-        self._out = np.zeros(self.frame_size)
+        self._main.reset()
+        if self._det is not self._main:
+            self._det.reset()
+        #: the detection stream's latest hop (float64 ``(frame_size,)``, overwritten on the
+        #: next call): ``z`` suppressed by the detection track; the main output itself
+        #: when :attr:`dual` is false
+        self.detect_out = self._det.out
         L = self.settings.coh_lags
         self._xh = np.zeros((L, k), dtype=np.complex128)
         self._sex = np.zeros((L, k), dtype=np.complex128)
@@ -235,6 +404,11 @@ class ResidualEchoSuppressor:
         self.last_far = False
         self.last_coh_frac = 0.0
 
+    @property
+    def _leak(self) -> FloatArray:
+        """The main track's band leakage (linear power ratio), for tests and diagnostics."""
+        return self._main.leak
+
     @staticmethod
     def _fsmooth(x):
         """5-bin moving average across frequency (last axis; mirrored edges)."""
@@ -244,8 +418,9 @@ class ResidualEchoSuppressor:
     def process_frame(self, z: npt.ArrayLike, e: npt.ArrayLike, mic: npt.ArrayLike, ref: npt.ArrayLike) -> FloatArray:
         """One hop. ``e``, ``mic``, ``ref``: the newest ``frame_size`` samples; ``z``: the
         signal to clean, lagging ``e`` by ``frame_size``. Returns ``frame_size`` float64
-        samples of cleaned ``z``, delayed by a further ``frame_size`` (a preallocated
-        buffer, overwritten on the next call)."""
+        samples of cleaned ``z`` (the main track), delayed by a further ``frame_size`` (a
+        preallocated buffer, overwritten on the next call); the detection track's hop is
+        in :attr:`detect_out`."""
         h = self.frame_size
         buf = self._buf
         buf[:, :h] = buf[:, h:]
@@ -272,7 +447,7 @@ class ResidualEchoSuppressor:
         far = bool(np.any(buf[2]))
 
         coh = None
-        if s.coh_weight > 0:
+        if self._need_coh:
             # short-term coherence of E with the reference X at lags 0..L-1 hops (the
             # reference leads its echo): the part of E that is linear in the far end
             X = spec[2]
@@ -314,63 +489,19 @@ class ResidualEchoSuppressor:
             k0, k1 = self._k_lo, self._k_hi
             pb = pe[k0:k1]
             self.last_coh_frac = float(np.dot(pb, coh[k0:k1]) / (pb.sum() + 1e-3))
-        # -- double-talk detector (leakage of the previous hop) ---------------------------
-        # near-end presence: residual power over the estimated residual echo (dB),
-        # speech band; single talk -> strong overdrive, double talk -> mild; the estimate
-        # includes its tail (decaying at ``tail_decay_db`` per hop)
-        k0, k1 = self._k_lo, self._k_hi
-        r = self._decay * self._r_prev[k0:k1]
-        if far:
-            r = np.maximum(self._leak[self._band[k0:k1]] * py_eff[k0:k1], r)
-        ratio = 10 * np.log10((pe[k0:k1].sum() + 1e-3) / (r.sum() + 1e-3))
-        c = min(max((ratio - s.dt_lo_db) / (s.dt_hi_db - s.dt_lo_db), 0.0), 1.0)
-        if coh is not None and s.dt_coh > 0:
-            # a residual that jumped but is mostly linear in the far end is misadjustment
-            # (an echo-path change, a cold start), not the user: the user is not coherent
-            # with the reference
-            q = min(max((self.last_coh_frac - COH_FRAC_LO) / (COH_FRAC_HI - COH_FRAC_LO), 0.0), 1.0)
-            c *= 1.0 - s.dt_coh * q
-
-        # -- leakage regression per band, slowed down in double talk ----------------------
-        a = 1.0 - (1.0 - self._a_leak) * (1.0 - s.leak_gate * c)
-        self._me = me = a * self._me + (1 - a) * be
-        self._my = my = a * self._my + (1 - a) * by
-        de, dy = be - me, by - my
-        self._cov = cov = a * self._cov + (1 - a) * de * dy
-        self._var = var = a * self._var + (1 - a) * dy * dy
-        leak = np.maximum(cov, 0.0) / (var + 1e-3)
-        self._leak = leak = np.minimum(leak, 1.0)
-
-        r = leak[self._band] * py_eff if far else np.zeros_like(py)
-        decay = 10 ** (-(s.tail_decay_db + (s.tail_decay_dt_db - s.tail_decay_db) * c) / 10)
-        r = np.maximum(r, decay * self._r_prev)
-        self._r_prev = r
-        od = s.overdrive_st + (s.overdrive - s.overdrive_st) * c
-        self.last_dt = c
-        #: the double-talk statistic of this hop for the barge-in detector: residual power
-        #: over the estimated residual echo, dB, 300-4000 Hz (high: the near end talks),
-        #: with the echo estimate's tail decaying at ``tail_decay_db`` per hop
-        self.last_ratio_db = float(ratio)
+        coh_frac = self.last_coh_frac
+        out = self._main.step(pe, py_eff, be, by, coh, coh_frac, far, Z)
+        det = self._det
+        if det is not self._main:
+            det.step(pe, py_eff, be, by, coh, coh_frac, far, Z)
+        #: the main track's double-talk measure of this hop (0..1)
+        self.last_dt = self._main.dt
+        #: the double-talk statistic of this hop for the barge-in detector (the detection
+        #: track's): residual power over the estimated residual echo, dB, 300-4000 Hz
+        #: (high: the near end talks), with the echo estimate's tail decaying at
+        #: ``tail_decay_db`` per hop
+        self.last_ratio_db = det.ratio_db
         #: the hop's analysis window held far-end signal
         self.last_far = far
-        if coh is not None:
-            r = np.maximum(r, s.coh_weight * (1 - s.coh_dt * c) * coh * pe)
-        # -- gain -------------------------------------------------------------------------
-        g = 1.0 - od * r / (pe + 1e-3)
-        g = np.maximum(g, self._floor)
-        # frequency smoothing (3 bins)
-        g[1:-1] = 0.25 * g[:-2] + 0.5 * g[1:-1] + 0.25 * g[2:]
-        if self._a_rel > 0:
-            gs = self._gain_smooth
-            up = g > gs
-            g = np.where(up, self._a_rel * gs + (1 - self._a_rel) * g, g)
-        self._gain_smooth = g
-
-        # -- apply the previous hop's gain to z, overlap-add ---------------------------------
-        y = np.fft.irfft(Z * self._gain_prev, self._n) * self._win
-        self._gain_prev = g
-        out = self._out
-        np.add(self._ola, y[:h], out=out)
-        self._ola[:] = y[h:]
         self.frames += 1
         return out
