@@ -140,14 +140,12 @@ def test_double_talk_keeps_near_end_with_dt_coh() -> None:
     assert 20 * np.log10(g) > -1.0
 
 
-def _long_double_talk(settings: ResSettings) -> tuple[float, float, float]:
-    """4 s of far-end single talk (canceller residual 26 dB under the echo), then 8 s of
-    double talk: a near end 20 dB above that residual, in 300 ms bursts with 200 ms
-    pauses, whose syllables follow the far end's (its envelope over 50 ms, with
-    independent fine structure: no coherence with the reference), the case that drove
-    the leakage regression up in the room family. Returns the band-mean leakage (dB)
-    at the end of the single talk, its median over the last 6 s of the double talk,
-    and the coherent near-end gain (dB) over the last 4 s."""
+def _long_double_talk_scene() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(ref, echo, e_echo, near), 12 s: 4 s of far-end single talk (canceller residual
+    ``e_echo`` 26 dB under the echo), then 8 s of double talk: a near end 20 dB above that
+    residual, in 300 ms bursts with 200 ms pauses, whose syllables follow the far end's
+    (its envelope over 50 ms, with independent fine structure: no coherence with the
+    reference), the case that drove the leakage regression up in the room family."""
     n = SR * 12
     ref = speechlike(n, 11) * 12000
     echo = np.convolve(ref, room_ir(12))[:n]
@@ -158,6 +156,15 @@ def _long_double_talk(settings: ResSettings) -> tuple[float, float, float]:
     near = env * np.random.default_rng(15).standard_normal(n) * gate
     near[: 4 * SR] = 0
     near *= np.sqrt(power(e_echo) / power(near[4 * SR :]) * 100)
+    return ref, echo, e_echo, near
+
+
+def _long_double_talk(settings: ResSettings) -> tuple[float, float, float]:
+    """The suppressor over :func:`_long_double_talk_scene`. Returns the band-mean leakage
+    (dB) at the end of the single talk, its median over the last 6 s of the double talk,
+    and the coherent near-end gain (dB) over the last 4 s."""
+    ref, echo, e_echo, near = _long_double_talk_scene()
+    n = ref.shape[0]
     res = ResidualEchoSuppressor(H, SR, settings)
     z, mic = e_echo + near, echo + near
     leak = []
@@ -223,16 +230,8 @@ def test_the_detection_track_is_the_suppressor_without_the_floor_and_the_hold() 
     the closed loop validated), sample for sample, whatever the main track does; the main
     output keeps more of the near end in a long double talk. With one tuning for both,
     ``detect_out`` is the main output."""
-    n = SR * 12
-    ref = speechlike(n, 11) * 12000
-    echo = np.convolve(ref, room_ir(12))[:n]
-    e_echo = 0.05 * np.convolve(ref, room_ir(13, tail_ms=20.0))[:n]
-    k = int(0.05 * SR)
-    env = np.sqrt(np.convolve(ref**2, np.ones(k) / k, mode="same"))
-    gate = ((np.arange(n) // int(0.1 * SR)) % 5 < 3).astype(float)
-    near = env * np.random.default_rng(15).standard_normal(n) * gate
-    near[: 4 * SR] = 0
-    near *= np.sqrt(power(e_echo) / power(near[4 * SR :]) * 100)
+    ref, echo, e_echo, near = _long_double_talk_scene()
+    n = ref.shape[0]
     ref[10 * SR : 11 * SR] = 0  # and a far-end pause
     z, mic = e_echo + near, echo + near
     two = ResidualEchoSuppressor(H, SR)
