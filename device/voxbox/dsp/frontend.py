@@ -378,9 +378,10 @@ class CaptureFrontEnd(NativeState):
                     self.frame_mic_power = float(np.dot(mbuf, mbuf.astype(np.float64))) / f
                     if res is not None:
                         if res.dual:
-                            det = self._det
-                            d = np.rint(res.detect_out)
+                            d = res.detect_out  # the track's own buffer, rewritten next hop
+                            np.rint(d, out=d)
                             np.clip(d, -32768, 32767, out=d)
+                            det = self._det
                             det[:] = d
                             obs(det, res.last_ratio_db, res.last_far)
                         else:

@@ -343,8 +343,6 @@ class ResidualEchoSuppressor:
             if detection == s:
                 detection = None
         self.detection = detection
-        #: two tracks: the detection stream (:attr:`detect_out`) is computed apart
-        self.dual = detection is not None
         self.frame_size = h = int(frame_size)
         self.sample_rate = int(sample_rate)
         self.latency_samples = h
@@ -389,10 +387,6 @@ class ResidualEchoSuppressor:
         self._main.reset()
         if self._det is not self._main:
             self._det.reset()
-        #: the detection stream's latest hop (float64 ``(frame_size,)``, overwritten on the
-        #: next call): ``z`` suppressed by the detection track; the main output itself
-        #: when :attr:`dual` is false
-        self.detect_out = self._det.out
         L = self.settings.coh_lags
         self._xh = np.zeros((L, k), dtype=np.complex128)
         self._sex = np.zeros((L, k), dtype=np.complex128)
@@ -403,6 +397,18 @@ class ResidualEchoSuppressor:
         self.last_ratio_db = float("-inf")
         self.last_far = False
         self.last_coh_frac = 0.0
+
+    @property
+    def dual(self) -> bool:
+        """Two tracks: the detection stream (:attr:`detect_out`) is computed apart."""
+        return self._det is not self._main
+
+    @property
+    def detect_out(self) -> FloatArray:
+        """The detection stream's latest hop (float64 ``(frame_size,)``, overwritten on the
+        next call): ``z`` suppressed by the detection track; the main output itself when
+        :attr:`dual` is false."""
+        return self._det.out
 
     @property
     def _leak(self) -> FloatArray:
