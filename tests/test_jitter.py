@@ -662,18 +662,65 @@ def test_added_latency_on_the_pull_grid(stretch):
     assert jb.added.mean_ms() > 1
 
 
-def test_added_latency_after_a_pause_is_not_measured():
+@pytest.mark.parametrize("paced", [True, False])
+def test_added_latency_restarts_at_a_resume(paced):
+    """A pause is not added latency: the earliest player restarts with the first pull
+    after the resume, at our position, and what follows is measured as before (a reply
+    paused by a false barge-in still gets its turn figures)."""
     jb = JitterBuffer(stretch=False, prebuffer_ms=20)
     jb.push("a", np.ones(2400, dtype=np.int16), t=0.0)
     out = np.empty(240, dtype=np.int16)
-    jb.pull(out, t=0.0)
+    jb.pull(out, t=0.0 if paced else None)
     assert jb.added.samples == 240 and jb.added.mean_ms() == 0
-    jb.pull(out, t=0.05)  # sample 240 was playable at 0.01 s
-    assert jb.added.samples == 480 and jb.added.mean_ms() == pytest.approx(20, abs=1e-9)
+    if paced:
+        jb.pull(out, t=0.05)  # sample 240 was playable at 0.01 s
+        assert jb.added.samples == 480 and jb.added.mean_ms() == pytest.approx(20, abs=1e-9)
+    else:
+        jb.pull(out)
+        assert jb.added.samples == 480 and jb.added.mean_ms() == 0
+    before = jb.added_latency()
     jb.pause(0)
+    for k in range(40):  # 0.4 s paused: the buffer hands out nothing
+        jb.pull(out, t=0.06 + k * 0.01 if paced else None)
     jb.resume()
-    jb.pull(out, t=0.5)
-    assert jb.added.samples == 480  # resumed audio: no reference, not counted
+    for k in range(3):
+        jb.pull(out, t=0.5 + k * 0.01 if paced else None)
+    after = jb.added_latency() - before
+    assert after.samples == 720 and after.mean_ms() == pytest.approx(0, abs=1e-9)
+    # a late pull after the resume counts again (20 ms late on a paced clock)
+    jb.pull(out, t=0.55 if paced else None)
+    after = jb.added_latency() - before
+    assert after.samples == 960 and after.mean_ms() == pytest.approx(5 if paced else 0, abs=1e-9)
+
+
+def test_a_resume_neither_chases_the_pause_nor_counts_it():
+    """A 6 s reply arriving at twice real time, paused 1 s (a tentative barge-in taking
+    back 40 ms) while audio keeps arriving, then resumed: the resumed audio is not
+    accelerated to catch up with the pause (it used to be: the earliest player ran on
+    through the pause) and its added latency, measured from the resume, is 0."""
+    jb = JitterBuffer(stretch=True)
+    out = np.empty(240, dtype=np.int16)
+    pcm = (3000 * np.sin(np.arange(2400) * 0.3)).astype(np.int16)
+    arrivals = [0.05 * i for i in range(60)]
+    i, before, accel = 0, None, None
+    for k in range(800):
+        t = k * 0.01
+        while i < len(arrivals) and arrivals[i] <= t:
+            jb.push("a", pcm, t=arrivals[i])
+            i += 1
+        if i == len(arrivals):
+            jb.mark_complete()
+        if k == 100:
+            jb.pause(960)
+            before = jb.added_latency()
+        if k == 200:
+            jb.resume()
+            accel = jb.accelerates
+        jb.pull(out, t=t)
+    after = jb.added_latency() - before
+    assert jb.accelerates == accel
+    assert jb.played["a"] == 60 * 2400  # all of it played
+    assert after.samples > 100_000 and after.mean_ms() == pytest.approx(0, abs=1e-6)
 
 
 def test_latency_histogram_quantile_and_clamping():

@@ -92,8 +92,10 @@ out. A device that takes several periods at once (a one-page mono FIFO on the te
 85 ms at a time) understates the figure: :class:`PullClock` takes the burst's early
 pulls for on-time ones (the mono rig gave -187.6 ms in the demo; the daemon harness
 paces its speaker per period). Without ``t``, on the pull grid: pull ``k`` is at ``k`` periods, and the
-earliest player hands out a period per pull of what had arrived by then. Audio resumed
-after :meth:`pause` is not measured.
+earliest player hands out a period per pull of what had arrived by then. After
+:meth:`pause` and :meth:`resume` the earliest player restarts with the first pull after
+the resume, at our position: the pause is not counted as added latency, what follows is
+measured as before (a reply paused by a false barge-in still gets its figures).
 
 Accounting stays in SOURCE samples: ``played[item]`` and ``PullResult.samples`` count
 the samples of the queued audio consumed (what ``conversation.item.truncate`` needs);
@@ -291,6 +293,7 @@ class JitterBuffer:
         # when the earliest player (re)started playing, as (source position, time): it
         # plays source sample p at g(p) = t0 + (p - p0) / rate of the last run with p0 <= p
         self._g_runs: deque[tuple[int, float]] = deque()
+        self._resumed = False  # resumed from a pause: the earliest player restarts with us
         self.added = LatencyHistogram()  # added latency of the audio handed out (see pull)
         self._pulls = 0  # pulls since made: the device's clock when pull gets no time
         # statistics (device samples handed out)
@@ -340,6 +343,7 @@ class JitterBuffer:
                 self._arrivals.clear()
                 self._e_pos, self._e_t, self._e_avail, self._r_pos = 0.0, None, 0, 0
                 self._g_runs.clear()
+                self._resumed = False
             self._arrivals.append((t, pcm.size))
             self._stalled = False
             self._expanded = 0
@@ -394,7 +398,7 @@ class JitterBuffer:
                 left -= k
             self._paused = True
             self._e_pos = float(self._r_pos)  # a pause is not latency to catch up on
-            self._g_runs.clear()  # nor added latency: the resumed audio is not measured
+            self._g_runs.clear()  # nor added latency: measuring restarts at the resume
             return dict(self.played)
 
     def resume(self) -> None:
@@ -402,6 +406,8 @@ class JitterBuffer:
         with self._lock:
             if self._paused:
                 self._paused = False
+                self._resumed = self._resp_open
+                self._e_pos = float(self._r_pos)  # nor is the pause lag to catch up on
                 self._fade_in_pos = 0 if self._queued else self._fade_in.size
 
     @property
@@ -515,6 +521,16 @@ class JitterBuffer:
         if self._paused and t is not None and self._e_t is not None:
             self._e_t = max(self._e_t, t)
         runs = self._g_runs
+        if self._resumed and not self._paused and (t is None or self._e_t is not None):
+            # the first pull after a resume: the earliest player restarts here with us,
+            # at our position (the pause is not added latency)
+            self._resumed = False
+            runs.clear()
+            if t is None:
+                runs.append((self._r_pos, self._pulls * self.period / self.rate))
+            else:
+                self._e_t = t  # it was at our position at the resume: it starts from here
+                runs.append((self._r_pos, t))
         if t is None:
             tg = self._pulls * self.period / self.rate  # the pull grid's clock
             for _, k in self._arrivals:
