@@ -60,8 +60,50 @@ def timeline(h: DaemonHarness, t0: float) -> str:
         if r.get("VOXBOX_EVENT") in TIMELINE and r.get("mono", 0) >= t0:
             fields = {k[7:].lower(): v for k, v in r.items()
                       if k.startswith("VOXBOX_") and k not in ("VOXBOX_EVENT", "VOXBOX_T")}
-            out.append(f"  {r['mono'] - t0:+7.2f} s {r['VOXBOX_EVENT']} {fields}")
-    return "\n".join(out)
+            out.append((r["mono"], f"  {r['mono'] - t0:+7.2f} s {r['VOXBOX_EVENT']} {fields}"))
+    # the rig's speaker underruns: device gaps the daemon cannot see on this rig (a card
+    # reports them as xruns), which move the echo against its reference
+    rate = h.speaker.rate
+    out += [(t, f"  {t - t0:+7.2f} s RIG SPEAKER UNDERRUN {n * 1000 / rate:.0f} ms")
+            for t, n in list(h.speaker.underruns) if t >= t0]
+    return "\n".join(line for _, line in sorted(out, key=lambda x: x[0]))
+
+
+#: a false local decision this soon after a rig underrun is put down to the underrun
+RIG_GAP_S = 2.0
+
+
+class RigGap(Exception):
+    """The rig's speaker underran (a device gap the daemon cannot see on this rig; a card
+    reports it as an xrun, on which the daemon holds the detector and measures the echo
+    path afresh) shortly before the first wrong local decision: the run is void."""
+
+
+def void_if_rig_gap(h: DaemonHarness, t0: float) -> None:
+    """Raise :class:`RigGap` if the first near-end decision since ``t0`` came within
+    ``RIG_GAP_S`` after a rig speaker underrun (called when a run failed its checks)."""
+    near = [r["mono"] for r in h.events("near_end") if r["mono"] >= t0]
+    if not near:
+        return
+    gaps = [(t, n) for t, n in list(h.speaker.underruns) if near[0] - RIG_GAP_S <= t <= near[0]]
+    if gaps:
+        raise RigGap(f"rig speaker underrun {gaps[-1][1] * 1000 / h.speaker.rate:.0f} ms "
+                     f"{(near[0] - gaps[-1][0]) * 1000:.0f} ms before the first near-end decision")
+
+
+def once_more_after_a_rig_gap(run, tmp_path) -> None:
+    """``run(workdir)``; a run made void by a rig underrun (:class:`RigGap`) is run once
+    more with a fresh daemon; a second void run fails. Measured: with three busy loops
+    beside the test on two CPUs, 2 of 5 runs had underruns of 26-66 ms, one followed by a
+    near-end decision 100 ms later; the machine idle, none in the stream."""
+    try:
+        run(tmp_path / "run1")
+    except RigGap as exc:
+        print(f"run 1 void: {exc}; running again")
+        try:
+            run(tmp_path / "run2")
+        except RigGap as exc2:
+            pytest.fail(f"two runs void: the rig could not keep real time ({exc}; {exc2})")
 
 
 def ask(h: DaemonHarness, q: np.ndarray) -> tuple[float, dict]:
@@ -73,6 +115,10 @@ def ask(h: DaemonHarness, q: np.ndarray) -> tuple[float, dict]:
 
 
 def test_car_at_plus_6_db_one_question_one_complete_reply(tmp_path):
+    once_more_after_a_rig_gap(one_question_one_reply, tmp_path)
+
+
+def one_question_one_reply(tmp_path):
     q = user("What will the weather be like tomorrow?")
     h, reply24 = car_loop(tmp_path)
     with h:
@@ -91,6 +137,8 @@ def test_car_at_plus_6_db_one_question_one_complete_reply(tmp_path):
                   f"barge-ins {[b.get('VOXBOX_CAUSE') for b in barges]}, pauses checked {len(pauses)} "
                   f"({[p.get('VOXBOX_VERDICT') for p in pauses]}), responses {n}")
             print(timeline(h, h.logs[0]["mono"] if k == 0 else t0))
+            if barges or n != 1 or len(pauses) > 3:
+                void_if_rig_gap(h, t0)
             assert not barges, barges
             assert n == 1, f"{n} responses to one question: the unit answered its own voice"
             assert len(sent) / 2 == reply24.size  # the whole reply went out, nothing truncated
@@ -139,6 +187,10 @@ def test_car_at_plus_6_db_a_link_drop_mid_reply_asks_again_and_the_new_reply_pla
     the unit reconnects, asks the held question again, and the new reply plays whole with
     one response; neither the echo of the cut reply nor that of the new one is taken for
     the user (no barge-in, no second response)."""
+    once_more_after_a_rig_gap(link_drop_mid_reply, tmp_path)
+
+
+def link_drop_mid_reply(tmp_path):
     q = user("What will the weather be like tomorrow?")
     h, reply24 = car_loop(tmp_path)
     with h:
@@ -164,6 +216,8 @@ def test_car_at_plus_6_db_a_link_drop_mid_reply_asks_again_and_the_new_reply_pla
               f"{end['mono'] - again['mono']:.1f} s; barge-ins {[b.get('VOXBOX_CAUSE') for b in barges]}, "
               f"pauses checked {len(pauses)}, responses {n}")
         print(timeline(h, t0))
+        if barges or n != 1 or len(pauses) > 3:
+            void_if_rig_gap(h, t_drop)
         assert not barges, barges
         assert n == 1, f"{n} responses to one question asked again"
         assert len(sent) / 2 == reply24.size and not conn.truncates

@@ -316,6 +316,10 @@ class Speaker(_FifoWorker):
         self._played_len = 0
         self.t0: float | None = None  # monotonic time of played sample 0
         self.underrun_samples = 0
+        #: each underrun once the stream has started, as (monotonic time of the tick,
+        #: samples of silence played): a device gap the daemon cannot see here (a card
+        #: reports it as an xrun)
+        self.underruns: list[tuple[float, int]] = []
         self.received = 0
         self._leftover = b""
         self._stop = threading.Event()
@@ -360,6 +364,8 @@ class Speaker(_FifoWorker):
                 short = nsamp_want - len(block)
                 if short > self.slack:
                     self.underrun_samples += short
+                    if self.received > len(block):  # a gap in the stream, not its start
+                        self.underruns.append((now, short))
                     played = np.concatenate([block, np.zeros(short, np.int16)])
                     deficit = 0
                 else:
