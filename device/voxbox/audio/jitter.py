@@ -80,22 +80,8 @@ with no step at either end; the DSP is in :mod:`voxbox.audio.stretch`):
   60 ms buffer did not: 1 against 0 in 107 s of steady-link replies.)
 
 Added latency (:attr:`added`, a :class:`LatencyHistogram`): per source sample handed
-out, the time of its pull minus ``g``, the time the earliest possible player handed it
-out: what this buffer's prebuffer, rebuffering and stretching cost on top of the network.
-With ``t`` given to :meth:`pull` (the daemon passes :class:`~voxbox.audio.playout.PullClock`'s
-paced time of the pull: a card paces its playback loop per period), ``g[i] = max(arrival[i], g[i-1] + 1/rate)``
-from the response's first arrival, in continuous time, so the wait for the next pull
-after an arrival (0-10 ms) counts: it is latency a non-stretching buffer cannot avoid and
-accelerate can win back (``tests/benchmarks/test_jitter_bench.py`` computes the same
-figure from outside); a pull is taken no earlier than the last arrival it could hand
-out. A device that takes several periods at once (a one-page mono FIFO on the test rig:
-85 ms at a time) understates the figure: :class:`PullClock` takes the burst's early
-pulls for on-time ones (the mono rig gave -187.6 ms in the demo; the daemon harness
-paces its speaker per period). Without ``t``, on the pull grid: pull ``k`` is at ``k`` periods, and the
-earliest player hands out a period per pull of what had arrived by then. After
-:meth:`pause` and :meth:`resume` the earliest player restarts with the first pull after
-the resume, at our position: the pause is not counted as added latency, what follows is
-measured as before (a reply paused by a false barge-in still gets its figures).
+out, the time of its pull minus the time the earliest possible player handed it out;
+defined in :mod:`voxbox.audio.playout` ("The jitter buffer's added latency").
 
 Accounting stays in SOURCE samples: ``played[item]`` and ``PullResult.samples`` count
 the samples of the queued audio consumed (what ``conversation.item.truncate`` needs);
@@ -522,15 +508,11 @@ class JitterBuffer:
             self._e_t = max(self._e_t, t)
         runs = self._g_runs
         if self._resumed and not self._paused and (t is None or self._e_t is not None):
-            # the first pull after a resume: the earliest player restarts here with us,
-            # at our position (the pause is not added latency)
+            # first pull after a resume: the earliest player restarts with us, at our position
             self._resumed = False
+            self._e_t = self._e_t if t is None else t
             runs.clear()
-            if t is None:
-                runs.append((self._r_pos, self._pulls * self.period / self.rate))
-            else:
-                self._e_t = t  # it was at our position at the resume: it starts from here
-                runs.append((self._r_pos, t))
+            runs.append((self._r_pos, self._pulls * self.period / self.rate if t is None else t))
         if t is None:
             tg = self._pulls * self.period / self.rate  # the pull grid's clock
             for _, k in self._arrivals:

@@ -15,6 +15,24 @@ late its audio came out.
 
 Core module, pure: numpy only, no I/O, no lock, no clock (:class:`PullClock` is given
 ``now``). The jitter buffer updates its histogram under its own lock.
+
+The jitter buffer's added latency (``JitterBuffer.added``, a :class:`LatencyHistogram`):
+per source sample handed out, the time of its pull minus ``g``, the time the earliest possible player handed it
+out: what this buffer's prebuffer, rebuffering and stretching cost on top of the network.
+With ``t`` given to :meth:`~voxbox.audio.jitter.JitterBuffer.pull` (the daemon passes :class:`~voxbox.audio.playout.PullClock`'s
+paced time of the pull: a card paces its playback loop per period), ``g[i] = max(arrival[i], g[i-1] + 1/rate)``
+from the response's first arrival, in continuous time, so the wait for the next pull
+after an arrival (0-10 ms) counts: it is latency a non-stretching buffer cannot avoid and
+accelerate can win back (``tests/benchmarks/test_jitter_bench.py`` computes the same
+figure from outside); a pull is taken no earlier than the last arrival it could hand
+out. A device that takes several periods at once (a one-page mono FIFO on the test rig:
+85 ms at a time) understates the figure: :class:`PullClock` takes the burst's early
+pulls for on-time ones (the mono rig gave -187.6 ms in the demo; the daemon harness
+paces its speaker per period). Without ``t``, on the pull grid: pull ``k`` is at ``k`` periods, and the
+earliest player hands out a period per pull of what had arrived by then. After
+``pause`` and ``resume`` the earliest player restarts with the first pull after
+the resume, at the buffer's position: the pause is not counted as added latency, what follows is
+measured as before (a reply paused by a false barge-in still gets its figures).
 """
 
 from __future__ import annotations
