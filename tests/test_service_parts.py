@@ -275,3 +275,46 @@ def test_a_device_gap_is_an_echo_path_change_and_the_next_estimate_moves_the_lin
     assert e.delay == line + round((80.0 - 10.0) * 16)  # moved at once, to the wanted lead
     e.track(loud, loud)
     assert urgent_seen[-1] is False  # only the first estimate after the gap
+
+
+def test_echo_path_reports_each_line_move_on_the_event_loop():
+    c = cfg(frontend={"echo_cancel": True, "track_echo_delay": True})
+    period = c.audio.capture_rate * c.audio.period_ms // 1000
+    moves = []
+    e = EchoPath(c, period, _NOWHERE, SimpleNamespace(set_echo_delay_ms=lambda v: None, set_erl_db=lambda v: None),
+                 on_path_changed=lambda: None, on_moved=lambda old, new: moves.append((old, new)))
+    e._loop = Loop()
+    est = SimpleNamespace(delay_ms=80.0, erl_db=6.0, confidence=50.0)
+    e.tracker = SimpleNamespace(push=lambda ref, mic: est, reset=lambda: None, drift_ppm=0.0, drift_stderr_ppm=1.0)
+    loud = np.full(period, 3000, np.int16)
+    line_ms = e.delay * 1000 / c.audio.capture_rate
+    e.device_gap()
+    e.track(loud, loud)  # the first estimate after a gap moves the line at once
+    assert moves == [(line_ms, line_ms + 70.0)]
+
+
+def _daemon_stub(turn=0, state=None, active=False, cue=None, startup=True):
+    from voxbox.conversation.machine import State
+
+    played = []
+    return played, SimpleNamespace(
+        _startup_cue_again=False, conv=SimpleNamespace(turn=turn, state=state or State.IDLE),
+        jitter=SimpleNamespace(active=active), audio=SimpleNamespace(cue=cue),
+        _earcons={"startup": np.zeros(8, np.int16) if startup else None}, _play_earcon=played.append)
+
+
+def test_a_line_move_before_the_first_turn_plays_the_startup_cue_once_more():
+    """The start-up cue trained the canceller on the old line; a move before the first
+    turn loses that, so the cue plays again -- once, only while nothing else happens."""
+    from voxbox.conversation.machine import State
+    from voxbox.service.daemon import Daemon
+
+    played, d = _daemon_stub()
+    Daemon._line_moved(d, 50.0, 20.0)
+    Daemon._line_moved(d, 20.0, 35.0)
+    assert played == ["startup"]
+    for kw in ({"turn": 1}, {"state": State.LISTENING}, {"active": True}, {"cue": np.zeros(8, np.int16)},
+               {"startup": False}):
+        played, d = _daemon_stub(**kw)
+        Daemon._line_moved(d, 50.0, 20.0)
+        assert played == [], kw

@@ -166,7 +166,8 @@ class Daemon(Controller):
         #: drift compensated, both persisted (voxbox.service.echopath)
         self.echo = EchoPath(cfg, self.cap_period, self._state_path.parent / "echo.json", self.metrics,
                              on_path_changed=self._echo_path_changed,
-                             on_measured=lambda: self.audio.line_measured())
+                             on_measured=lambda: self.audio.line_measured(), on_moved=self._line_moved)
+        self._startup_cue_again = False  # the start-up cue was played again after a line move
         self.t_start = time.monotonic()
         from voxbox.audio.volume import Volume
 
@@ -352,6 +353,22 @@ class Daemon(Controller):
     def _echo_path_changed(self) -> None:
         """The echo path the canceller sees changed (any thread; see EchoPath)."""
         self.audio.echo_path_changed()
+
+    def _line_moved(self, old_ms: float, new_ms: float) -> None:
+        """Event loop: the echo-delay tracker moved the reference line. Before the first
+        turn since start, the move undoes what the start-up cue taught the canceller (its
+        filter learned the echo on the old line and cannot be shifted): the cue plays once
+        more, while the unit is idle and nothing else plays, so the first reply is
+        cancelled like later ones. Measured on the closed loop's first replies after boot:
+        all 4 wake-word misses of 20 boots were boots whose line moved after the cue."""
+        if (self._startup_cue_again or self.conv.turn != 0 or self.conv.state is not State.IDLE
+                or self.jitter.active or self.audio.cue is not None or self._earcons.get("startup") is None):
+            return
+        self._startup_cue_again = True
+        log.info("reference line moved %.1f -> %.1f ms before the first turn: the start-up cue again, "
+                 "so the echo canceller learns the new alignment", old_ms, new_ms,
+                 extra={"VOXBOX_EVENT": "earcon", "VOXBOX_EARCON": "startup", "VOXBOX_CAUSE": "line_moved"})
+        self._play_earcon("startup")
 
     def _loudspeaker_changed(self, clip: float, knee: float, last) -> None:
         """The loudspeaker model settled on a new saturation (event loop): one journal

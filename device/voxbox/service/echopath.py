@@ -62,17 +62,21 @@ class EchoPath:
             changed: a line move, a resync, a cold start.
         on_measured: called once (echo worker thread) when the tracker's first estimate
             since start has set or confirmed the line.
+        on_moved: called on the event loop after each move of the line by the tracker,
+            with the line before and after (ms).
     """
 
     def __init__(self, cfg, cap_period: int, state_path: Path, metrics,
                  on_path_changed: Callable[[], None],
-                 on_measured: Callable[[], None] | None = None) -> None:
+                 on_measured: Callable[[], None] | None = None,
+                 on_moved: Callable[[float, float], None] | None = None) -> None:
         a = cfg.audio
         self.cfg = cfg
         self.cap_period = cap_period
         self.metrics = metrics
         self.on_path_changed = on_path_changed
         self.on_measured = on_measured
+        self.on_moved = on_moved
         #: the tracker gave an estimate since start
         self.measured = False
         self.state_path = state_path
@@ -317,6 +321,8 @@ class EchoPath:
                         "VOXBOX_ERL_DB": round(erl_db, 1)})
         # the lead the canceller sees on the new line
         self._loop.create_task(self._save(delay_ms - (new - old) * 1000 / rate, erl_db))
+        if self.on_moved is not None:
+            self.on_moved(old * 1000 / rate, new * 1000 / rate)
 
     def _log_measured(self, delay_ms: float, erl_db: float, confidence: float, line: int) -> None:
         rate = self.cfg.audio.capture_rate
