@@ -49,7 +49,8 @@ def responses(h: DaemonHarness, t0: float) -> int:
                if e["type"] == "response.created" and e["t"] >= t0)
 
 
-TIMELINE = ("echo_measured", "echo_delay", "loudspeaker_model", "near_end", "barge_in_check", "wake", "barge_in", "playback_start")
+TIMELINE = ("echo_measured", "echo_delay", "echo_lost", "loudspeaker_model", "near_end", "barge_in_check", "wake", "barge_in",
+            "playback_start")
 
 
 def timeline(h: DaemonHarness, t0: float) -> str:
@@ -223,3 +224,50 @@ def link_drop_mid_reply(tmp_path):
         assert len(sent) / 2 == reply24.size and not conn.truncates
         assert not [p for p in h.events("prompt") if p["mono"] >= t_drop]  # a blip: nothing said
         assert len(pauses) <= 3, pauses
+
+
+@pytest.mark.benchmark  # on demand: the faulted reply itself is not yet recovered in 2 of 5 runs
+def test_car_at_plus_6_db_a_capture_gap_mid_reply_is_caught_up(tmp_path):
+    """The microphone loses 150 ms mid-reply and no device says so (an overrun a driver
+    hid; on this rig a stalled capture thread did it, and the echo then led its reference
+    by 131 ms on the line's floor: nothing was cancelled again and the unit answered
+    itself for the rest of the run). The echo-delay tracker measures the echo ahead of
+    the floor; the reference skips ahead by what the microphone lost, and the next reply
+    is cancelled like any other."""
+    q = user("What will the weather be like tomorrow?")
+    h, reply24 = car_loop(tmp_path)
+    with h:
+        h.start()
+        t0, start = ask(h, q)  # the first reply: the canceller learns the car
+        try:
+            h.wait_event("playback_end", timeout=40, after=start["mono"])
+        finally:
+            print(timeline(h, h.logs[0]["mono"]))
+        h.wait_for(lambda: h.states()[-1] == "idle", 15, "idle")
+        time.sleep(1.0)
+        t1, start = ask(h, q)
+        time.sleep(max(0.0, start["mono"] + 2.0 - time.monotonic()))
+        t_gap = time.monotonic()
+        h.mic.lose(0.150)
+        try:
+            h.wait_event("playback_end", timeout=60, after=start["mono"])
+            h.wait_for(lambda: h.states()[-1] == "idle", 15, "idle")
+            time.sleep(1.0)
+        finally:
+            print(timeline(h, t1))
+        skips = [r for r in h.events("echo_delay") if r["mono"] >= t_gap]
+        assert skips and max(r.get("VOXBOX_REFERENCE_SKIPPED_MS", 0) for r in skips) >= 100, skips
+        print(f"reply 2: responses {responses(h, t1)}, barge-ins "
+              f"{[b.get('VOXBOX_CAUSE') for b in h.events('barge_in') if b['mono'] >= t1]}")
+        t2, start = ask(h, q)  # after the catch-up: cancelled like the first
+        end = h.wait_event("playback_end", timeout=40, after=start["mono"])
+        h.wait_for(lambda: h.states()[-1] == "idle", 15, "idle")
+        time.sleep(1.0)
+        print(timeline(h, t2))
+        barges = [r for r in h.events("barge_in") if r["mono"] >= t2]
+        pauses = [r for r in h.events("barge_in_check") if r["mono"] >= t2]
+        assert not barges, barges
+        assert responses(h, t2) == 1
+        assert len(pauses) <= 1, pauses
+        sent = h.server.record.connection(-1).item_audio.get(start["VOXBOX_ITEM_ID"], b"")
+        assert len(sent) / 2 == reply24.size and end["mono"] - start["mono"] < len(sent) / 48000 + 2.0

@@ -318,3 +318,55 @@ def test_a_line_move_before_the_first_turn_plays_the_startup_cue_once_more():
         played, d = _daemon_stub(**kw)
         Daemon._line_moved(d, 50.0, 20.0)
         assert played == [], kw
+
+
+def test_a_ring_skips_ahead_but_keeps_its_backlog():
+    from voxbox.audio.ring import SampleRing
+
+    r = SampleRing(1000)
+    r.write(np.arange(500, dtype=np.int16))
+    assert r.skip(300, keep=100) == 300 and r.available == 200
+    assert r.skip(300, keep=100) == 100 and r.available == 100
+    assert r.skip(50, keep=100) == 0
+    out = np.zeros(10, np.int16)
+    r.read_into(out)
+    assert out[0] == 400  # the reader went on from where it skipped to
+
+
+def test_an_echo_ahead_of_the_floor_skips_the_reference_by_what_the_microphone_lost():
+    """The microphone lost 150 ms the reference still holds (a capture gap no device
+    reported): the echo leads its reference by more than the line can give back. The
+    ring then holds 150 ms more backlog than the line; the reader skips ahead by what
+    is missing and keeps the floor's backlog. Without the backlog nothing is skipped."""
+    c = cfg(frontend={"echo_cancel": True, "track_echo_delay": True})
+    rate = c.audio.capture_rate
+    period = rate * c.audio.period_ms // 1000
+    moves = []
+    e = EchoPath(c, period, _NOWHERE, SimpleNamespace(set_echo_delay_ms=lambda v: None, set_erl_db=lambda v: None),
+                 on_path_changed=lambda: None, on_moved=lambda old, new: moves.append((old, new)))
+    loop = Loop()
+    e._loop = loop
+    e.delay = e.floor + 2 * period  # a 50 ms line
+    out = np.zeros(period, np.int16)
+    e.ring.write(np.zeros(e.delay + period, np.int16))
+    e.read(out)  # the reader is placed: the line's backlog
+    assert e.ring.available == e.delay
+    e.ring.write(np.zeros(150 * rate // 1000, np.int16))  # the writer went on, the microphone lost 150 ms
+    est = SimpleNamespace(delay_ms=-130.0, erl_db=6.0, confidence=50.0)  # 50 ms line - 180 ms
+    e.tracker = SimpleNamespace(push=lambda ref, mic: est, reset=lambda: None, drift_ppm=0.0, drift_stderr_ppm=1.0)
+    e.measured = True
+    loud = np.full(period, 3000, np.int16)
+    e.track(loud, loud)  # an echo ahead of its reference moves the line at once
+    assert e.delay == e.floor
+    skip = (e.floor + 2 * period + round((-130.0 - 10.0) * rate / 1000)) * -1 + e.floor  # 120 ms
+    assert e.ring.available == e.delay + 2 * period + 150 * rate // 1000 - skip
+    (old_ms, new_ms), = moves
+    assert old_ms == 50.0 and new_ms == pytest.approx(30.0 - 120.0)
+    e.read(out)  # the line's move applies at the next read: 30 ms + what was left over
+    assert e.ring.available == e.floor + 30 * rate // 1000 - period
+    # an estimate further ahead than the backlog explains: skipped up to the floor's backlog
+    est.delay_ms = -300.0
+    e.track(loud, loud)
+    assert e.ring.available == e.floor and moves[-1][1] == pytest.approx(30.0 - 20.0)
+    e.track(loud, loud)  # nothing left to skip: no move
+    assert e.ring.available == e.floor and len(moves) == 2

@@ -54,6 +54,15 @@ class SampleRing:
                 self.overflows += 1
                 self._r = self._w - self._cap
 
+    def skip(self, n: int, keep: int) -> int:
+        """Advance the reader by up to ``n`` samples, leaving at least ``keep`` unread (a
+        microphone that lost samples the reference still holds: the pairing catches up).
+        Returns how many were skipped (0 when the backlog has no more than ``keep``)."""
+        with self._lock:
+            k = max(0, min(int(n), self._w - self._r - int(keep)))
+            self._r += k
+            return k
+
     def unwrite(self, n: int) -> int:
         """Take back the newest ``n`` samples not read yet (a device dropped them unplayed:
         the reference must not pair them with the microphone). Returns how many."""

@@ -539,7 +539,9 @@ class ReferenceAligner:
 
     def on_delay(self, delay_ms: float, line_samples: int, urgent: bool = False) -> int | None:
         """A new echo-delay estimate (ms, as the canceller sees it) with the delay line at
-        ``line_samples``. Returns the new delay-line length (samples), or None to keep it.
+        ``line_samples``. Returns the new delay-line length (samples), or None to keep it;
+        below 0 when the echo leads the reference by more than the whole line (the caller
+        has a floor: :meth:`voxbox.service.echopath.EchoPath._move_line`).
 
         ``urgent``: the first estimate after a gap in the audio (a playback underrun, a
         capture overrun), which moved the echo against the reference by an unknown amount:
@@ -562,7 +564,7 @@ class ReferenceAligner:
             return None
         move = float(np.median(self._errors))
         self._errors.clear()
-        new = int(min(self.max_delay, max(0, line_samples + round(move * self.sample_rate / 1000))))
+        new = int(min(self.max_delay, line_samples + round(move * self.sample_rate / 1000)))
         # keep some memory of the spread across the move, as the new line will see it (a
         # longer line delays the reference: the echo lags it by that much less)
         shift_ms = (new - line_samples) * 1000 / self.sample_rate

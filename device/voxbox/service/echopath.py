@@ -213,6 +213,14 @@ class EchoPath:
             self._gap = True
         self.on_path_changed()
 
+    def lost(self) -> None:
+        """Event loop: the canceller is not cancelling (false interruptions in a row):
+        the tracker measures afresh, and its next estimate moves the line at once and is
+        reported again through ``on_measured`` (which ends the detector's wait)."""
+        if self.tracker is not None:
+            self._gap = True
+            self.measured = False
+
     def dropped(self, frames: int) -> None:
         """Playback thread: a barge-in dropped ``frames`` (playback rate) the device held,
         never played: the reference forgets them, so it keeps pairing with what the
@@ -282,9 +290,7 @@ class EchoPath:
                 self.on_measured()
         urgent, self._after_gap = self._after_gap, False
         new = self.aligner.on_delay(est.delay_ms, self.delay, urgent=urgent)
-        if new is not None:
-            new = max(new, self.floor)
-        if new is not None and new != self.delay:
+        if new is not None and new != self.delay:  # below the floor: see _move_line
             if est.delay_ms >= 0 and self._quiet < REF_MOVE_QUIET_PERIODS and not urgent:
                 self._pending_move = (new, est.delay_ms, est.erl_db)  # the reference leads: wait
             else:
@@ -299,30 +305,46 @@ class EchoPath:
                 self._loop.call_soon_threadsafe(self._log_drift, ppm)
 
     def _move_line(self, new: int, delay_ms: float, erl_db: float) -> None:
-        """Echo worker: set the reference delay line to ``new`` samples."""
+        """Echo worker: set the reference delay line to ``new`` samples.
+
+        A line below the floor (the echo leads the reference by more than the line can
+        give back) means the microphone lost samples the reference still holds: a capture
+        gap no device reported (an overrun a driver hid, or the test rig's dropped chunks,
+        measured there as a 177-190 ms jump ahead after a stalled capture thread, with the
+        canceller then unable to cancel anything). The ring then holds that much more
+        backlog than the line: the reader skips ahead by what is missing, keeping the
+        floor's backlog, so the pairing catches up with the microphone."""
         old = self.delay
-        if new == old:
+        skipped = 0
+        if new < self.floor:
+            # the move to the floor advances the reader by old - floor at the next read
+            skipped = self.ring.skip(self.floor - new, keep=old)
+            new = self.floor
+        if new == old and not skipped:
             return
         self.delay = new
         self.on_path_changed()
         self.tracker.reset()  # turn records show only estimates on the current line
-        self._loop.call_soon_threadsafe(self._log_alignment, delay_ms, old, new, erl_db)
+        self._loop.call_soon_threadsafe(self._log_alignment, delay_ms, old, new, erl_db, skipped)
 
     # ------------------------------------------------------------------ event loop
-    def _log_alignment(self, delay_ms: float, old: int, new: int, erl_db: float) -> None:
+    def _log_alignment(self, delay_ms: float, old: int, new: int, erl_db: float, skipped: int = 0) -> None:
         self.metrics.set_echo_delay_ms(delay_ms)
         self.metrics.set_erl_db(erl_db)
         rate = self.cfg.audio.capture_rate
-        log.info("echo delay %.1f ms (reference lead wanted %.1f ms): reference delay %.1f -> %.1f ms; "
+        skip = (f"; the reference skipped {skipped * 1000 / rate:.1f} ms ahead (the microphone lost "
+                f"that much: a capture gap no device reported)" if skipped else "")
+        log.info("echo delay %.1f ms (reference lead wanted %.1f ms): reference delay %.1f -> %.1f ms%s; "
                  "echo return loss %.1f dB", delay_ms, self.cfg.frontend.reference_lead_ms,
-                 old * 1000 / rate, new * 1000 / rate, erl_db,
+                 old * 1000 / rate, new * 1000 / rate, skip, erl_db,
                  extra={"VOXBOX_EVENT": "echo_delay", "VOXBOX_ECHO_DELAY_MS": round(delay_ms, 2),
                         "VOXBOX_REFERENCE_DELAY_MS": round(new * 1000 / rate, 2),
+                        "VOXBOX_REFERENCE_SKIPPED_MS": round(skipped * 1000 / rate, 2),
                         "VOXBOX_ERL_DB": round(erl_db, 1)})
-        # the lead the canceller sees on the new line
-        self._loop.create_task(self._save(delay_ms - (new - old) * 1000 / rate, erl_db))
+        # the lead the canceller sees on the new line (a skip shortens the pairing like the line)
+        self._loop.create_task(self._save(delay_ms - (new - skipped - old) * 1000 / rate, erl_db))
         if self.on_moved is not None:
-            self.on_moved(old * 1000 / rate, new * 1000 / rate)
+            self.on_moved(old * 1000 / rate, (new - skipped) * 1000 / rate)
 
     def _log_measured(self, delay_ms: float, erl_db: float, confidence: float, line: int) -> None:
         rate = self.cfg.audio.capture_rate

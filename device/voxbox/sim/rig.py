@@ -495,6 +495,10 @@ class MicFeeder(_FifoWorker):
         self.signal_starts: list[float] = []
         self.samples_written = 0
         self.dropped_chunks = 0
+        #: each dropped chunk as (monotonic time, samples): microphone samples the daemon
+        #: never reads, which moves the echo ahead of its reference (a card reports an overrun)
+        self.drops: list[tuple[float, int]] = []
+        self._lose = 0  # samples still to lose (lose())
         self.signal_done = threading.Event()
         self._stop = threading.Event()
         self._echo16 = np.zeros(0, np.float32)  # 16 kHz echo stream, sample j at spk.t0+j/16k
@@ -629,12 +633,24 @@ class MicFeeder(_FifoWorker):
                 chunk = np.clip(np.round(mixed), -32768, 32767).astype(np.int16)
             if self.written is not None:
                 self.written.append(chunk)
+            if self._lose > 0:  # a capture gap (lose()): never reaches the daemon
+                self._lose -= n
+                self.drops.append((time.monotonic(), n))
+                k += 1
+                continue
             try:
                 os.write(self.fd, chunk.tobytes())
                 self.samples_written += n
             except BlockingIOError:
                 self.dropped_chunks += 1
+                self.drops.append((time.monotonic(), n))
             k += 1
+
+    def lose(self, seconds: float) -> None:
+        """Fault: the next ``seconds`` of microphone signal never reach the daemon, like a
+        capture overrun no driver reported (the daemon reads on, unaware; the echo then
+        comes that much ahead of its reference). Recorded in :attr:`drops`."""
+        self._lose = int(seconds * self.rate)
 
     def close(self) -> None:
         super().close()
