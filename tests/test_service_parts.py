@@ -370,3 +370,34 @@ def test_an_echo_ahead_of_the_floor_skips_the_reference_by_what_the_microphone_l
     assert e.ring.available == e.floor and moves[-1][1] == pytest.approx(30.0 - 20.0)
     e.track(loud, loud)  # nothing left to skip: no move
     assert e.ring.available == e.floor and len(moves) == 2
+
+
+def test_two_false_interruptions_within_ten_seconds_mean_the_echo_path_is_lost(monkeypatch):
+    """Each false pause silences the reference, so the tracker, which needs half of a 2 s
+    window of far end, may never measure again while the canceller does not cancel: a
+    second rejected check within ECHO_LOST_S has the echo path measured afresh and the
+    detector wait as at a cold start. A single one, or two far apart, change nothing."""
+    from voxbox.duplex.interruption import Verdict
+    from voxbox.service import controller as ctl
+
+    clock = [100.0]
+    monkeypatch.setattr(ctl.time, "monotonic", lambda: clock[0])
+    calls = []
+    stub = SimpleNamespace(
+        audio=SimpleNamespace(tentative=True, echo_path_changed=lambda cold=False: calls.append(("hold", cold))),
+        echo=SimpleNamespace(lost=lambda: calls.append(("lost",))),
+        metrics=SimpleNamespace(on_barge_in_rejected=lambda: None),
+        conv=SimpleNamespace(near_end_rejected=lambda now: []), _apply=lambda acts: None)
+
+    def reject(t):
+        clock[0] = t
+        stub.audio.tentative = True
+        ctl.Controller._on_verdict(stub, Verdict.REJECTED, {}, 0, 48)
+
+    reject(100.0)
+    reject(100.0 + ctl.ECHO_LOST_S + 1)  # far apart: nothing
+    assert calls == []
+    reject(100.0 + ctl.ECHO_LOST_S + 5)  # 4 s after the last: lost
+    assert calls == [("lost",), ("hold", True)]
+    reject(100.0 + ctl.ECHO_LOST_S + 6)  # the count starts again after a loss
+    assert len(calls) == 2
