@@ -106,6 +106,8 @@ class EchoPath:
         self._gap = False  # a device gap was reported (audio thread -> echo worker)
         self._after_gap = False  # echo worker: the next estimate is the first after a gap
         self._pending_move: tuple[int, float, float] | None = None  # a line move waiting for a pause
+        self._ahead = False  # echo worker: the last estimate wanted a skip ahead of the floor
+        self._skip_ok = False  # ... and so did the one before it
         self.tracker = None
         self._queue: FrameQueue | None = None
         self._stop = threading.Event()
@@ -298,6 +300,10 @@ class EchoPath:
                 self.on_measured()
         urgent, self._after_gap = self._after_gap, False
         new = self.aligner.on_delay(est.delay_ms, self.delay, urgent=urgent)
+        # a skip ahead of the floor needs two estimates in a row that want one (a first
+        # window on a weak echo once gave -36.5 ms with the real echo 70 ms behind)
+        ahead = new is not None and new < self.floor and est.delay_ms < -SKIP_MIN_MS
+        self._skip_ok, self._ahead = ahead and self._ahead, ahead
         if new is not None and new != self.delay:  # below the floor: see _move_line
             if est.delay_ms >= 0 and self._quiet < REF_MOVE_QUIET_PERIODS and not urgent:
                 self._pending_move = (new, est.delay_ms, est.erl_db)  # the reference leads: wait
@@ -325,7 +331,7 @@ class EchoPath:
         old = self.delay
         skipped = 0
         if new < self.floor:
-            if delay_ms < -SKIP_MIN_MS:  # not a writer's burst: the echo is well ahead
+            if delay_ms < -SKIP_MIN_MS and self._skip_ok:  # well ahead, and twice in a row
                 # the move to the floor advances the reader by old - floor at the next
                 # read; a period more stays for a writer's bursts
                 skipped = self.ring.skip(self.floor - new, keep=old + self.cap_period)
