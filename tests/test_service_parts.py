@@ -391,7 +391,7 @@ def test_two_false_interruptions_within_ten_seconds_mean_the_echo_path_is_lost(m
         audio=SimpleNamespace(tentative=True, echo_path_changed=lambda cold=False: calls.append(("hold", cold))),
         echo=SimpleNamespace(lost=lambda: calls.append(("lost",))),
         metrics=SimpleNamespace(on_barge_in_rejected=lambda: None),
-        conv=SimpleNamespace(near_end_rejected=lambda now: []), _apply=lambda acts: None)
+        conv=SimpleNamespace(near_end_rejected=lambda now: []), _apply=lambda acts: None, _last_rejected=None)
 
     def reject(t):
         clock[0] = t

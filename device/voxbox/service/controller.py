@@ -177,7 +177,7 @@ class Controller:
             self._apply(self.conv.near_end_confirmed(now))
         else:
             self.metrics.on_barge_in_rejected()
-            last, self._last_rejected = getattr(self, "_last_rejected", None), now
+            last, self._last_rejected = self._last_rejected, now
             if last is not None and now - last <= ECHO_LOST_S:
                 # two false interruptions this close: the canceller is not cancelling (an
                 # echo-path jump nobody reported). Each pause silences the reference, so the

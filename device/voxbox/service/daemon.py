@@ -168,6 +168,7 @@ class Daemon(Controller):
                              on_path_changed=self._echo_path_changed,
                              on_measured=lambda: self.audio.line_measured(), on_moved=self._line_moved)
         self._startup_cue_again = False  # the start-up cue was played again after a line move
+        self._last_rejected: float | None = None  # when the last false interruption was rejected
         self.t_start = time.monotonic()
         from voxbox.audio.volume import Volume
 
