@@ -282,13 +282,14 @@ def test_playback_is_exact_through_speaker(rig):
 
 def test_capture_stop_is_prompt_and_stall_is_absorbed(rig):
     """The file plugin cannot overrun: a stalled on_frame is absorbed by the mic pipe and,
-    past its 128 ms, the feeder drops chunks (a real ADC would overrun). No xrun is
-    reported (the device cannot know), and frames keep coming after the stall."""
+    past its 128 ms, by the chunks the feeder holds (a silent loss would move a closed
+    loop's echo; a card would report an overrun). No xrun is reported, no sample is lost,
+    and frames keep coming after the stall."""
     feeder = rig.mic(tail="noise")
     col = _Collector(stall_at=20, stall_s=0.25)
     loop = CaptureLoop(rig.MIC, col)
     loop.start()
-    feeder.start()
+    feeder.start(record=True)
     time.sleep(0.8)
     n_mid = loop.frames_delivered
     time.sleep(0.3)
@@ -296,8 +297,24 @@ def test_capture_stop_is_prompt_and_stall_is_absorbed(rig):
     assert loop.stop(timeout=1.0)
     assert time.monotonic() - t < 1.0
     assert loop.frames_delivered > n_mid + 15  # still flowing after the stall
-    assert feeder.dropped_chunks >= 1
+    assert feeder.dropped_chunks == 0 and feeder.held_max >= 5  # 250 ms > the pipe's 128 ms
+    got = col.samples()
+    sent = np.concatenate(feeder.written)
+    assert np.array_equal(got, sent[:got.size])  # in order, nothing lost
     assert loop.xruns == 0
+    feeder.close()
+
+
+def test_mic_feeder_drops_when_nobody_reads(rig):
+    """With no reader for longer than HOLD_MAX_S (the daemon not running), the feeder drops
+    its chunks: a daemon that opens the PCM later finds the pipe's 128 ms, not a backlog."""
+    from voxbox.sim.rig import HOLD_MAX_S
+
+    feeder = rig.mic(tail="noise")
+    feeder.start()
+    time.sleep(HOLD_MAX_S + 0.4)
+    assert feeder.dropped_chunks >= 20
+    assert feeder.samples_written <= feeder.pipe_size // 2  # whole chunks: 12 of 320 bytes
     feeder.close()
 
 

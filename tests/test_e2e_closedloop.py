@@ -67,6 +67,17 @@ def timeline(h: DaemonHarness, t0: float) -> str:
     rate = h.speaker.rate
     out += [(t, f"  {t - t0:+7.2f} s RIG SPEAKER UNDERRUN {n * 1000 / rate:.0f} ms")
             for t, n in list(h.speaker.underruns) if t >= t0]
+    # and the microphone samples it dropped (a reader gone for HOLD_MAX_S; lose()), a
+    # line per burst
+    bursts: list[list[float]] = []
+    for t, n in list(h.mic.drops):
+        if t >= t0:
+            if bursts and t - bursts[-1][1] < 0.05:
+                bursts[-1][1:] = [t, bursts[-1][2] + n]
+            else:
+                bursts.append([t, t, n])
+    out += [(t, f"  {t - t0:+7.2f} s RIG MICROPHONE LOST {n * 1000 / h.mic.rate:.0f} ms")
+            for t, _, n in bursts]
     return "\n".join(line for _, line in sorted(out, key=lambda x: x[0]))
 
 
