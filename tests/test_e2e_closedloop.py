@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from voxbox.audio.speech import render_speech
-from voxbox.sim.harness import DaemonHarness
+from voxbox.sim.harness import DaemonHarness, HarnessError
 
 pytestmark = pytest.mark.e2e
 
@@ -81,41 +81,53 @@ def timeline(h: DaemonHarness, t0: float) -> str:
     return "\n".join(line for _, line in sorted(out, key=lambda x: x[0]))
 
 
-#: a false local decision this soon after a rig underrun is put down to the underrun
-RIG_GAP_S = 2.0
-
-
 class RigGap(Exception):
-    """The rig's speaker underran (a device gap the daemon cannot see on this rig; a card
-    reports it as an xrun, on which the daemon holds the detector and measures the echo
-    path afresh) shortly before the first wrong local decision: the run is void."""
+    """The rig lost time the daemon could not see (a speaker underrun: the daemon's playback
+    stalled past the pipe and the slack; a microphone loss: its capture stalled past
+    ``HOLD_MAX_S``) before the run's first wrong local decision. A card reports both as
+    xruns, on which the daemon holds the detector and measures the echo path afresh; the
+    ``file`` plugin cannot. The run is void."""
+
+
+def rig_gaps(h: DaemonHarness, t0: float, t1: float) -> list[str]:
+    """The rig's device gaps between ``t0`` and ``t1`` (monotonic s), described."""
+    out = [f"speaker underrun {n * 1000 / h.speaker.rate:.0f} ms at +{t - t0:.2f} s"
+           for t, n in list(h.speaker.underruns) if t0 <= t <= t1]
+    lost = [(t, n) for t, n in list(h.mic.drops) if t0 <= t <= t1]
+    if lost:
+        out.append(f"microphone lost {sum(n for _, n in lost) * 1000 / h.mic.rate:.0f} ms "
+                   f"from +{lost[0][0] - t0:.2f} s")
+    return out
 
 
 def void_if_rig_gap(h: DaemonHarness, t0: float) -> None:
-    """Raise :class:`RigGap` if the first near-end decision since ``t0`` came within
-    ``RIG_GAP_S`` after a rig speaker underrun (called when a run failed its checks)."""
+    """Raise :class:`RigGap` if the rig had a device gap between ``t0`` and the first
+    near-end decision after it (or now, without one): called when a run failed its checks."""
     near = [r["mono"] for r in h.events("near_end") if r["mono"] >= t0]
-    if not near:
-        return
-    gaps = [(t, n) for t, n in list(h.speaker.underruns) if near[0] - RIG_GAP_S <= t <= near[0]]
+    gaps = rig_gaps(h, t0, near[0] if near else time.monotonic())
     if gaps:
-        raise RigGap(f"rig speaker underrun {gaps[-1][1] * 1000 / h.speaker.rate:.0f} ms "
-                     f"{(near[0] - gaps[-1][0]) * 1000:.0f} ms before the first near-end decision")
+        raise RigGap("; ".join(gaps[-3:]))
+
+
+#: runs of a test before it fails on void runs alone
+RUNS = 3
 
 
 def once_more_after_a_rig_gap(run, tmp_path) -> None:
-    """``run(workdir)``; a run made void by a rig underrun (:class:`RigGap`) is run once
-    more with a fresh daemon; a second void run fails. Measured: with three busy loops
-    beside the test on two CPUs, 2 of 5 runs had underruns of 26-66 ms, one followed by a
-    near-end decision 100 ms later; the machine idle, none in the stream."""
-    try:
-        run(tmp_path / "run1")
-    except RigGap as exc:
-        print(f"run 1 void: {exc}; running again")
+    """``run(workdir)``; a run made void by a rig gap (:class:`RigGap`) is run again with a
+    fresh daemon, ``RUNS`` runs in all; a run that fails without a rig gap fails the test,
+    and so do ``RUNS`` void runs. A void run never passes the test. Measured in CI: a
+    loaded host stalled the daemon (speaker underruns of 20-56 ms, several per reply), and
+    two runs in a row failed after one."""
+    voids = []
+    for k in range(RUNS):
         try:
-            run(tmp_path / "run2")
-        except RigGap as exc2:
-            pytest.fail(f"two runs void: the rig could not keep real time ({exc}; {exc2})")
+            run(tmp_path / f"run{k + 1}")
+            return
+        except RigGap as exc:
+            voids.append(str(exc))
+            print(f"run {k + 1} void: {exc}" + ("; running again" if k + 1 < RUNS else ""))
+    pytest.fail(f"{RUNS} runs void: the rig could not keep real time ({' | '.join(voids)})")
 
 
 def ask(h: DaemonHarness, q: np.ndarray) -> tuple[float, dict]:
@@ -162,6 +174,10 @@ def one_question_one_reply(tmp_path):
 
 
 def test_car_at_plus_6_db_the_user_interrupts(tmp_path):
+    once_more_after_a_rig_gap(user_interrupts, tmp_path)
+
+
+def user_interrupts(tmp_path):
     q = user("What will the weather be like tomorrow?")
     stop = user("Stop. What about the weekend instead?", "en-us+m1")
     h, reply24 = car_loop(tmp_path)
@@ -172,7 +188,14 @@ def test_car_at_plus_6_db_the_user_interrupts(tmp_path):
         h.mic.play(stop)
         time.sleep(0.05)
         onset = h.mic.t_start + 0.05
-        barge = h.wait_event("barge_in", timeout=5, after=onset - 0.5)
+        try:
+            barge = h.wait_event("barge_in", timeout=5, after=onset - 0.5)
+        except HarnessError:
+            print(timeline(h, h.logs[0]["mono"]))
+            gaps = rig_gaps(h, start["mono"], time.monotonic())
+            if gaps:
+                raise RigGap("; ".join(gaps[-3:])) from None
+            raise
         assert barge["VOXBOX_CAUSE"] == "near-end speech"
         pause = next(r for r in h.events("near_end") if r["mono"] >= onset - 0.5)
         samples, times = h.speaker.snapshot()
