@@ -61,7 +61,7 @@ Measured (alsa-lib 1.2.8, pyalsaaudio 0.11, Linux pipes):
   whole capture period per ``write()`` (≤ PIPE_BUF, hence atomic).
 * There is no capture overrun on this device: the mic pipe (shrunk to 4096 bytes, 128 ms)
   absorbs a stalled reader, and the feeder holds the chunks the full pipe does not take
-  while the reader read within the last second (:data:`HOLD_MAX_S`), so a daemon stalled
+  while the reader read within :data:`HOLD_MAX_S` (0.5 s), so a daemon stalled
   by the test host loses nothing (a card would report an overrun it could act on; the
   file plugin cannot report one, and a silent loss moves a closed loop's echo ahead of
   its reference). Past that the reader is gone and the feeder *drops* chunks, counted in
@@ -71,9 +71,11 @@ Measured (alsa-lib 1.2.8, pyalsaaudio 0.11, Linux pipes):
 
 from __future__ import annotations
 
+import array
 import errno
 import fcntl
 import os
+import termios
 import threading
 import time
 from collections import deque
@@ -92,8 +94,10 @@ STEP_S = 0.010  # pacing step of the feeder and the speaker
 ECHO_WAIT_S = 0.2
 #: the microphone holds chunks the full pipe did not take while its reader read within
 #: this long (s): a stalled reader loses nothing, like a card with a buffer the test host's
-#: scheduling stalls fit in; one gone longer (the daemon not running) gets none of them
-HOLD_MAX_S = 1.0
+#: scheduling stalls fit in; one gone longer (the daemon stopped) gets none of them, and
+#: neither does a reader that has not drained the pipe yet (the daemon starting: a card's
+#: capture buffer starts empty; a daemon opening it must not find a backlog held for it)
+HOLD_MAX_S = 0.5
 
 
 def _shrink_pipe(fd: int, size: int = 4096) -> int:
@@ -532,7 +536,11 @@ class MicFeeder(_FifoWorker):
         self.drops: list[tuple[float, int]] = []
         self._lose = 0  # samples still to lose (lose())
         self._held: deque[np.ndarray] = deque()  # chunks the full pipe did not take yet
-        self._wrote_at = time.monotonic()  # the last time the pipe took a chunk
+        self._bytes_in = 0  # bytes written into the pipe
+        self._fill = array.array("i", [0])  # FIONREAD's answer
+        self._consumed = 0  # ... of which a reader took (written - FIONREAD), last seen
+        self._read_at = 0.0  # monotonic time a reader was last seen taking bytes
+        self._reading = False  # a reader took bytes since the feeder last dropped
         #: the most chunks held at once while the reader was stalled
         self.held_max = 0
         self.signal_done = threading.Event()
@@ -680,8 +688,15 @@ class MicFeeder(_FifoWorker):
 
     def _flush(self, now: float) -> None:
         """Write the held chunks, oldest first, while the pipe takes them. A reader that
-        read within ``HOLD_MAX_S`` is stalled, not gone: its chunks wait (``held_max``);
-        past that, the held chunks are dropped (``dropped_chunks``, ``drops``)."""
+        took bytes from the pipe within ``HOLD_MAX_S`` is stalled, not gone: its chunks
+        wait (``held_max``). Before any reader took a byte (the daemon has not opened the
+        PCM yet) and past ``HOLD_MAX_S``, the held chunks are dropped (``dropped_chunks``,
+        ``drops``): a device opened later finds the pipe's 128 ms, never a backlog held
+        for it (a card's capture buffer starts empty)."""
+        fcntl.ioctl(self.fd, termios.FIONREAD, self._fill)
+        consumed = self._bytes_in - self._fill[0]
+        if consumed > self._consumed:  # a reader took bytes since the last chunk
+            self._consumed, self._read_at, self._reading = consumed, now, True
         held = self._held
         while held:
             try:
@@ -690,13 +705,14 @@ class MicFeeder(_FifoWorker):
                 break
             held.popleft()
             self.samples_written += self.chunk
-            self._wrote_at = now
+            self._bytes_in += 2 * self.chunk
         self.held_max = max(self.held_max, len(held))
-        if held and now - self._wrote_at > HOLD_MAX_S:
+        if held and (not self._reading or now - self._read_at > HOLD_MAX_S):
             for c in held:
                 self.dropped_chunks += 1
                 self.drops.append((now, len(c)))
             held.clear()
+            self._reading = False
 
     def lose(self, seconds: float) -> None:
         """Fault: the next ``seconds`` of microphone signal never reach the daemon, like a
