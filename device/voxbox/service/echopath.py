@@ -109,7 +109,6 @@ class EchoPath:
         self._after_gap = False  # echo worker: the next estimate is the first after a gap
         self._pending_move: tuple[int, float, float] | None = None  # a line move waiting for a pause
         self._ahead = False  # echo worker: the last estimate wanted a skip ahead of the floor
-        self._skip_ok = False  # ... and so did the one before it
         self.tracker = None
         self._queue: FrameQueue | None = None
         self._stop = threading.Event()
@@ -305,13 +304,13 @@ class EchoPath:
         # a skip ahead of the floor needs two estimates in a row that want one (a first
         # window on a weak echo once gave -36.5 ms with the real echo 70 ms behind)
         ahead = new is not None and new < self.floor and est.delay_ms < -SKIP_MIN_MS
-        self._skip_ok, self._ahead = ahead and self._ahead, ahead
+        skip, self._ahead = ahead and self._ahead, ahead
         if new is not None and new != self.delay:  # below the floor: see _move_line
             if est.delay_ms >= 0 and self._quiet < REF_MOVE_QUIET_PERIODS and not urgent:
                 self._pending_move = (new, est.delay_ms, est.erl_db)  # the reference leads: wait
             else:
                 self._pending_move = None
-                self._move_line(new, est.delay_ms, est.erl_db)
+                self._move_line(new, est.delay_ms, est.erl_db, skip=skip)
             return
         if self._drift_comp is not None:
             ppm = self.aligner.on_drift(tr.drift_ppm, tr.drift_stderr_ppm, self.drift_target_ppm)
@@ -320,7 +319,7 @@ class EchoPath:
                 tr.reset_drift()
                 self._loop.call_soon_threadsafe(self._log_drift, ppm)
 
-    def _move_line(self, new: int, delay_ms: float, erl_db: float) -> None:
+    def _move_line(self, new: int, delay_ms: float, erl_db: float, skip: bool = False) -> None:
         """Echo worker: set the reference delay line to ``new`` samples.
 
         A line below the floor (the echo leads the reference by more than the line can
@@ -328,12 +327,13 @@ class EchoPath:
         gap no device reported (an overrun a driver hid, or the test rig's dropped chunks,
         measured there as a 177-190 ms jump ahead after a stalled capture thread, with the
         canceller then unable to cancel anything). The ring then holds that much more
-        backlog than the line: the reader skips ahead by what is missing, keeping the
-        floor's backlog, so the pairing catches up with the microphone."""
+        backlog than the line: with ``skip`` (two estimates in a row wanted it), the reader
+        skips ahead by what is missing, keeping the floor's backlog, so the pairing catches
+        up with the microphone."""
         old = self.delay
         skipped = 0
         if new < self.floor:
-            if delay_ms < -SKIP_MIN_MS and self._skip_ok:  # well ahead, and twice in a row
+            if skip:  # the echo ahead of the floor, twice in a row
                 # the move to the floor advances the reader by old - floor at the next
                 # read; a period more stays for a writer's bursts
                 skipped = self.ring.skip(self.floor - new, keep=old + self.cap_period)

@@ -536,11 +536,9 @@ class MicFeeder(_FifoWorker):
         self.drops: list[tuple[float, int]] = []
         self._lose = 0  # samples still to lose (lose())
         self._held: deque[np.ndarray] = deque()  # chunks the full pipe did not take yet
-        self._bytes_in = 0  # bytes written into the pipe
         self._fill = array.array("i", [0])  # FIONREAD's answer
-        self._consumed = 0  # ... of which a reader took (written - FIONREAD), last seen
-        self._read_at = 0.0  # monotonic time a reader was last seen taking bytes
-        self._reading = False  # a reader took bytes since the feeder last dropped
+        self._consumed = 0  # bytes a reader took from the pipe (written - FIONREAD), last seen
+        self._read_at = -HOLD_MAX_S  # monotonic time a reader was last seen taking bytes
         #: the most chunks held at once while the reader was stalled
         self.held_max = 0
         self.signal_done = threading.Event()
@@ -694,9 +692,9 @@ class MicFeeder(_FifoWorker):
         ``drops``): a device opened later finds the pipe's 128 ms, never a backlog held
         for it (a card's capture buffer starts empty)."""
         fcntl.ioctl(self.fd, termios.FIONREAD, self._fill)
-        consumed = self._bytes_in - self._fill[0]
+        consumed = 2 * self.samples_written - self._fill[0]
         if consumed > self._consumed:  # a reader took bytes since the last chunk
-            self._consumed, self._read_at, self._reading = consumed, now, True
+            self._consumed, self._read_at = consumed, now
         held = self._held
         while held:
             try:
@@ -705,14 +703,12 @@ class MicFeeder(_FifoWorker):
                 break
             held.popleft()
             self.samples_written += self.chunk
-            self._bytes_in += 2 * self.chunk
         self.held_max = max(self.held_max, len(held))
-        if held and (not self._reading or now - self._read_at > HOLD_MAX_S):
+        if held and now - self._read_at > HOLD_MAX_S:  # no reader, or one gone
             for c in held:
                 self.dropped_chunks += 1
                 self.drops.append((now, len(c)))
             held.clear()
-            self._reading = False
 
     def lose(self, seconds: float) -> None:
         """Fault: the next ``seconds`` of microphone signal never reach the daemon, like a
