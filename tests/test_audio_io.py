@@ -264,7 +264,11 @@ def test_playback_is_exact_through_speaker(rig):
     got = spk.samples
     start = int(np.flatnonzero(got)[0])
     assert np.array_equal(got[start:start + len(sig)], sig)
-    assert loop.xruns == 0
+    # the device reported no underrun; this mono rig without slack does play silence when
+    # a 10 ms tick finds the 85 ms pipe a period short, and the loop may infer those
+    # (never more than the rig played)
+    assert loop.xruns == loop.inferred.count
+    assert loop.inferred.samples <= spk.underrun_samples
     # format "raw" writes exactly the PCM bytes: everything written arrives, nothing else
     assert len(got) == loop.samples_written
     # pacing: the loop is held to real time by the speaker pipe (about 1.6 s of audio
@@ -439,7 +443,7 @@ def test_playback_drop_on_rig_keeps_playing(rig):
     before = loop.samples_written
     loop.drop()
     time.sleep(0.3)
-    assert loop.drops == 1 and loop.xruns == 0
+    assert loop.drops == 1 and loop.xruns == loop.inferred.count  # none reported by the device
     assert loop.samples_written > before + 240 * 20
     assert loop.stop(timeout=1.0)
     spk.close()

@@ -74,6 +74,7 @@ from typing import Callable
 
 import numpy as np
 
+from voxbox.audio.underrun import UnderrunInference
 from voxbox.errors import AudioDeviceError, DeviceBlockedError  # noqa: F401 (re-exported)
 
 try:  # pragma: no cover - import guard exercised only on hosts without pyalsaaudio
@@ -614,6 +615,10 @@ class PlaybackLoop(_Loop):
         self.last_write_time: float | None = None
         self.buffer_size: int | None = None
         self._delay = 0
+        #: underruns the device does not report, inferred from the write times
+        #: (:mod:`voxbox.audio.underrun`); each is reported like a real one, through
+        #: ``on_xrun("underrun_inferred")``
+        self.inferred = UnderrunInference(rate, period)
 
     def drop(self) -> None:
         """Discard what is queued in the device at once (thread-safe; for barge-in).
@@ -643,8 +648,11 @@ class PlaybackLoop(_Loop):
             self.buffer_size = int(pcm.info().get("buffer_size") or 0) or None
         except Exception:  # noqa: BLE001
             self.buffer_size = None
+        inferred = self.inferred
+        inferred.reset()
         while not self._stop.is_set():
             if self._drop.is_set():
+                inferred.reset()
                 self._drop.clear()
                 self.last_drop_discarded = self._delay
                 pcm.drop()  # → SETUP; the next write() re-prepares
@@ -654,12 +662,19 @@ class PlaybackLoop(_Loop):
                 self._delay = 0
             frame = self.source()
             data = np.ascontiguousarray(frame, dtype=np.int16).tobytes()
+            t_call = time.monotonic()
+            xruns = self.xruns
             self._write_all(pcm, data)
             t = time.monotonic()
             n = len(data) // 2
             self.frames_written += 1
             self.samples_written += n
             self.last_write_time = t
+            if self.xruns != xruns:
+                inferred.reset()  # a reported underrun: the fill starts afresh
+            elif gap := inferred.wrote(t_call, t, self.samples_written):
+                log.info("%s: %.0f ms of silence played unreported", self.name, 1000.0 * gap / self.rate)
+                self._xrun("underrun_inferred")
             if self.buffer_size:
                 try:
                     self._delay = max(0, self.buffer_size - int(pcm.avail()))
