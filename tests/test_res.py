@@ -262,3 +262,49 @@ def test_the_detection_track_shares_the_analysis_settings() -> None:
     assert res.detection.leak_floor_ms == 0.0
     assert not ResidualEchoSuppressor(H, SR, main, replace(main, bands=24)).dual
     assert not ResidualEchoSuppressor(H, SR, main, None).dual
+
+
+def _shadow(settings: ResSettings, z_parts: list[np.ndarray], e: np.ndarray, mic: np.ndarray,
+            ref: np.ndarray) -> list[np.ndarray]:
+    """Each of ``z_parts`` through its own suppressor fed the same ``e``, ``mic``, ``ref``:
+    the gains are the same, so the outputs split the output into its parts."""
+    return [run(ResidualEchoSuppressor(H, SR, settings, None), z, e, mic, ref) for z in z_parts]
+
+
+def test_late_model_keeps_the_user_in_echo_dominant_double_talk() -> None:
+    """A reverberant tail the canceller cannot reach (everything past 100 ms of a 400 ms
+    path) 6 dB over the user: with the late residual model and the softened double-talk
+    gain (the defaults) the user loses under 1 dB, at least 0.5 dB less than with the
+    leakage regression alone (measured: -0.5 against -1.5 to -1.7 dB)."""
+    n = SR * 12
+    for seed in (1, 2):
+        ref = speechlike(n, seed) * 12000
+        h = room_ir(seed + 10, tail_ms=400.0)
+        late = h.copy()
+        late[: int(0.1 * SR)] = 0.0
+        e = np.convolve(ref, late)[:n]
+        mic = np.convolve(ref, h)[:n]
+        near = np.zeros(n)
+        near[6 * SR:] = speechlike(6 * SR, seed + 20) * 12000
+        near *= np.sqrt(power(e[6 * SR:]) / power(near[6 * SR:]) * 10 ** (-6 / 10))
+        s = slice(7 * SR, n - 3 * H)
+        kept = {}
+        for name, st in (("regression", ResSettings(late_ms=0.0, dt_gain_exp=1.0)), ("late", ResSettings())):
+            (out,) = _shadow(st, [near], e + near, mic + near, ref)
+            kept[name] = 20 * np.log10(float(np.dot(out[s], near[s]) / np.dot(near[s], near[s])))
+        print(f"seed {seed}: user level kept {kept}")
+        assert kept["late"] > -1.0
+        assert kept["late"] > kept["regression"] + 0.5
+
+
+def test_detection_track_has_no_late_model() -> None:
+    """The barge-in detector's stream stays as validated in the closed loop."""
+    assert DETECTION.late_ms == 0.0 and DETECTION.dt_gain_exp == 1.0
+    assert ResSettings().late_ms > 0 and ResSettings().dt_gain_exp < 1.0
+
+
+@pytest.mark.parametrize("field,value", [("late_ms", -1.0), ("late_avg_ms", 0.0), ("late_gate", 1.5),
+                                         ("late_clip_db", -3.0), ("dt_gain_exp", 0.0), ("dt_gain_exp", 1.5)])
+def test_late_model_settings_validated(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        ResSettings(**{field: value})
