@@ -106,7 +106,7 @@ class ResSettings:
     ``dt_gain_exp`` 0.5/0.7, ``coh_dt`` 0.5/1) with the best objective: DT STOI 0.908 /
     0.896 -> 0.915 / 0.904, near-end attenuation -1.4 / -1.9 -> -1.5 / -2.0 dB, ERLE
     unchanged, ERLE after a change -0.3 / -0.9 dB. On the reporting half (not tuned on):
-    DT STOI 0.917 / 0.890 -> 0.921 / 0.896, every room up (0.003-0.009), ERLE, ERLE after
+    DT STOI 0.917 / 0.890 -> 0.921 / 0.896, every room up (0.002-0.009), ERLE, ERLE after
     a change and near-end attenuation within 0.1 dB.
 
     Attributes:
