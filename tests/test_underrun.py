@@ -98,12 +98,13 @@ def test_bad_arguments_raise():
 
 
 # -- the real PlaybackLoop on the rig --------------------------------------------------------
-def _rig_run(tmp_path, stalls: dict[int, float], seconds: float = 2.0, channels: int = 1):
+def _rig_run(tmp_path, monkeypatch, stalls: dict[int, float], seconds: float = 2.0, channels: int = 1):
     from voxbox.audio.alsa import PlaybackLoop
     from voxbox.sim.rig import FileDeviceRig
 
     rig = FileDeviceRig(tmp_path / "rig", speaker_channels=channels)
-    rig.apply_env()
+    for k, v in rig.env.items():  # this test only: ALSA reads them at the next open
+        monkeypatch.setenv(k, v)
     spk = rig.speaker(slack_periods=2)
     calls = iter(range(10**9))
 
@@ -124,16 +125,16 @@ def _rig_run(tmp_path, stalls: dict[int, float], seconds: float = 2.0, channels:
     return loop, spk, kinds
 
 
-def test_rig_steady_playback_infers_nothing(tmp_path):
-    loop, spk, kinds = _rig_run(tmp_path, {})
+def test_rig_steady_playback_infers_nothing(tmp_path, monkeypatch):
+    loop, spk, kinds = _rig_run(tmp_path, monkeypatch, {})
     assert kinds == [] and loop.inferred.count == 0
     assert loop.frames_written > 100
 
 
-def test_rig_stall_past_the_buffer_is_reported_as_an_underrun(tmp_path):
+def test_rig_stall_past_the_buffer_is_reported_as_an_underrun(tmp_path, monkeypatch):
     """The writer stalls 200 ms: the rig's speaker plays silence it cannot report, the
     loop infers it and reports it like a card's underrun, with about its size."""
-    loop, spk, kinds = _rig_run(tmp_path, {100: 0.2})
+    loop, spk, kinds = _rig_run(tmp_path, monkeypatch, {100: 0.2})
     played = sum(n for _, n in spk.underruns)
     assert played > 0, "the rig played no silence: the stall was covered"
     assert kinds == ["underrun_inferred"]
