@@ -153,6 +153,12 @@ class LevelResult:
     rig_underrun_ms: float = 0.0
     rig_mic_dropped: int = 0
     line_moves: int = 0
+    # the same over the boot trials (each a fresh daemon), plus the underruns the daemon
+    # inferred there (xrun cause underrun_inferred) and the self-triggers
+    boot_rig_underrun_ms: float = 0.0
+    boot_inferred: int = 0
+    boot_line_moves: int = 0
+    boot_self_triggers: int = 0
 
 
 class Loop:
@@ -425,7 +431,20 @@ def run_level(level: float, seed: int, tmp: Path) -> LevelResult:
             h = loop.start(startup_cue=True)
             try:
                 time.sleep(2.0)  # the start-up cue plays out
-                res.wake_first.append(wake_over_reply(h, questions[i % len(questions)], wake, rng))
+                w = wake_over_reply(h, questions[i % len(questions)], wake, rng)
+                res.wake_first.append(w)
+                under_ms = h.speaker.underrun_samples * 1000 / h.speaker.rate
+                inferred = [r for r in h.events("xrun") if r.get("VOXBOX_CAUSE") == "underrun_inferred"]
+                moves = len(h.events("echo_delay")) - 1  # the first is the line set at start
+                res.boot_rig_underrun_ms += under_ms
+                res.boot_inferred += len(inferred)
+                res.boot_line_moves += moves
+                res.boot_self_triggers += max(0, len(h.events("wake")) - int(w[0]))
+                if VERBOSE:
+                    m = h.events("echo_measured")
+                    print(f"  boot {i}: wake {'yes' if w[0] else 'MISSED'}, floor {'yes' if w[1] else 'no'}; "
+                          f"first estimate {m[0]['VOXBOX_ECHO_DELAY_MS'] if m else '-'} ms, line moves {moves}; "
+                          f"rig underruns {under_ms:.0f} ms, inferred {len(inferred)}")
             finally:
                 loop.stop()
     return res
@@ -452,7 +471,10 @@ def report(r: LevelResult) -> str:
         def wf(xs):
             return f"{sum(w for w, _ in xs)}/{len(xs)} (the user got the floor {sum(f for _, f in xs)}/{len(xs)})"
         lines.append(f"  wake word during playback: warm {wf(r.wake_warm)}, first reply after boot "
-                     f"{wf(r.wake_first)}, self-triggers {r.self_triggers}")
+                     f"{wf(r.wake_first)}, self-triggers {r.self_triggers} warm, {r.boot_self_triggers} after boot")
+    if r.wake_first:
+        lines.append(f"  boot trials: rig speaker underruns {r.boot_rig_underrun_ms:.0f} ms in all, underruns the "
+                     f"daemon inferred {r.boot_inferred}, reference line moves {r.boot_line_moves}")
     return "\n".join(lines)
 
 
