@@ -56,7 +56,7 @@ def best_lag(y: np.ndarray, x: np.ndarray) -> int:
 def test_settings_defaults_and_frozen() -> None:
     s = FrontEndSettings()
     assert (s.frame_size, s.filter_ms, s.noise_suppress_db, s.echo_suppress_db) == (256, 200, -25, -60)
-    assert (s.echo_suppress_active_db, s.agc, s.sample_rate) == (-6, False, 16000)
+    assert (s.echo_suppress_active_db, s.agc, s.sample_rate) == (-2, False, 16000)
     assert (s.residual_echo, s.highpass_hz, s.res) == (True, 0, ResSettings())
     assert s.filter_length == 3200
     with pytest.raises(dataclasses.FrozenInstanceError):

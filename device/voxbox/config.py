@@ -236,7 +236,9 @@ class FrontEnd(_Section):
     filter_ms: Annotated[int, Field(ge=20, le=1000)] = 200
     noise_suppress_db: Annotated[int, Field(ge=-60, le=0)] = -25
     echo_suppress_db: Annotated[int, Field(ge=-90, le=0)] = -60
-    echo_suppress_active_db: Annotated[int, Field(ge=-90, le=0)] = -6
+    #: the preprocessor's residual echo attenuation while the user talks, dB: milder than
+    #: Speex's -6, as voxbox's suppressor follows it (voxbox.dsp.frontend.FrontEndSettings)
+    echo_suppress_active_db: Annotated[int, Field(ge=-90, le=0)] = -2
     agc: bool = False
     #: Voxbox's residual echo suppressor after the Speex preprocessor (voxbox.dsp.res)
     residual_echo: bool = True

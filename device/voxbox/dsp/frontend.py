@@ -83,7 +83,10 @@ class FrontEndSettings:
             a kiosk-sized room; 300 ms converges slower).
         noise_suppress_db: maximum noise attenuation, dB (<= 0).
         echo_suppress_db: maximum residual echo attenuation, dB (<= 0).
-        echo_suppress_active_db: the same while the near end talks, dB (<= 0).
+        echo_suppress_active_db: the same while the near end talks, dB (<= 0; -2 rather
+            than Speex's -6 keeps the user's level in double talk, with voxbox's
+            suppressor after it: chosen with ``ResSettings.floor_db`` on the room family's
+            tuning half, figures in :class:`voxbox.dsp.res.ResSettings`).
         agc: automatic gain control on/off.
         sample_rate: Hz.
         residual_echo: run voxbox's residual echo suppressor after the preprocessor
@@ -113,7 +116,7 @@ class FrontEndSettings:
     filter_ms: int = 200
     noise_suppress_db: int = -25
     echo_suppress_db: int = -60
-    echo_suppress_active_db: int = -6
+    echo_suppress_active_db: int = -2
     agc: bool = False
     sample_rate: int = 16000
     residual_echo: bool = True
