@@ -433,7 +433,10 @@ def run_level(level: float, seed: int, tmp: Path) -> LevelResult:
                 time.sleep(2.0)  # the start-up cue plays out
                 w = wake_over_reply(h, questions[i % len(questions)], wake, rng)
                 res.wake_first.append(w)
-                under_ms = h.speaker.underrun_samples * 1000 / h.speaker.rate
+                # from the daemon's first line (its playback is open): the rig's speaker
+                # counts its own silence before the daemon writes too
+                t_open = min((r["mono"] for r in h.events("echo_delay")), default=0.0)
+                under_ms = sum(n for t, n in list(h.speaker.underruns) if t > t_open) * 1000 / h.speaker.rate
                 inferred = [r for r in h.events("xrun") if r.get("VOXBOX_CAUSE") == "underrun_inferred"]
                 moves = len(h.events("echo_delay")) - 1  # the first is the line set at start
                 res.boot_rig_underrun_ms += under_ms
