@@ -266,7 +266,6 @@ def test_a_device_gap_is_an_echo_path_change_and_the_next_estimate_moves_the_lin
     e.aligner = SimpleNamespace(on_delay=on_delay, on_drift=lambda *a: None)
     loud = np.full(period, 3000, np.int16)  # the far end plays: a plain move would wait
     line = e.delay
-    e.measured = True  # past the first estimate since start (which is urgent: next test)
     e.track(loud, loud)
     assert e.delay == line and urgent_seen == [False]  # one estimate out of band: kept
     e.device_gap()
@@ -276,43 +275,6 @@ def test_a_device_gap_is_an_echo_path_change_and_the_next_estimate_moves_the_lin
     assert e.delay == line + round((80.0 - 10.0) * 16)  # moved at once, to the wanted lead
     e.track(loud, loud)
     assert urgent_seen[-1] is False  # only the first estimate after the gap
-
-
-def test_the_first_estimate_since_start_moves_a_restored_line_at_once(tmp_path):
-    """The line at start is a guess: restored from another run (the devices' start-up
-    pairing may differ by tens of ms) or ALSA's figure. The first estimate since start
-    moves it at once, while the far end plays (the start-up cue), without waiting for a
-    second estimate or a pause; an estimate in the dead band keeps it, and later
-    estimates need confirmation again."""
-    from voxbox.dsp.echostate import EchoState, save_echo_state
-
-    c = cfg(frontend={"echo_cancel": True, "track_echo_delay": True})
-    period = c.audio.capture_rate * c.audio.period_ms // 1000
-    path = tmp_path / "echo.json"
-    probe = EchoPath(c, period, path, SimpleNamespace(), on_path_changed=lambda: None)
-    save_echo_state(path, EchoState(reference_delay_ms=151.0, echo_delay_ms=10.0, drift_ppm=0.0, erl_db=2.0,
-                                    saved_at=1.0, devices=probe.devices))
-    loud = np.full(period, 3000, np.int16)
-    for delay_ms, moved_ms in ((131.8, 121.8), (12.0, 0.0), (-5.0, -15.0)):
-        measured = []
-        e = EchoPath(c, period, path, SimpleNamespace(set_echo_delay_ms=lambda v: None, set_erl_db=lambda v: None),
-                     on_path_changed=lambda: None, on_measured=lambda: measured.append(1))
-        e._loop = Loop()
-        e.restore()
-        e.init_line(0, c.audio.playback_rate)
-        line = e.delay
-        assert line == round(151.0 * c.audio.capture_rate / 1000)
-        est = SimpleNamespace(delay_ms=delay_ms, erl_db=2.0, confidence=117.0)
-        e.tracker = SimpleNamespace(push=lambda ref, mic: est, reset=lambda: None, drift_ppm=0.0,
-                                    drift_stderr_ppm=1.0, last=est)
-        e.track(loud, loud)
-        assert measured == [1]
-        assert e.delay == max(e.floor, line + round(moved_ms * c.audio.capture_rate / 1000)), delay_ms
-        if moved_ms > 0:
-            est.delay_ms = 60.0  # the next one out of band: waits for confirmation
-            before = e.delay
-            e.track(loud, loud)
-            assert e.delay == before
 
 
 def test_echo_path_reports_each_line_move_on_the_event_loop():

@@ -293,19 +293,13 @@ class EchoPath:
             return
         # until the first estimate the near-end detector pauses no reply at a cold start
         # (AudioPath.line_measured)
-        first = not self.measured
-        if first:
+        if not self.measured:
             self.measured = True
             self._loop.call_soon_threadsafe(self._log_measured, est.delay_ms, est.erl_db, est.confidence,
                                             self.delay)
             if self.on_measured is not None:
                 self.on_measured()
-        # the line at start is a guess (restored from another run, or ALSA's figure): the
-        # first estimate since start moves it at once, like the first after a gap. Measured
-        # in the closed loop (+6 dB, rig): a restored line 51-132 ms short of the echo
-        # waited for a second estimate, which came only during the first reply, and that
-        # reply paused on its own echo and missed the wake word
-        urgent, self._after_gap = self._after_gap or first, False
+        urgent, self._after_gap = self._after_gap, False
         new = self.aligner.on_delay(est.delay_ms, self.delay, urgent=urgent)
         # a skip ahead of the floor needs two estimates in a row that want one (a first
         # window on a weak echo once gave -36.5 ms with the real echo 70 ms behind)
