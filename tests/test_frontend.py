@@ -53,6 +53,16 @@ def best_lag(y: np.ndarray, x: np.ndarray) -> int:
 
 
 # -- settings -----------------------------------------------------------------------------
+def test_the_daemons_default_config_runs_the_front_end_the_benches_measure() -> None:
+    """Each tuning default is written twice, in ``voxbox.config.FrontEnd`` (the daemon's)
+    and in ``FrontEndSettings`` (the benches' and ``voxbox dsp``'s): a default changed in
+    one place only would leave the benches' figures describing a front end no unit runs."""
+    from voxbox.config import parse_config
+    from voxbox.dsp.frontend import frontend_settings
+
+    assert frontend_settings(parse_config({"realtime": {"url": "local"}})) == FrontEndSettings()
+
+
 def test_settings_defaults_and_frozen() -> None:
     s = FrontEndSettings()
     assert (s.frame_size, s.filter_ms, s.noise_suppress_db, s.echo_suppress_db) == (256, 200, -25, -60)
