@@ -347,3 +347,97 @@ def test_the_observer_hears_the_detection_track_not_the_uplink() -> None:
     for (fa, ra, xa), (fb, rb, xb) in zip(seen["two"], seen["one"]):
         assert np.array_equal(fa, fb) and xa == xb and (ra == rb or not (np.isfinite(ra) or np.isfinite(rb)))
     assert not np.array_equal(up_two, up_one)
+
+
+# -- realign: the canceller re-learns a moved reference line at once ------------------------
+def _erle_after_move(realign: bool | None, shift: int = 320) -> float:
+    """ERLE (dB) of the canceller's output (the wake tap) over the 0.6 s after the line
+    moved by ``shift`` samples, the echo path itself unchanged: before the move the
+    reference came ``shift`` samples too early (the line too short), after it, right.
+    ``realign`` None: the line was right all along."""
+    mic, ref, _ = echo_scene(5, seed=90)
+    tm = 3 * SR
+    wrong = ref.copy()
+    if realign is not None:  # before the move: wrong(t) = ref(t + shift); after it ref(t) = wrong(t - shift)
+        wrong[:tm] = ref[shift : tm + shift]
+    with CaptureFrontEnd(wake_tap="aec") as fe:
+        taps = []
+        for i in range(0, mic.shape[0], BLOCK):
+            if i == tm and realign:
+                assert fe.realign(shift) > 0
+            fe.process(mic[i : i + BLOCK], wrong[i : i + BLOCK])
+            taps.append(fe.wake_tap)
+        lat = fe.latency_samples
+    tap = np.concatenate(taps)[lat:]
+    s = slice(tm, tm + int(0.6 * SR))
+    return 10 * np.log10(power(mic[s]) / max(power(tap[s]), 1e-3))
+
+
+def test_realign_cancels_at_once_on_a_moved_line_as_if_it_had_been_right() -> None:
+    """The filter learned the echo on a line 20 ms off; the line moves to the right one.
+    Kept, the filter cancels nothing for a while; retrained on its recent input re-paired
+    at the new line, it cancels like one that learned on the right line."""
+    kept, realigned, right = _erle_after_move(False), _erle_after_move(True), _erle_after_move(None)
+    print(f"ERLE 0-0.6 s after the move: kept {kept:.1f} dB, realigned {realigned:.1f} dB, right line {right:.1f} dB")
+    assert kept < 6.0
+    assert realigned > right - 3.0 and realigned > kept + 10.0
+
+
+@pytest.mark.parametrize("shift", [-400, 0, 400])
+def test_realign_keeps_its_history_on_the_new_line_and_its_output_ring(shift: int) -> None:
+    """After a realign the history holds the re-paired frames (a later move re-pairs them
+    again); the output stream keeps its length and latency; forget_history and reset
+    empty the history; a closed front end refuses."""
+    mic, ref, _ = echo_scene(3, seed=91)
+    fe = CaptureFrontEnd()
+    out = stream(fe, mic, ref)
+    assert out.shape == mic.shape
+    rows = fe._hist_mic.shape[0]
+    n = fe.realign(shift)
+    assert n == min(rows, (rows * fe.frame_size - abs(shift)) // fe.frame_size)
+    assert fe.realign(-shift) == (n * fe.frame_size - abs(shift)) // fe.frame_size
+    assert fe.process(mic[:BLOCK], ref[:BLOCK]).shape == (BLOCK,)
+    job = fe.prepare_realign(shift)
+    fe.forget_history()  # a device gap after the move: the retraining is stale
+    job.run()
+    assert fe.adopt(job) == -1 and job.canceller is None
+    assert fe.realign(shift) == 0  # nothing to re-pair: the canceller starts afresh
+    stream(fe, mic[: SR // 2], ref[: SR // 2])
+    fe.reset()
+    assert fe.realign(shift) == 0
+    fe.close()
+    with pytest.raises(ValueError, match="closed"):
+        fe.realign(shift)
+
+
+def test_a_retraining_run_elsewhere_catches_up_with_the_frames_since_the_move() -> None:
+    """The daemon trains the new canceller off its capture thread while frames go on
+    through the old one; at adopt the new one runs the frames since the move first, and
+    cancels as well as one retrained on the spot."""
+    shift = 320
+    mic, ref, _ = echo_scene(5, seed=90)
+    tm = 3 * SR
+    wrong = ref.copy()
+    wrong[:tm] = ref[shift : tm + shift]
+    outs = {}
+    for mode in ("now", "later"):
+        with CaptureFrontEnd(wake_tap="aec") as fe:
+            taps, job = [], None
+            for i in range(0, mic.shape[0], BLOCK):
+                if i == tm:
+                    if mode == "now":
+                        fe.realign(shift)
+                    else:
+                        job = fe.prepare_realign(shift)
+                if job is not None and i == tm + 8 * BLOCK:  # 80 ms later
+                    job.run()
+                    assert fe.adopt(job) == 5  # 80 ms of 16 ms frames
+                    job = None
+                fe.process(mic[i : i + BLOCK], wrong[i : i + BLOCK])
+                taps.append(fe.wake_tap)
+            lat = fe.latency_samples
+        outs[mode] = np.concatenate(taps)[lat:]
+    s = slice(tm + int(0.2 * SR), tm + int(0.8 * SR))
+    erle = {k: 10 * np.log10(power(mic[s]) / max(power(v[s]), 1e-3)) for k, v in outs.items()}
+    print(f"ERLE 0.2-0.8 s after the move: {erle}")
+    assert erle["later"] > erle["now"] - 2.0

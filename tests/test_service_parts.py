@@ -419,3 +419,54 @@ def test_two_false_interruptions_within_ten_seconds_mean_the_echo_path_is_lost(m
     assert calls == [("lost",), ("hold", True)]
     reject(100.0 + ctl.ECHO_LOST_S + 6)  # the count starts again after a loss
     assert len(calls) == 2
+
+
+def test_a_line_move_retrains_the_canceller_off_the_capture_thread_and_it_takes_over():
+    """The echo worker moves the line (EchoPath.line_shift); at the next period the
+    capture thread re-pairs the front end's history and starts the retraining on its own
+    thread; at a period after it is done the new canceller takes over. A device gap drops
+    the history."""
+    import time as _time
+
+    c = cfg(frontend={"echo_cancel": True, "track_echo_delay": False})
+    rec = Recorder()
+    p = audio_path(c, rec)
+    period = p.cap_period
+    rng = np.random.default_rng(5)
+    for _ in range(150):  # 1.5 s of loud far end and its echo
+        x = (rng.standard_normal(period) * 3000).astype(np.int16)
+        p.echo.ring.write(x)
+        p.on_capture_frame((x // 3).astype(np.int16), 0.0)
+    old = p.frontend._ec
+    p.echo.line_shift += 160  # the echo worker moved the line by 10 ms
+    p.on_capture_frame(np.zeros(period, np.int16), 0.0)
+    job = p._retraining
+    assert job is not None and job.frames > 50
+    deadline = _time.monotonic() + 10
+    while not job.done and _time.monotonic() < deadline:
+        _time.sleep(0.01)
+    p.on_capture_frame(np.zeros(period, np.int16), 0.0)
+    assert p._retraining is None and p.frontend._ec is not old and old.closed
+    p.echo.gaps += 1  # a device gap: nothing before it re-pairs
+    p.on_capture_frame(np.zeros(period, np.int16), 0.0)
+    assert p.frontend._hist_n <= 1
+
+
+def test_the_startup_cue_once_played_retrains_the_canceller_and_a_cut_cue_does_not():
+    c = cfg(frontend={"echo_cancel": True, "track_echo_delay": False})
+    p = audio_path(c, Recorder())
+    cue = np.full(p.play_period * 3, 1000, np.int16)
+    p.play_cue(cue, retrain=True)
+    p.play_cue(cue)  # another cue cut it: no retraining
+    for _ in range(4):
+        p.playback_source()
+    assert p.cue is None and p._retrain_at == 0.0
+    p.play_cue(cue, retrain=True)
+    for _ in range(4):
+        p.playback_source()
+    due = p._retrain_at
+    assert due > 0.0
+    p.on_capture_frame(np.zeros(p.cap_period, np.int16), due - 0.1)
+    assert p._retraining is None  # its echo is still coming in
+    p.on_capture_frame(np.zeros(p.cap_period, np.int16), due)
+    assert p._retraining is not None and p._retrain_at == 0.0

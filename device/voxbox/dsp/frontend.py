@@ -54,20 +54,34 @@ samples before it leaves the output ring.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from voxbox.dsp.loudspeaker import LoudspeakerModel, LoudspeakerSettings
+from voxbox.dsp.loudspeaker import LoudspeakerModel, LoudspeakerSettings, soft_clip
 from voxbox.dsp.res import DETECTION, ResidualEchoSuppressor, ResSettings
 from voxbox.dsp.speexdsp import EchoCanceller, NativeState, Preprocessor
 
 if TYPE_CHECKING:
     from voxbox.config import Config
 
-__all__ = ["FrontEndSettings", "CaptureFrontEnd", "frontend_settings", "build_frontend", "run_frontend"]
+__all__ = ["FrontEndSettings", "CaptureFrontEnd", "frontend_settings", "build_frontend", "run_frontend",
+           "REALIGN_HISTORY_MS", "REALIGN_PASSES", "Retraining"]
+
+#: the echo canceller's input kept for :meth:`CaptureFrontEnd.realign`, ms, and the passes
+#: of the retraining over it (its CPU is their product: one Speex frame per history frame
+#: and pass, 250 at the defaults, off the capture thread). Chosen on the room family's
+#: tuning half (``tests/benchmarks/test_realign_bench.py``: the packaged start-up cue on a
+#: line 40 ms off, retrained at the move; the canceller's output over the first second of
+#: the reply, median / worst decile): 1 s and 1 pass 14.7 / 12.1 dB, 1 s and 3 passes
+#: 19.9 / 17.0, 1.5 s and 2 passes 21.7 / 21.0, **2 s and 2 passes 22.7 / 21.4**, 2 s
+#: and 3 passes 24.4 / 23.6; the filter kept 0.9 / -0.3; the cue heard once on the right
+#: line 19.0 / 17.4.
+REALIGN_HISTORY_MS = 2000
+REALIGN_PASSES = 2
 
 Int16Array = npt.NDArray[np.int16]
 
@@ -225,6 +239,16 @@ class CaptureFrontEnd(NativeState):
             natural = f - 1 if wake_tap == "aec" else 2 * f - 1
             self._tap_delay = (self.latency_samples - natural) // f
             self._tap_hist = np.zeros((self._tap_delay + 1, f), dtype=np.int16)
+        # the canceller's input (microphone after the high-pass, raw reference), one Speex
+        # frame a row, for realign(): a ring of REALIGN_HISTORY_MS
+        rows = -(-REALIGN_HISTORY_MS * self.settings.sample_rate // (1000 * f))
+        self._hist_mic = np.zeros((rows, f), dtype=np.int16)
+        self._hist_ref = np.zeros((rows, f), dtype=np.int16)
+        self._rt_out = np.zeros(f, dtype=np.int16)  # adopt()'s scratch frames
+        self._rt_mic = np.zeros(f, dtype=np.int16)
+        self._rt_ref = np.zeros(f, dtype=np.int16)
+        self._rt_f = np.zeros(f)
+        self._generation = 0  # bumped by each prepare_realign, forget_history, reset
         self._open_states()
         self._clear_buffers()
 
@@ -283,6 +307,10 @@ class CaptureFrontEnd(NativeState):
         self._count = self.reframe_latency_samples  # samples in the ring (primed zeros)
         self.frames_processed = 0  # Speex frames run
         self.samples_processed = 0  # samples accepted by process()
+        self._hist_n = 0  # rows of the history held
+        self._hist_i = 0  # the next row written
+        self._hist_written = 0  # rows written since start (adopt's catch-up)
+        self._generation = getattr(self, "_generation", 0) + 1
 
     # -- lifecycle -------------------------------------------------------------------
     @property
@@ -301,6 +329,134 @@ class CaptureFrontEnd(NativeState):
         self._close_states()
         self._open_states()
         self._clear_buffers()
+
+    def realign(self, shift: int) -> int:
+        """The far-end reference moved against the microphone by ``shift`` samples (the
+        daemon's reference delay line grew by ``shift``; negative: it shrank): from the
+        next sample on, ``ref`` of :meth:`process` is the old stream delayed by ``shift``.
+
+        An adaptive filter that learned the echo on the old alignment is wrong by
+        ``shift`` on the new one, and Speex gives no way to shift it. So a new echo
+        canceller is trained on the last ``REALIGN_HISTORY_MS`` of this one's input (the
+        high-passed microphone, and the reference re-paired at the new alignment, shaped
+        by the loudspeaker model's current saturation), ``REALIGN_PASSES`` times, and
+        takes the old one's place; nothing else (preprocessor, residual echo
+        suppressor, output ring) changes. The history then holds the re-paired frames.
+
+        This is :meth:`prepare_realign`, :meth:`Retraining.run` and :meth:`adopt` in one
+        call, on the caller's thread; the daemon runs the middle one off its capture
+        thread. Measured offline on the room family's reporting half
+        (``tests/benchmarks/test_realign_bench.py``: the start-up cue on a line 20-60 ms
+        off either way, the line moved, then a reply; the canceller's output over the
+        reply's first second, median over 12 rooms): the filter kept 0.7-5.2 dB;
+        retrained (at the move and after the cue, as the daemon does) 24.9-26.0 dB; the
+        cue heard once on the right line 21.6 dB.
+
+        Returns the frames trained on (0: no history; the canceller starts afresh).
+
+        Raises:
+            ValueError: the front end is closed.
+        """
+        job = self.prepare_realign(shift)
+        job.run()
+        self.adopt(job)
+        return job.frames
+
+    def prepare_realign(self, shift: int) -> "Retraining":
+        """Capture thread, at the move: re-pair the history and the frame being assembled
+        at the new alignment (see :meth:`realign`) and return the retraining to run
+        (:meth:`Retraining.run`, any thread), then hand to :meth:`adopt`. A later
+        ``prepare_realign``, :meth:`forget_history` or :meth:`reset` makes an earlier
+        retraining stale (``adopt`` drops it).
+
+        Raises:
+            ValueError: the front end is closed.
+        """
+        if self._ec is None:
+            raise ValueError("CaptureFrontEnd is closed")
+        f = self.frame_size
+        rows = self._hist_mic.shape[0]
+        h = self._hist_n
+        idx = (self._hist_i - h + np.arange(h)) % rows  # oldest first
+        mic = self._hist_mic[idx].reshape(-1)
+        ref = self._hist_ref[idx].reshape(-1)
+        n, s = mic.shape[0], int(shift)
+        # the frame being assembled re-pairs too (a frame of half old, half new pairing
+        # costs about 10 dB of cancellation over the next 200 ms); what the new line
+        # wants of a shorter line's reference there is still ahead: silence in its place
+        fill = self._fill
+        if fill:
+            stream = np.concatenate([ref, self._ref[:fill]])
+            j = n + np.arange(fill) - s
+            ok = (j >= 0) & (j < n + fill)
+            self._ref[:fill] = np.where(ok, stream[np.clip(j, 0, n + fill - 1)], 0)
+        nf = (n - abs(s)) // f if abs(s) < n else 0
+        # ref_new(t) = ref_old(t - s): whole frames ending at the newest pair
+        m = mic[n - nf * f :] if s >= 0 else mic[n + s - nf * f : n + s]
+        r = ref[n - s - nf * f : n - s] if s >= 0 else ref[n - nf * f :]
+        m, r = np.ascontiguousarray(m), np.ascontiguousarray(r)
+        self._hist_mic[:nf] = m.reshape(nf, f)
+        self._hist_ref[:nf] = r.reshape(nf, f)
+        self._hist_n = nf
+        self._hist_i = nf % rows
+        self._generation += 1
+        ls = self.loudspeaker
+        shaped = r
+        if nf and ls is not None and not math.isinf(ls.clip):
+            y = soft_clip(r * (1.0 / 32768.0), ls.clip, ls.knee)
+            y *= 32768.0
+            np.rint(y, out=y)
+            np.clip(y, -32768, 32767, out=y)
+            shaped = y.astype(np.int16)
+        st = self.settings
+        return Retraining(st.frame_size, st.filter_length, st.sample_rate, m, shaped, nf,
+                          self._generation, self._hist_written)
+
+    def adopt(self, job: "Retraining") -> int:
+        """Capture thread: the retrained canceller takes the old one's place, after it
+        has run the frames that came since :meth:`prepare_realign` (kept in the history:
+        at most ``REALIGN_HISTORY_MS``). Returns those frames, or -1 when ``job`` is
+        stale or did not run (its canceller is closed; nothing changes).
+
+        Raises:
+            ValueError: the front end is closed.
+        """
+        ec_old, pp = self._ec, self._pp
+        if ec_old is None or pp is None:
+            raise ValueError("CaptureFrontEnd is closed")
+        ec = job.canceller
+        since = self._hist_written - job.written
+        rows = self._hist_mic.shape[0]
+        if ec is None or job.generation != self._generation or since > self._hist_n or since > rows:
+            job.discard()
+            return -1
+        job.canceller = None
+        ls = self.loudspeaker
+        out_addr = self._rt_out.ctypes.data
+        for k in range(since, 0, -1):  # oldest first
+            i = (self._hist_i - k) % rows
+            rbuf = self._hist_ref[i]
+            if ls is not None and not math.isinf(ls.clip):
+                y = soft_clip(rbuf * (1.0 / 32768.0), ls.clip, ls.knee, out=self._rt_f)
+                y *= 32768.0
+                np.rint(y, out=y)
+                np.clip(y, -32768, 32767, out=y)
+                self._rt_ref[:] = y
+            else:
+                self._rt_ref[:] = rbuf
+            self._rt_mic[:] = self._hist_mic[i]
+            ec._cancel_addr(self._rt_mic.ctypes.data, self._rt_ref.ctypes.data, out_addr)
+        pp.link_echo(ec)
+        self._ec = ec
+        ec_old.close()
+        return since
+
+    def forget_history(self) -> None:
+        """Drop the input kept for :meth:`realign`: the echo moved against the reference
+        by an unknown amount (a device gap), so what came before cannot be re-paired. A
+        retraining prepared before is stale."""
+        self._hist_n = self._hist_i = 0
+        self._generation += 1
 
     def close(self) -> None:
         """Free the native states (idempotent)."""
@@ -353,6 +509,12 @@ class CaptureFrontEnd(NativeState):
             if fill == f:
                 if self._sos is not None:
                     self._highpass(mbuf)
+                hi = self._hist_i
+                self._hist_mic[hi] = mbuf
+                self._hist_ref[hi] = rbuf
+                self._hist_i = (hi + 1) % self._hist_mic.shape[0]
+                self._hist_n = min(self._hist_n + 1, self._hist_mic.shape[0])
+                self._hist_written += 1
                 ls = self.loudspeaker
                 if ls is not None:
                     ls.process(rbuf, mbuf, self._shaped, self._impulse_response)
@@ -431,6 +593,48 @@ class CaptureFrontEnd(NativeState):
 
     def __repr__(self) -> str:
         return f"CaptureFrontEnd({self.settings!r}{', closed' if self.closed else ''})"
+
+
+class Retraining:
+    """A new echo canceller trained on a re-paired history (:meth:`CaptureFrontEnd.prepare_realign`):
+    pure computation on its own arrays, so :meth:`run` may go on any thread.
+
+    Attributes:
+        frames: Speex frames of history it trains on (each ``REALIGN_PASSES`` times).
+        canceller: the trained :class:`voxbox.dsp.speexdsp.EchoCanceller` once
+            :meth:`run` returned (None before, and after :meth:`CaptureFrontEnd.adopt`
+            took it or :meth:`discard` closed it).
+        done: :meth:`run` returned (a bool written last: poll it from another thread).
+    """
+
+    def __init__(self, frame_size: int, filter_length: int, sample_rate: int, mic: Int16Array,
+                 ref: Int16Array, frames: int, generation: int, written: int) -> None:
+        self._args = (frame_size, filter_length, sample_rate)
+        self._mic, self._ref = mic, ref
+        self.frames = frames
+        self.generation = generation
+        self.written = written
+        self.canceller: EchoCanceller | None = None
+        self.done = False
+
+    def run(self) -> None:
+        """Train the new canceller (about 2 x 125 Speex frames at the defaults)."""
+        f = self._args[0]
+        ec = EchoCanceller(*self._args)
+        out = np.zeros(f, dtype=np.int16)
+        out_addr, ma, ra = out.ctypes.data, self._mic.ctypes.data, self._ref.ctypes.data
+        step = f * self._mic.itemsize
+        for _ in range(REALIGN_PASSES if self.frames else 0):
+            for i in range(self.frames):
+                ec._cancel_addr(ma + i * step, ra + i * step, out_addr)
+        self.canceller = ec
+        self.done = True
+
+    def discard(self) -> None:
+        """Close the canceller if nobody took it (idempotent)."""
+        ec, self.canceller = self.canceller, None
+        if ec is not None:
+            ec.close()
 
 
 # ------------------------------------------------------------------ from the configuration

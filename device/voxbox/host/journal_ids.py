@@ -31,6 +31,7 @@ MESSAGE_IDS: dict[str, str] = {
     "earcon": "bb14c374df904b9b91b7c38605b60b19",
     "echo_delay": "6ac7aa6a7771441e93d21e18c3d4c240",
     "echo_measured": "60f31388f6304b3a9a36992ddcd9c076",
+    "echo_realign": "15a44e4b5ce44c62a6a304b682013985",
     "echo_lost": "3d95fb83ee6f46fe920718a6946ad0f7",
     "loudspeaker_model": "78de2bacbe5f4dfc9cc873bff3f61ad2",
     "firstboot": "60feeaa5897a4d0789a98ebb6afd5e14",

@@ -385,7 +385,9 @@ class Controller:
         cue = self._earcons.get(name)
         if cue is not None:
             log.debug("earcon %s", name, extra={"VOXBOX_EVENT": "earcon", "VOXBOX_EARCON": name})
-            self.audio.play_cue(cue)
+            # the start-up cue is there to train the echo canceller: once it has played,
+            # the canceller is retrained on it (AudioPath.play_cue)
+            self.audio.play_cue(cue, retrain=name == "startup")
 
     def _play_prompt(self, name: str) -> None:
         """A spoken prompt rendered at build time (voxbox/prompts/*.wav, tools/make_prompts.py)."""

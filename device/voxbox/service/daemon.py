@@ -357,9 +357,10 @@ class Daemon(Controller):
 
     def _line_moved(self, old_ms: float, new_ms: float) -> None:
         """Event loop: the echo-delay tracker moved the reference line. Before the first
-        turn since start, the move undoes what the start-up cue taught the canceller (its
-        filter learned the echo on the old line and cannot be shifted): the cue plays once
-        more, while the unit is idle and nothing else plays, so the first reply is
+        turn since start, the canceller learned the start-up cue on the old line: it is
+        retrained on it at the new line at once (AudioPath, CaptureFrontEnd.realign), and
+        the cue plays once more, while the unit is idle and nothing else plays, for more
+        of the same (retrained again once it has played), so the first reply is
         cancelled like later ones. Measured on the closed loop's first replies after boot:
         all 4 wake-word misses of 20 boots were boots whose line moved after the cue."""
         if (self._startup_cue_again or self.conv.turn != 0 or self.conv.state is not State.IDLE

@@ -101,6 +101,14 @@ class EchoPath:
         self._saved_at = 0.0
         self.ring = SampleRing(a.capture_rate)  # 1 s
         self.floor = MIN_REF_DELAY_PERIODS * cap_period
+        #: the sum of the line's moves since start as the canceller sees them (samples; a
+        #: skip counts as a shorter line): written by the echo worker just before ``delay``,
+        #: read by the capture thread, which retrains the canceller on each change
+        #: (:meth:`voxbox.dsp.frontend.CaptureFrontEnd.realign`)
+        self.line_shift = 0
+        #: echo-path changes of unknown size since start (device gaps, resyncs of the ring):
+        #: the capture thread then drops the canceller's history (nothing before it re-pairs)
+        self.gaps = 0
         #: the delay line, samples (written by the echo worker and at start; read by the capture thread)
         self.delay = max(self.floor, a.capture_rate * cfg.frontend.reference_delay_ms // 1000)
         self._resyncs_seen = 0
@@ -222,6 +230,7 @@ class EchoPath:
         confirmation or for a pause of the far end."""
         if self.tracker is not None:
             self._gap = True
+        self.gaps += 1
         self.on_path_changed()
 
     def lost(self) -> None:
@@ -248,6 +257,7 @@ class EchoPath:
         ring.read_delayed(out, self.delay)
         if ring.resyncs != self._resyncs_seen:
             self._resyncs_seen = ring.resyncs
+            self.gaps += 1
             self.on_path_changed()
             self._loop.call_soon_threadsafe(self._log_resync, backlog, self.delay, ring.resyncs)
 
@@ -340,6 +350,7 @@ class EchoPath:
             new = self.floor
         if new == old and not skipped:
             return
+        self.line_shift += new - skipped - old
         self.delay = new
         self.on_path_changed()
         self.tracker.reset()  # turn records show only estimates on the current line
