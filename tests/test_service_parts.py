@@ -470,3 +470,20 @@ def test_the_startup_cue_once_played_retrains_the_canceller_and_a_cut_cue_does_n
     assert p._retraining is None  # its echo is still coming in
     p.on_capture_frame(np.zeros(p.cap_period, np.int16), due)
     assert p._retraining is not None and p._retrain_at == 0.0
+
+
+def test_no_retraining_after_the_startup_cue_when_the_user_spoke_over_it():
+    """A question asked over the cue is double talk in the history: a fresh canceller
+    trained on it learns the voice as echo, so the retraining is skipped."""
+    c = cfg(frontend={"echo_cancel": True, "track_echo_delay": False})
+    p = audio_path(c, Recorder())
+    cue = np.full(p.play_period * 3, 1000, np.int16)
+    p.play_cue(cue, retrain=True)
+    for _ in range(4):
+        p.playback_source()
+    due = p._retrain_at
+    p.uplink_open = True  # the user's question
+    p.on_capture_frame(np.zeros(p.cap_period, np.int16), due - 0.5)
+    p.uplink_open = False
+    p.on_capture_frame(np.zeros(p.cap_period, np.int16), due)
+    assert p._retraining is None and p._retrain_at == 0.0
