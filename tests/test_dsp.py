@@ -74,6 +74,50 @@ def test_dsp_rejects_bad_input_naming_it(tmp_path):
                "--set", "frame_size=300")
     assert p.returncode == 78 and "frontend.frame_size" in p.stderr and "256" in p.stderr
     assert not (tmp_path / "o.wav").exists()
+    from voxbox.field.replay import read_events
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"events": [[160, "shift", 3]]}')
+    with pytest.raises(DspError, match=r"--events .*bad\.json: unknown event kind 'shift'"):
+        read_events(bad)
+    bad.write_text('{"samples": 3}')
+    with pytest.raises(DspError, match=r"--events .*bad\.json: expected an 'events' list"):
+        read_events(bad)
+    p = voxbox("dsp", "--mic", str(ok), "--ref", str(ok), "--out", str(tmp_path / "o.wav"), "--events", str(bad))
+    assert p.returncode == 2 and "--events" in p.stderr
+
+
+def test_recorder_notes_the_front_ends_steps_at_their_samples_and_replay_takes_them():
+    """A retraining noted in the recording replays at the same sample: the output with the
+    events equals the daemon-like run that took the steps there, and differs without them."""
+    from voxbox.dsp.frontend import CaptureFrontEnd, run_frontend
+    from voxbox.dsp.recorder import CaptureRecorder
+
+    rng = np.random.default_rng(4)
+    n = 16000 * 4
+    x = (rng.standard_normal(n) * 3000).astype(np.int16)
+    mic = (np.convolve(x, [0, 0, 0.3, 0.1])[:n] + rng.standard_normal(n) * 20).astype(np.int16)
+    rec = CaptureRecorder(10.0, 16000)
+    fe = CaptureFrontEnd()
+    job = None
+    for i in range(0, n, 160):
+        if i == 16000 * 2:
+            job = fe.prepare_realign(32)
+            rec.note("realign", 32)
+        if i == 16000 * 2 + 800:
+            job.run()
+            fe.adopt(job)
+            rec.note("adopt")
+        out = fe.process(mic[i : i + 160], x[i : i + 160])
+        rec.write(mic[i : i + 160], x[i : i + 160], out)
+    r = rec.snapshot()
+    assert r.events == ((32000, "realign", 32), (32800, "adopt", 0))
+    with pytest.raises(ValueError, match="recorder event"):
+        rec.note("reset")
+    replay = run_frontend(CaptureFrontEnd(), r.channel("mic"), r.channel("ref"), 160, r.events)
+    assert np.array_equal(replay, r.channel("out"))
+    assert not np.array_equal(run_frontend(CaptureFrontEnd(), r.channel("mic"), r.channel("ref"), 160),
+                              r.channel("out"))
 
 
 def test_dsp_cancels_a_synthetic_echo_and_applies_overrides(tmp_path):
@@ -125,7 +169,8 @@ def test_dsp_names_the_loudspeaker_saturation_it_identified(tmp_path):
 def test_daemon_recording_replays_bit_for_bit_through_voxbox_dsp(tmp_path):
     """The daemon records mic/ref/out during a real wake-word turn with its reply echoed
     back into the microphone; ``voxbox dsp`` on the recorded mic and ref with the daemon's
-    config file reproduces the recorded output exactly."""
+    config file and the recording's events (the canceller's retrainings at the line's
+    moves) reproduces the recorded output exactly."""
     sig, _ = demo_utterance()
     state = tmp_path / "state"
     with DaemonHarness(tmp_path / "h", echo_db=-26, config={"frontend": {"record_s": 120}}) as h:
@@ -148,7 +193,7 @@ def test_daemon_recording_replays_bit_for_bit_through_voxbox_dsp(tmp_path):
     assert mic.shape == ref.shape == out.shape and mic.shape[0] > 5 * 16000
     assert np.abs(ref).max() > 1000, "the reply never reached the reference"
     p = voxbox("dsp", "--mic", f"{base}-mic.wav", "--ref", f"{base}-ref.wav", "--out",
-               str(tmp_path / "replay.wav"), "--config", str(config), "--json")
+               str(tmp_path / "replay.wav"), "--config", str(config), "--events", f"{base}.json", "--json")
     assert p.returncode == 0, p.stderr
     replay = read_wav(tmp_path / "replay.wav", 16000, "replay")
     diff = np.flatnonzero(replay != out)

@@ -658,13 +658,38 @@ def build_frontend(cfg: Config, wake_tap: str | None = None) -> CaptureFrontEnd 
     return CaptureFrontEnd(frontend_settings(cfg), wake_tap=wake_tap)
 
 
-def run_frontend(frontend, mic: np.ndarray, ref: np.ndarray, block: int) -> np.ndarray:
+def run_frontend(frontend, mic: np.ndarray, ref: np.ndarray, block: int, events=()) -> np.ndarray:
     """Stream ``mic``/``ref`` (int16, same shape ``(n,)``) through ``frontend`` in
     ``block``-sample blocks, as the capture thread does; return the output, shape ``(n,)``
-    (delayed by ``frontend.latency_samples``, like the daemon's). ``frontend`` None = passthrough."""
+    (delayed by ``frontend.latency_samples``, like the daemon's). ``frontend`` None = passthrough.
+
+    ``events``: the steps of a recording (:class:`voxbox.dsp.recorder.Recording`,
+    ``(sample, kind, value)``, oldest first), each taken before the block that starts at
+    or after its sample: ``realign`` (prepare a retraining at a shift of ``value``
+    samples), ``adopt`` (run the latest prepared one and hand it over), ``forget``.
+
+    Raises:
+        ValueError: an unknown event kind (named).
+    """
     if frontend is None:
         return mic.copy()
     out = np.empty_like(mic)
+    todo = sorted(((int(t), i, k, int(v)) for i, (t, k, v) in enumerate(events)))
+    for t, _, k, _v in todo:
+        if k not in ("realign", "adopt", "forget"):
+            raise ValueError(f"front-end event {k!r} at sample {t}: expected realign, adopt or forget")
+    e, job = 0, None
     for i in range(0, mic.shape[0], block):
+        while e < len(todo) and todo[e][0] <= i:
+            _, _, kind, value = todo[e]
+            e += 1
+            if kind == "realign":
+                job = frontend.prepare_realign(value)
+            elif kind == "forget":
+                frontend.forget_history()
+            elif job is not None:
+                job.run()
+                frontend.adopt(job)
+                job = None
         out[i : i + block] = frontend.process(mic[i : i + block], ref[i : i + block])
     return out

@@ -6,6 +6,12 @@ capture period with the three blocks it just used; any thread may take a
 :meth:`CaptureRecorder.snapshot`. Writing copies whole numpy slices into a preallocated
 ``(capacity, 3)`` int16 array under a short lock; nothing is allocated per call.
 
+Front-end events (:meth:`CaptureRecorder.note`): the retrainings of the echo canceller
+(:meth:`voxbox.dsp.frontend.CaptureFrontEnd.realign`) happen at periods the event loop and
+a retraining thread decide, not the audio; the capture thread notes each step at the
+sample where it took it, and ``voxbox dsp --events`` replays them, so a recording from
+the front end's start still replays bit for bit.
+
 Channel order (the WAV files the daemon writes): ``mic`` (the near-end microphone as
 captured), ``ref`` (the far-end reference exactly as handed to the echo canceller, i.e.
 after the reference delay line), ``out`` (the front end's output, delayed by its
@@ -15,13 +21,19 @@ after the reference delay line), ``out`` (the front end's output, delayed by its
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["CHANNELS", "CaptureRecorder", "Recording"]
+__all__ = ["CHANNELS", "EVENT_KINDS", "CaptureRecorder", "Recording"]
 
 CHANNELS = ("mic", "ref", "out")
+
+#: the front-end steps a recording notes: ``realign`` (value: the shift, samples;
+#: ``CaptureFrontEnd.prepare_realign``), ``adopt`` (the retraining ran and is handed over;
+#: ``Retraining.run`` then ``CaptureFrontEnd.adopt``), ``forget`` (``forget_history``)
+EVENT_KINDS = ("realign", "adopt", "forget")
 
 
 @dataclass(frozen=True)
@@ -35,12 +47,16 @@ class Recording:
             ``start_sample == 0``. Only then does ``voxbox dsp`` on ``mic``/``ref``
             reproduce ``out`` bit for bit (the canceller's state depends on all history).
         sample_rate: Hz.
+        events: the front-end steps noted within the recording, oldest first:
+            ``(sample, kind, value)`` with ``sample`` counted from row 0 (the step came
+            before that sample was processed), ``kind`` one of ``EVENT_KINDS``.
     """
 
     samples: np.ndarray
     start_sample: int
     from_start: bool
     sample_rate: int
+    events: tuple[tuple[int, str, int], ...] = field(default=())
 
     def channel(self, name: str) -> np.ndarray:
         """One channel as a contiguous int16 array, shape ``(n,)``.
@@ -72,6 +88,8 @@ class CaptureRecorder:
         self._buf = np.zeros((self.capacity, len(CHANNELS)), dtype=np.int16)
         self._total = 0  # samples written since start
         self._lock = threading.Lock()
+        #: (sample since start, kind, value); bounded: a recording keeps what its ring holds
+        self._events: deque[tuple[int, str, int]] = deque(maxlen=4096)
 
     @property
     def total_samples(self) -> int:
@@ -82,6 +100,19 @@ class CaptureRecorder:
         """Forget everything (call when the front end is reset)."""
         with self._lock:
             self._total = 0
+            self._events.clear()
+
+    def note(self, kind: str, value: int = 0) -> None:
+        """Capture thread: the front end took step ``kind`` (one of ``EVENT_KINDS``) before
+        the block about to be written.
+
+        Raises:
+            ValueError: an unknown ``kind``.
+        """
+        if kind not in EVENT_KINDS:
+            raise ValueError(f"recorder event {kind!r}: expected one of {', '.join(EVENT_KINDS)}")
+        with self._lock:
+            self._events.append((self._total, kind, int(value)))
 
     def write(self, mic: np.ndarray, ref: np.ndarray, out: np.ndarray) -> None:
         """Append one block of each channel (int16, same shape ``(n,)``)."""
@@ -117,4 +148,5 @@ class CaptureRecorder:
                 w = total % cap
                 data = np.concatenate([self._buf[w:], self._buf[:w]])
                 start = total - cap
-        return Recording(data, start, start == 0, self.sample_rate)
+            events = tuple((t - start, k, v) for t, k, v in self._events if t >= start)
+        return Recording(data, start, start == 0, self.sample_rate, events)

@@ -1,6 +1,7 @@
 """``voxbox dsp``: replay a recorded microphone and reference through the daemon's front end.
 
     voxbox dsp --mic MIC.wav --ref REF.wav --out OUT.wav [--config PATH] [--set key=value ...]
+               [--events RECORDING.json]
 
 The front end is built by :func:`build_frontend`, the function the daemon uses, from the
 same configuration file (``--set`` overrides applied on top, validated like the file), and
@@ -8,7 +9,10 @@ fed in the daemon's capture period (10 ms blocks). Because
 :meth:`voxbox.dsp.frontend.CaptureFrontEnd.process` is a pure function of the sample stream,
 a recording the daemon made from its start (``voxbox-*-mic.wav`` and ``-ref.wav``, see
 :mod:`voxbox.dsp.recorder`) replays to its ``-out.wav`` bit for bit with the same settings;
-with other settings it shows what a change would have done on that unit's audio.
+with other settings it shows what a change would have done on that unit's audio. The
+echo canceller's retrainings (at a move of the reference line, after the start-up cue)
+come at periods the daemon's threads decided; ``--events`` takes them from the
+recording's ``.json`` sidecar and replays each at the sample where it came.
 
 Inputs: 16-bit mono WAV at the capture rate (16 000 Hz). The reference is what the echo
 canceller is given, i.e. already delayed to lead the echo; ``--ref-delay-ms`` shifts it
@@ -32,7 +36,7 @@ from voxbox.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from voxbox.dsp.frontend import build_frontend, frontend_settings, run_frontend  # noqa: F401 (re-exported)
 from voxbox.errors import DspError  # noqa: F401 (re-exported)
 
-__all__ = ["DspError", "frontend_settings", "build_frontend", "read_wav", "run_frontend", "add_parser"]
+__all__ = ["DspError", "frontend_settings", "build_frontend", "read_wav", "read_events", "run_frontend", "add_parser"]
 
 
 def read_wav(path: Path, rate: int, what: str) -> np.ndarray:
@@ -50,6 +54,29 @@ def read_wav(path: Path, rate: int, what: str) -> np.ndarray:
         raise DspError(f"{what} {path}: expected {rate} Hz (audio.capture_rate), got {got} Hz; "
                        f"convert with: sox IN -r {rate} -c 1 -b 16 OUT.wav")
     return x
+
+
+def read_events(path: Path) -> list[tuple[int, str, int]]:
+    """The front-end steps of a recording's ``.json`` sidecar (its ``events`` key).
+
+    Raises:
+        DspError: missing/unreadable file, not JSON, or ``events`` missing or malformed;
+            the message names ``--events`` and the file.
+    """
+    try:
+        meta = json.loads(Path(path).read_text())
+        events = [(int(t), str(k), int(v)) for t, k, v in meta["events"]]
+    except OSError as exc:
+        raise DspError(f"--events {path}: cannot read it: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise DspError(f"--events {path}: not JSON ({exc.msg}, line {exc.lineno})") from None
+    except (KeyError, TypeError, ValueError):
+        raise DspError(f"--events {path}: expected an 'events' list of [sample, kind, value] "
+                       f"(a voxbox recording's .json sidecar)") from None
+    bad = [k for _, k, _ in events if k not in ("realign", "adopt", "forget")]
+    if bad:
+        raise DspError(f"--events {path}: unknown event kind {bad[0]!r} (expected realign, adopt or forget)")
+    return events
 
 
 def _erle_db(mic: np.ndarray, out: np.ndarray, ref: np.ndarray, rate: int, latency: int) -> float | None:
@@ -74,6 +101,7 @@ def cmd_dsp(args: argparse.Namespace) -> int:
         rate = cfg.audio.capture_rate
         mic = read_wav(args.mic, rate, "--mic")
         ref = read_wav(args.ref, rate, "--ref")
+        events = read_events(args.events) if args.events is not None else []
     except (ConfigError, DspError) as exc:
         print(f"voxbox dsp: {exc}", file=sys.stderr)
         return 78 if isinstance(exc, ConfigError) else 2
@@ -91,7 +119,7 @@ def cmd_dsp(args: argparse.Namespace) -> int:
     block = rate * cfg.audio.period_ms // 1000
     t0 = time.process_time()
     try:
-        out = run_frontend(fe, mic, ref, block)
+        out = run_frontend(fe, mic, ref, block, events)
     finally:
         latency = 0 if fe is None else fe.latency_samples
         ls = None if fe is None else fe.loudspeaker
@@ -132,5 +160,7 @@ def add_parser(sub) -> None:
                    help="override a setting, e.g. --set filter_ms=300 or --set frontend.agc=true (repeatable)")
     p.add_argument("--ref-delay-ms", type=float, default=0.0,
                    help="delay the reference by this much (ms; negative = earlier)")
+    p.add_argument("--events", type=Path, default=None, metavar="RECORDING.json",
+                   help="replay the echo canceller's retrainings from a recording's .json sidecar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_dsp)

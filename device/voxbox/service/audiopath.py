@@ -344,6 +344,8 @@ class AudioPath:
         samples (0: as it is) and train a new canceller on it on its own thread; a
         retraining still running is stale from now on (adopt drops it)."""
         job = self.frontend.prepare_realign(shift)
+        if self.recorder is not None:
+            self.recorder.note("realign", shift)
         self._retraining = job
         threading.Thread(target=job.run, name="echo-retrain", daemon=True).start()
         self._loop.call_soon_threadsafe(self._log_realign, shift, job.frames)
@@ -375,10 +377,14 @@ class AudioPath:
             if echo.gaps != self._gaps_seen:  # a device gap: what came before does not re-pair
                 self._gaps_seen = echo.gaps
                 fe.forget_history()
+                if self.recorder is not None:
+                    self.recorder.note("forget")
             job = self._retraining
             if job is not None and job.done:  # it takes over, after the frames since the move
                 self._retraining = None
                 fe.adopt(job)
+                if self.recorder is not None:  # a recording replays it at this sample
+                    self.recorder.note("adopt")
         echo.read(ref)
         clean = self.frontend.process(frame, ref) if self.frontend is not None else frame
         ls = self.frontend.loudspeaker if self.frontend is not None else None

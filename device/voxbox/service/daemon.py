@@ -207,7 +207,8 @@ class Daemon(Controller):
         ``<dir>/voxbox-<UTC time>-{mic,ref,out}.wav`` plus a ``.json`` sidecar, in
         ``$STATE_DIRECTORY/recordings`` (``/var/lib/voxbox/recordings`` outside systemd).
         Runs on the event loop; the copy is taken under the recorder's short lock and the
-        files are written off the loop. Replay with ``voxbox dsp``."""
+        files are written off the loop. Replay with ``voxbox dsp`` (``--events`` the
+        sidecar: the canceller's retrainings, at the samples where they came)."""
         if self.audio.recorder is None:
             log.warning("recording requested but frontend.record_s is 0; nothing recorded",
                         extra={"VOXBOX_EVENT": "recording"})
@@ -227,6 +228,8 @@ class Daemon(Controller):
                 write_wav(Path(f"{base}-{ch}.wav"), rec.channel(ch), rec.sample_rate)
             meta = {"sample_rate": rec.sample_rate, "samples": int(rec.samples.shape[0]),
                     "start_sample": rec.start_sample, "from_start": rec.from_start,
+                    # the echo canceller's retrainings, replayed by `voxbox dsp --events`
+                    "events": [list(e) for e in rec.events],
                     "frontend": settings, "reference_delay_ms": self.cfg.frontend.reference_delay_ms,
                     "latency_samples": None if self.audio.frontend is None else self.audio.frontend.latency_samples}
             Path(f"{base}.json").write_text(json.dumps(meta, indent=1) + "\n")
