@@ -54,14 +54,13 @@ samples before it leaves the output ring.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from voxbox.dsp.loudspeaker import LoudspeakerModel, LoudspeakerSettings, soft_clip
+from voxbox.dsp.loudspeaker import LoudspeakerModel, LoudspeakerSettings
 from voxbox.dsp.res import DETECTION, ResidualEchoSuppressor, ResSettings
 from voxbox.dsp.speexdsp import EchoCanceller, NativeState, Preprocessor
 
@@ -248,6 +247,9 @@ class CaptureFrontEnd(NativeState):
         self._rt_mic = np.zeros(f, dtype=np.int16)
         self._rt_ref = np.zeros(f, dtype=np.int16)
         self._rt_f = np.zeros(f)
+        self._rt_y = np.zeros(f)
+        self._rt_mic_addr, self._rt_ref_addr = self._rt_mic.ctypes.data, self._rt_ref.ctypes.data
+        self._rt_out_addr = self._rt_out.ctypes.data
         self._generation = 0  # bumped by each prepare_realign, forget_history, reset
         self._open_states()
         self._clear_buffers()
@@ -402,12 +404,9 @@ class CaptureFrontEnd(NativeState):
         self._generation += 1
         ls = self.loudspeaker
         shaped = r
-        if nf and ls is not None and not math.isinf(ls.clip):
-            y = soft_clip(r * (1.0 / 32768.0), ls.clip, ls.knee)
-            y *= 32768.0
-            np.rint(y, out=y)
-            np.clip(y, -32768, 32767, out=y)
-            shaped = y.astype(np.int16)
+        if nf and ls is not None:  # once per move: the whole history, on arrays of its own
+            shaped = np.empty_like(r)
+            ls.shape(r * (1.0 / 32768.0), shaped, np.empty(r.shape[0]))
         st = self.settings
         return Retraining(st.frame_size, st.filter_length, st.sample_rate, m, shaped, nf,
                           self._generation, self._hist_written)
@@ -432,20 +431,16 @@ class CaptureFrontEnd(NativeState):
             return -1
         job.canceller = None
         ls = self.loudspeaker
-        out_addr = self._rt_out.ctypes.data
-        for k in range(since, 0, -1):  # oldest first
+        xf, rt_ref, rt_mic = self._rt_f, self._rt_ref, self._rt_mic
+        for k in range(since, 0, -1):  # oldest first, in preallocated frames (capture thread)
             i = (self._hist_i - k) % rows
-            rbuf = self._hist_ref[i]
-            if ls is not None and not math.isinf(ls.clip):
-                y = soft_clip(rbuf * (1.0 / 32768.0), ls.clip, ls.knee, out=self._rt_f)
-                y *= 32768.0
-                np.rint(y, out=y)
-                np.clip(y, -32768, 32767, out=y)
-                self._rt_ref[:] = y
+            if ls is not None:
+                np.multiply(self._hist_ref[i], 1.0 / 32768.0, out=xf)
+                ls.shape(xf, rt_ref, self._rt_y)
             else:
-                self._rt_ref[:] = rbuf
-            self._rt_mic[:] = self._hist_mic[i]
-            ec._cancel_addr(self._rt_mic.ctypes.data, self._rt_ref.ctypes.data, out_addr)
+                rt_ref[:] = self._hist_ref[i]
+            rt_mic[:] = self._hist_mic[i]
+            ec._cancel_addr(self._rt_mic_addr, self._rt_ref_addr, self._rt_out_addr)
         pp.link_echo(ec)
         self._ec = ec
         ec_old.close()

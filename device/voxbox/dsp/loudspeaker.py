@@ -269,15 +269,7 @@ class LoudspeakerModel:
         d = self._d
         d[:-f] = d[f:]
         np.multiply(mic, 1.0 / 32768.0, out=d[-f:])
-        c, k = self.candidates[self.current]
-        if math.isinf(c):
-            out[:] = ref
-        else:
-            y = soft_clip(xf, c, k, out=self._yf)
-            y *= 32768.0
-            np.rint(y, out=y)
-            np.clip(y, -32768, 32767, out=y)
-            out[:] = y
+        self.shape(xf, out, self._yf)
         self._frames += 1
         if not self.settings.enabled:
             return
@@ -285,6 +277,20 @@ class LoudspeakerModel:
             self._score_next()
         elif self._frames % self._interval == 0 and self._frames * f >= x.shape[0]:
             self._start_round(impulse_response)
+
+    def shape(self, x: FloatArray, out: Int16Array, scratch: FloatArray) -> None:
+        """The reference as the loudspeaker plays it, at the current saturation: ``x``
+        (float, full scale 1, any shape ``(n,)``) into ``out`` (int16 ``(n,)``), through
+        ``scratch`` (float ``(n,)``); nothing is allocated."""
+        c, k = self.candidates[self.current]
+        if math.isinf(c):
+            np.multiply(x, 32768.0, out=scratch)
+        else:
+            soft_clip(x, c, k, out=scratch)
+            scratch *= 32768.0
+        np.rint(scratch, out=scratch)
+        np.clip(scratch, -32768, 32767, out=scratch)
+        out[:] = scratch
 
     # -- identification ------------------------------------------------------------------
     def _start_round(self, impulse_response: Callable[[], npt.ArrayLike]) -> None:
