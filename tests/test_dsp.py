@@ -99,19 +99,29 @@ def test_recorder_notes_the_front_ends_steps_at_their_samples_and_replay_takes_t
     mic = (np.convolve(x, [0, 0, 0.3, 0.1])[:n] + rng.standard_normal(n) * 20).astype(np.int16)
     rec = CaptureRecorder(10.0, 16000)
     fe = CaptureFrontEnd()
-    job = None
+    fe.early_retrain_inline = False  # as the daemon: it takes the early retraining itself
+    job, early_at = None, None
     for i in range(0, n, 160):
-        if i == 16000 * 2:
+        if job is None and fe.retrain_due:
+            job, early_at = fe.prepare_early_retrain(), i
+            rec.note("early")
+        if early_at is not None and i == early_at + 480:
+            job.run()
+            fe.adopt(job)
+            rec.note("adopt")
+            job = None
+        if i == 16000 * 3:
             job = fe.prepare_realign(32)
             rec.note("realign", 32)
-        if i == 16000 * 2 + 800:
+        if i == 16000 * 3 + 800:
             job.run()
             fe.adopt(job)
             rec.note("adopt")
         out = fe.process(mic[i : i + 160], x[i : i + 160])
         rec.write(mic[i : i + 160], x[i : i + 160], out)
     r = rec.snapshot()
-    assert r.events == ((32000, "realign", 32), (32800, "adopt", 0))
+    assert early_at is not None and 32000 <= early_at <= 36000
+    assert r.events == ((early_at, "early", 0), (early_at + 480, "adopt", 0), (48000, "realign", 32), (48800, "adopt", 0))
     with pytest.raises(ValueError, match="recorder event"):
         rec.note("reset")
     replay = run_frontend(CaptureFrontEnd(), r.channel("mic"), r.channel("ref"), 160, r.events)

@@ -354,13 +354,14 @@ def _erle_after_move(realign: bool | None, shift: int = 320) -> float:
     """ERLE (dB) of the canceller's output (the wake tap) over the 0.6 s after the line
     moved by ``shift`` samples, the echo path itself unchanged: before the move the
     reference came ``shift`` samples too early (the line too short), after it, right.
-    ``realign`` None: the line was right all along."""
+    ``realign`` None: the line was right all along. Without the early retraining, which
+    would also come in the first 3 s (it has tests of its own)."""
     mic, ref, _ = echo_scene(5, seed=90)
     tm = 3 * SR
     wrong = ref.copy()
     if realign is not None:  # before the move: wrong(t) = ref(t + shift); after it ref(t) = wrong(t - shift)
         wrong[:tm] = ref[shift : tm + shift]
-    with CaptureFrontEnd(wake_tap="aec") as fe:
+    with CaptureFrontEnd(FrontEndSettings(early_retrain=False), wake_tap="aec") as fe:
         taps = []
         for i in range(0, mic.shape[0], BLOCK):
             if i == tm and realign:
@@ -441,3 +442,68 @@ def test_a_retraining_run_elsewhere_catches_up_with_the_frames_since_the_move() 
     erle = {k: 10 * np.log10(power(mic[s]) / max(power(v[s]), 1e-3)) for k, v in outs.items()}
     print(f"ERLE 0.2-0.8 s after the move: {erle}")
     assert erle["later"] > erle["now"] - 2.0
+
+
+# -- the early retraining of a young canceller ----------------------------------------------------
+def _young_run(settings: FrontEndSettings, mic: np.ndarray, ref: np.ndarray, block: int = BLOCK):
+    """(wake tap output aligned to the input, the sample at which the canceller stopped
+    being young or None)."""
+    with CaptureFrontEnd(settings, wake_tap="aec") as fe:
+        taps, when, young = [], None, fe.young
+        for i in range(0, mic.shape[0], block):
+            fe.process(mic[i : i + block], ref[i : i + block])
+            taps.append(fe.wake_tap)
+            if when is None and young and not fe.young:
+                when = i + block
+        lat = fe.latency_samples
+    return np.concatenate(taps)[lat:], when
+
+
+def test_a_young_canceller_is_retrained_once_on_its_first_far_end() -> None:
+    """Once it has 2 s of far end behind it, the canceller is retrained on them four times
+    over, inside process(), once; it cancels better than the one that heard them once."""
+    mic, ref, _ = echo_scene(6, seed=91)
+    on, when = _young_run(FrontEndSettings(), mic, ref)
+    off, never = _young_run(FrontEndSettings(early_retrain=False), mic, ref)
+    assert never is None
+    assert when is not None and 2.0 * SR <= when <= 2.6 * SR, when
+    s = slice(when, when + int(1.5 * SR))
+    erle = {k: 10 * np.log10(power(mic[s]) / max(power(v[s]), 1e-3)) for k, v in (("on", on), ("off", off))}
+    print(f"retrained at {when / SR:.2f} s; canceller ERLE over the next 1.5 s: {erle}")
+    assert erle["on"] > erle["off"] + 2.0
+
+
+def test_no_early_retraining_while_the_user_talks_and_a_reset_makes_the_canceller_young() -> None:
+    """A history with the user in it (the residual echo suppressor's double talk) is not
+    trained on: the canceller would learn the voice as echo. reset() starts afresh."""
+    mic, ref, _ = echo_scene(4, seed=92, near_from_s=0.5)
+    with CaptureFrontEnd() as fe:
+        stream(fe, mic, ref)
+        assert fe.young and not fe.retrain_due
+        fe.reset()
+        mic, ref, _ = echo_scene(4, seed=92)
+        stream(fe, mic, ref)
+        assert not fe.young
+        fe.reset()
+        assert fe.young and not fe.retrain_due
+
+
+def test_the_early_retraining_replays_bit_for_bit_from_its_steps() -> None:
+    """Taken inside process() or replayed from a recording's steps at the same frame
+    (``run_frontend`` with ``early`` and ``adopt``), the output is the same; with steps
+    and none of them, there is no retraining."""
+    from voxbox.dsp.frontend import run_frontend
+
+    mic, ref, _ = echo_scene(4, seed=93)
+    f = FrontEndSettings().frame_size
+    with CaptureFrontEnd() as fe:
+        inline = run_frontend(fe, mic, ref, f)
+    _, when = _young_run(FrontEndSettings(), mic, ref, block=f)
+    assert when is not None
+    with CaptureFrontEnd() as fe:
+        replayed = run_frontend(fe, mic, ref, f, [(when, "early", 0), (when, "adopt", 0)])
+    with CaptureFrontEnd() as fe:
+        none = run_frontend(fe, mic, ref, f, [])
+        assert fe.young
+    assert np.array_equal(inline, replayed)
+    assert not np.array_equal(inline, none)

@@ -496,3 +496,59 @@ def test_no_retraining_after_the_startup_cue_when_the_user_spoke_over_it():
     p.uplink_open = False
     p.on_capture_frame(np.zeros(p.cap_period, np.int16), due)
     assert started == [] and p._retrain_at == 0.0
+
+
+def _far_end(p, seconds: float, t0: float = 10.0) -> float:
+    """Feed ``seconds`` of a speech-like far end and its echo (a room's, behind the
+    reference line by 10 ms) through the capture path; returns the time of the next period."""
+    from synth import room_ir, speechlike
+
+    period = p.cap_period
+    n = int(seconds * 100) * period
+    ref = (speechlike(n, 7) * 12000).astype(np.int16)
+    lag = MIN_REF_DELAY_PERIODS * period + period
+    mic = np.convolve(np.concatenate([np.zeros(lag), ref.astype(np.float64)]), room_ir(8))[:n]
+    mic = np.clip(mic, -32768, 32767).astype(np.int16)
+    t = t0
+    for i in range(0, n, period):
+        p.echo.ring.write(ref[i : i + period])
+        p.on_capture_frame(mic[i : i + period], t)
+        t += 0.01
+    return t
+
+
+def test_a_young_canceller_is_retrained_early_off_the_capture_thread():
+    """2 s into its first far end the capture thread starts the early retraining (four
+    passes) on its own thread, once, and the new canceller takes over."""
+    import time as _time
+
+    c = cfg(frontend={"echo_cancel": True, "track_echo_delay": False})
+    p = audio_path(c, Recorder())
+    fe = p.frontend
+    assert fe.young and not fe.early_retrain_inline
+    jobs = []
+    prepare = fe.prepare_early_retrain
+    fe.prepare_early_retrain = lambda: jobs.append(prepare()) or jobs[-1]
+    old = fe._ec
+    t = _far_end(p, 2.3)
+    assert len(jobs) == 1 and not fe.young
+    job = jobs[0]
+    assert job.passes == 4 and job.frames == 125
+    deadline = _time.monotonic() + 10
+    while not job.done and _time.monotonic() < deadline:
+        _time.sleep(0.01)
+    _far_end(p, 0.5, t)
+    assert p._retraining is None and fe._ec is not old and old.closed and len(jobs) == 1
+
+
+def test_no_early_retraining_while_the_near_end_detector_hears_the_user():
+    c = cfg(frontend={"echo_cancel": True, "track_echo_delay": False})
+    p = audio_path(c, Recorder())
+    started = []
+    p._retrain = lambda shift, early=False: started.append((shift, early, p.last_capture_t))
+    p._near_t = 11.0  # the user, 1 s into the far end
+    t = _far_end(p, 2.5)
+    assert started == [] and p.frontend.retrain_due
+    _far_end(p, 1.0, t)  # the stand-in keeps the canceller young: it asks every period
+    shift, early, when = started[0]
+    assert (shift, early) == (0, True) and when == pytest.approx(13.01, abs=0.006)  # 2 s after the user

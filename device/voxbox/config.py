@@ -248,6 +248,10 @@ class FrontEnd(_Section):
     #: feed the canceller the reference through it, so a loudspeaker driven into
     #: distortion (a car at speaking volume) leaves no echo the linear canceller cannot remove
     loudspeaker_model: bool = True
+    #: retrain a young echo canceller once, on its first 2 s of far end four times over,
+    #: so a user who talks over the first reply after a start is heard through a learned
+    #: filter (voxbox.dsp.frontend.CaptureFrontEnd.prepare_early_retrain)
+    early_retrain: bool = True
     reference_delay_ms: Annotated[int, Field(ge=0, le=500)] = 0
     """Extra delay (ms) applied to the far-end reference before the echo canceller, for
     playback paths that buffer more than ALSA reports (the reference must never arrive

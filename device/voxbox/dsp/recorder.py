@@ -31,9 +31,10 @@ __all__ = ["CHANNELS", "EVENT_KINDS", "CaptureRecorder", "Recording"]
 CHANNELS = ("mic", "ref", "out")
 
 #: the front-end steps a recording notes: ``realign`` (value: the shift, samples;
-#: ``CaptureFrontEnd.prepare_realign``), ``adopt`` (the retraining ran and is handed over;
-#: ``Retraining.run`` then ``CaptureFrontEnd.adopt``), ``forget`` (``forget_history``)
-EVENT_KINDS = ("realign", "adopt", "forget")
+#: ``CaptureFrontEnd.prepare_realign``), ``early`` (``prepare_early_retrain``), ``adopt``
+#: (the retraining ran and is handed over; ``Retraining.run`` then
+#: ``CaptureFrontEnd.adopt``), ``forget`` (``forget_history``)
+EVENT_KINDS = ("realign", "early", "adopt", "forget")
 
 
 @dataclass(frozen=True)

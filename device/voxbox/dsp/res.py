@@ -119,6 +119,17 @@ class ResSettings:
     On the reporting half: ERLE 40.5 / 37.3 -> 41.0 / 38.4 dB, after a change 23.4 / 21.1
     -> 26.7 / 22.7 dB, DT STOI 0.921 / 0.896 -> 0.921 / 0.898, near-end attenuation -1.35
     / -1.93 -> -1.35 / -1.96 dB. The detection track keeps -15 dB (:data:`DETECTION`).
+    ``overdrive_st`` (4 -> 10) and ``floor_db`` (-20 -> -25 dB) were chosen after it, with
+    the canceller's early retraining on (:meth:`voxbox.dsp.frontend.CaptureFrontEnd.prepare_early_retrain`),
+    on the same half, from a grid (``overdrive_st`` 6-14, ``floor_db`` -20 to -35 dB,
+    Speex's echo suppression -60/-20/0 dB): of the variants with the preprocessor's
+    echo suppression as it was (so the detection track hears what it did in the closed
+    loop), the one whose worst goal margin (worst decile, in the objective's units:
+    1 dB ERLE, 0.01 STOI, 0.5 dB near-end attenuation) is largest; the objective was flat
+    (+1.47 to +1.57) over ``overdrive_st`` 9-14. The early retraining leaves the
+    double-talk STOI room for a stronger suppressor in far-end single talk. Figures in
+    :class:`voxbox.dsp.frontend.FrontEndSettings`. The detection track keeps 4
+    (:data:`DETECTION`).
 
     Attributes:
         floor_db: lowest gain, dB (<= 0).
@@ -167,7 +178,7 @@ class ResSettings:
         dt_gain_exp: exponent of the gain in certain double talk (0 < x <= 1; 1 = off).
     """
 
-    floor_db: float = -20.0
+    floor_db: float = -25.0
     overdrive: float = 1.0
     leak_tau_ms: float = 500.0
     tail_decay_db: float = 0.5
@@ -179,7 +190,7 @@ class ResSettings:
     coh_weight: float = 1.0
     coh_lags: int = 3
     coh_dt: float = 0.5
-    overdrive_st: float = 4.0
+    overdrive_st: float = 10.0
     dt_lo_db: float = 6.0
     dt_hi_db: float = 12.0
     leak_gate: float = 0.5
@@ -239,7 +250,8 @@ class ResSettings:
 #: the detection track's default tuning: the suppressor as validated in the closed loop
 #: before the leakage floor, the double-talk hold, the late residual model and the deeper
 #: gain floor (the near-end detector and the barge-in statistic listen to it)
-DETECTION = ResSettings(floor_db=-15.0, leak_floor_ms=0.0, dt_hold_ms=0.0, late_ms=0.0, dt_gain_exp=1.0)
+DETECTION = ResSettings(floor_db=-15.0, overdrive_st=4.0, leak_floor_ms=0.0, dt_hold_ms=0.0, late_ms=0.0,
+                        dt_gain_exp=1.0)
 
 #: settings of the shared analysis (spectra, bands, coherence): a detection track must
 #: agree with the main one on these

@@ -10,9 +10,11 @@ fed in the daemon's capture period (10 ms blocks). Because
 a recording the daemon made from its start (``voxbox-*-mic.wav`` and ``-ref.wav``, see
 :mod:`voxbox.dsp.recorder`) replays to its ``-out.wav`` bit for bit with the same settings;
 with other settings it shows what a change would have done on that unit's audio. The
-echo canceller's retrainings (at a move of the reference line, after the start-up cue)
-come at periods the daemon's threads decided; ``--events`` takes them from the
-recording's ``.json`` sidecar and replays each at the sample where it came.
+echo canceller's retrainings (at a move of the reference line, after the start-up cue,
+early in a young canceller's first far end) come at periods the daemon's threads
+decided; ``--events`` takes them from the recording's ``.json`` sidecar and replays each,
+and only those, at the sample where it came. Without ``--events`` the front end takes
+its early retraining itself, at the frame it is due.
 
 Inputs: 16-bit mono WAV at the capture rate (16 000 Hz). The reference is what the echo
 canceller is given, i.e. already delayed to lead the echo; ``--ref-delay-ms`` shifts it
@@ -34,6 +36,7 @@ import numpy as np
 from voxbox.audio import wavfile
 from voxbox.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from voxbox.dsp.frontend import build_frontend, frontend_settings, run_frontend  # noqa: F401 (re-exported)
+from voxbox.dsp.recorder import EVENT_KINDS
 from voxbox.errors import DspError  # noqa: F401 (re-exported)
 
 __all__ = ["DspError", "frontend_settings", "build_frontend", "read_wav", "read_events", "run_frontend", "add_parser"]
@@ -73,9 +76,9 @@ def read_events(path: Path) -> list[tuple[int, str, int]]:
     except (KeyError, TypeError, ValueError):
         raise DspError(f"--events {path}: expected an 'events' list of [sample, kind, value] "
                        f"(a voxbox recording's .json sidecar)") from None
-    bad = [k for _, k, _ in events if k not in ("realign", "adopt", "forget")]
+    bad = [k for _, k, _ in events if k not in EVENT_KINDS]
     if bad:
-        raise DspError(f"--events {path}: unknown event kind {bad[0]!r} (expected realign, adopt or forget)")
+        raise DspError(f"--events {path}: unknown event kind {bad[0]!r} (expected {', '.join(EVENT_KINDS)})")
     return events
 
 
@@ -101,7 +104,7 @@ def cmd_dsp(args: argparse.Namespace) -> int:
         rate = cfg.audio.capture_rate
         mic = read_wav(args.mic, rate, "--mic")
         ref = read_wav(args.ref, rate, "--ref")
-        events = read_events(args.events) if args.events is not None else []
+        events = read_events(args.events) if args.events is not None else None
     except (ConfigError, DspError) as exc:
         print(f"voxbox dsp: {exc}", file=sys.stderr)
         return 78 if isinstance(exc, ConfigError) else 2
@@ -161,6 +164,7 @@ def add_parser(sub) -> None:
     p.add_argument("--ref-delay-ms", type=float, default=0.0,
                    help="delay the reference by this much (ms; negative = earlier)")
     p.add_argument("--events", type=Path, default=None, metavar="RECORDING.json",
-                   help="replay the echo canceller's retrainings from a recording's .json sidecar")
+                   help="replay the echo canceller's retrainings from a recording's .json sidecar, "
+                        "and only those")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_dsp)

@@ -160,6 +160,7 @@ class AudioPath:
         self._retrain_cue = False  # retrain once the cue playing has played out (event loop)
         self._retrain_at = 0.0  # capture thread retrains at this monotonic time (playback thread)
         self._uplink_t = -1e9  # capture thread: the last period with the uplink open (monotonic s)
+        self._near_t = -1e9  # capture thread: the last period the near-end detector heard the user
         self._history_s = 2.0  # the front end's history for a retraining, s (build())
         # capture-thread state
         self._ref_frame = np.zeros(self.cap_period, dtype=np.int16)
@@ -202,6 +203,9 @@ class AudioPath:
         from voxbox.dsp.frontend import REALIGN_HISTORY_MS
 
         self._history_s = REALIGN_HISTORY_MS / 1000
+        if self.frontend is not None:
+            # the early retraining runs on its own thread here, not inside process()
+            self.frontend.early_retrain_inline = False
         if self.frontend is not None and self.local_barge_in:
             from voxbox.duplex.interruption import InterruptionCheck
             from voxbox.duplex.nearend import BargeInSettings, NearEndDetector, SileroVad
@@ -323,11 +327,12 @@ class AudioPath:
             log.info("loudspeaker model restored: clip at %.3f of full scale, knee %g", ls.clip, ls.knee,
                      extra={"VOXBOX_EVENT": "loudspeaker_model"})
 
-    def _log_realign(self, shift: int, frames: int) -> None:
+    def _log_realign(self, shift: int, frames: int, early: bool = False) -> None:
         """Event loop: the capture thread started retraining the canceller."""
         rate = self.cfg.audio.capture_rate
         f = self.frontend.frame_size if self.frontend is not None else 0
         why = (f"at the new reference line (moved {shift * 1000 / rate:+.1f} ms)" if shift
+               else "on its first far end, four times over (a young canceller)" if early
                else "after the start-up cue")
         log.info("echo canceller retrained on the last %.2f s of its input %s; it takes over within a few "
                  "periods", frames * f / rate, why,
@@ -339,16 +344,20 @@ class AudioPath:
                  extra={"VOXBOX_EVENT": "echo_realign", "VOXBOX_SHIFT_MS": 0.0, "VOXBOX_RETRAINED_S": 0.0})
 
     # ------------------------------------------------------------------ capture thread
-    def _retrain(self, shift: int) -> None:
+    def _retrain(self, shift: int, early: bool = False) -> None:
         """Capture thread: re-pair the front end's history at a line moved by ``shift``
         samples (0: as it is) and train a new canceller on it on its own thread; a
-        retraining still running is stale from now on (adopt drops it)."""
-        job = self.frontend.prepare_realign(shift)
+        retraining still running is stale from now on (adopt drops it). ``early``: the
+        early retraining of a young canceller (``CaptureFrontEnd.prepare_early_retrain``)."""
+        if early:
+            job = self.frontend.prepare_early_retrain()
+        else:
+            job = self.frontend.prepare_realign(shift)
         if self.recorder is not None:
-            self.recorder.note("realign", shift)
+            self.recorder.note("early" if early else "realign", shift)
         self._retraining = job
         threading.Thread(target=job.run, name="echo-retrain", daemon=True).start()
-        self._loop.call_soon_threadsafe(self._log_realign, shift, job.frames)
+        self._loop.call_soon_threadsafe(self._log_realign, shift, job.frames, early)
 
     def on_capture_frame(self, frame: np.ndarray, t: float) -> None:
         """Capture thread: one 10 ms period of 16 kHz int16 microphone samples."""
@@ -374,6 +383,10 @@ class AudioPath:
                     self._retrain(0)
                 else:
                     self._loop.call_soon_threadsafe(self._log_realign_skipped)
+            elif fe.retrain_due and self._retraining is None and t - self._near_t > self._history_s:
+                # a young canceller, 2 s of far end behind it and no user in them (the front
+                # end's own double-talk measure, and the near-end detector): learned 4 times
+                self._retrain(0, early=True)
             if echo.gaps != self._gaps_seen:  # a device gap: what came before does not re-pair
                 self._gaps_seen = echo.gaps
                 fe.forget_history()
@@ -490,6 +503,8 @@ class AudioPath:
             self._near_held = False
             self._loop.call_soon_threadsafe(self.cb.on_near_end, time.monotonic(), self.near_end_stats())
         self._near = near
+        if near or self.tentative:
+            self._near_t = self.last_capture_t
         check = self.check
         if self._check_start:
             self._check_start = False
