@@ -488,6 +488,28 @@ def test_no_early_retraining_while_the_user_talks_and_a_reset_makes_the_cancelle
         assert fe.young and not fe.retrain_due
 
 
+def test_a_canceller_that_learned_through_double_talk_is_not_retrained_late() -> None:
+    """The user talks from the start, and the daemon (its near-end detector hearing them)
+    never takes the early retraining; after ``EARLY_RETRAIN_MAX_FAR_S`` of far end the
+    canceller has learned without it and is no longer young, so a quiet stretch later
+    does not replace it with one trained on 2 s."""
+    from voxbox.dsp.frontend import EARLY_RETRAIN_MAX_FAR_S
+
+    secs = int(EARLY_RETRAIN_MAX_FAR_S) + 2
+    mic, ref, _ = echo_scene(secs, seed=92, near_from_s=0.0)
+    with CaptureFrontEnd() as fe:
+        fe.early_retrain_inline = False
+        young = []
+        for i in range(0, mic.shape[0], SR):
+            stream(fe, mic[i : i + SR], ref[i : i + SR])
+            young.append(fe.young)
+        assert young[0] and not young[-1]
+        assert young.index(False) in (int(EARLY_RETRAIN_MAX_FAR_S) - 1, int(EARLY_RETRAIN_MAX_FAR_S))
+        mic, ref, _ = echo_scene(3, seed=93)
+        stream(fe, mic, ref)
+        assert not fe.young and not fe.retrain_due
+
+
 def test_the_early_retraining_replays_bit_for_bit_from_its_steps() -> None:
     """Taken inside process() or replayed from a recording's steps at the same frame
     (``run_frontend`` with ``early`` and ``adopt``), the output is the same; with steps

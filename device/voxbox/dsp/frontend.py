@@ -62,6 +62,16 @@ import numpy.typing as npt
 
 from voxbox.dsp.loudspeaker import LoudspeakerModel, LoudspeakerSettings
 from voxbox.dsp.res import DETECTION, ResidualEchoSuppressor, ResSettings
+from voxbox.dsp.retraining import (
+    EARLY_RETRAIN_DT_MAX,
+    EARLY_RETRAIN_DT_SHARE,
+    EARLY_RETRAIN_FAR_SHARE,
+    EARLY_RETRAIN_MAX_FAR_S,
+    EARLY_RETRAIN_PASSES,
+    REALIGN_HISTORY_MS,
+    REALIGN_PASSES,
+    Retraining,
+)
 from voxbox.dsp.speexdsp import EchoCanceller, NativeState, Preprocessor
 
 if TYPE_CHECKING:
@@ -69,31 +79,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FrontEndSettings", "CaptureFrontEnd", "frontend_settings", "build_frontend", "run_frontend",
            "REALIGN_HISTORY_MS", "REALIGN_PASSES", "EARLY_RETRAIN_PASSES", "EARLY_RETRAIN_FAR_SHARE",
-           "EARLY_RETRAIN_DT_MAX", "EARLY_RETRAIN_DT_SHARE", "Retraining"]
-
-#: the echo canceller's input kept for :meth:`CaptureFrontEnd.realign`, ms, and the passes
-#: of the retraining over it (its CPU is their product: one Speex frame per history frame
-#: and pass, 250 at the defaults, off the capture thread). Chosen on the room family's
-#: tuning half (``tests/benchmarks/test_realign_bench.py``: the packaged start-up cue on a
-#: line 40 ms off, retrained at the move; the canceller's output over the first second of
-#: the reply, median / worst decile): 1 s and 1 pass 14.7 / 12.1 dB, 1 s and 3 passes
-#: 19.9 / 17.0, 1.5 s and 2 passes 21.7 / 21.0, **2 s and 2 passes 22.7 / 21.4**, 2 s
-#: and 3 passes 24.4 / 23.6; the filter kept 0.9 / -0.3; the cue heard once on the right
-#: line 19.0 / 17.4.
-REALIGN_HISTORY_MS = 2000
-REALIGN_PASSES = 2
-
-#: the early retraining of a young canceller (:meth:`CaptureFrontEnd.prepare_early_retrain`):
-#: its passes over the history, the share of the history's frames that must hold far-end
-#: signal, and the share of them at most in which the residual echo suppressor's
-#: double-talk measure (0..1) exceeds ``EARLY_RETRAIN_DT_MAX``. A young canceller's
-#: misadjustment reads as double talk at times (measured: up to 0.7 s of its first 2 s
-#: in a synthetic room), so a share, not any frame. Chosen on the room family's tuning
-#: half (figures in :class:`FrontEndSettings`).
-EARLY_RETRAIN_PASSES = 4
-EARLY_RETRAIN_FAR_SHARE = 0.75
-EARLY_RETRAIN_DT_MAX = 0.5
-EARLY_RETRAIN_DT_SHARE = 0.5
+           "EARLY_RETRAIN_DT_MAX", "EARLY_RETRAIN_DT_SHARE", "EARLY_RETRAIN_MAX_FAR_S", "Retraining"]
 
 Int16Array = npt.NDArray[np.int16]
 
@@ -287,6 +273,7 @@ class CaptureFrontEnd(NativeState):
         self._hist_dt = np.zeros(rows, dtype=bool)  # ... and the user, by the RES's measure
         self._far_need = int(np.ceil(EARLY_RETRAIN_FAR_SHARE * rows))
         self._dt_allow = int(EARLY_RETRAIN_DT_SHARE * rows)
+        self._far_max = int(EARLY_RETRAIN_MAX_FAR_S * self.settings.sample_rate / f)
         #: run the early retraining inside :meth:`process`, at the frame it is due (offline
         #: tools, the benches); False: the caller runs it (:attr:`retrain_due`; the daemon,
         #: off its capture thread) or a recording's steps are replayed
@@ -357,8 +344,9 @@ class CaptureFrontEnd(NativeState):
         self._far_count = 0  # rows of _hist_far set
         self._hist_dt[:] = False
         self._dt_count = 0  # rows of _hist_dt set
-        #: the canceller is young: it has learned from no more than its own first seconds
-        #: of far end, and no early retraining has been prepared since it started
+        self._far_total = 0  # frames with far end since the canceller started
+        #: the canceller is young: it has heard no more than ``EARLY_RETRAIN_MAX_FAR_S`` of
+        #: far end, and no early retraining has been prepared since it started
         self.young = self.settings.early_retrain
 
     # -- lifecycle -------------------------------------------------------------------
@@ -607,6 +595,10 @@ class CaptureFrontEnd(NativeState):
                 far = bool(rbuf.any())
                 self._far_count += int(far) - int(self._hist_far[hi])
                 self._hist_far[hi] = far
+                if far and self.young:
+                    self._far_total += 1
+                    if self._far_total > self._far_max:  # it learned without one
+                        self.young = False
                 self._hist_i = (hi + 1) % self._hist_mic.shape[0]
                 self._hist_n = min(self._hist_n + 1, self._hist_mic.shape[0])
                 self._hist_written += 1
@@ -694,52 +686,6 @@ class CaptureFrontEnd(NativeState):
 
     def __repr__(self) -> str:
         return f"CaptureFrontEnd({self.settings!r}{', closed' if self.closed else ''})"
-
-
-class Retraining:
-    """A new echo canceller trained on a re-paired history (:meth:`CaptureFrontEnd.prepare_realign`):
-    pure computation on its own arrays, so :meth:`run` may go on any thread.
-
-    Attributes:
-        frames: Speex frames of history it trains on (each ``passes`` times).
-        passes: how many times (``REALIGN_PASSES``; ``EARLY_RETRAIN_PASSES`` for an
-            early retraining).
-        canceller: the trained :class:`voxbox.dsp.speexdsp.EchoCanceller` once
-            :meth:`run` returned (None before, and after :meth:`CaptureFrontEnd.adopt`
-            took it or :meth:`discard` closed it).
-        done: :meth:`run` returned (a bool written last: poll it from another thread).
-    """
-
-    def __init__(self, frame_size: int, filter_length: int, sample_rate: int, mic: Int16Array,
-                 ref: Int16Array, frames: int, generation: int, written: int,
-                 passes: int = REALIGN_PASSES) -> None:
-        self._args = (frame_size, filter_length, sample_rate)
-        self.passes = passes
-        self._mic, self._ref = mic, ref
-        self.frames = frames
-        self.generation = generation
-        self.written = written
-        self.canceller: EchoCanceller | None = None
-        self.done = False
-
-    def run(self) -> None:
-        """Train the new canceller (``passes`` x 125 Speex frames at the defaults)."""
-        f = self._args[0]
-        ec = EchoCanceller(*self._args)
-        out = np.zeros(f, dtype=np.int16)
-        out_addr, ma, ra = out.ctypes.data, self._mic.ctypes.data, self._ref.ctypes.data
-        step = f * self._mic.itemsize
-        for _ in range(self.passes if self.frames else 0):
-            for i in range(self.frames):
-                ec._cancel_addr(ma + i * step, ra + i * step, out_addr)
-        self.canceller = ec
-        self.done = True
-
-    def discard(self) -> None:
-        """Close the canceller if nobody took it (idempotent)."""
-        ec, self.canceller = self.canceller, None
-        if ec is not None:
-            ec.close()
 
 
 # ------------------------------------------------------------------ from the configuration
