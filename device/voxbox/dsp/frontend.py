@@ -340,10 +340,7 @@ class CaptureFrontEnd(NativeState):
         self._hist_i = 0  # the next row written
         self._hist_written = 0  # rows written since start (adopt's catch-up)
         self._generation = getattr(self, "_generation", 0) + 1
-        self._hist_far[:] = False
-        self._far_count = 0  # rows of _hist_far set
-        self._hist_dt[:] = False
-        self._dt_count = 0  # rows of _hist_dt set
+        self._forget_early_flags()
         self._far_total = 0  # frames with far end since the canceller started
         #: the canceller is young: it has heard no more than ``EARLY_RETRAIN_MAX_FAR_S`` of
         #: far end, and no early retraining has been prepared since it started
@@ -394,10 +391,7 @@ class CaptureFrontEnd(NativeState):
         Raises:
             ValueError: the front end is closed.
         """
-        job = self.prepare_realign(shift)
-        job.run()
-        self.adopt(job)
-        return job.frames
+        return self._retrain_here(self.prepare_realign(shift))
 
     @property
     def retrain_due(self) -> bool:
@@ -436,10 +430,7 @@ class CaptureFrontEnd(NativeState):
         Raises:
             ValueError: the front end is closed.
         """
-        job = self.prepare_early_retrain()
-        job.run()
-        self.adopt(job)
-        return job.frames
+        return self._retrain_here(self.prepare_early_retrain())
 
     def prepare_realign(self, shift: int, passes: int = REALIGN_PASSES) -> "Retraining":
         """Capture thread, at the move: re-pair the history and the frame being assembled
@@ -479,10 +470,7 @@ class CaptureFrontEnd(NativeState):
         self._hist_n = nf
         self._hist_i = nf % rows
         self._generation += 1
-        self._hist_far[:] = False  # the early retraining waits for a history of its own
-        self._far_count = 0
-        self._hist_dt[:] = False
-        self._dt_count = 0
+        self._forget_early_flags()  # the early retraining waits for a history of its own
         ls = self.loudspeaker
         shaped = r
         if nf and ls is not None:  # once per move: the whole history, on arrays of its own
@@ -527,16 +515,26 @@ class CaptureFrontEnd(NativeState):
         ec_old.close()
         return since
 
+    def _forget_early_flags(self) -> None:
+        """The history's far-end and double-talk flags (and their counts) start afresh."""
+        self._hist_far[:] = False
+        self._far_count = 0  # rows of _hist_far set
+        self._hist_dt[:] = False
+        self._dt_count = 0  # rows of _hist_dt set
+
+    def _retrain_here(self, job: Retraining) -> int:
+        """Run a prepared retraining on the caller's thread and adopt it; returns its frames."""
+        job.run()
+        self.adopt(job)
+        return job.frames
+
     def forget_history(self) -> None:
         """Drop the input kept for :meth:`realign`: the echo moved against the reference
         by an unknown amount (a device gap), so what came before cannot be re-paired. A
         retraining prepared before is stale."""
         self._hist_n = self._hist_i = 0
         self._generation += 1
-        self._hist_far[:] = False
-        self._far_count = 0
-        self._hist_dt[:] = False
-        self._dt_count = 0
+        self._forget_early_flags()
 
     def close(self) -> None:
         """Free the native states (idempotent)."""
