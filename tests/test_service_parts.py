@@ -552,3 +552,29 @@ def test_no_early_retraining_while_the_near_end_detector_hears_the_user():
     _far_end(p, 1.0, t)  # the stand-in keeps the canceller young: it asks every period
     shift, early, when = started[0]
     assert (shift, early) == (0, True) and when == pytest.approx(13.01, abs=0.006)  # 2 s after the user
+
+
+def test_a_device_gap_during_the_early_retraining_drops_it_and_the_canceller_stays():
+    """A fault in the middle of the first reply (an xrun: the echo moved against the
+    reference by an unknown amount) while the early retraining runs: the job is stale,
+    its canceller is closed, the running one is kept, and the front end goes on."""
+    import time as _time
+
+    c = cfg(frontend={"echo_cancel": True, "track_echo_delay": False})
+    p = audio_path(c, Recorder())
+    fe = p.frontend
+    jobs = []
+    prepare = fe.prepare_early_retrain
+    fe.prepare_early_retrain = lambda: jobs.append(prepare()) or jobs[-1]
+    t = _far_end(p, 2.3)
+    assert len(jobs) == 1
+    job = jobs[0]
+    deadline = _time.monotonic() + 10
+    while not job.done and _time.monotonic() < deadline:
+        _time.sleep(0.01)
+    kept = fe._ec
+    p.echo.gaps += 1  # the device gap, noticed before the job is adopted
+    t = _far_end(p, 0.5, t)
+    assert p._retraining is None and fe._ec is kept and not kept.closed
+    assert job.canceller is None  # discarded: closed, not leaked
+    assert not fe.young and len(jobs) == 1  # not retried: the canceller keeps learning as it is
